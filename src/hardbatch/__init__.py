@@ -1,0 +1,6 @@
+"""hardbatch: break the batch barrier of contrastive learning."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

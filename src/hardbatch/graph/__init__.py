@@ -1,0 +1,1 @@
+"""Graph building blocks: chunked similarity, kNN, sparse graphs, partitioning and orderings."""

@@ -1,0 +1,56 @@
+"""Chunked similarity: the one place where (rows × N) similarity blocks are produced.
+
+Every stage that needs "each row against every key" (exact kNN, thresholded graphs, hardness metrics,
+retrieval evaluation) iterates over these blocks, so peak memory is O(chunk_size × N) and no N × N matrix
+is ever allocated.
+
+Time O(N_rows · N_keys · d), memory O(chunk_size · N_keys) on ``device``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from hardbatch.device import resolve_device
+
+__all__ = ["as_tensor", "iter_similarity_blocks"]
+
+
+def as_tensor(
+    array: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Move an array (numpy, memory-mapped numpy or torch) to ``device`` as ``dtype`` without extra copies."""
+    if isinstance(array, torch.Tensor):
+        return array.to(device=device, dtype=dtype)
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
+
+
+def iter_similarity_blocks(
+    rows: np.ndarray | torch.Tensor,
+    keys: np.ndarray | torch.Tensor,
+    *,
+    chunk_size: int = 4096,
+    device: str | torch.device | None = "auto",
+    normalize: bool = False,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(start, rows[start:start+chunk] @ keys.T)`` blocks in fp32 on ``device``.
+
+    Args:
+        rows: (N_rows, d) float array.
+        keys: (N_keys, d) float array; kept resident on ``device`` for the whole iteration.
+        chunk_size: rows per block; peak extra memory is ``chunk_size * N_keys * 4`` bytes.
+        device: "auto" (CUDA if available), or any torch device.
+        normalize: L2-normalise both sides first (cosine similarity).
+    """
+    dev = resolve_device(device)
+    key_t = as_tensor(keys, dev)
+    if normalize:
+        key_t = torch.nn.functional.normalize(key_t, dim=1)
+    for start in range(0, len(rows), chunk_size):
+        block = as_tensor(rows[start : start + chunk_size], dev)
+        if normalize:
+            block = torch.nn.functional.normalize(block, dim=1)
+        yield start, block @ key_t.T

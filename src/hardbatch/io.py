@@ -1,0 +1,101 @@
+"""Atomic file writes and content hashes shared by every artefact hardbatch writes.
+
+Everything we write (embedding caches, batch plans, metrics) goes through :func:`atomic_write` so a crash
+never leaves a half-written file that a later run would trust, and carries a hash of its inputs
+(:func:`hash_texts`, :func:`hash_array`) so a stale artefact is detected instead of reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+__all__ = ["atomic_path", "atomic_write", "hash_array", "hash_texts", "read_json", "write_json"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path in the destination folder; on success it replaces ``path`` atomically.
+
+    Use this when a library (numpy, pyarrow) wants a file name rather than a file object.
+    The temporary file is removed if the block raises.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(
+    path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8"
+) -> Iterator[IO]:
+    """Open a temporary file for writing; it replaces ``path`` only if the block completes."""
+    with atomic_path(path) as tmp:
+        kwargs = {} if "b" in mode else {"encoding": encoding}
+        with open(tmp, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_write(path) as handle:
+        json.dump(obj, handle, indent=2, sort_keys=True, default=_json_default)
+        handle.write("\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def hash_texts(texts: Iterable[str]) -> str:
+    """Order-sensitive SHA-256 of a sequence of strings (length-prefixed, so ["ab"] != ["a", "b"])."""
+    digest = hashlib.sha256()
+    count = 0
+    for text in texts:
+        data = text.encode("utf-8")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+        count += 1
+    digest.update(count.to_bytes(8, "little"))
+    return digest.hexdigest()
+
+
+def hash_array(array: np.ndarray) -> str:
+    """SHA-256 of an array's shape, dtype and bytes (C order), read in chunks to bound memory."""
+    digest = hashlib.sha256()
+    digest.update(str(array.shape).encode())
+    digest.update(str(array.dtype).encode())
+    flat = array.reshape(len(array), -1) if array.ndim > 1 else array.reshape(-1, 1)
+    step = max(1, (64 << 20) // max(1, flat.shape[1] * flat.itemsize))
+    for start in range(0, len(flat), step):
+        digest.update(np.ascontiguousarray(flat[start : start + step]).tobytes())
+    return digest.hexdigest()
