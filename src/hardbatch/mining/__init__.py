@@ -1,0 +1,8 @@
+"""Batch mining: turn teacher embeddings into batches of mutual hard negatives."""
+
+from __future__ import annotations
+
+from hardbatch.mining.b3 import cluster_hardness, mine_b3
+from hardbatch.mining.plan import BatchPlan
+
+__all__ = ["BatchPlan", "cluster_hardness", "mine_b3"]

@@ -1,0 +1,454 @@
+"""B3 batch mining: teacher ranking → rank-window graph → METIS → clusters of K → batches.
+
+"Breaking the Batch Barrier (B3) of Contrastive Learning via Smart Batch Mining", Thirukovalluru et al.,
+NeurIPS 2025 (arXiv 2505.11293). For every query i a teacher ranks every *positive* j ≠ i by sim(q_i, p_j);
+ranks ``[skip, skip + window)`` are i's strong negatives (the top ``skip`` are likely false negatives).
+Pairs that are in each other's window form an undirected graph; METIS cuts it into N/K balanced parts,
+repaired to exactly K members; every batch is ``batch_size / K`` random clusters, re-drawn every epoch.
+
+Stages and their cost with N examples (per source when ``sources`` is given), dimension d, window m and
+skip p:
+
+=============  ====================================  =======================================
+stage          time                                  memory
+=============  ====================================  =======================================
+kNN exact      O(N² · d) (chunked matmul + topk)     O(chunk · N + N · (p + m))
+kNN hnsw       O(N · log N · d · ef)                 O(N · (d + M) + N · (p + m))
+graph          O(N · m · log(N · m))                 O(N · m)
+partition      METIS ≈ O(N · m); repair O(N log N)   O(N · m)
+hardness       O(N · K · d)                          O(chunk · K²)
+=============  ====================================  =======================================
+
+The teacher kNN dominates: about a minute for 100k × 384 on 2 CPU cores, seconds on a GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from hardbatch.errors import ConfigError
+from hardbatch.graph.knn import KnnResult, knn_recall
+from hardbatch.graph.knn import knn as run_knn
+from hardbatch.graph.partition import balanced_clusters
+from hardbatch.graph.rank_window import filter_window, graph_stats, mutual_graph, rank_window, window_matrix
+from hardbatch.graph.similarity import as_tensor
+from hardbatch.io import hash_array
+from hardbatch.mining.plan import BatchPlan
+from hardbatch.progress import StageTimer, peak_rss_mb
+from hardbatch.validation import check_batch_size, check_embeddings, check_same_length
+
+__all__ = ["cluster_hardness", "mine_b3"]
+
+_KNN_BACKENDS = ("exact", "hnsw", "ivf")
+
+
+def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
+    return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else array
+
+
+def _source_codes(sources: Sequence[Any] | np.ndarray, num_examples: int) -> tuple[np.ndarray, list[str]]:
+    values = np.asarray([str(s) for s in sources], dtype=object)
+    check_same_length(examples=num_examples, sources=len(values))
+    names, codes = np.unique(values, return_inverse=True)
+    return codes.astype(np.int32), [str(name) for name in names]
+
+
+def _text_ids(texts: Sequence[str], num_examples: int) -> np.ndarray:
+    check_same_length(examples=num_examples, positive_texts=len(texts))
+    lookup: dict[str, int] = {}
+    return np.fromiter((lookup.setdefault(t, len(lookup)) for t in texts), dtype=np.int64, count=len(texts))
+
+
+def _positive_scores(
+    query: np.ndarray, positive: np.ndarray, normalize: bool, chunk: int = 65536
+) -> np.ndarray:
+    """(N,) float32 sim(q_i, p_i), computed in chunks."""
+    out = np.empty(len(query), dtype=np.float32)
+    cpu = torch.device("cpu")
+    for start in range(0, len(query), chunk):
+        q = as_tensor(query[start : start + chunk], cpu)
+        p = as_tensor(positive[start : start + chunk], cpu)
+        if normalize:
+            q, p = torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(p, dim=1)
+        out[start : start + len(q)] = (q * p).sum(dim=1).numpy()
+    return out
+
+
+def cluster_hardness(
+    query_emb: np.ndarray | torch.Tensor,
+    positive_emb: np.ndarray | torch.Tensor,
+    groups: np.ndarray,
+    *,
+    normalize: bool = True,
+    chunk: int = 4096,
+) -> float:
+    """Mean teacher similarity sim(q_i, p_j) over ordered pairs i ≠ j inside the same group.
+
+    The hardness of in-batch negatives: B3 clusters should score far above random groups of the same size.
+
+    Args:
+        query_emb: (N, d) float query embeddings.
+        positive_emb: (N, d) float positive embeddings.
+        groups: (G, S) int example ids, one group (cluster or batch) per row.
+        normalize: cosine similarity.
+        chunk: groups per block; memory O(chunk · S · (S + d)).
+
+    Returns:
+        The mean off-diagonal similarity (0.0 when groups have fewer than 2 members).
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.ones((4, 3), dtype=np.float32)
+        >>> round(cluster_hardness(x, x, np.array([[0, 1], [2, 3]])), 4)
+        1.0
+    """
+    groups = np.asarray(groups, dtype=np.int64)
+    if groups.ndim != 2 or groups.shape[1] < 2 or groups.shape[0] == 0:
+        return 0.0
+    size = groups.shape[1]
+    total = 0.0
+    cpu = torch.device("cpu")
+    for start in range(0, len(groups), chunk):
+        ids = groups[start : start + chunk]
+        flat = np.sort(ids.reshape(-1))
+        position = np.searchsorted(flat, ids.reshape(-1))
+        q = as_tensor(_as_numpy(query_emb)[flat], cpu)[position].view(len(ids), size, -1)
+        p = as_tensor(_as_numpy(positive_emb)[flat], cpu)[position].view(len(ids), size, -1)
+        if normalize:
+            q, p = torch.nn.functional.normalize(q, dim=2), torch.nn.functional.normalize(p, dim=2)
+        sims = torch.bmm(q, p.transpose(1, 2))
+        total += float(sims.sum() - sims.diagonal(dim1=1, dim2=2).sum())
+    return total / (len(groups) * size * (size - 1))
+
+
+def _validate(
+    query_emb: Any,
+    positive_emb: Any,
+    batch_size: int,
+    cluster_size: int,
+    skip: int,
+    window: int,
+    knn_backend: str,
+) -> int:
+    check_embeddings(query_emb, "query embeddings")
+    num_examples, dim = query_emb.shape
+    check_same_length(query_embeddings=num_examples, positive_embeddings=len(positive_emb))
+    check_embeddings(positive_emb, "positive embeddings", rows=num_examples, dim=dim)
+    if not isinstance(cluster_size, int | np.integer) or cluster_size < 1:
+        raise ConfigError(f"cluster_size must be a positive integer, got {cluster_size!r}")
+    check_batch_size(batch_size, num_examples, multiple_of=cluster_size)
+    if skip < 0 or window < 1:
+        raise ConfigError(f"need skip >= 0 and window >= 1, got skip={skip}, window={window}")
+    if knn_backend not in _KNN_BACKENDS:
+        raise ConfigError(f"unknown knn backend {knn_backend!r}; expected one of {', '.join(_KNN_BACKENDS)}")
+    return num_examples
+
+
+def mine_b3(
+    query_emb: np.ndarray | torch.Tensor,
+    positive_emb: np.ndarray | torch.Tensor,
+    *,
+    batch_size: int,
+    cluster_size: int = 32,
+    skip: int = 30,
+    window: int = 100,
+    seed: int = 0,
+    knn: str = "exact",
+    sources: Sequence[Any] | np.ndarray | None = None,
+    same_source: bool = True,
+    positive_texts: Sequence[str] | None = None,
+    absolute_margin: float | None = None,
+    relative_margin: float | None = None,
+    max_score: float | None = None,
+    normalize: bool = True,
+    device: str | torch.device | None = "auto",
+    chunk_size: int | None = None,
+    faiss_options: dict[str, int] | None = None,
+    recall_sample: int = 1000,
+    store_window: bool = True,
+    store_neighbors: bool = True,
+    dataset_hash: str | None = None,
+    show_progress: bool | None = None,
+) -> BatchPlan:
+    """Mine B3 batches: clusters of exactly K mutual strong negatives under a teacher.
+
+    Args:
+        query_emb: (N, d) float teacher embeddings of the queries (numpy, memory-mapped or torch).
+        positive_emb: (N, d) float teacher embeddings of the positives, aligned with the queries.
+        batch_size: |B|, examples per batch; a multiple of ``cluster_size`` and <= N.
+        cluster_size: K, examples per cluster (paper default 32).
+        skip: p, top teacher ranks ignored as likely false negatives (paper: 30; 70 for short answers).
+        window: m, ranks kept after the skipped ones (paper: 100).
+        seed: METIS, repair and per-epoch shuffle seed.
+        knn: "exact" (chunked matmul, GPU when present), "hnsw" or "ivf" (faiss, approximate; recall
+            against exact is measured on ``recall_sample`` rows and stored in the stats).
+        sources: (N,) source/dataset name per example; each source is mined separately (as in B3).
+        same_source: default of :meth:`BatchPlan.batches`: keep each batch within one source.
+        positive_texts: (N,) positive texts; candidates whose positive text equals i's are dropped.
+        absolute_margin: drop candidates with ``sim(q_i, p_j) > sim(q_i, p_i) - absolute_margin``.
+        relative_margin: drop candidates with ``sim(q_i, p_j) > sim(q_i, p_i) · (1 - relative_margin)``.
+        max_score: drop candidates with ``sim(q_i, p_j) > max_score``.
+        normalize: cosine similarity (L2-normalise the embeddings first).
+        device: device of the exact kNN ("auto": CUDA when available).
+        chunk_size: query rows per similarity block (exact kNN).
+        faiss_options: extra options of :func:`hardbatch.graph.knn.knn_faiss` (``hnsw_m``, ``ef_search``...).
+        recall_sample: rows used to measure approximate-kNN recall (0 to skip).
+        store_window: keep the filtered directed rank window in the plan (B3++ hard negatives, inspection);
+            costs N · m int32.
+        store_neighbors: keep the mutual graph in the plan.
+        dataset_hash: fingerprint of the dataset the embeddings came from (stored, checked on load).
+        show_progress: progress bars (default: on unless ``HARDBATCH_PROGRESS=0``).
+
+    Returns:
+        A :class:`~hardbatch.mining.plan.BatchPlan` with ``N // K`` clusters (per source), the remainder,
+        parameters, input hashes and stage statistics.
+
+    Raises:
+        DataError: NaN/inf or malformed embeddings, mismatched lengths.
+        ConfigError: batch size not a multiple of K or larger than N, bad skip/window/backend.
+
+    References:
+        Thirukovalluru et al., "Breaking the Batch Barrier (B3) of Contrastive Learning via Smart Batch
+        Mining", NeurIPS 2025. Margin filters: Moreira et al., NV-Retriever (arXiv 2407.15831).
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> centers = rng.normal(size=(8, 16))
+        >>> q = (np.repeat(centers, 8, axis=0) + 0.1 * rng.normal(size=(64, 16))).astype(np.float32)
+        >>> plan = mine_b3(q, q, batch_size=16, cluster_size=8, skip=0, window=7, show_progress=False)
+        >>> plan.num_clusters, len(plan.batches(epoch=0))
+        (8, 4)
+    """
+    num_examples = _validate(query_emb, positive_emb, batch_size, cluster_size, skip, window, knn)
+    timer = StageTimer()
+    started = time.perf_counter()
+    with timer.stage("hash"):
+        query_hash = hash_array(_as_numpy(query_emb))
+        positive_hash = hash_array(_as_numpy(positive_emb))
+    codes, source_names = (None, None)
+    if sources is not None:
+        codes, source_names = _source_codes(sources, num_examples)
+    text_ids = _text_ids(positive_texts, num_examples) if positive_texts is not None else None
+    groups = (
+        [np.arange(num_examples)]
+        if codes is None
+        else [np.flatnonzero(codes == c) for c in range(len(source_names))]
+    )
+
+    width = window
+    windows = np.full((num_examples, width), -1, dtype=np.int32)
+    recalls: list[float] = []
+    for ids in groups:
+        whole = len(groups) == 1
+        q_part = query_emb if whole else _as_numpy(query_emb)[ids]
+        p_part = positive_emb if whole else _as_numpy(positive_emb)[ids]
+        k = min(skip + window, len(ids) - 1)
+        if k <= skip:  # too few examples in this group for any rank past the skipped ones
+            continue
+        with timer.stage("knn"):
+            result = _group_knn(
+                q_part, p_part, k, knn, normalize, device, chunk_size, faiss_options, seed, show_progress
+            )
+        if knn != "exact" and recall_sample > 0:
+            with timer.stage("knn_recall"):
+                recalls.append(
+                    knn_recall(
+                        result,
+                        q_part,
+                        p_part,
+                        sample=recall_sample,
+                        exclude_self=True,
+                        normalize=normalize,
+                        seed=seed,
+                        device=device,
+                    )
+                )
+        with timer.stage("window"):
+            local = _filtered_window(
+                result,
+                q_part,
+                p_part,
+                skip,
+                window,
+                normalize,
+                text_ids[ids] if text_ids is not None else None,
+                absolute_margin,
+                relative_margin,
+                max_score,
+            )
+            # Local ids → example ids (-1 stays -1).
+            windows[ids, : local.shape[1]] = np.where(local >= 0, ids[np.maximum(local, 0)], -1)
+        del result
+
+    with timer.stage("graph"):
+        directed = window_matrix(windows, num_examples)
+        mutual = mutual_graph(directed)
+        g_stats = graph_stats(directed, mutual)
+    del windows
+
+    with timer.stage("partition"):
+        clusters, remainder, cluster_codes, remainder_codes, p_stats = _partition_groups(
+            mutual, groups, cluster_size, seed, codes
+        )
+
+    with timer.stage("hardness"):
+        random_groups = np.random.default_rng(seed).permutation(num_examples)
+        random_groups = random_groups[: len(clusters) * cluster_size].reshape(-1, cluster_size)
+        hardness = {
+            "cluster_mean_sim": cluster_hardness(query_emb, positive_emb, clusters, normalize=normalize),
+            "random_mean_sim": cluster_hardness(query_emb, positive_emb, random_groups, normalize=normalize),
+        }
+
+    params = {
+        "method": "b3",
+        "batch_size": int(batch_size),
+        "cluster_size": int(cluster_size),
+        "skip": int(skip),
+        "window": int(window),
+        "seed": int(seed),
+        "knn": knn,
+        "normalize": bool(normalize),
+        "same_source": bool(same_source),
+        "per_source": codes is not None,
+        "filter_same_text": positive_texts is not None,
+        "absolute_margin": absolute_margin,
+        "relative_margin": relative_margin,
+        "max_score": max_score,
+        "faiss_options": dict(faiss_options or {}),
+    }
+    hashes = {
+        "query_emb": query_hash,
+        "positive_emb": positive_hash,
+        "inputs": hashlib.sha256((query_hash + positive_hash).encode()).hexdigest(),
+    }
+    if dataset_hash is not None:
+        hashes["dataset"] = str(dataset_hash)
+    stats = {
+        "stages": timer.as_dict(),
+        "total_seconds": round(time.perf_counter() - started, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "graph": g_stats,
+        "partition": p_stats,
+        "hardness": hardness,
+        "num_clusters": len(clusters),
+        "remainder": int(remainder.size),
+    }
+    if recalls:
+        stats["knn_recall"] = float(np.mean(recalls))
+    return BatchPlan(
+        clusters=clusters,
+        remainder=remainder,
+        num_examples=num_examples,
+        params=params,
+        hashes=hashes,
+        stats=stats,
+        cluster_sources=cluster_codes,
+        remainder_sources=remainder_codes,
+        source_names=source_names,
+        neighbors=mutual if store_neighbors else None,
+        window=directed if store_window else None,
+    )
+
+
+def _group_knn(
+    query: Any,
+    positive: Any,
+    k: int,
+    backend: str,
+    normalize: bool,
+    device: Any,
+    chunk_size: int | None,
+    faiss_options: dict[str, int] | None,
+    seed: int,
+    show_progress: bool | None,
+) -> KnnResult:
+    if backend == "exact":
+        return run_knn(
+            query,
+            positive,
+            k,
+            backend="exact",
+            exclude_self=True,
+            normalize=normalize,
+            device=device,
+            chunk_size=chunk_size,
+            show_progress=show_progress,
+        )
+    options = dict(faiss_options or {})
+    if backend == "ivf":
+        options.setdefault("seed", seed)
+    return run_knn(
+        query,
+        positive,
+        k,
+        backend=backend,
+        exclude_self=True,
+        normalize=normalize,
+        show_progress=show_progress,
+        **options,
+    )
+
+
+def _filtered_window(
+    result: KnnResult,
+    query: Any,
+    positive: Any,
+    skip: int,
+    window: int,
+    normalize: bool,
+    text_ids: np.ndarray | None,
+    absolute_margin: float | None,
+    relative_margin: float | None,
+    max_score: float | None,
+) -> np.ndarray:
+    indices = rank_window(result.indices, skip, window)
+    scores = rank_window(result.scores, skip, window)
+    positive_scores = None
+    if absolute_margin is not None or relative_margin is not None:
+        positive_scores = _positive_scores(_as_numpy(query), _as_numpy(positive), normalize)
+    if positive_scores is None and max_score is None and text_ids is None:
+        return np.asarray(indices, dtype=np.int64)
+    return filter_window(
+        indices,
+        scores,
+        positive_scores=positive_scores,
+        absolute_margin=absolute_margin,
+        relative_margin=relative_margin,
+        max_score=max_score,
+        text_ids=text_ids,
+    )
+
+
+def _partition_groups(
+    mutual: Any, groups: list[np.ndarray], cluster_size: int, seed: int, codes: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, dict[str, float]]:
+    clusters, remainders, cluster_codes, remainder_codes = [], [], [], []
+    totals: dict[str, float] = {}
+    for code, ids in enumerate(groups):
+        sub = mutual if len(groups) == 1 else mutual[ids][:, ids]
+        part = balanced_clusters(sub, cluster_size, seed=seed)
+        clusters.append(ids[part.clusters])
+        remainders.append(ids[part.remainder])
+        cluster_codes.append(np.full(len(part.clusters), code, dtype=np.int32))
+        remainder_codes.append(np.full(part.remainder.size, code, dtype=np.int32))
+        for key, value in part.stats.items():
+            if key in ("metis_min_part",):
+                totals[key] = min(totals.get(key, value), value)
+            elif key in ("metis_max_part",):
+                totals[key] = max(totals.get(key, value), value)
+            elif key != "within_edge_fraction":
+                totals[key] = totals.get(key, 0) + value
+    edges = int(mutual.nnz // 2)
+    totals["within_edge_fraction"] = (1.0 - totals.get("cut", 0) / edges) if edges else 0.0
+    all_clusters = np.concatenate(clusters).reshape(-1, cluster_size)
+    all_remainder = np.concatenate(remainders)
+    if codes is None:
+        return all_clusters, all_remainder, None, None, totals
+    return all_clusters, all_remainder, np.concatenate(cluster_codes), np.concatenate(remainder_codes), totals
