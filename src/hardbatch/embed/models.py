@@ -72,6 +72,19 @@ def make_tiny_model(
         attention_probs_dropout_prob=dropout,
     )
     transformer = models.Transformer(str(tokenizer_dir), max_seq_length=max_seq_length)
-    transformer.auto_model = BertModel(config)
+    _replace_backbone(transformer, BertModel(config))
     pooling = models.Pooling(hidden_size, pooling_mode="mean")
     return SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
+
+
+def _replace_backbone(transformer, backbone) -> None:
+    """Swap the Hugging Face model inside a sentence-transformers ``Transformer`` module.
+
+    sentence-transformers 5 stores it as ``auto_model``; in 6 ``auto_model`` is a read-only property over
+    ``model``, and assigning to it silently registers an unused extra submodule instead.
+    """
+    prop = getattr(type(transformer), "auto_model", None)
+    if isinstance(prop, property) and prop.fset is None:
+        transformer.model = backbone
+    else:
+        transformer.auto_model = backbone

@@ -1,0 +1,221 @@
+"""Encode texts with a sentence-transformers model into a float32 matrix, optionally cached on disk.
+
+Texts are deduplicated and encoded longest first, in batches of ``batch_size``: padding inside a batch is
+then minimal (faster), and an out-of-memory error shows up on the first batch rather than at the end.
+The original order is restored before returning.
+
+Time O(U · L²) for U unique texts of at most L tokens (the transformer); memory O(N·d) for the result
+(plus one batch of activations on the device). With ``cache_path`` the result is written once as a
+memory-mappable ``.npy`` (see :mod:`hardbatch.embed.cache`) and later calls return the memory map.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from hardbatch.embed.cache import cache_key, read_cache, save_embeddings
+from hardbatch.embed.fingerprint import model_fingerprint
+from hardbatch.embed.models import load_model
+from hardbatch.errors import ConfigError, DataError
+from hardbatch.io import hash_texts
+from hardbatch.progress import progress
+
+__all__ = ["encode_texts", "encode_with_loader", "resolve_encoder"]
+
+
+def encode_texts(
+    texts: Sequence[str],
+    model: Any,
+    *,
+    batch_size: int = 64,
+    max_seq_length: int | None = None,
+    normalize: bool = True,
+    cache_path: str | os.PathLike[str] | None = None,
+    device: str | None = "auto",
+    show_progress: bool | None = None,
+    on_stale: Literal["rebuild", "error"] = "rebuild",
+) -> np.ndarray:
+    """Embed ``texts`` with ``model``; reuse or write a cache at ``cache_path``.
+
+    Args:
+        texts: N strings.
+        model: a ``SentenceTransformer`` instance, a local model directory, or ``"default"`` (packaged
+            all-MiniLM-L6-v2, loaded offline).
+        batch_size: texts per forward pass.
+        max_seq_length: truncate inputs to this many tokens (None: the model's own setting). For an
+            instance the setting is changed only for this call.
+        normalize: L2-normalise the embeddings.
+        cache_path: a ``.npy`` path. A matching cache is returned without loading the model; a stale one is
+            rebuilt (or raises :class:`~hardbatch.errors.StaleCacheError` with ``on_stale="error"``).
+        device: "auto" (for a path: CUDA when available; for an instance: wherever it already is), or a
+            torch device string.
+        show_progress: progress bar (default: on unless ``HARDBATCH_PROGRESS=0``).
+        on_stale: what to do with a stale cache.
+
+    Returns:
+        (N, d) float32 array; a read-only memory map when ``cache_path`` is given.
+
+    Raises:
+        DataError: a text is not a string, the list is empty, or the model produced NaN/inf (names the row).
+        ConfigError: ``batch_size`` or ``max_seq_length`` is not a positive integer.
+
+    Example:
+        >>> from hardbatch.embed.models import make_tiny_model
+        >>> encode_texts(["def add(a, b)", "sum two numbers"], make_tiny_model(), show_progress=False).shape
+        (2, 32)
+    """
+    return encode_with_loader(
+        texts,
+        lambda: resolve_encoder(model, device),
+        model_info=model_fingerprint(model) if cache_path is not None else None,
+        batch_size=batch_size,
+        max_seq_length=max_seq_length,
+        normalize=normalize,
+        cache_path=cache_path,
+        show_progress=show_progress,
+        on_stale=on_stale,
+    )
+
+
+def encode_with_loader(
+    texts: Sequence[str],
+    get_encoder: Callable[[], tuple[Any, str | None]],
+    *,
+    model_info: dict[str, str] | None,
+    batch_size: int = 64,
+    max_seq_length: int | None = None,
+    normalize: bool = True,
+    cache_path: str | os.PathLike[str] | None = None,
+    show_progress: bool | None = None,
+    on_stale: Literal["rebuild", "error"] = "rebuild",
+) -> np.ndarray:
+    """:func:`encode_texts` with the model supplied by ``get_encoder()``, called only on a cache miss.
+
+    ``model_info`` (from :func:`~hardbatch.embed.fingerprint.model_fingerprint`) is required with
+    ``cache_path``; callers embedding several columns compute it once and share one loaded model.
+    """
+    texts = _check_texts(texts)
+    _check_positive(batch_size, "batch_size")
+    if max_seq_length is not None:
+        _check_positive(max_seq_length, "max_seq_length")
+
+    key = None
+    if cache_path is not None:
+        if model_info is None:
+            raise ConfigError("model_info is required to cache embeddings")
+        key = cache_key(model_info, hash_texts(texts), len(texts), max_seq_length, normalize)
+        cached = read_cache(cache_path, key, on_stale=on_stale)
+        if cached is not None:
+            return cached
+
+    encoder, encode_device = get_encoder()
+    with _temporary_max_seq_length(encoder, max_seq_length), _restore_training_mode(encoder):
+        embeddings = _encode_unique(encoder, texts, batch_size, normalize, encode_device, show_progress)
+    if key is not None:
+        return save_embeddings(cache_path, embeddings, key)
+    return embeddings
+
+
+def resolve_encoder(model: Any, device: str | None = "auto") -> tuple[Any, str | None]:
+    """Return ``(SentenceTransformer, device for encode())`` for an instance, a path or ``"default"``."""
+    if isinstance(model, str | os.PathLike):
+        from hardbatch.device import resolve_device
+
+        target = str(resolve_device(device))
+        return load_model(model, device=target), target
+    if not hasattr(model, "encode"):
+        raise ConfigError(
+            f"model must be a SentenceTransformer, a model directory or 'default', got {type(model).__name__}"
+        )
+    # An instance stays where the caller put it (e.g. on the training GPU) unless a device is named.
+    return model, None if device in (None, "auto") else str(device)
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise DataError("texts must be a list of strings, got a single string")
+    texts = list(texts)
+    if not texts:
+        raise DataError("no texts to encode")
+    for row, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise DataError(f"texts: row {row} is {type(text).__name__}, expected a string")
+    return texts
+
+
+def _check_positive(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+@contextlib.contextmanager
+def _temporary_max_seq_length(encoder: Any, max_seq_length: int | None) -> Iterator[None]:
+    if max_seq_length is None:
+        yield
+        return
+    previous = encoder.max_seq_length
+    encoder.max_seq_length = int(max_seq_length)
+    try:
+        yield
+    finally:
+        encoder.max_seq_length = previous
+
+
+@contextlib.contextmanager
+def _restore_training_mode(encoder: Any) -> Iterator[None]:
+    # SentenceTransformer.encode switches to eval mode and leaves it there; a model being trained must not be
+    # left without dropout after an evaluation.
+    was_training = bool(getattr(encoder, "training", False))
+    try:
+        yield
+    finally:
+        if was_training:
+            encoder.train()
+
+
+def _encode_unique(
+    encoder: Any, texts: list[str], batch_size: int, normalize: bool, device: str | None, show: bool | None
+) -> np.ndarray:
+    first_row: dict[str, int] = {}
+    inverse = np.fromiter(
+        (first_row.setdefault(t, len(first_row)) for t in texts), dtype=np.int64, count=len(texts)
+    )
+    unique = list(first_row)
+    longest_first = sorted(range(len(unique)), key=lambda i: -len(unique[i]))
+    batches = [longest_first[start : start + batch_size] for start in range(0, len(unique), batch_size)]
+
+    result: np.ndarray | None = None
+    for batch in progress(batches, f"encoding {len(unique):,} texts", show=show):
+        vectors = encoder.encode(
+            [unique[i] for i in batch],
+            batch_size=len(batch),
+            show_progress_bar=False,
+            convert_to_numpy=True,
+            normalize_embeddings=normalize,
+            device=device,
+        )
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if result is None:
+            result = np.empty((len(unique), vectors.shape[1]), dtype=np.float32)
+        result[batch] = vectors
+    assert result is not None
+    _check_finite(result, unique, texts, inverse)
+    # Every text gets the vector of its first occurrence; skip the copy when nothing repeats.
+    return result if len(unique) == len(texts) else result[inverse]
+
+
+def _check_finite(vectors: np.ndarray, unique: list[str], texts: list[str], inverse: np.ndarray) -> None:
+    finite = np.isfinite(vectors).all(axis=1)
+    if finite.all():
+        return
+    bad_unique = int(np.flatnonzero(~finite)[0])
+    row = int(np.flatnonzero(inverse == bad_unique)[0])
+    raise DataError(
+        f"the model produced NaN/inf embeddings, first for text row {row} ({texts[row][:60]!r}); "
+        "check the model weights and inputs"
+    )

@@ -1,0 +1,114 @@
+"""Embed the query and positive columns of a pair dataset into a directory of cached ``.npy`` files.
+
+Output: ``<out_dir>/query.npy`` and ``<out_dir>/positive.npy`` (float32, row i = pair i) with their
+``.meta.json`` sidecars (see :mod:`hardbatch.embed.cache`). Both columns share one loaded model.
+Time and memory as :func:`hardbatch.embed.encode.encode_texts`, per column.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from hardbatch.embed.encode import encode_with_loader, resolve_encoder
+from hardbatch.embed.fingerprint import model_fingerprint
+
+__all__ = ["COLUMNS", "PairEmbeddings", "embed_pairs"]
+
+COLUMNS = ("query", "positive")
+
+
+@dataclass
+class PairEmbeddings:
+    """Query and positive embeddings of a pair dataset, row-aligned with it.
+
+    Attributes:
+        query: (N, d) float32 array (read-only memory map).
+        positive: (N, d) float32 array (read-only memory map).
+        query_path: file of ``query``.
+        positive_path: file of ``positive``.
+    """
+
+    query: np.ndarray
+    positive: np.ndarray
+    query_path: Path
+    positive_path: Path
+
+    @property
+    def dim(self) -> int:
+        return int(self.query.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+
+def embed_pairs(
+    dataset: Any,
+    model: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    batch_size: int = 64,
+    max_seq_length: int | None = None,
+    normalize: bool = True,
+    device: str | None = "auto",
+    show_progress: bool | None = None,
+    on_stale: Literal["rebuild", "error"] = "rebuild",
+) -> PairEmbeddings:
+    """Encode ``dataset.queries`` and ``dataset.positives`` into ``out_dir`` (reusing valid caches).
+
+    Args:
+        dataset: anything with ``queries`` and ``positives`` lists of N strings (e.g.
+            :class:`hardbatch.data.PairDataset`).
+        model: ``SentenceTransformer`` instance, model directory or ``"default"``; loaded once and only when
+            a column has no valid cache.
+        out_dir: output directory (created).
+        batch_size, max_seq_length, normalize, device, show_progress, on_stale: as for
+            :func:`~hardbatch.embed.encode.encode_texts`.
+
+    Returns:
+        :class:`PairEmbeddings` with both (N, d) float32 arrays and their paths.
+
+    Example:
+        >>> import tempfile
+        >>> from types import SimpleNamespace
+        >>> from hardbatch.embed.models import make_tiny_model
+        >>> pairs = SimpleNamespace(queries=["add numbers", "read file"], positives=["def add()", "def read()"])
+        >>> emb = embed_pairs(pairs, make_tiny_model(), tempfile.mkdtemp(), show_progress=False)
+        >>> emb.query.shape, emb.positive_path.name
+        ((2, 32), 'positive.npy')
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # Fingerprint once (hashing an in-memory model's weights is not free); load a path model at most once,
+    # and only if some column has no valid cache.
+    info = model_fingerprint(model)
+    loaded: list[tuple[Any, str | None]] = []
+
+    def get_encoder() -> tuple[Any, str | None]:
+        if not loaded:
+            loaded.append(resolve_encoder(model, device))
+        return loaded[0]
+
+    arrays = {}
+    for column, texts in (("query", dataset.queries), ("positive", dataset.positives)):
+        arrays[column] = encode_with_loader(
+            texts,
+            get_encoder,
+            model_info=info,
+            batch_size=batch_size,
+            max_seq_length=max_seq_length,
+            normalize=normalize,
+            cache_path=out / f"{column}.npy",
+            show_progress=show_progress,
+            on_stale=on_stale,
+        )
+    return PairEmbeddings(
+        query=arrays["query"],
+        positive=arrays["positive"],
+        query_path=out / "query.npy",
+        positive_path=out / "positive.npy",
+    )
