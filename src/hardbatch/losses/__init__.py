@@ -1,0 +1,50 @@
+"""Exact, memory-efficient contrastive losses: tiled InfoNCE/CLIP (CPU, Triton, distributed) + GradCache.
+
+Public API:
+    info_nce, reference_info_nce, InfoNCELoss                           the loss (functional, ground truth, module)
+    stacked_keys, stacked_labels, grouped_keys, grouped_labels, text_ids key layouts and false-negative ids
+    GradCache, cached_loss (module ``hardbatch.losses.gradcache``)       gradient caching for any encoder
+    HardbatchInfoNCELoss                                                 sentence-transformers trainer loss
+
+The Triton kernels (``hardbatch.losses.triton_kernels``) are imported lazily, only when a CUDA tensor
+reaches :func:`info_nce` with Triton installed; the sentence-transformers adapter and the gradient cache
+are imported on first attribute access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from hardbatch.losses.info_nce import BACKENDS, info_nce, resolve_backend
+from hardbatch.losses.layouts import grouped_keys, grouped_labels, stacked_keys, stacked_labels, text_ids
+from hardbatch.losses.module import InfoNCELoss
+from hardbatch.losses.reference import reference_info_nce
+
+_LAZY = {
+    "GradCache": "hardbatch.losses.gradcache",
+    "cached_loss": "hardbatch.losses.gradcache",
+    "HardbatchInfoNCELoss": "hardbatch.losses.sentence_transformers",
+}
+
+__all__ = [
+    "BACKENDS",
+    "GradCache",
+    "HardbatchInfoNCELoss",
+    "InfoNCELoss",
+    "cached_loss",
+    "grouped_keys",
+    "grouped_labels",
+    "info_nce",
+    "reference_info_nce",
+    "resolve_backend",
+    "stacked_keys",
+    "stacked_labels",
+    "text_ids",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hardbatch.losses' has no attribute {name!r}")

@@ -1,0 +1,336 @@
+"""Exact InfoNCE / CLIP loss with O((b + n)·d) memory: fused bidirectional tiles, CPU/Triton/distributed.
+
+One forward pass over (tile_b × tile_n) logit tiles yields the row log-sum-exp (query → key) and the column
+log-sum-exp (key → query) with online max/sum merging; only the inputs and the LSE vectors are kept for
+backward. The backward pass recomputes each tile once and forms the gradient of both directions together.
+
+Complexity (b queries, n keys, d dims, W ranks each holding b and n of them):
+    time   8·b·n·d FLOPs per rank against W·n keys (forward 2, backward 6), ≈4·b·n exponentials;
+           Inf-CL executes 20·b²·d for the symmetric loss.
+    memory O((b + W·n)·d) for inputs, gathered keys and fp32 gradient accumulators, O(b + W·n) LSE vectors,
+           plus O(tile_b·tile_n) scratch. The b × n matrix is never allocated.
+    comms  forward: all-gather of keys (W·n·d) and two all-reduces of the column LSE (W·n);
+           backward: all-reduce of the column gradient weights (W·n), reduce-scatter of key gradients
+           (W·n·d, fp32) and one scalar all-reduce for the scale.
+
+References:
+    Chen et al., "Breaking the Memory Barrier: Near Infinite Batch Size Scaling for Contrastive Loss"
+    (Inf-CL), arXiv 2410.17243; Dao et al., FlashAttention (online softmax); Radford et al., CLIP.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from hardbatch.errors import ConfigError, MissingExtraError
+from hardbatch.losses import tiled
+from hardbatch.losses.distributed import (
+    all_gather_rows,
+    all_reduce_lse,
+    check_equal_shards,
+    group_rank,
+    group_world_size,
+    reduce_scatter_rows,
+)
+from hardbatch.losses.inputs import check_loss_inputs, parse_tile_size
+
+__all__ = ["BACKENDS", "info_nce", "resolve_backend"]
+
+BACKENDS = ("auto", "torch", "triton")
+BACKEND_ENV = "HARDBATCH_LOSS_BACKEND"
+_TRITON_MODULE = "hardbatch.losses.triton_kernels"
+
+
+def _triton_available() -> bool:
+    return (
+        importlib.util.find_spec("triton") is not None
+        and importlib.util.find_spec(_TRITON_MODULE) is not None
+    )
+
+
+def resolve_backend(
+    backend: str | None, device: torch.device, sample: torch.Tensor | None = None
+) -> tuple[str, ModuleType]:
+    """Pick the kernel module: ``triton`` for CUDA tensors when Triton is importable, else ``torch``.
+
+    ``backend=None`` reads ``$HARDBATCH_LOSS_BACKEND`` (default ``auto``). The Triton module is imported
+    lazily, only when it is actually used; ``sample`` (an input tensor) lets ``auto`` fall back to torch
+    for dtypes the kernels do not cover.
+    """
+    name = backend if backend is not None else os.environ.get(BACKEND_ENV, "auto")
+    if name not in BACKENDS:
+        raise ConfigError(f"backend: expected one of {BACKENDS}, got {name!r}")
+    if name == "auto":
+        if device.type != "cuda" or not _triton_available():
+            return "torch", tiled
+        kernels = importlib.import_module(_TRITON_MODULE)
+        # e.g. float64 inputs: the kernels cover fp32/bf16/fp16 only.
+        if sample is not None and not kernels.triton_supported(sample):
+            return "torch", tiled
+        return "triton", kernels
+    if name == "torch":
+        return name, tiled
+    if importlib.util.find_spec("triton") is None:
+        raise MissingExtraError("triton", "triton", "backend='triton' of info_nce")
+    return name, importlib.import_module(_TRITON_MODULE)
+
+
+def _default_tile(name: str, device: torch.device) -> tuple[int | None, int | None]:
+    if name == "triton":
+        # The Triton kernels autotune their block sizes; tile sizes are only upper bounds there.
+        return (None, None)
+    return tiled.DEFAULT_TILE_CUDA if device.type == "cuda" else tiled.DEFAULT_TILE_CPU
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Static (non-tensor) configuration of one loss call."""
+
+    symmetric: bool
+    reduction: str
+    tile_b: int | None
+    tile_n: int | None
+    kernels: ModuleType
+    group: Any
+    world: int
+    rank: int
+    duplicate_labels: bool
+
+
+def _per_row_weights(grad: torch.Tensor, plan: _Plan, rows: int) -> torch.Tensor:
+    """Upstream gradient of each query's loss, (b,) fp32, from the gradient of the reduced output."""
+    grad = grad.to(torch.float32)
+    if plan.reduction == "mean":
+        return (grad / rows).expand(rows)
+    if plan.reduction == "sum":
+        return grad.expand(rows)
+    return grad.reshape(rows)
+
+
+class _FusedInfoNCE(torch.autograd.Function):
+    """Autograd wrapper around the kernel contract (forward LSE pass, fused backward)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        scale: torch.Tensor,
+        labels: torch.Tensor,
+        query_ids: torch.Tensor | None,
+        key_ids: torch.Tensor | None,
+        plan: _Plan,
+    ) -> torch.Tensor:
+        scale32 = scale.detach().to(torch.float32).reshape(())
+        query, key = query.detach(), key.detach()
+        keys, key_ids_all, global_labels = key, key_ids, labels
+        if plan.world > 1:
+            keys = all_gather_rows(key, plan.group)
+            key_ids_all = None if key_ids is None else all_gather_rows(key_ids, plan.group)
+            global_labels = labels + plan.rank * key.shape[0]
+        row_lse, col_lse, positive = plan.kernels.fused_lse_forward(
+            query,
+            keys,
+            scale32,
+            global_labels,
+            query_ids,
+            key_ids_all,
+            plan.symmetric,
+            plan.tile_b,
+            plan.tile_n,
+        )
+        per_row = row_lse - positive
+        if plan.symmetric:
+            if plan.world > 1:
+                # Each rank saw only its queries: merge the partial column LSEs into the global ones.
+                col_lse = all_reduce_lse(col_lse, plan.group)
+            per_row = 0.5 * (per_row + col_lse[global_labels] - positive)
+        ctx.plan = plan
+        ctx.keys = keys
+        ctx.key_ids_all = key_ids_all
+        ctx.scale_shape, ctx.scale_dtype = scale.shape, scale.dtype
+        ctx.save_for_backward(query, scale32, global_labels, query_ids, row_lse, col_lse)
+        out_dtype = torch.promote_types(query.dtype, key.dtype)
+        if plan.reduction == "mean":
+            return per_row.mean().to(out_dtype)
+        if plan.reduction == "sum":
+            return per_row.sum().to(out_dtype)
+        return per_row.to(out_dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        plan: _Plan = ctx.plan
+        query, scale32, global_labels, query_ids, row_lse, col_lse = ctx.saved_tensors
+        keys = ctx.keys
+        per_row = _per_row_weights(grad_output, plan, query.shape[0])
+        g_row, g_col, g_term = per_row, None, None
+        if plan.symmetric:
+            g_row = g_term = 0.5 * per_row
+            g_col = torch.zeros(keys.shape[0], dtype=torch.float32, device=keys.device)
+            g_col.index_add_(0, global_labels, g_term)
+            if plan.world > 1:
+                # Every rank's queries touch every positive column: share the column weights.
+                torch.distributed.all_reduce(g_col, group=None if plan.group is True else plan.group)
+        d_query, d_keys, d_scale = plan.kernels.fused_backward(
+            query,
+            keys,
+            scale32,
+            global_labels,
+            query_ids,
+            ctx.key_ids_all,
+            row_lse,
+            col_lse,
+            g_row,
+            g_col,
+            plan.tile_b,
+            plan.tile_n,
+        )
+        if plan.symmetric and plan.duplicate_labels:
+            d_query, d_keys, d_scale = _correct_shared_positives(
+                query, keys, scale32, global_labels, g_col, g_term, d_query, d_keys, d_scale
+            )
+        if plan.world > 1:
+            d_key = reduce_scatter_rows(d_keys, plan.group)
+            d_scale = d_scale.reshape(1).clone()
+            torch.distributed.all_reduce(d_scale, group=None if plan.group is True else plan.group)
+            d_scale = d_scale.reshape(()) / plan.world
+        else:
+            d_key = d_keys
+        need_q, need_k, need_s = ctx.needs_input_grad[:3]
+        return (
+            d_query.to(query.dtype) if need_q else None,
+            d_key.to(keys.dtype) if need_k else None,
+            d_scale.to(ctx.scale_dtype).reshape(ctx.scale_shape) if need_s else None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def _correct_shared_positives(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    scale32: torch.Tensor,
+    labels: torch.Tensor,
+    g_col: torch.Tensor,
+    g_term: torch.Tensor,
+    d_query: torch.Tensor,
+    d_keys: torch.Tensor,
+    d_scale: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """O(b·d) fix-up when several queries share one positive key.
+
+    The kernel contract subtracts the whole column weight ``g_col[j]`` at every positive entry (i, j);
+    the exact gradient subtracts only query i's own column-term weight. The difference ``c_i`` is added
+    back at the b positive entries.
+    """
+    correction = g_col[labels] - g_term
+    positive_keys = keys[labels].to(torch.float32)
+    q32 = query.to(torch.float32)
+    d_query = d_query + (correction * scale32)[:, None] * positive_keys
+    d_keys = d_keys.index_add(0, labels, (correction * scale32)[:, None] * q32)
+    d_scale = d_scale + (correction * (q32 * positive_keys).sum(1)).sum()
+    return d_query, d_keys, d_scale
+
+
+def info_nce(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    scale: float | torch.Tensor = 20.0,
+    symmetric: bool = True,
+    query_ids: torch.Tensor | None = None,
+    key_ids: torch.Tensor | None = None,
+    tile_size: int | tuple[int, int] | None = None,
+    group: Any = None,
+    reduction: str = "mean",
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Exact InfoNCE (``symmetric=False``) or CLIP loss (``symmetric=True``) without a b × n matrix.
+
+    With ``S = scale · query @ key.T`` (dot products; normalise the embeddings first for cosine
+    similarity), query i's loss is ``row_i = logsumexp_j S[i, j] − S[i, labels[i]]``. With ``symmetric``
+    the key → query direction over the positive keys is added: ``col_i = logsumexp_{i'} S[i', labels[i]] −
+    S[i, labels[i]]`` and the per-query loss is ``(row_i + col_i) / 2`` (mean of both directions = CLIP).
+
+    Args:
+        query: (b, d) float tensor (fp32/bf16/fp16; accumulation and log-sum-exp are fp32).
+        key: (n, d) float tensor, n >= b with the default labels; rows beyond the positives are extra (hard)
+            negatives. Use :mod:`hardbatch.losses.layouts` for the stacked (sentence-transformers) and
+            grouped (Tevatron/FlagEmbedding) layouts.
+        labels: (b,) int64 index of each query's positive in ``key`` (rank-local under ``group``);
+            default ``arange(b)``.
+        scale: logit scale (1 / temperature); a float or a one-element tensor that may require grad
+            (its gradient is exact).
+        symmetric: add the key → query direction.
+        query_ids: (b,) int64 and ``key_ids`` (n,) int64: key j is dropped from query i's negatives (and
+            query i from key j's) when ``key_ids[j] == query_ids[i]`` and j is not i's positive, e.g. the
+            id of the positive's source document or a hash of its text (:func:`layouts.text_ids`).
+        key_ids: see ``query_ids``.
+        tile_size: ``int`` or ``(tile_b, tile_n)``; default 1024 × 1024 on CPU, 4096² for torch on CUDA, the
+            Triton kernel's own default on the Triton backend. Scratch memory is 3 · tile_b · tile_n · 4 bytes.
+        group: a ``torch.distributed`` process group (or ``True`` for the default group). Each rank passes
+            its local rows; all ranks' keys are the negatives. Shards must have equal sizes.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-query (b,) losses).
+        backend: ``"auto"`` (Triton for CUDA tensors when installed), ``"torch"`` or ``"triton"``;
+            None reads ``$HARDBATCH_LOSS_BACKEND``.
+
+    Returns:
+        Scalar loss (or (b,) losses) in the promoted input dtype; gradients come back in each input's dtype.
+
+    Gradient convention under ``group`` (W ranks, DDP): rank r returns the loss over ITS rows, L_r (mean
+    over its b rows by default), and its backward gives its embeddings the gradient of Σ_r L_r. DDP
+    averages parameter gradients, so parameters receive exactly the gradient of (1/W)·Σ_r L_r, which for
+    ``reduction="mean"`` is the single-process loss on the concatenated batch: no ×W rescaling (OpenCLIP's
+    local-loss + gather-with-grad convention). A tensor ``scale`` is shared by all ranks, so its gradient
+    is averaged over ranks inside the backward: every rank holds the gradient of (1/W)·Σ_r L_r directly,
+    with or without DDP.
+
+    Example:
+        >>> from hardbatch.losses import reference_info_nce
+        >>> q = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+        >>> k = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+        >>> loss = info_nce(q, k, scale=20.0)
+        >>> torch.allclose(loss, reference_info_nce(q, k, scale=20.0), atol=1e-5)
+        True
+    """
+    checked = check_loss_inputs(query, key, labels, scale, query_ids, key_ids, reduction)
+    name, kernels = resolve_backend(backend, query.device, query)
+    tile_b, tile_n = parse_tile_size(tile_size, _default_tile(name, query.device))
+    world, rank = 1, 0
+    if group is not None:
+        world, rank = group_world_size(group), group_rank(group)
+    if world > 1:
+        check_equal_shards(
+            group,
+            {
+                "queries": query.shape[0],
+                "keys": key.shape[0],
+                "dim": query.shape[1],
+                "ids": int(query_ids is not None),
+            },
+            query.device,
+        )
+    plan = _Plan(
+        symmetric=bool(symmetric),
+        reduction=reduction,
+        tile_b=tile_b,
+        tile_n=tile_n,
+        kernels=kernels,
+        group=group,
+        world=world,
+        rank=rank,
+        duplicate_labels=checked.duplicate_labels,
+    )
+    return _FusedInfoNCE.apply(
+        query, key, checked.scale, checked.labels, checked.query_ids, checked.key_ids, plan
+    )

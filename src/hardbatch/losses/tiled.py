@@ -1,0 +1,243 @@
+"""PyTorch backend of the fused InfoNCE kernel contract: tiled, never materialises the b × n logits.
+
+Both backends (this file and ``triton_kernels.py``) implement the same two functions:
+
+``fused_lse_forward(q, k, scale, labels, q_ids, k_ids, compute_col, tile_b, tile_n)``
+    One pass over (tile_b × tile_n) tiles of ``S = scale · q @ k.T`` (fp32 accumulation) that produces the
+    row log-sum-exp (over all n keys), optionally the column log-sum-exp (over all b queries, for every key
+    column) and the positive logit ``S[i, labels[i]]``. Masked entries (``q_ids[i] == k_ids[j]`` and
+    ``j != labels[i]``) count as ``-inf``.
+
+``fused_backward(q, k, scale, labels, q_ids, k_ids, row_lse, col_lse, g_row, g_col, tile_b, tile_n)``
+    Recomputes each tile once and forms the combined gradient of both directions,
+    ``dS = g_row·(softmax_row − δ) + g_col·softmax_col − δ·g_col``, then accumulates
+    ``dq = scale·dS @ k``, ``dk = scale·dS.T @ q`` and ``dscale = Σ dS ⊙ (q @ k.T)``.
+
+Executed work: forward one (tile_b × tile_n × d) matmul per tile, backward three (recompute + two), i.e.
+8·b·n·d FLOPs in total, plus ≈4·b·n exponentials (two per direction pair in each pass).
+Memory: the inputs, O((b + n)·d) fp32 accumulators for the gradients, O(b + n) LSE vectors and three
+fp32 tile buffers of tile_b × tile_n (the only quadratic-looking term, bounded by the tile size).
+
+The scale is folded into the (small) fp32 copy of each query tile, so the logit tile needs no extra pass;
+``dscale`` comes from the O(b·d) identity ``Σ_ij dS_ij (q_i·k_j) = Σ_i q_i · (dS @ k)_i`` which avoids
+dividing by the scale.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["DEFAULT_TILE_CPU", "DEFAULT_TILE_CUDA", "fused_backward", "fused_lse_forward"]
+
+# 1024 × 1024 fp32 tiles (4 MiB each) keep one query tile, one key tile and the logit tile in L2/L3 on
+# typical CPUs while giving the BLAS matmul enough work per call; measured in benchmarks/bench_loss.py.
+DEFAULT_TILE_CPU = (1024, 1024)
+# On a GPU without Triton the torch backend still works; bigger tiles amortise kernel launches.
+DEFAULT_TILE_CUDA = (4096, 4096)
+
+_NEG_INF = float("-inf")
+
+
+def _tile_buffer(storage: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """A contiguous (rows, cols) view into a preallocated flat buffer (edge tiles are smaller)."""
+    return storage[: rows * cols].view(rows, cols)
+
+
+def _finite_floor(values: torch.Tensor) -> torch.Tensor:
+    """Replace -inf (fully masked row/column) by the lowest finite float so ``x - m`` never gives NaN."""
+    return values.clamp(min=torch.finfo(values.dtype).min)
+
+
+def _lse_along(logits: torch.Tensor, dim: int, work: torch.Tensor) -> torch.Tensor:
+    """Stable log-sum-exp of a logit tile along ``dim`` using ``work`` (same shape) as scratch."""
+    shift = _finite_floor(logits.amax(dim=dim, keepdim=True))
+    torch.sub(logits, shift, out=work)
+    work.exp_()
+    return work.sum(dim=dim).log_().add_(shift.squeeze(dim))
+
+
+def _scaled_query_tile(q: torch.Tensor, start: int, stop: int, scale: torch.Tensor) -> torch.Tensor:
+    """fp32 copy of ``scale · q[start:stop]`` (the scale is folded into the small operand)."""
+    # torch.mul allocates: an in-place multiply would write into a float32 caller's tensor.
+    return torch.mul(q[start:stop].to(torch.float32), scale)
+
+
+def _mask_tile(
+    logits: torch.Tensor,
+    q_ids: torch.Tensor | None,
+    k_ids: torch.Tensor | None,
+    local_label: torch.Tensor,
+    label_in_tile: torch.Tensor,
+) -> None:
+    """Set false negatives (same id, not the row's own positive) of one tile to -inf, in place."""
+    if q_ids is None or k_ids is None:
+        return
+    same_id = q_ids[:, None] == k_ids[None, :]
+    # The row's own positive is never masked, even when its id matches (it always does).
+    keep = torch.zeros_like(same_id)
+    keep.scatter_(1, local_label[:, None], label_in_tile[:, None])
+    logits.masked_fill_(same_id & ~keep, _NEG_INF)
+
+
+def _positive_position(labels: torch.Tensor, start: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column of each row's positive inside the key tile [start, start+width) and whether it is there.
+
+    Sync-free (no ``nonzero``), so the same code runs on CUDA without host round trips.
+    """
+    local = labels - start
+    inside = (local >= 0) & (local < width)
+    return local.clamp(0, width - 1), inside
+
+
+@torch.no_grad()
+def fused_lse_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: torch.Tensor,
+    labels: torch.Tensor,
+    q_ids: torch.Tensor | None,
+    k_ids: torch.Tensor | None,
+    compute_col: bool,
+    tile_b: int,
+    tile_n: int,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Row/column log-sum-exp and positive logits of ``S = scale · q @ k.T`` without materialising S.
+
+    Args:
+        q: (b, d) queries, any float dtype.
+        k: (n, d) keys, any float dtype.
+        scale: 0-dim fp32 tensor.
+        labels: (b,) int64, index of each query's positive key in ``k``.
+        q_ids: (b,) int64 or None; with ``k_ids`` defines the false-negative mask.
+        k_ids: (n,) int64 or None.
+        compute_col: also return the column log-sum-exp (for the symmetric loss).
+        tile_b: rows per tile.
+        tile_n: keys per tile.
+
+    Returns:
+        ``row_lse`` (b,) fp32, ``col_lse`` (n,) fp32 or None, ``pos_logit`` (b,) fp32.
+
+    Example:
+        >>> q, k = torch.randn(5, 3), torch.randn(7, 3)
+        >>> row, col, pos = fused_lse_forward(q, k, torch.tensor(2.0), torch.arange(5), None, None, True, 2, 4)
+        >>> torch.allclose(row, torch.logsumexp(2 * q @ k.T, 1), atol=1e-5)
+        True
+    """
+    b, n = q.shape[0], k.shape[0]
+    device = q.device
+    scale32 = scale.to(device=device, dtype=torch.float32)
+    row_lse = torch.full((b,), _NEG_INF, dtype=torch.float32, device=device)
+    col_lse = torch.full((n,), _NEG_INF, dtype=torch.float32, device=device) if compute_col else None
+    pos_logit = torch.zeros(b, dtype=torch.float32, device=device)
+    tile_cells = min(tile_b, b) * min(tile_n, n)
+    logit_store = torch.empty(tile_cells, dtype=torch.float32, device=device)
+    work_store = torch.empty(tile_cells, dtype=torch.float32, device=device)
+    for r0 in range(0, b, tile_b):
+        r1 = min(r0 + tile_b, b)
+        q_tile = _scaled_query_tile(q, r0, r1, scale32)
+        row_labels = labels[r0:r1]
+        for c0 in range(0, n, tile_n):
+            c1 = min(c0 + tile_n, n)
+            logits = _tile_buffer(logit_store, r1 - r0, c1 - c0)
+            torch.mm(q_tile, k[c0:c1].to(torch.float32).T, out=logits)
+            local_label, inside = _positive_position(row_labels, c0, c1 - c0)
+            _mask_tile(
+                logits,
+                None if q_ids is None else q_ids[r0:r1],
+                None if k_ids is None else k_ids[c0:c1],
+                local_label,
+                inside,
+            )
+            positive = logits.gather(1, local_label[:, None]).squeeze(1)
+            pos_logit[r0:r1] = torch.where(inside, positive, pos_logit[r0:r1])
+            work = _tile_buffer(work_store, r1 - r0, c1 - c0)
+            torch.logaddexp(row_lse[r0:r1], _lse_along(logits, 1, work), out=row_lse[r0:r1])
+            if col_lse is not None:
+                torch.logaddexp(col_lse[c0:c1], _lse_along(logits, 0, work), out=col_lse[c0:c1])
+    return row_lse, col_lse, pos_logit
+
+
+@torch.no_grad()
+def fused_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: torch.Tensor,
+    labels: torch.Tensor,
+    q_ids: torch.Tensor | None,
+    k_ids: torch.Tensor | None,
+    row_lse: torch.Tensor,
+    col_lse: torch.Tensor | None,
+    g_row: torch.Tensor,
+    g_col: torch.Tensor | None,
+    tile_b: int,
+    tile_n: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of both InfoNCE directions w.r.t. q, k and scale, recomputing each logit tile once.
+
+    Args:
+        q, k, scale, labels, q_ids, k_ids: as for :func:`fused_lse_forward`.
+        row_lse: (b,) fp32 from the forward.
+        col_lse: (n,) fp32 from the forward, or None when there is no column term.
+        g_row: (b,) fp32 upstream gradient of each row term ``row_lse[i] - pos_logit[i]``.
+        g_col: (n,) fp32 upstream gradient of the column terms, summed per positive key column, or None.
+        tile_b, tile_n: tile shape.
+
+    Returns:
+        ``dq`` (b, d) fp32, ``dk`` (n, d) fp32, ``dscale`` 0-dim fp32.
+
+    Example:
+        >>> q, k = torch.randn(4, 3), torch.randn(6, 3)
+        >>> lab, s = torch.arange(4), torch.tensor(1.5)
+        >>> row, _, _ = fused_lse_forward(q, k, s, lab, None, None, False, 3, 4)
+        >>> dq, dk, ds = fused_backward(q, k, s, lab, None, None, row, None, torch.ones(4), None, 3, 4)
+        >>> dq.shape, dk.shape, ds.shape
+        (torch.Size([4, 3]), torch.Size([6, 3]), torch.Size([]))
+    """
+    b, n = q.shape[0], k.shape[0]
+    device = q.device
+    scale32 = scale.to(device=device, dtype=torch.float32)
+    # Fully masked columns have col_lse = -inf; their softmax is 0, not NaN.
+    row_lse = _finite_floor(row_lse.to(torch.float32))
+    col_lse = None if col_lse is None else _finite_floor(col_lse.to(torch.float32))
+    g_row = g_row.to(torch.float32)
+    g_col = None if g_col is None else g_col.to(torch.float32)
+    dq_raw = torch.zeros(b, q.shape[1], dtype=torch.float32, device=device)  # dS @ k, before the scale
+    dk = torch.zeros(n, k.shape[1], dtype=torch.float32, device=device)
+    tile_cells = min(tile_b, b) * min(tile_n, n)
+    logit_store = torch.empty(tile_cells, dtype=torch.float32, device=device)
+    grad_store = torch.empty(tile_cells, dtype=torch.float32, device=device)
+    for r0 in range(0, b, tile_b):
+        r1 = min(r0 + tile_b, b)
+        q_tile = _scaled_query_tile(q, r0, r1, scale32)
+        row_labels = labels[r0:r1]
+        row_shift = row_lse[r0:r1, None]
+        row_weight = g_row[r0:r1]
+        for c0 in range(0, n, tile_n):
+            c1 = min(c0 + tile_n, n)
+            k_tile = k[c0:c1].to(torch.float32)
+            logits = _tile_buffer(logit_store, r1 - r0, c1 - c0)
+            torch.mm(q_tile, k_tile.T, out=logits)
+            local_label, inside = _positive_position(row_labels, c0, c1 - c0)
+            _mask_tile(
+                logits,
+                None if q_ids is None else q_ids[r0:r1],
+                None if k_ids is None else k_ids[c0:c1],
+                local_label,
+                inside,
+            )
+            grad = _tile_buffer(grad_store, r1 - r0, c1 - c0)
+            torch.sub(logits, row_shift, out=grad)
+            grad.exp_().mul_(row_weight[:, None])
+            positive_weight = row_weight
+            if g_col is not None and col_lse is not None:
+                col_weight = g_col[c0:c1]
+                # The logit tile is not needed any more: reuse it for the column softmax.
+                logits.sub_(col_lse[None, c0:c1]).exp_().mul_(col_weight[None, :])
+                grad.add_(logits)
+                positive_weight = row_weight + col_weight[local_label]
+            # −δ terms of both directions, only for rows whose positive lies in this key tile.
+            grad.scatter_add_(1, local_label[:, None], -(positive_weight * inside)[:, None])
+            dq_raw[r0:r1].addmm_(grad, k_tile)
+            dk[c0:c1].addmm_(grad.T, q_tile)
+    dscale = (dq_raw * q.to(torch.float32)).sum()
+    return dq_raw.mul_(scale32), dk, dscale
