@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hardbatch.errors import ConfigError
+from hardbatch.graph.knn import _drop_self, knn, knn_exact, knn_faiss, knn_recall
+
+
+def _data(n=300, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)).astype(np.float32), rng.normal(size=(n, d)).astype(np.float32)
+
+
+def _brute(rows, keys, k, exclude_self):
+    sims = rows.astype(np.float64) @ keys.T.astype(np.float64)
+    if exclude_self:
+        np.fill_diagonal(sims, -np.inf)
+    return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+@pytest.mark.parametrize("chunk", [7, 64, None])
+def test_exact_matches_brute_force_in_any_chunking(exclude_self, chunk):
+    rows, keys = _data()
+    result = knn_exact(rows, keys, 10, exclude_self=exclude_self, chunk_size=chunk, device="cpu")
+    expected = _brute(rows, keys, 10, exclude_self)
+    assert result.indices.dtype == np.int32 and result.scores.dtype == np.float32
+    np.testing.assert_array_equal(np.sort(result.indices, axis=1), np.sort(expected, axis=1))
+    assert (np.diff(result.scores, axis=1) <= 1e-6).all()  # best first
+    if exclude_self:
+        assert not (result.indices == np.arange(len(rows))[:, None]).any()
+    np.testing.assert_allclose(result.scores[:, 0], (rows * keys[result.indices[:, 0]]).sum(1), rtol=1e-4)
+
+
+def test_exact_accepts_torch_and_normalises():
+    rows, keys = _data(100, 8)
+    a = knn(torch.from_numpy(rows), torch.from_numpy(keys) * 5.0, 5, normalize=True, device="cpu")
+    b = knn(rows, keys, 5, normalize=True, device="cpu")
+    np.testing.assert_array_equal(a.indices, b.indices)
+    assert np.abs(a.scores).max() <= 1.0 + 1e-5
+
+
+@pytest.mark.parametrize("index", ["hnsw", "ivf"])
+def test_faiss_backends_have_high_recall_and_exclude_self(index):
+    rows, keys = _data(2000, 16)
+    approx = knn_faiss(rows, rows, 20, index=index, exclude_self=True, normalize=True, nprobe=64)
+    assert not (approx.indices == np.arange(len(rows))[:, None]).any()
+    recall = knn_recall(approx, rows, rows, sample=300, exclude_self=True, normalize=True, device="cpu")
+    assert 0.85 <= recall <= 1.0
+    exact = knn_exact(rows, rows, 20, exclude_self=True, normalize=True, device="cpu")
+    assert knn_recall(exact, rows, rows, sample=300, exclude_self=True, normalize=True, device="cpu") == 1.0
+
+
+def test_recall_detects_wrong_neighbours():
+    rows, keys = _data(200, 8)
+    exact = knn_exact(rows, keys, 5, device="cpu")
+    shuffled = type(exact)(indices=exact.indices[::-1].copy(), scores=exact.scores)
+    assert knn_recall(shuffled, rows, keys, device="cpu") < 0.2
+
+
+def test_drop_self_keeps_order_and_drops_worst_when_absent():
+    indices = np.array([[0, 5, 6], [7, 8, 9]])
+    scores = np.array([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]], dtype=np.float32)
+    kept, kept_scores = _drop_self(indices, scores, np.array([0, 1]), 2)
+    assert kept.tolist() == [[5, 6], [7, 8]] and kept_scores.tolist() == [[2.0, 1.0], [3.0, 2.0]]
+
+
+def test_errors():
+    rows, keys = _data(10, 4)
+    with pytest.raises(ConfigError, match="only 9 keys"):
+        knn(rows, keys, 10, exclude_self=True)
+    with pytest.raises(ConfigError, match="aligned"):
+        knn(rows[:5], keys, 2, exclude_self=True)
+    with pytest.raises(ConfigError, match="unknown kNN backend"):
+        knn(rows, keys, 2, backend="annoy")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="faiss backends"):
+        knn(rows, keys, 2, nprobe=3)
