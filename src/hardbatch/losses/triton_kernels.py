@@ -1,0 +1,863 @@
+"""Fused Triton kernels for the exact bidirectional InfoNCE / CLIP loss (CUDA path).
+
+The loss needs, for ``S = scale * q @ k.T`` (``q`` is ``(b, d)``, ``k`` is ``(n, d)``), the row log-sum-exp
+(query → key direction), the column log-sum-exp (key → query direction) and the positive logits, and in
+backward the gradients of a weighted sum of those terms. Both directions are fused: every ``(row block, key
+tile)`` of ``S`` is computed **once in forward** (feeding the online row LSE *and* a column partial) and
+**once in backward** (feeding ``dq`` and ``dk`` from the same ``dS`` tile). Nothing of size ``b × n`` is
+ever allocated.
+
+Semantics (the contract shared with the torch tiled path in ``tiled.py``):
+
+* ``M[i, j] = (q_ids[i] == k_ids[j]) & (j != labels[i])`` marks masked pairs (no mask when ids are
+  ``None``); masked logits are ``-inf``.
+* ``row_lse[i] = logsumexp_j S[i, j]``, ``col_lse[j] = logsumexp_i S[i, j]``, ``pos_logit[i] = S[i, labels[i]]``.
+* Backward, with upstream ``g_row`` (gradient of the row term ``row_lse[i] - pos_logit[i]``) and ``g_col``
+  (``g_col[j]`` = summed gradient of the column terms whose positive key is ``j``)::
+
+      dS[i, j] = g_row[i] * (exp(S[i, j] - row_lse[i]) - [j == labels[i]])
+               + g_col[j] * (exp(S[i, j] - col_lse[j]) - [j == labels[i]])     (0 where masked)
+      dq = scale * dS @ k,   dk = scale * dS.T @ q,   dscale = sum(dS * (q @ k.T))
+
+  ``dscale`` is accumulated inside the tile loop from the unscaled dot products, so it is exact even for
+  ``scale == 0`` (no division by the scale).
+
+Design and cost (``b`` queries, ``n`` keys, ``d`` dims):
+
+* **Forward**, one kernel: a grid of ``G`` row groups × ``S`` key splits (``G·S ≈`` a few programs per SM).
+  A program walks its row blocks; for each it runs the FlashAttention online max/sum over its key tiles
+  (row LSE) and merges each tile's column (max, sum) into its own row of a ``(G, n)`` fp32 column-partial
+  buffer (read-modify-write by the owning program only: no atomics, deterministic). Row partials go to an
+  ``(S, b)`` buffer. A tiny kernel merges the partials. Executed matmul FLOPs ``2·b·n·d``; ``2·b·n`` exps;
+  extra memory ``4·(G·n + S·b)`` bytes with ``G ≤ 4·SMs`` (≈ 2 KB per key on an H100), independent of b.
+* **Backward**, default (fast) mode, one kernel: one program per (row block, key split); each tile's ``S``
+  is recomputed once, ``dS`` formed in registers, ``dq`` accumulated by the owning program (registers when
+  ``d`` fits one ``BLOCK_D`` chunk, else an owned fp32 read-modify-write per chunk) and ``dk`` added with
+  fp32 ``atomic_add``. Executed matmul FLOPs ``6·b·n·d`` ⇒ **8·b·n·d fwd+bwd** for the whole symmetric loss
+  (Inf-CL executes 20·b²·d: two directions × (2 fwd + 8 bwd)); ``2·b·n`` exps. Atomics make ``dk`` (and
+  ``dq`` when key splits > 1) bitwise non-deterministic (summation order), at fp32 rounding level.
+* **Backward, deterministic mode** (``deterministic=True`` or ``torch.use_deterministic_algorithms(True)``):
+  two kernels, a row-owned one for ``dq`` and a key-owned one for ``dk``, each recomputing ``S``: no atomics,
+  bitwise reproducible, executed matmul FLOPs ``8·b·n·d`` in backward (``10·b·n·d`` total).
+* Memory: inputs are read in their own dtype (no fp32 copies); outputs ``dq``/``dk`` are fp32 ``(b, d)`` /
+  ``(n, d)``; scratch is ``O(G·n + S·b)``. Time grows as ``O(b·n·d)``.
+
+Precision: fp32 accumulation everywhere. bf16/fp16 inputs use tensor-core ``tl.dot``; the ``dS`` tile is
+cast to the input dtype for the two gradient matmuls (as FlashAttention does), fp16 with a per-tile
+rescale so small gradients do not underflow. fp32 inputs use TF32 when
+``torch.get_float32_matmul_precision() != "highest"``, else exact IEEE fp32 dots.
+
+CPU: set ``TRITON_INTERPRET=1`` *before* importing this module; kernels then run on CPU tensors in Triton's
+interpreter with a small fixed configuration (used by the tests). On CUDA the block sizes are autotuned
+over a Hopper-oriented config list, bounded above by ``tile_b``/``tile_n``.
+
+References:
+    Wang et al., "Breaking the Memory Barrier: Near Infinite Batch Size Scaling for Contrastive Loss"
+    (Inf-CL), arXiv:2410.17243. Dao, "FlashAttention-2", arXiv:2307.08691 (online softmax, recompute).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+
+from hardbatch.errors import ConfigError, require
+
+triton = require("triton", "triton", "The fused InfoNCE Triton kernels (hardbatch.losses.triton_kernels)")
+import triton.language as tl  # noqa: E402  (triton itself is imported by `require` above)
+
+__all__ = [
+    "backward_flops",
+    "forward_flops",
+    "fused_backward",
+    "fused_lse_forward",
+    "interpreter_enabled",
+    "triton_supported",
+]
+
+_NEG_INF = float("-inf")
+_SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Interpreter (CPU) configuration: small blocks so tests exercise many tiles at tiny sizes.
+_INTERPRET_BLOCK_MAX = 32
+_INTERPRET_BLOCK_D = 16
+_MIN_BLOCK = 16  # tl.dot needs every dimension >= 16
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1`` at import time)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def triton_supported(tensor: torch.Tensor) -> bool:
+    """True when the fused kernels can run on ``tensor``'s device and dtype.
+
+    CUDA tensors of dtype fp32/bf16/fp16 are supported; CPU tensors only under the interpreter.
+    """
+    if tensor.dtype not in _SUPPORTED_DTYPES:
+        return False
+    return tensor.is_cuda or (tensor.device.type == "cpu" and interpreter_enabled())
+
+
+def forward_flops(b: int, n: int, d: int) -> int:
+    """Matmul FLOPs executed by :func:`fused_lse_forward` (one ``S`` evaluation): ``2·b·n·d``."""
+    return 2 * b * n * d
+
+
+def backward_flops(b: int, n: int, d: int, *, deterministic: bool = False) -> int:
+    """Matmul FLOPs executed by :func:`fused_backward`: ``6·b·n·d`` (fast) or ``8·b·n·d`` (deterministic)."""
+    return (8 if deterministic else 6) * b * n * d
+
+
+# --------------------------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _logits_tile(
+    Q,
+    K,
+    rows,
+    cols,
+    row_ok,
+    col_ok,
+    stride_qb,
+    stride_qd,
+    stride_kn,
+    stride_kd,
+    D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Unscaled fp32 dot products ``q[rows] @ k[cols].T`` of one tile, looping over ``d`` in chunks."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_base = Q + rows.to(tl.int64)[:, None] * stride_qb
+    k_base = K + cols.to(tl.int64)[None, :] * stride_kn
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + offs_d
+        d_ok = dd < D
+        q = tl.load(q_base + dd[None, :] * stride_qd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        kt = tl.load(k_base + dd[:, None] * stride_kd, mask=col_ok[None, :] & d_ok[:, None], other=0.0)
+        if DOT_FP32:  # interpreter only: its tl.dot mishandles bf16 (stored as raw uint16)
+            q = q.to(tl.float32)
+            kt = kt.to(tl.float32)
+        acc = tl.dot(q, kt, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _tile_masks(rows, cols, row_ok, col_ok, labels, q_ids, k_ids, HAS_IDS: tl.constexpr):
+    """(valid, is_positive) boolean tiles: in range and not masked as a same-id non-positive pair."""
+    is_pos = labels[:, None] == cols[None, :]
+    valid = row_ok[:, None] & col_ok[None, :]
+    if HAS_IDS:
+        valid = valid & ((q_ids[:, None] != k_ids[None, :]) | is_pos)
+    return valid, is_pos
+
+
+@triton.jit
+def _logaddexp(a, b):
+    """Elementwise log(exp(a) + exp(b)) that returns -inf (not NaN) when both are -inf."""
+    mx = tl.maximum(a, b)
+    safe = tl.where(mx == float("-inf"), 0.0, mx)
+    return safe + tl.log(tl.exp(a - safe) + tl.exp(b - safe))
+
+
+@triton.jit
+def _fwd_kernel(
+    Q,
+    K,
+    SCALE,
+    LABELS,
+    Q_IDS,
+    K_IDS,
+    ROW_PART,
+    COL_PART,
+    POS,
+    B,
+    N,
+    stride_qb,
+    stride_qd,
+    stride_kn,
+    stride_kd,
+    B_BUCKET,
+    N_BUCKET,
+    D: tl.constexpr,
+    HAS_IDS: tl.constexpr,
+    COMPUTE_COL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Program (group g, split s): row blocks g, g+G, ...; key tiles s, s+S, ...
+
+    Writes ROW_PART[s, rows] (row LSE over this split's keys), COL_PART[g, cols] (column LSE over this
+    group's rows; read-modify-write, owned by this program) and POS[rows] for labels in its key tiles.
+    """
+    group = tl.program_id(0)
+    split = tl.program_id(1)
+    NUM_ROW_GROUPS = tl.num_programs(0)
+    NUM_KEY_SPLITS = tl.num_programs(1)
+    scale = tl.load(SCALE).to(tl.float32)
+    num_row_blocks = tl.cdiv(B, BLOCK_M)
+    num_key_tiles = tl.cdiv(N, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    col_part_base = COL_PART + group.to(tl.int64) * N
+    for rb in range(group, num_row_blocks, NUM_ROW_GROUPS):
+        rows = rb * BLOCK_M + offs_m
+        row_ok = rows < B
+        labels = tl.load(LABELS + rows, mask=row_ok, other=-1)
+        q_ids = labels
+        if HAS_IDS:
+            q_ids = tl.load(Q_IDS + rows, mask=row_ok, other=0)
+        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for kt in range(split, num_key_tiles, NUM_KEY_SPLITS):
+            start_n = kt * BLOCK_N
+            cols = start_n + offs_n
+            col_ok = cols < N
+            k_ids = cols
+            if HAS_IDS:
+                k_ids = tl.load(K_IDS + cols, mask=col_ok, other=0)
+            dots = _logits_tile(
+                Q, K, rows, cols, row_ok, col_ok, stride_qb, stride_qd, stride_kn, stride_kd,
+                D, PRECISION, DOT_FP32, BLOCK_M, BLOCK_N, BLOCK_D,
+            )  # fmt: skip
+            valid, is_pos = _tile_masks(rows, cols, row_ok, col_ok, labels, q_ids, k_ids, HAS_IDS)
+            s = tl.where(valid, dots * scale, float("-inf"))
+            # Positive logits: only the (usually single) key tile holding a row's label does this work.
+            label_here = row_ok & (labels >= start_n) & (labels < start_n + BLOCK_N)
+            if tl.sum(label_here.to(tl.int32), axis=0) > 0:
+                pos = tl.sum(tl.where(is_pos, s, 0.0), axis=1)
+                tl.store(POS + rows, pos, mask=label_here)
+            # Row direction: FlashAttention online max/sum (rescale the running sum when the max grows).
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            l_i = l_i * tl.exp(m_i - m_safe) + tl.sum(tl.exp(s - m_safe[:, None]), axis=1)
+            m_i = m_new
+            if COMPUTE_COL:
+                c_max = tl.max(s, axis=0)
+                c_safe = tl.where(c_max == float("-inf"), 0.0, c_max)
+                tile_lse = c_safe + tl.log(tl.sum(tl.exp(s - c_safe[None, :]), axis=0))
+                # The first row block of this group initialises its partial row; later ones merge.
+                # (The buffer is uninitialised before that: whatever the load returns is discarded.)
+                old = tl.load(col_part_base + cols, mask=col_ok, other=float("-inf"))
+                old = tl.where(rb == group, float("-inf"), old)
+                tl.store(col_part_base + cols, _logaddexp(old, tile_lse), mask=col_ok)
+        m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
+        tl.store(ROW_PART + split.to(tl.int64) * B + rows, m_safe + tl.log(l_i), mask=row_ok)
+
+
+@triton.jit
+def _lse_combine_kernel(PART, OUT, R, C, BLOCK: tl.constexpr):
+    """OUT[c] = logsumexp_r PART[r, c] for a (R, C) fp32 buffer, streaming over r (no (R, C) temporaries)."""
+    cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < C
+    m = tl.full((BLOCK,), float("-inf"), dtype=tl.float32)
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    ptrs = PART + cols
+    for _ in range(0, R):
+        x = tl.load(ptrs, mask=ok, other=float("-inf"))
+        m_new = tl.maximum(m, x)
+        safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        acc = acc * tl.exp(m - safe) + tl.exp(x - safe)
+        m = m_new
+        ptrs += C
+    safe = tl.where(m == float("-inf"), 0.0, m)
+    tl.store(OUT + cols, safe + tl.log(acc), mask=ok)
+
+
+@triton.jit
+def _bwd_kernel(
+    Q,
+    K,
+    SCALE,
+    LABELS,
+    Q_IDS,
+    K_IDS,
+    ROW_LSE,
+    COL_LSE,
+    G_ROW,
+    G_COL,
+    DQ,
+    DK,
+    DSCALE_PART,
+    B,
+    N,
+    stride_qb,
+    stride_qd,
+    stride_kn,
+    stride_kd,
+    B_BUCKET,
+    N_BUCKET,
+    D: tl.constexpr,
+    HAS_IDS: tl.constexpr,
+    HAS_COL: tl.constexpr,
+    MODE: tl.constexpr,
+    WRITE_OTHER: tl.constexpr,
+    COMPUTE_DSCALE: tl.constexpr,
+    IS_FP16: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Recompute S tiles once and push dS into dq / dk.
+
+    MODE 0 (row-owned): program (row block r, split s) visits key tiles s, s+S, ... and owns dq[r] (plain
+    read-modify-write when S == 1, atomics otherwise); with WRITE_OTHER it atomically adds into dk.
+    MODE 1 (key-owned): program (key tile t, split s) visits row blocks s, s+S, ... and owns dk[t]; with
+    WRITE_OTHER it atomically adds into dq. DSCALE_PART[program] receives this program's sum(dS * q·k).
+    """
+    owner = tl.program_id(0)
+    split = tl.program_id(1)
+    NUM_SPLITS = tl.num_programs(1)  # the grid's second axis, chosen per config by the launch grid
+    scale = tl.load(SCALE).to(tl.float32)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    SINGLE_CHUNK: tl.constexpr = D <= BLOCK_D
+    if MODE == 0:
+        num_inner = tl.cdiv(N, BLOCK_N)
+        owner_acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    else:
+        num_inner = tl.cdiv(B, BLOCK_M)
+        owner_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dscale_acc = tl.sum(tl.zeros((BLOCK_M,), dtype=tl.float32), axis=0)
+    for inner in range(split, num_inner, NUM_SPLITS):
+        if MODE == 0:
+            rows = owner * BLOCK_M + offs_m
+            cols = inner * BLOCK_N + offs_n
+        else:
+            rows = inner * BLOCK_M + offs_m
+            cols = owner * BLOCK_N + offs_n
+        row_ok = rows < B
+        col_ok = cols < N
+        labels = tl.load(LABELS + rows, mask=row_ok, other=-1)
+        q_ids = labels
+        k_ids = cols
+        if HAS_IDS:
+            q_ids = tl.load(Q_IDS + rows, mask=row_ok, other=0)
+            k_ids = tl.load(K_IDS + cols, mask=col_ok, other=0)
+        dots = _logits_tile(
+            Q, K, rows, cols, row_ok, col_ok, stride_qb, stride_qd, stride_kn, stride_kd,
+            D, PRECISION, DOT_FP32, BLOCK_M, BLOCK_N, BLOCK_D,
+        )  # fmt: skip
+        valid, is_pos = _tile_masks(rows, cols, row_ok, col_ok, labels, q_ids, k_ids, HAS_IDS)
+        s = dots * scale
+        pos_f = is_pos.to(tl.float32)
+        row_lse = tl.load(ROW_LSE + rows, mask=row_ok, other=0.0)
+        g_row = tl.load(G_ROW + rows, mask=row_ok, other=0.0)
+        ds = g_row[:, None] * (tl.exp(s - row_lse[:, None]) - pos_f)
+        if HAS_COL:
+            col_lse = tl.load(COL_LSE + cols, mask=col_ok, other=0.0)
+            g_col = tl.load(G_COL + cols, mask=col_ok, other=0.0)
+            ds += g_col[None, :] * (tl.exp(s - col_lse[None, :]) - pos_f)
+        # Masked / out-of-range entries contribute nothing (also removes NaN from -inf - -inf).
+        ds = tl.where(valid, ds, 0.0)
+        if COMPUTE_DSCALE:
+            dscale_acc += tl.sum(tl.sum(ds * dots, axis=1), axis=0)
+        ds = ds * scale
+        # fp16 has a narrow exponent range: normalise the tile by its max so tiny gradients survive the cast.
+        amax = tl.max(tl.max(tl.abs(ds), axis=1), axis=0)
+        if IS_FP16:
+            ds = ds * tl.where(amax > 0.0, 1.0 / amax, 0.0)
+        ds_op = ds.to(Q.dtype.element_ty)
+        if DOT_FP32:  # interpreter emulation of a bf16 dot: round dS to bf16, multiply in fp32
+            ds_op = ds_op.to(tl.float32)
+        q_base = Q + rows.to(tl.int64)[:, None] * stride_qb
+        k_base = K + cols.to(tl.int64)[:, None] * stride_kn
+        dq_base = DQ + rows.to(tl.int64)[:, None] * D
+        dk_base = DK + cols.to(tl.int64)[:, None] * D
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + offs_d
+            d_ok = dd < D
+            q_mask = row_ok[:, None] & d_ok[None, :]
+            k_mask = col_ok[:, None] & d_ok[None, :]
+            # dq needs k (row-owned programs, or as the atomic "other" side); dk needs q.
+            if (MODE == 0) or WRITE_OTHER:
+                kc = tl.load(k_base + dd[None, :] * stride_kd, mask=k_mask, other=0.0)
+                if DOT_FP32:
+                    kc = kc.to(tl.float32)
+                dq_part = tl.dot(ds_op, kc, input_precision=PRECISION)
+                if IS_FP16:
+                    dq_part = dq_part * amax
+            if (MODE == 1) or WRITE_OTHER:
+                qc = tl.load(q_base + dd[None, :] * stride_qd, mask=q_mask, other=0.0)
+                if DOT_FP32:
+                    qc = qc.to(tl.float32)
+                dk_part = tl.dot(tl.trans(ds_op), qc, input_precision=PRECISION)
+                if IS_FP16:
+                    dk_part = dk_part * amax
+            if MODE == 0:
+                own_part, own_ptr, own_mask = dq_part, dq_base + dd[None, :], q_mask
+            else:
+                own_part, own_ptr, own_mask = dk_part, dk_base + dd[None, :], k_mask
+            if SINGLE_CHUNK:
+                owner_acc += own_part
+            elif NUM_SPLITS == 1:
+                # Sole owner of these rows: plain read-modify-write, deterministic.
+                tl.store(own_ptr, tl.load(own_ptr, mask=own_mask, other=0.0) + own_part, mask=own_mask)
+            else:
+                tl.atomic_add(own_ptr, own_part, mask=own_mask, sem="relaxed")
+            if WRITE_OTHER:
+                if MODE == 0:
+                    tl.atomic_add(dk_base + dd[None, :], dk_part, mask=k_mask, sem="relaxed")
+                else:
+                    tl.atomic_add(dq_base + dd[None, :], dq_part, mask=q_mask, sem="relaxed")
+    if SINGLE_CHUNK:
+        # d fits one chunk: the owned gradient block stayed in registers for the whole key loop.
+        d_ok = offs_d < D
+        if MODE == 0:
+            own_rows = owner * BLOCK_M + offs_m
+            ptr = DQ + own_rows.to(tl.int64)[:, None] * D + offs_d[None, :]
+            mask = (own_rows < B)[:, None] & d_ok[None, :]
+        else:
+            own_cols = owner * BLOCK_N + offs_n
+            ptr = DK + own_cols.to(tl.int64)[:, None] * D + offs_d[None, :]
+            mask = (own_cols < N)[:, None] & d_ok[None, :]
+        if NUM_SPLITS == 1:
+            tl.store(ptr, owner_acc, mask=mask)
+        else:
+            tl.atomic_add(ptr, owner_acc, mask=mask, sem="relaxed")
+    if COMPUTE_DSCALE:
+        tl.store(DSCALE_PART + owner * NUM_SPLITS + split, dscale_acc)
+
+
+# ------------------------------------------------------------------------------------- configurations
+
+
+def _hopper_forward_configs() -> list:
+    """Forward configs for sm_90 (H100/H200); also valid on sm_80. (BLOCK_M, BLOCK_N, BLOCK_D, warps, stages)."""
+    shapes = [
+        (128, 128, 64, 8, 3),
+        (128, 128, 32, 8, 4),
+        (128, 128, 128, 8, 2),
+        (128, 64, 64, 4, 3),
+        (64, 128, 64, 4, 3),
+        (64, 64, 64, 4, 4),
+        (256, 128, 64, 8, 3),
+        (128, 256, 64, 8, 3),
+        (64, 64, 32, 4, 4),
+        (64, 64, 16, 4, 4),
+    ]
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": dd}, num_warps=w, num_stages=st)
+        for m, n, dd, w, st in shapes
+    ]
+
+
+def _hopper_backward_configs() -> list:
+    """Backward configs (more live registers: S, dS and an owned dq/dk block)."""
+    shapes = [
+        (64, 64, 64, 4, 2),
+        (64, 128, 64, 8, 2),
+        (128, 64, 64, 8, 2),
+        (128, 128, 64, 8, 2),
+        (128, 128, 32, 8, 3),
+        (64, 64, 128, 4, 2),
+        (128, 64, 128, 8, 2),
+        (64, 64, 32, 4, 3),
+        (64, 64, 16, 4, 3),
+    ]
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": dd}, num_warps=w, num_stages=st)
+        for m, n, dd, w, st in shapes
+    ]
+
+
+def _pow2_floor(value: int) -> int:
+    return 1 << (max(1, int(value)).bit_length() - 1)
+
+
+def _pow2_ceil(value: int) -> int:
+    return 1 << max(0, int(value) - 1).bit_length()
+
+
+def _block_cap(tile: int | None) -> int:
+    """Upper bound on a block size from the caller's tile hint (None / <= 0: unbounded)."""
+    if tile is None or tile <= 0:
+        return 1 << 30
+    return max(_MIN_BLOCK, _pow2_floor(tile))
+
+
+def _filter_configs(configs: list, d: int, cap_m: int, cap_n: int) -> list:
+    """Keep configs whose blocks respect the tile caps and whose BLOCK_D does not exceed next_pow2(d)."""
+    max_d = max(_MIN_BLOCK, _pow2_ceil(d))
+    kept = [
+        c
+        for c in configs
+        if c.kwargs["BLOCK_M"] <= cap_m and c.kwargs["BLOCK_N"] <= cap_n and c.kwargs["BLOCK_D"] <= max_d
+    ]
+    if kept:
+        return kept
+    # Caps below every listed config: fall back to the smallest legal blocks.
+    m, n = min(cap_m, 64), min(cap_n, 64)
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": min(64, max_d)}, num_warps=4, num_stages=2)]
+
+
+@functools.lru_cache(maxsize=64)
+def _autotuned_forward(d: int, cap_m: int, cap_n: int):
+    """Autotuner over the forward configs allowed for this (d, tile caps); keyed on size buckets."""
+    configs = _filter_configs(_hopper_forward_configs(), d, cap_m, cap_n)
+    tuner = triton.autotune(configs=configs, key=["B_BUCKET", "N_BUCKET", "D", "HAS_IDS", "COMPUTE_COL"])(
+        _fwd_kernel
+    )
+    return tuner, configs
+
+
+@functools.lru_cache(maxsize=64)
+def _autotuned_backward(d: int, cap_m: int, cap_n: int):
+    """Autotuner over the backward configs; accumulated outputs are zeroed between tuning runs."""
+    configs = _filter_configs(_hopper_backward_configs(), d, cap_m, cap_n)
+    tuner = triton.autotune(
+        configs=configs,
+        key=["B_BUCKET", "N_BUCKET", "D", "HAS_IDS", "HAS_COL", "MODE", "WRITE_OTHER"],
+        reset_to_zero=["DQ", "DK", "DSCALE_PART"],
+    )(_bwd_kernel)
+    return tuner, configs
+
+
+def _interpreter_config(tile_b: int | None, tile_n: int | None) -> dict[str, int]:
+    """Fixed small blocks for the CPU interpreter (the tile hints pick 16 or 32)."""
+    cap_m = min(_block_cap(tile_b), _INTERPRET_BLOCK_MAX)
+    cap_n = min(_block_cap(tile_n), _INTERPRET_BLOCK_MAX)
+    return {"BLOCK_M": cap_m, "BLOCK_N": cap_n, "BLOCK_D": _INTERPRET_BLOCK_D}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 2  # interpreter: a "GPU" with 2 SMs keeps grids small but still exercises groups and splits
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+# ------------------------------------------------------------------------------------------ host side
+
+
+def _check_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: torch.Tensor | float,
+    labels: torch.Tensor,
+    q_ids: torch.Tensor | None,
+    k_ids: torch.Tensor | None,
+) -> None:
+    """Raise ConfigError/DataError for shapes, dtypes or devices the kernels cannot take."""
+    if q.dim() != 2 or k.dim() != 2:
+        raise ConfigError(
+            f"q and k must be 2-D (rows, dim); got shapes {tuple(q.shape)} and {tuple(k.shape)}"
+        )
+    if q.shape[1] != k.shape[1]:
+        raise ConfigError(f"q and k must share the feature dimension; got {q.shape[1]} and {k.shape[1]}")
+    if q.shape[1] == 0:
+        raise ConfigError("q and k have feature dimension 0")
+    if q.dtype != k.dtype:
+        raise ConfigError(f"q and k must have the same dtype; got {q.dtype} and {k.dtype}")
+    if q.dtype not in _SUPPORTED_DTYPES:
+        raise ConfigError(f"Triton InfoNCE kernels support float32/bfloat16/float16 inputs; got {q.dtype}")
+    if q.device != k.device:
+        raise ConfigError(f"q and k must be on the same device; got {q.device} and {k.device}")
+    if not triton_supported(q):
+        raise ConfigError(
+            f"Triton InfoNCE kernels need CUDA tensors (got {q.device}); on CPU use the torch tiled path, "
+            "or set TRITON_INTERPRET=1 before importing this module to run Triton's interpreter"
+        )
+    b, n = q.shape[0], k.shape[0]
+    if labels.shape != (b,) or labels.dtype not in (torch.int64, torch.int32):
+        raise ConfigError(
+            f"labels must be an integer tensor of shape ({b},); got {labels.dtype} {tuple(labels.shape)}"
+        )
+    if labels.device != q.device:
+        raise ConfigError(f"labels must be on {q.device}; got {labels.device}")
+    if (q_ids is None) != (k_ids is None):
+        raise ConfigError("q_ids and k_ids must be given together (or both None)")
+    if q_ids is not None and k_ids is not None:
+        if q_ids.shape != (b,) or k_ids.shape != (n,):
+            raise ConfigError(
+                f"q_ids must have shape ({b},) and k_ids ({n},); got {tuple(q_ids.shape)} and {tuple(k_ids.shape)}"
+            )
+        if q_ids.device != q.device or k_ids.device != q.device:
+            raise ConfigError(f"q_ids and k_ids must be on {q.device}")
+    if torch.as_tensor(scale).numel() != 1:
+        raise ConfigError(f"scale must be a scalar; got shape {tuple(torch.as_tensor(scale).shape)}")
+    if b > 0:
+        low, high = (int(v) for v in torch.aminmax(labels))
+        if low < 0 or high >= n:
+            bad = int(((labels < 0) | (labels >= n)).nonzero()[0, 0])
+            raise ConfigError(f"labels[{bad}] = {int(labels[bad])} is not a key index in [0, {n})")
+
+
+def _scale_tensor(scale: torch.Tensor | float, device: torch.device) -> torch.Tensor:
+    """The logit scale as a 1-element fp32 tensor on ``device`` (read by the kernels through a pointer)."""
+    return torch.as_tensor(scale).detach().reshape(1).to(device=device, dtype=torch.float32).contiguous()
+
+
+def _int64(t: torch.Tensor | None, fallback: torch.Tensor) -> torch.Tensor:
+    return fallback if t is None else t.to(torch.int64).contiguous()
+
+
+def _precision(dtype: torch.dtype, device: torch.device) -> str:
+    """fp32 inputs follow torch's matmul precision setting: TF32 unless it is "highest"."""
+    if device.type == "cpu":
+        return "ieee"  # interpreter: exact numpy dots (bf16 operands are upcast, see DOT_FP32)
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        return "ieee"
+    return "tf32"
+
+
+def _dot_fp32(q: torch.Tensor) -> bool:
+    """Upcast dot operands to fp32: only for bf16 under the CPU interpreter (see ``_mma``)."""
+    return q.device.type == "cpu" and q.dtype == torch.bfloat16
+
+
+def _size_bucket(size: int) -> int:
+    return _pow2_ceil(max(1, size))
+
+
+def _forward_layout(
+    b: int, n: int, max_m: int, max_n: int, sms: int, groups: int | None, splits: int | None
+) -> tuple[int, int]:
+    """(row groups G, key splits S) valid for every config: each program gets >= 1 row block and key tile.
+
+    G is capped at 4·SMs (bounding the (G, n) column-partial buffer) and balanced so that every group gets
+    the same number of row blocks (± 1); key splits only add parallelism when b is small.
+    """
+    row_blocks = math.ceil(b / max_m)
+    key_tiles = math.ceil(n / max_n)
+    if groups is None:
+        cap = 4 * sms
+        groups = row_blocks if row_blocks <= cap else math.ceil(row_blocks / math.ceil(row_blocks / cap))
+    groups = max(1, min(groups, row_blocks))
+    if splits is None:
+        splits = max(1, (2 * sms) // groups)
+    splits = max(1, min(splits, key_tiles))
+    return groups, splits
+
+
+def fused_lse_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: torch.Tensor,
+    labels: torch.Tensor,
+    q_ids: torch.Tensor | None,
+    k_ids: torch.Tensor | None,
+    compute_col: bool,
+    tile_b: int | None,
+    tile_n: int | None,
+    *,
+    num_row_groups: int | None = None,
+    num_key_splits: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Row LSE, column LSE and positive logits of ``S = scale · q @ k.T`` in one pass over tiles.
+
+    Args:
+        q: ``(b, d)`` queries, fp32/bf16/fp16, CUDA (or CPU under ``TRITON_INTERPRET=1``); any strides.
+        k: ``(n, d)`` keys, same dtype and device as ``q``.
+        scale: logit scale, 0-dim (or 1-element) tensor; read in fp32.
+        labels: ``(b,)`` int64 index of each query's positive key in ``[0, n)``.
+        q_ids: ``(b,)`` int64 group ids or ``None``; with ``k_ids`` masks pairs of equal id that are not
+            the positive (``S = -inf`` there).
+        k_ids: ``(n,)`` int64 group ids or ``None``.
+        compute_col: also compute the column LSE (CLIP's key → query direction).
+        tile_b: upper bound on the row block (``None``/``<= 0`` or large values: autotuned freely).
+        tile_n: upper bound on the key block.
+        num_row_groups: override the number of row groups ``G`` (tuning/tests).
+        num_key_splits: override the number of key splits ``S`` (tuning/tests).
+
+    Returns:
+        ``(row_lse (b,) fp32, col_lse (n,) fp32 or None, pos_logit (b,) fp32)``; ``col_lse[j] = -inf``
+        for a key whose column is fully masked.
+
+    Cost: ``2·b·n·d`` matmul FLOPs, ``2·b·n`` exps; extra memory ``4·(G·n + S·b)`` bytes.
+
+    Example:
+        >>> import torch
+        >>> from hardbatch.losses.triton_kernels import fused_lse_forward, triton_supported
+        >>> q, k = torch.randn(40, 8), torch.randn(40, 8)
+        >>> if triton_supported(q):  # CUDA or TRITON_INTERPRET=1
+        ...     row, col, pos = fused_lse_forward(q, k, torch.tensor(2.0), torch.arange(40), None, None,
+        ...                                       True, 16, 16)
+        ...     assert torch.allclose(row, torch.logsumexp(2 * q @ k.T, 1), atol=1e-4)
+    """
+    _check_inputs(q, k, scale, labels, q_ids, k_ids)
+    b, d = q.shape
+    n = k.shape[0]
+    device = q.device
+    f32 = torch.float32
+    if b == 0:
+        col = torch.full((n,), _NEG_INF, device=device, dtype=f32) if compute_col else None
+        return torch.empty(0, device=device, dtype=f32), col, torch.empty(0, device=device, dtype=f32)
+    labels64 = labels.to(torch.int64).contiguous()
+    has_ids = q_ids is not None
+    q_ids64, k_ids64 = _int64(q_ids, labels64), _int64(k_ids, labels64)
+    scale_t = _scale_tensor(scale, device)
+    sms = _sm_count(device)
+    if interpreter_enabled() and device.type == "cpu":
+        meta = _interpreter_config(tile_b, tile_n)
+        kernel, max_m, max_n = _fwd_kernel, meta["BLOCK_M"], meta["BLOCK_N"]
+    else:
+        kernel, configs = _autotuned_forward(d, _block_cap(tile_b), _block_cap(tile_n))
+        meta = {}
+        max_m = max(c.kwargs["BLOCK_M"] for c in configs)
+        max_n = max(c.kwargs["BLOCK_N"] for c in configs)
+    groups, splits = _forward_layout(b, n, max_m, max_n, sms, num_row_groups, num_key_splits)
+    row_part = torch.empty((splits, b), device=device, dtype=f32)
+    col_part = torch.empty((groups, n) if compute_col else (1,), device=device, dtype=f32)
+    # NaN until written: a label outside every key tile would surface instead of reading garbage.
+    pos = torch.full((b,), float("nan"), device=device, dtype=f32)
+    kernel[(groups, splits)](
+        q, k, scale_t, labels64, q_ids64, k_ids64, row_part, col_part, pos, b, n,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), _size_bucket(b), _size_bucket(n),
+        D=d, HAS_IDS=has_ids, COMPUTE_COL=bool(compute_col), PRECISION=_precision(q.dtype, device),
+        DOT_FP32=_dot_fp32(q), **meta,
+    )  # fmt: skip
+    row_lse = row_part[0] if splits == 1 else _combine_partials(row_part)
+    col_lse = _combine_partials(col_part) if compute_col else None
+    return row_lse, col_lse, pos
+
+
+def _combine_partials(part: torch.Tensor) -> torch.Tensor:
+    """logsumexp over dim 0 of an (R, C) fp32 buffer, streamed by a small kernel."""
+    rows, cols = part.shape
+    if rows == 1:
+        return part[0]
+    out = torch.empty(cols, device=part.device, dtype=torch.float32)
+    block = 128 if interpreter_enabled() and part.device.type == "cpu" else 1024
+    _lse_combine_kernel[(math.ceil(cols / block),)](part, out, rows, cols, BLOCK=block)
+    return out
+
+
+def _backward_layout(
+    b: int, n: int, block_m: int, block_n: int, sms: int, splits: int | None
+) -> tuple[int, int]:
+    """(row blocks, key splits) of the fast backward grid: split keys only when b alone is too few blocks."""
+    row_blocks = math.ceil(b / block_m)
+    key_tiles = math.ceil(n / block_n)
+    if splits is None:
+        splits = math.ceil(2 * sms / row_blocks)
+    return row_blocks, max(1, min(splits, key_tiles))
+
+
+def fused_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: torch.Tensor,
+    labels: torch.Tensor,
+    q_ids: torch.Tensor | None,
+    k_ids: torch.Tensor | None,
+    row_lse: torch.Tensor,
+    col_lse: torch.Tensor | None,
+    g_row: torch.Tensor,
+    g_col: torch.Tensor | None,
+    tile_b: int | None,
+    tile_n: int | None,
+    *,
+    deterministic: bool | None = None,
+    num_key_splits: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``Σ_i g_row[i]·(row_lse[i] − S[i,l_i]) + Σ_j g_col[j]·(col_lse[j] − S[·,j] at positives)``.
+
+    Recomputes each ``S`` tile once (fast mode) and never stores anything ``b × n``; see the module
+    docstring for the exact ``dS`` formula.
+
+    Args:
+        q, k, scale, labels, q_ids, k_ids: as given to :func:`fused_lse_forward`.
+        row_lse: ``(b,)`` fp32 from the forward.
+        col_lse: ``(n,)`` fp32 from the forward, or ``None`` (then ``g_col`` must be ``None``).
+        g_row: ``(b,)`` upstream gradient of each row term.
+        g_col: ``(n,)`` upstream gradient of the column terms, summed per positive key, or ``None``.
+        tile_b, tile_n: upper bounds on the block sizes (as in the forward).
+        deterministic: ``True`` uses two atomic-free kernels (bitwise reproducible, 8·b·n·d FLOPs instead
+            of 6·b·n·d); ``None`` follows ``torch.are_deterministic_algorithms_enabled()``.
+        num_key_splits: override the key-split count of the fast kernel (tuning/tests).
+
+    Returns:
+        ``(dq (b, d) fp32, dk (n, d) fp32, dscale 0-dim fp32)``.
+
+    Example:
+        >>> import torch
+        >>> from hardbatch.losses.triton_kernels import fused_backward, fused_lse_forward, triton_supported
+        >>> q, k, s, lab = torch.randn(20, 8), torch.randn(20, 8), torch.tensor(3.0), torch.arange(20)
+        >>> if triton_supported(q):
+        ...     row, col, _ = fused_lse_forward(q, k, s, lab, None, None, True, 16, 16)
+        ...     g = torch.full((20,), 0.025)
+        ...     dq, dk, dscale = fused_backward(q, k, s, lab, None, None, row, col, g, g, 16, 16)
+    """
+    _check_inputs(q, k, scale, labels, q_ids, k_ids)
+    b, d = q.shape
+    n = k.shape[0]
+    if (g_col is None) != (col_lse is None):
+        raise ConfigError("g_col and col_lse must be given together (or both None)")
+    if row_lse.shape != (b,) or g_row.shape != (b,):
+        raise ConfigError(f"row_lse and g_row must have shape ({b},)")
+    if col_lse is not None and g_col is not None and (col_lse.shape != (n,) or g_col.shape != (n,)):
+        raise ConfigError(f"col_lse and g_col must have shape ({n},)")
+    device = q.device
+    f32 = torch.float32
+    dq = torch.zeros((b, d), device=device, dtype=f32)
+    dk = torch.zeros((n, d), device=device, dtype=f32)
+    if b == 0 or n == 0:
+        return dq, dk, torch.zeros((), device=device, dtype=f32)
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
+    labels64 = labels.to(torch.int64).contiguous()
+    has_ids = q_ids is not None
+    q_ids64, k_ids64 = _int64(q_ids, labels64), _int64(k_ids, labels64)
+    has_col = col_lse is not None
+    row_lse32 = row_lse.to(f32).contiguous()
+    g_row32 = g_row.to(f32).contiguous()
+    col_lse32 = col_lse.to(f32).contiguous() if has_col else row_lse32
+    g_col32 = g_col.to(f32).contiguous() if g_col is not None else g_row32
+    scale_t = _scale_tensor(scale, device)
+    sms = _sm_count(device)
+    interpret = interpreter_enabled() and device.type == "cpu"
+    if interpret:
+        meta = _interpreter_config(tile_b, tile_n)
+        kernel, configs = _bwd_kernel, [triton.Config(dict(meta))]
+        meta_kwargs = meta
+    else:
+        kernel, configs = _autotuned_backward(d, _block_cap(tile_b), _block_cap(tile_n))
+        meta_kwargs = {}
+    common = dict(
+        D=d, HAS_IDS=has_ids, HAS_COL=has_col, IS_FP16=q.dtype == torch.float16,
+        PRECISION=_precision(q.dtype, device), DOT_FP32=_dot_fp32(q), **meta_kwargs,
+    )  # fmt: skip
+    args_head = (q, k, scale_t, labels64, q_ids64, k_ids64, row_lse32, col_lse32, g_row32, g_col32)
+    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1))
+    buckets = (_size_bucket(b), _size_bucket(n))
+    dummy = torch.zeros(1, device=device, dtype=f32)
+    if deterministic:
+        # dq: one program per row block over all keys; dk: one program per key tile over all rows.
+        # Unused outputs get a dummy so one kernel's autotuning never zeroes the other's results.
+        max_programs = max(math.ceil(b / c.kwargs["BLOCK_M"]) for c in configs)
+        dscale_part = torch.zeros(max_programs, device=device, dtype=f32)
+        kernel[lambda meta: (math.ceil(b / meta["BLOCK_M"]), 1)](
+            *args_head, dq, dummy, dscale_part, b, n, *strides, *buckets,
+            MODE=0, WRITE_OTHER=False, COMPUTE_DSCALE=True, **common,
+        )  # fmt: skip
+        kernel[lambda meta: (math.ceil(n / meta["BLOCK_N"]), 1)](
+            *args_head, dummy, dk, dummy, b, n, *strides, *buckets,
+            MODE=1, WRITE_OTHER=False, COMPUTE_DSCALE=False, **common,
+        )  # fmt: skip
+    else:
+
+        def layout(meta: dict) -> tuple[int, int]:
+            return _backward_layout(b, n, meta["BLOCK_M"], meta["BLOCK_N"], sms, num_key_splits)
+
+        max_programs = max(math.prod(layout(c.kwargs)) for c in configs)
+        dscale_part = torch.zeros(max_programs, device=device, dtype=f32)
+        kernel[layout](
+            *args_head, dq, dk, dscale_part, b, n, *strides, *buckets,
+            MODE=0, WRITE_OTHER=True, COMPUTE_DSCALE=True, **common,
+        )  # fmt: skip
+    dscale = dscale_part.double().sum().to(f32)
+    return dq, dk, dscale
