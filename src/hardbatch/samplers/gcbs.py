@@ -1,0 +1,265 @@
+"""``GCBSBatchSampler``: Global Contrastive Batch Sampling, refreshed before every epoch.
+
+Before each epoch the sampler asks ``embed_fn(epoch)`` for query and positive embeddings of the whole
+training set — normally computed by *the model being trained* (see :func:`model_embed_fn`) — and runs
+:func:`hardbatch.mining.gcbs.mine_gcbs`: thresholded similarity graph → reverse Cuthill–McKee order →
+consecutive batches. Fixed embeddings (``query_emb`` / ``positive_emb``, a frozen teacher) are the
+alternative: the graph is then the same every epoch and only the batch boundaries (``random_offset``) and
+the order of the batches (``shuffle_batches``) change.
+
+Distributed training: every rank runs the refresh; when a process group is initialised, rank 0's batches
+are broadcast (``sync_ranks=True``) so a difference in floating-point results between ranks cannot make
+them disagree. Resumption: ``state_dict`` stores the current epoch's batch order, so a resumed run yields
+exactly the rest of the epoch although the model (and thus a recomputed graph) has changed.
+
+Cost per epoch: the embedding pass (caller) + O(N² · d) similarity pass + O(N + nnz) memory; see
+:mod:`hardbatch.mining.gcbs`.
+
+sentence-transformers (>= 5) usage — the trainer builds the sampler with ``(dataset, batch_size, drop_last,
+valid_label_columns, generator, seed)``; bind the rest with ``functools.partial``::
+
+    from functools import partial
+    embed_fn = model_embed_fn(model, train_pairs, max_seq_length=128)
+    args = SentenceTransformerTrainingArguments(
+        ..., batch_sampler=partial(GCBSBatchSampler, embed_fn=embed_fn, target_degree=64)
+    )
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from hardbatch.errors import ConfigError, HardbatchError
+from hardbatch.graph.threshold import DEFAULT_QUANTILE_SAMPLE
+from hardbatch.mining.gcbs import GCBSResult, mine_gcbs
+from hardbatch.samplers._data import load_embedding_array
+from hardbatch.samplers.base import HardBatchSampler
+
+__all__ = ["EmbedFn", "GCBSBatchSampler", "model_embed_fn"]
+
+logger = logging.getLogger(__name__)
+
+#: ``embed_fn(epoch) -> (query_emb (N, d), positive_emb (N, d))``.
+EmbedFn = Callable[[int], tuple[Any, Any]]
+
+
+def model_embed_fn(
+    model: Any,
+    dataset: Any,
+    *,
+    batch_size: int = 64,
+    max_seq_length: int | None = None,
+    device: str | None = "auto",
+) -> EmbedFn:
+    """An ``embed_fn`` that encodes ``dataset.queries`` and ``dataset.positives`` with ``model`` (no grad).
+
+    The model is encoded as it is at call time (the sampler calls at the start of each epoch), through
+    :func:`hardbatch.embed.encode_texts` without a cache (the weights change between epochs); its
+    training mode is restored afterwards.
+
+    Args:
+        model: a ``SentenceTransformer`` (the one being trained) or anything ``encode_texts`` accepts.
+        dataset: a PairDataset, or a ``datasets.Dataset`` whose first two columns are query and positive.
+        batch_size: texts per forward pass.
+        max_seq_length: truncate inputs (None: the model's setting).
+        device: where to encode.
+    """
+    if hasattr(dataset, "queries") and hasattr(dataset, "positives"):
+        queries, positives = list(dataset.queries), list(dataset.positives)
+    elif getattr(dataset, "column_names", None) and len(dataset.column_names) >= 2:
+        first, second = dataset.column_names[:2]
+        queries, positives = list(dataset[first]), list(dataset[second])
+    else:
+        raise ConfigError("model_embed_fn needs a PairDataset or a datasets.Dataset with two text columns")
+
+    def embed(epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        from hardbatch.embed import encode_texts
+
+        options = {"batch_size": batch_size, "max_seq_length": max_seq_length, "device": device}
+        return encode_texts(queries, model, **options), encode_texts(positives, model, **options)
+
+    return embed
+
+
+class GCBSBatchSampler(HardBatchSampler):
+    """GCBS batches: RCM order of the thresholded query × positive similarity graph, cut into batches.
+
+    Args:
+        dataset: the training dataset (only its length is used; may be ``None`` with ``num_examples``).
+        batch_size, drop_last, valid_label_columns, generator, seed, num_examples, world_size: see
+            :class:`~hardbatch.samplers.base.HardBatchSampler`.
+        embed_fn: ``embed_fn(epoch) -> (query_emb, positive_emb)``, each (N, d) float, called once at the
+            start of every epoch (normally the model being trained, see :func:`model_embed_fn`).
+        query_emb: fixed (N, d) query embeddings (array, tensor or ``.npy`` path) instead of ``embed_fn``.
+        positive_emb: fixed (N, d) positive embeddings, with ``query_emb``.
+        quantile: global similarity quantile q used as threshold (default 0.999, the paper's).
+        target_degree: alternative to ``quantile``: about this many graph edges per example.
+        shuffle_batches: shuffle the order of the batches (not their content) every epoch. RCM puts similar
+            batches next to each other; without shuffling consecutive steps see the same topic.
+        random_offset: move the batch boundaries by a random offset every epoch.
+        sample_size: similarity entries used to estimate the quantile.
+        chunk_size: rows per similarity block.
+        device: torch device for the similarity pass.
+        sync_ranks: broadcast rank 0's batches when a process group is initialised.
+        collapse_fraction: warn when one component holds more than this fraction of the examples.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> q = np.repeat(rng.normal(size=(8, 16)), 32, axis=0) + 0.1 * rng.normal(size=(256, 16))
+        >>> sampler = GCBSBatchSampler(num_examples=256, batch_size=32, query_emb=q, positive_emb=q,
+        ...                            target_degree=31, device="cpu")
+        >>> len(list(sampler)), sampler.last_stats["same_batch_edge_fraction"] > 0.5
+        (8, True)
+    """
+
+    rng_salt = 0x6CB5
+
+    def __init__(
+        self,
+        dataset: Sequence[Any] | None = None,
+        batch_size: int = 32,
+        drop_last: bool = True,
+        valid_label_columns: list[str] | None = None,
+        generator: torch.Generator | None = None,
+        seed: int = 0,
+        *,
+        embed_fn: EmbedFn | None = None,
+        query_emb: np.ndarray | torch.Tensor | str | os.PathLike[str] | None = None,
+        positive_emb: np.ndarray | torch.Tensor | str | os.PathLike[str] | None = None,
+        quantile: float | None = None,
+        target_degree: float | None = None,
+        shuffle_batches: bool = True,
+        random_offset: bool = True,
+        sample_size: int = DEFAULT_QUANTILE_SAMPLE,
+        chunk_size: int = 2048,
+        device: str | torch.device | None = "auto",
+        sync_ranks: bool = True,
+        collapse_fraction: float = 0.9,
+        num_examples: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        super().__init__(
+            dataset,
+            batch_size,
+            drop_last,
+            valid_label_columns,
+            generator,
+            seed,
+            num_examples=num_examples,
+            world_size=world_size,
+        )
+        fixed = query_emb is not None or positive_emb is not None
+        if (embed_fn is None) == (not fixed) or (fixed and (query_emb is None or positive_emb is None)):
+            raise ConfigError("GCBSBatchSampler needs either embed_fn or both query_emb and positive_emb")
+        if quantile is not None and target_degree is not None:
+            raise ConfigError("give either quantile or target_degree, not both")
+        if fixed:
+            q = load_embedding_array(query_emb, "query_emb", self.num_examples)  # type: ignore[arg-type]
+            p = load_embedding_array(positive_emb, "positive_emb", self.num_examples)  # type: ignore[arg-type]
+            embed_fn = _fixed(q, p)
+        self.embed_fn: EmbedFn = embed_fn  # type: ignore[assignment]
+        self.quantile = quantile
+        self.target_degree = target_degree
+        self.shuffle_batches = bool(shuffle_batches)
+        self.random_offset = bool(random_offset)
+        self.sample_size = int(sample_size)
+        self.chunk_size = int(chunk_size)
+        self.device = device
+        self.sync_ranks = bool(sync_ranks)
+        self.collapse_fraction = float(collapse_fraction)
+        self._cache: tuple[int, list[list[int]]] | None = None
+        #: Graph statistics and timings of every refresh, in order (``{"epoch", **stats, "seconds"}``).
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def last_stats(self) -> dict[str, Any]:
+        """Statistics of the latest refresh (empty before the first)."""
+        return self.history[-1] if self.history else {}
+
+    # ----------------------------------------------------------------- batches
+    def refresh(self, epoch: int, rng: np.random.Generator | None = None) -> GCBSResult:
+        """Embed (``embed_fn(epoch)``) and run GCBS for ``epoch``; returns the raw result (unshuffled)."""
+        rng = self.rng(epoch) if rng is None else rng
+        query_emb, positive_emb = self.embed_fn(epoch)
+        if len(query_emb) != self.num_examples or len(positive_emb) != self.num_examples:
+            raise HardbatchError(
+                f"embed_fn returned {len(query_emb)} query and {len(positive_emb)} positive rows for a dataset "
+                f"of {self.num_examples} examples"
+            )
+        offset = int(rng.integers(self.batch_size)) if self.random_offset else 0
+        offset = min(offset, self.num_examples - 1)
+        result = mine_gcbs(
+            query_emb,
+            positive_emb,
+            self.batch_size,
+            quantile=self.quantile,
+            target_degree=self.target_degree,
+            offset=offset,
+            seed=int(rng.integers(2**31)),
+            sample_size=self.sample_size,
+            chunk_size=self.chunk_size,
+            device=self.device,
+            collapse_fraction=self.collapse_fraction,
+            keep_graph=False,
+        )
+        self.history.append({"epoch": int(epoch), **result.stats, "seconds": result.seconds})
+        return result
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        rng = self.rng(epoch)
+        result = self.refresh(epoch, rng)
+        batches = [b.tolist() for b in result.batches]
+        if self.shuffle_batches:
+            full = [b for b in batches if len(b) == self.batch_size]
+            short = [b for b in batches if len(b) != self.batch_size]
+            batches = [full[i] for i in rng.permutation(len(full))] + short
+        batches = self._broadcast(batches)
+        self._cache = (epoch, batches)
+        return batches
+
+    def _broadcast(self, batches: list[list[int]]) -> list[list[int]]:
+        if not (self.sync_ranks and self.world_size > 1):
+            return batches
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            return batches
+        payload: list[Any] = [batches]
+        dist.broadcast_object_list(payload, src=0)
+        return payload[0]
+
+    # ----------------------------------------------------------------- resumption
+    def state_dict(self) -> dict[str, Any]:
+        """Base state plus the current epoch's batches, so a resume does not depend on a recomputed graph."""
+        state = super().state_dict()
+        if self._cache is not None and self._cache[0] == self.epoch and self._yielded > 0:
+            state["epoch_batches"] = [list(b) for b in self._cache[1]]
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "epoch_batches" in state:
+            self._cache = (int(state["epoch"]), [list(map(int, b)) for b in state["epoch_batches"]])
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            **super().get_config_dict(),
+            "quantile": self.quantile,
+            "target_degree": self.target_degree,
+            "shuffle_batches": self.shuffle_batches,
+            "random_offset": self.random_offset,
+        }
+
+
+def _fixed(query_emb: np.ndarray, positive_emb: np.ndarray) -> EmbedFn:
+    def embed(epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        return query_emb, positive_emb
+
+    return embed
