@@ -44,7 +44,7 @@ def test_exact_accepts_torch_and_normalises():
 
 @pytest.mark.parametrize("index", ["hnsw", "ivf"])
 def test_faiss_backends_have_high_recall_and_exclude_self(index):
-    rows, keys = _data(2000, 16)
+    rows, _ = _data(2000, 16)
     approx = knn_faiss(rows, rows, 20, index=index, exclude_self=True, normalize=True, nprobe=64)
     assert not (approx.indices == np.arange(len(rows))[:, None]).any()
     recall = knn_recall(approx, rows, rows, sample=300, exclude_self=True, normalize=True, device="cpu")

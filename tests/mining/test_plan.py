@@ -101,7 +101,7 @@ def _mined_plan():
 
 
 def test_save_load_round_trip(tmp_path):
-    plan, query = _mined_plan()
+    plan, _ = _mined_plan()
     path = plan.save(tmp_path / "sub" / "plan.parquet")
     assert [p.name for p in path.parent.iterdir()] == ["plan.parquet"]  # no temporary file left behind
     loaded = BatchPlan.load(path, expected_num_examples=80, expected_hash="abc")

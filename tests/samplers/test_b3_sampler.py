@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from properties import check_sampler_properties, planted_embeddings
+
+from hardbatch.errors import ConfigError, StaleCacheError
+from hardbatch.mining import BatchPlan, mine_b3
+from hardbatch.samplers import B3BatchSampler
+
+N, K, B = 203, 4, 8
+QUERY, POSITIVE, TOPIC = planted_embeddings(num_topics=7, per_topic=29, seed=1)
+SOURCES = np.array(["alpha"] * 90 + ["beta"] * 113)
+PLAN = mine_b3(QUERY, POSITIVE, batch_size=B, cluster_size=K, skip=2, window=12, device="cpu")
+SOURCE_PLAN = mine_b3(
+    QUERY, POSITIVE, batch_size=B, cluster_size=K, skip=2, window=12, sources=SOURCES, device="cpu"
+)
+
+
+def _max_uncovered(plan: BatchPlan):
+    def bound(sampler: B3BatchSampler) -> int:
+        if not sampler.full_batches_only:
+            return 0
+        groups = len(plan.source_names) if plan.has_sources and sampler.same_source is not False else 1
+        per_batch = sampler.batch_size // plan.cluster_size
+        # N mod K remainder + clusters that do not fill a batch (per source) + the world-size cut.
+        leftover_clusters = groups * (per_batch - 1) * plan.cluster_size
+        return plan.remainder.size + leftover_clusters + (sampler.world_size - 1) * sampler.batch_size
+
+    return bound
+
+
+@pytest.mark.parametrize(("plan", "same_source"), [(PLAN, None), (SOURCE_PLAN, None), (SOURCE_PLAN, False)])
+def test_property_suite(plan, same_source):
+    def make(**kw):
+        return B3BatchSampler(num_examples=N, batch_size=B, plan=plan, same_source=same_source, **kw)
+
+    check_sampler_properties(make, max_uncovered=_max_uncovered(plan), max_examples=12)
+
+
+def test_batches_are_whole_clusters_and_hard():
+    sampler = B3BatchSampler(num_examples=N, batch_size=16, plan=PLAN, seed=5)
+    labels = PLAN.labels()
+    for batch in sampler:
+        assert len(batch) == 16 and np.bincount(labels[batch]).max() == K
+        assert sum(np.bincount(labels[batch]) == K) == 4
+    same_topic = np.mean([np.bincount(TOPIC[c]).max() / K for c in PLAN.clusters])
+    assert same_topic > 0.9  # clusters come from one planted topic
+
+
+def test_per_source_batches_stay_in_one_source():
+    sampler = B3BatchSampler(num_examples=N, batch_size=B, plan=SOURCE_PLAN)
+    assert all(np.unique(SOURCES[b]).size == 1 for b in sampler)
+    mixed = B3BatchSampler(num_examples=N, batch_size=B, plan=SOURCE_PLAN, same_source=False)
+    assert any(np.unique(SOURCES[b]).size == 2 for epoch in range(3) for b in mixed.batches(epoch))
+
+
+def test_lazy_mining_equals_explicit_plan():
+    options = {"cluster_size": K, "skip": 2, "window": 12, "device": "cpu"}
+    lazy = B3BatchSampler(
+        num_examples=N, batch_size=B, seed=0, query_emb=QUERY, positive_emb=POSITIVE, mine_options=options
+    )
+    assert lazy.get_config_dict()["plan"] == "lazy"
+    assert lazy.plan.fingerprint == PLAN.fingerprint
+    assert list(lazy) == B3BatchSampler(num_examples=N, batch_size=B, seed=0, plan=PLAN).batches(0)
+
+
+def test_plan_file_and_factory_with_sentence_transformers_signature(tmp_path):
+    path = PLAN.save(tmp_path / "plan.parquet")
+    factory = B3BatchSampler.factory(plan=path)
+    dataset = list(range(N))
+    sampler = factory(dataset, batch_size=B, drop_last=True, valid_label_columns=None, generator=None, seed=3)
+    assert isinstance(sampler, B3BatchSampler) and sampler.seed == 3
+    assert list(sampler) == B3BatchSampler(dataset, batch_size=B, seed=3, plan=PLAN).batches(0)
+    with pytest.raises(StaleCacheError, match="mined for 203 examples"):
+        factory(
+            list(range(N + 1)), batch_size=B, drop_last=True, valid_label_columns=None, generator=None, seed=0
+        )
+
+
+def test_sentence_transformers_trainer_uses_the_sampler(tiny_model, tmp_path):
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    data = Dataset.from_dict(
+        {"anchor": [f"q {i}" for i in range(N)], "positive": [f"p {i}" for i in range(N)]}
+    )
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=B,
+        batch_sampler=B3BatchSampler.factory(plan=PLAN),
+        report_to="none",
+        use_cpu=True,
+        seed=11,
+    )
+    trainer = SentenceTransformerTrainer(
+        model=tiny_model, args=args, train_dataset=data, loss=MultipleNegativesRankingLoss(tiny_model)
+    )
+    loader = trainer.get_train_dataloader()
+    sampler = loader.batch_sampler
+    sampler = getattr(sampler, "batch_sampler", sampler)
+    assert isinstance(sampler, B3BatchSampler) and len(loader) == len(sampler)
+    assert sampler.drop_last == args.dataloader_drop_last  # False by default: the mixed tail is kept
+    assert sampler.batches(0) == PLAN.batches(
+        0, batch_size=B, drop_last=sampler.drop_last, rng=sampler.rng(0)
+    )
+
+
+def test_hard_negatives_through_the_sampler():
+    sampler = B3BatchSampler(num_examples=N, batch_size=B, plan=PLAN, num_hard_negatives=3)
+    batch = sampler.batches(0)[0]
+    negatives = sampler.hard_negatives(batch)
+    assert len(negatives) == 3 and not set(negatives) & set(batch)
+    assert negatives == sampler.hard_negatives(list(reversed(batch)))
+    with pytest.raises(ConfigError, match="num_hard_negatives=0"):
+        B3BatchSampler(num_examples=N, batch_size=B, plan=PLAN).hard_negatives(batch)
+
+
+def test_errors():
+    with pytest.raises(ConfigError, match="multiple of the cluster size 4"):
+        B3BatchSampler(num_examples=N, batch_size=6, plan=PLAN)
+    with pytest.raises(ConfigError, match="larger than the data"):
+        B3BatchSampler(num_examples=N, batch_size=256, plan=PLAN)
+    with pytest.raises(ConfigError, match="needs a plan"):
+        B3BatchSampler(num_examples=N, batch_size=B)
+    with pytest.raises(ConfigError, match="rows but the dataset"):
+        B3BatchSampler(num_examples=N, batch_size=B, query_emb=QUERY[:10], positive_emb=POSITIVE)
+    with pytest.raises(StaleCacheError):
+        B3BatchSampler(num_examples=N, batch_size=B, plan=PLAN, expected_hash="0" * 64)
+    state = B3BatchSampler(num_examples=N, batch_size=B, plan=PLAN).state_dict()
+    with pytest.raises(ConfigError, match="different batch plan"):
+        B3BatchSampler(num_examples=N, batch_size=B, plan=SOURCE_PLAN).load_state_dict(state)
