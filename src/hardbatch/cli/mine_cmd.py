@@ -1,0 +1,220 @@
+"""``hardbatch mine ...``: offline batch mining. ``hardbatch mine b3 DATA -o plan.parquet`` mines B3 batches.
+
+The typer group :data:`mine_app` is shared: other miners (e.g. ``gcbs``) attach their own subcommand to it
+with ``mine_app.command("gcbs")(...)``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+mine_app = typer.Typer(
+    name="mine",
+    help="Mine hard batches offline (B3 clusters of mutual hard negatives) into a batch plan.",
+    no_args_is_help=True,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(mine_app, name="mine")
+
+
+def _teacher_slug(teacher: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", teacher.strip("/"))[-60:] or "teacher"
+
+
+def _load_embeddings(query_emb: Path, positive_emb: Path, rows: int | None):
+    from hardbatch.embed import load_embeddings
+
+    query = load_embeddings(query_emb, rows=rows)
+    positive = load_embeddings(positive_emb, rows=len(query), dim=query.shape[1])
+    return query, positive
+
+
+@mine_app.command("b3")
+def mine_b3_command(
+    data: Annotated[
+        str | None,
+        typer.Argument(
+            help="Pair data (.jsonl/.json/.csv/.parquet or codesearch:<split>). Optional when both "
+            "--query-emb and --positive-emb are given."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output batch plan (.parquet).")] = Path(
+        "plan.parquet"
+    ),
+    teacher: Annotated[
+        str,
+        typer.Option("--teacher", "-t", help="'default' (packaged all-MiniLM-L6-v2) or a model directory."),
+    ] = "default",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="|B|, a multiple of K.")] = 64,
+    cluster_size: Annotated[int, typer.Option("--cluster-size", "-k", help="K, examples per cluster.")] = 32,
+    skip: Annotated[int, typer.Option("--skip", help="p: top teacher ranks skipped (false negatives).")] = 30,
+    window: Annotated[int, typer.Option("--window", help="m: ranks kept after the skipped ones.")] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="METIS / repair / shuffle seed.")] = 0,
+    knn: Annotated[str, typer.Option("--knn", help="exact | hnsw | ivf (faiss, approximate).")] = "exact",
+    query_emb: Annotated[
+        Path | None, typer.Option("--query-emb", help="(N, d) .npy of teacher query embeddings.")
+    ] = None,
+    positive_emb: Annotated[
+        Path | None, typer.Option("--positive-emb", help="(N, d) .npy of teacher positive embeddings.")
+    ] = None,
+    emb_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--emb-dir", help="Cache directory of teacher embeddings (default: under the hardbatch cache)."
+        ),
+    ] = None,
+    per_source: Annotated[
+        bool,
+        typer.Option("--per-source/--global", help="Mine each source separately when the data has sources."),
+    ] = True,
+    same_source: Annotated[
+        bool, typer.Option("--same-source/--mix-sources", help="Keep each batch within one source.")
+    ] = True,
+    filter_same_text: Annotated[
+        bool,
+        typer.Option(
+            "--filter-same-text/--keep-same-text", help="Drop candidates whose positive text is i's."
+        ),
+    ] = True,
+    absolute_margin: Annotated[
+        float | None, typer.Option("--absolute-margin", help="Drop candidates scoring > pos - margin.")
+    ] = None,
+    relative_margin: Annotated[
+        float | None, typer.Option("--relative-margin", help="Drop candidates scoring > pos · (1 - margin).")
+    ] = None,
+    max_score: Annotated[
+        float | None, typer.Option("--max-score", help="Drop candidates scoring above.")
+    ] = None,
+    store_window: Annotated[
+        bool, typer.Option("--store-window/--no-store-window", help="Keep the rank window (B3++, inspect).")
+    ] = True,
+    device: Annotated[str, typer.Option("--device", help="'auto', 'cpu', 'cuda:0', ...")] = "auto",
+    embed_batch_size: Annotated[int, typer.Option("--embed-batch-size", help="Texts per forward pass.")] = 64,
+    max_seq_length: Annotated[
+        int | None, typer.Option("--max-seq-length", help="Truncate teacher inputs to this many tokens.")
+    ] = None,
+) -> None:
+    """Mine B3 batches: teacher ranks → rank-window mutual graph → METIS clusters of K → batch plan."""
+    from hardbatch.errors import ConfigError
+    from hardbatch.mining import mine_b3
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    if (query_emb is None) != (positive_emb is None):
+        raise ConfigError("give both --query-emb and --positive-emb, or neither")
+    dataset = None
+    if data is not None:
+        from hardbatch.data import load_pairs
+
+        dataset = load_pairs(data)
+        timings["load data"] = time.perf_counter() - started
+    elif query_emb is None:
+        raise ConfigError("give DATA, or --query-emb and --positive-emb")
+
+    step = time.perf_counter()
+    if query_emb is not None and positive_emb is not None:
+        query, positive = _load_embeddings(
+            query_emb, positive_emb, len(dataset) if dataset is not None else None
+        )
+        emb_paths = (query_emb, positive_emb)
+    else:
+        from hardbatch.data import default_cache_dir
+        from hardbatch.embed import embed_pairs
+
+        assert dataset is not None
+        target = (
+            emb_dir
+            or default_cache_dir() / "embeddings" / f"{dataset.fingerprint[:16]}-{_teacher_slug(teacher)}"
+        )
+        embeddings = embed_pairs(
+            dataset,
+            teacher,
+            target,
+            batch_size=embed_batch_size,
+            max_seq_length=max_seq_length,
+            device=device,
+        )
+        query, positive = embeddings.query, embeddings.positive
+        emb_paths = (embeddings.query_path, embeddings.positive_path)
+    timings["embeddings"] = time.perf_counter() - step
+
+    sources = dataset.sources if (dataset is not None and per_source) else None
+    texts = dataset.positives if (dataset is not None and filter_same_text) else None
+    step = time.perf_counter()
+    plan = mine_b3(
+        query,
+        positive,
+        batch_size=batch_size,
+        cluster_size=cluster_size,
+        skip=skip,
+        window=window,
+        seed=seed,
+        knn=knn,
+        sources=sources,
+        same_source=same_source,
+        positive_texts=texts,
+        absolute_margin=absolute_margin,
+        relative_margin=relative_margin,
+        max_score=max_score,
+        device=device,
+        store_window=store_window,
+        dataset_hash=dataset.fingerprint if dataset is not None else None,
+    )
+    plan.params["teacher"] = teacher if query_emb is None else "user embeddings"
+    timings["mine"] = time.perf_counter() - step
+    step = time.perf_counter()
+    path = plan.save(out)
+    timings["save"] = time.perf_counter() - step
+    _print_summary(plan, path, emb_paths, timings, time.perf_counter() - started)
+
+
+def _print_summary(
+    plan, path: Path, emb_paths: tuple[Path, Path], timings: dict[str, float], total: float
+) -> None:
+    stats = plan.stats
+    stages = Table(title="B3 mining stages")
+    for column in ("stage", "seconds", "peak RSS (MiB)"):
+        stages.add_column(column, justify="right" if column != "stage" else "left")
+    for name, seconds in timings.items():
+        stages.add_row(name, f"{seconds:.2f}", "")
+    for name, values in stats["stages"].items():
+        stages.add_row(f"  mine: {name}", f"{values['seconds']:.2f}", f"{values['peak_rss_mb']:.0f}")
+    stages.add_row("total", f"{total:.2f}", f"{stats['peak_rss_mb']:.0f}")
+    console.print(stages)
+
+    graph, part, hardness = stats["graph"], stats["partition"], stats["hardness"]
+    summary = Table(title="batch plan", show_header=False)
+    summary.add_column("field", style="bold")
+    summary.add_column("value")
+    rows = [
+        ("examples", f"{plan.num_examples:,}"),
+        ("clusters × K", f"{plan.num_clusters:,} × {plan.cluster_size}"),
+        ("remainder (N mod K)", f"{plan.remainder.size:,}"),
+        ("batches / epoch", f"{plan.num_batches():,} of {plan.batch_size}"),
+        ("sources", ", ".join(plan.source_names) if plan.source_names else "—"),
+        ("directed → mutual edges", f"{graph['directed_edges']:,} → {graph['mutual_edges']:,}"),
+        ("isolated nodes", f"{graph['isolated_nodes']:,}"),
+        ("METIS cut / after repair", f"{part.get('metis_cut', 0):,} / {part.get('cut', 0):,}"),
+        ("within-cluster edges", f"{part.get('within_edge_fraction', 0.0):.1%}"),
+        (
+            "teacher sim in cluster vs random",
+            f"{hardness['cluster_mean_sim']:.3f} vs {hardness['random_mean_sim']:.3f}",
+        ),
+    ]
+    if "knn_recall" in stats:
+        rows.append(("approximate kNN recall", f"{stats['knn_recall']:.3f}"))
+    rows += [("embeddings", f"{emb_paths[0]}, {emb_paths[1]}"), ("plan", str(path))]
+    for field, value in rows:
+        summary.add_row(field, value)
+    console.print(summary)

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from hardbatch.cli.mine_cmd import register
+from hardbatch.errors import ConfigError, DataError
+from hardbatch.mining import BatchPlan
+
+
+@pytest.fixture(scope="module")
+def app():
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    return app
+
+
+def _embeddings(tmp_path, n=96, nan_row=None):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(12, 16))
+    q = (np.repeat(centers, n // 12, axis=0) + 0.2 * rng.normal(size=(n, 16))).astype(np.float32)
+    p = (q + 0.1 * rng.normal(size=q.shape)).astype(np.float32)
+    if nan_row is not None:
+        p[nan_row] = np.nan
+    np.save(tmp_path / "q.npy", q)
+    np.save(tmp_path / "p.npy", p)
+    return tmp_path / "q.npy", tmp_path / "p.npy"
+
+
+def test_mine_b3_from_embedding_files(app, tmp_path):
+    q, p = _embeddings(tmp_path)
+    out = tmp_path / "plan.parquet"
+    args = ["mine", "b3", "--query-emb", str(q), "--positive-emb", str(p), "-o", str(out)]
+    result = CliRunner().invoke(
+        app, [*args, "-b", "16", "-k", "8", "--skip", "1", "--window", "10", "--knn", "hnsw"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "batch plan" in result.output and "approximate kNN recall" in result.output
+    plan = BatchPlan.load(out, expected_num_examples=96)
+    assert (
+        plan.num_clusters == 12
+        and plan.params["knn"] == "hnsw"
+        and plan.params["teacher"] == "user embeddings"
+    )
+
+
+def test_mine_b3_from_data_with_a_teacher_directory(app, tmp_path, tiny_model):
+    teacher = tmp_path / "teacher"
+    tiny_model.save(str(teacher))
+    data = tmp_path / "pairs.jsonl"
+    rows = [
+        {"query": f"question {i % 20} about topic {i % 4}", "positive": f"answer {i}", "source": f"s{i % 2}"}
+        for i in range(64)
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "plan.parquet"
+    result = CliRunner().invoke(
+        app,
+        [
+            "mine",
+            "b3",
+            str(data),
+            "--teacher",
+            str(teacher),
+            "--emb-dir",
+            str(tmp_path / "emb"),
+            "-o",
+            str(out),
+            "-b",
+            "8",
+            "-k",
+            "4",
+            "--skip",
+            "1",
+            "--window",
+            "5",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    plan = BatchPlan.load(out, expected_num_examples=64)
+    assert plan.source_names == ["s0", "s1"] and "dataset" in plan.hashes
+    codes = plan.example_sources()
+    assert all(np.unique(codes[b]).size == 1 for b in plan.batches(0))
+    assert (tmp_path / "emb" / "query.npy").exists()
+
+
+def test_cli_errors(app, tmp_path):
+    q, p = _embeddings(tmp_path)
+    base = ["mine", "b3", "--query-emb", str(q), "--positive-emb", str(p), "-o", str(tmp_path / "x.parquet")]
+    result = CliRunner().invoke(app, [*base, "-b", "12", "-k", "8"])
+    assert isinstance(result.exception, ConfigError) and "multiple of 8" in str(result.exception)
+    result = CliRunner().invoke(app, ["mine", "b3", "--query-emb", str(q)])
+    assert isinstance(result.exception, ConfigError)
+    q, p = _embeddings(tmp_path, nan_row=7)
+    result = CliRunner().invoke(app, [*base, "-b", "16", "-k", "8"])
+    assert isinstance(result.exception, DataError) and "row 7" in str(result.exception)
