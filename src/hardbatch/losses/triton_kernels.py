@@ -11,7 +11,8 @@ Semantics (the contract shared with the torch tiled path in ``tiled.py``):
 
 * ``M[i, j] = (q_ids[i] == k_ids[j]) & (j != labels[i])`` marks masked pairs (no mask when ids are
   ``None``); masked logits are ``-inf``.
-* ``row_lse[i] = logsumexp_j S[i, j]``, ``col_lse[j] = logsumexp_i S[i, j]``, ``pos_logit[i] = S[i, labels[i]]``.
+* ``row_lse[i] = logsumexp_j S[i, j]``, ``col_lse[j] = logsumexp_i S[i, j]``,
+  ``pos_logit[i] = S[i, labels[i]]``.
 * Backward, with upstream ``g_row`` (gradient of the row term ``row_lse[i] - pos_logit[i]``) and ``g_col``
   (``g_col[j]`` = summed gradient of the column terms whose positive key is ``j``)::
 
@@ -437,7 +438,7 @@ def _bwd_kernel(
 
 
 def _hopper_forward_configs() -> list:
-    """Forward configs for sm_90 (H100/H200); also valid on sm_80. (BLOCK_M, BLOCK_N, BLOCK_D, warps, stages)."""
+    """Forward configs for sm_90 (H100/H200), also valid on sm_80: (M, N, D blocks, warps, stages)."""
     shapes = [
         (128, 128, 64, 8, 3),
         (128, 128, 32, 8, 4),
@@ -566,11 +567,6 @@ def _check_inputs(
         raise ConfigError(f"Triton InfoNCE kernels support float32/bfloat16/float16 inputs; got {q.dtype}")
     if q.device != k.device:
         raise ConfigError(f"q and k must be on the same device; got {q.device} and {k.device}")
-    if not triton_supported(q):
-        raise ConfigError(
-            f"Triton InfoNCE kernels need CUDA tensors (got {q.device}); on CPU use the torch tiled path, "
-            "or set TRITON_INTERPRET=1 before importing this module to run Triton's interpreter"
-        )
     b, n = q.shape[0], k.shape[0]
     if labels.shape != (b,) or labels.dtype not in (torch.int64, torch.int32):
         raise ConfigError(
@@ -583,7 +579,8 @@ def _check_inputs(
     if q_ids is not None and k_ids is not None:
         if q_ids.shape != (b,) or k_ids.shape != (n,):
             raise ConfigError(
-                f"q_ids must have shape ({b},) and k_ids ({n},); got {tuple(q_ids.shape)} and {tuple(k_ids.shape)}"
+                f"q_ids must have shape ({b},) and k_ids ({n},); "
+                f"got {tuple(q_ids.shape)} and {tuple(k_ids.shape)}"
             )
         if q_ids.device != q.device or k_ids.device != q.device:
             raise ConfigError(f"q_ids and k_ids must be on {q.device}")
@@ -594,6 +591,15 @@ def _check_inputs(
         if low < 0 or high >= n:
             bad = int(((labels < 0) | (labels >= n)).nonzero()[0, 0])
             raise ConfigError(f"labels[{bad}] = {int(labels[bad])} is not a key index in [0, {n})")
+
+
+def _require_supported(q: torch.Tensor) -> None:
+    """Checked after all shape/label checks, so those errors read the same on CPU and CUDA."""
+    if not triton_supported(q):
+        raise ConfigError(
+            f"Triton InfoNCE kernels need CUDA tensors (got {q.device}); on CPU use the torch tiled path, "
+            "or set TRITON_INTERPRET=1 before importing this module to run Triton's interpreter"
+        )
 
 
 def _scale_tensor(scale: torch.Tensor | float, device: torch.device) -> torch.Tensor:
@@ -689,6 +695,7 @@ def fused_lse_forward(
         ...     assert torch.allclose(row, torch.logsumexp(2 * q @ k.T, 1), atol=1e-4)
     """
     _check_inputs(q, k, scale, labels, q_ids, k_ids)
+    _require_supported(q)
     b, d = q.shape
     n = k.shape[0]
     device = q.device
@@ -764,7 +771,7 @@ def fused_backward(
     deterministic: bool | None = None,
     num_key_splits: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of ``Σ_i g_row[i]·(row_lse[i] − S[i,l_i]) + Σ_j g_col[j]·(col_lse[j] − S[·,j] at positives)``.
+    """Gradients of ``Σ_i g_row[i]·(row_lse[i] − S[i, l_i]) + Σ_j g_col[j]·(col_lse[j] − S[i_j, j])``.
 
     Recomputes each ``S`` tile once (fast mode) and never stores anything ``b × n``; see the module
     docstring for the exact ``dS`` formula.
@@ -801,6 +808,7 @@ def fused_backward(
         raise ConfigError(f"row_lse and g_row must have shape ({b},)")
     if col_lse is not None and g_col is not None and (col_lse.shape != (n,) or g_col.shape != (n,)):
         raise ConfigError(f"col_lse and g_col must have shape ({n},)")
+    _require_supported(q)
     device = q.device
     f32 = torch.float32
     dq = torch.zeros((b, d), device=device, dtype=f32)
