@@ -16,6 +16,7 @@ collected (:func:`topk_search`) or O(chunk_size·(N + k)) when they are streamed
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -105,6 +106,18 @@ def iter_topk(
     for start, block in progress(blocks, "exact search", total=total, show=show_progress):
         values, indices = topk_with_ties(block, k)
         yield start, values.cpu().numpy(), indices.cpu().numpy()
+
+
+def _zero_copy_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Wrap a numpy array (including a read-only memory map) as a CPU tensor without reading or copying it.
+
+    Chunks are then sliced lazily; torch warns about read-only arrays, but they are only ever read here.
+    """
+    if isinstance(array, torch.Tensor):
+        return array
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def topk_search(

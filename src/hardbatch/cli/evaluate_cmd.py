@@ -1,0 +1,114 @@
+"""``hardbatch evaluate --model M --data SPEC``: retrieval metrics of a model on a pair dataset."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)
+
+
+def evaluate(
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data", "-d", help="Pair data: a .jsonl/.json/.csv/.parquet file or codesearch:<split>."
+        ),
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="'default' (packaged all-MiniLM-L6-v2) or a local model directory."
+        ),
+    ] = "default",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Texts per forward pass.")] = 64,
+    max_seq_length: Annotated[
+        int | None, typer.Option("--max-seq-length", help="Truncate inputs to this many tokens.")
+    ] = None,
+    corpus: Annotated[
+        str,
+        typer.Option("--corpus", help="'positives' (all distinct positives) or 'all' (+ hard negatives)."),
+    ] = "positives",
+    chunk_size: Annotated[
+        int | None,
+        typer.Option("--chunk-size", help="Queries per exact-search block (default: ~256 MB blocks)."),
+    ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="'auto' (CUDA if available), 'cpu', 'cuda:0', ...")
+    ] = "auto",
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="Cache the embeddings here (reused when still valid).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the metrics as JSON here.")
+    ] = None,
+) -> None:
+    """Each query retrieves among all distinct positives; prints nDCG@10, MRR@10, Recall@1/10/100, MAP@100."""
+    from hardbatch import __version__
+    from hardbatch.data import load_pairs
+    from hardbatch.embed import model_fingerprint
+    from hardbatch.evaluate import evaluate_texts, retrieval_task
+    from hardbatch.io import write_json
+
+    started = time.perf_counter()
+    dataset = load_pairs(data)
+    task = retrieval_task(dataset, corpus)  # type: ignore[arg-type]
+    loaded = time.perf_counter()
+    result, seconds = evaluate_texts(
+        model,
+        task.queries,
+        task.corpus,
+        task.relevant,
+        batch_size=batch_size,
+        max_seq_length=max_seq_length,
+        chunk_size=chunk_size,
+        device=device,
+        cache_dir=cache_dir,
+    )
+    seconds = {"load_data": loaded - started, **seconds, "total": time.perf_counter() - started}
+
+    table = Table(title=f"{model} on {data}: {result.num_queries:,} queries, {result.num_corpus:,} documents")
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    for name, value in result.metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    console.print(table)
+    console.print(
+        "seconds: " + ", ".join(f"{stage} {value:.1f}" for stage, value in seconds.items()),
+        highlight=False,
+    )
+    if output is not None:
+        write_json(
+            output,
+            {
+                "metrics": result.metrics,
+                "model": {"name": model, **model_fingerprint(model)},
+                "data": {
+                    "spec": data,
+                    "name": dataset.name,
+                    "fingerprint": dataset.fingerprint,
+                    "pairs": len(dataset),
+                },
+                "corpus": corpus,
+                "num_queries": result.num_queries,
+                "num_corpus": result.num_corpus,
+                "num_skipped_queries": result.num_skipped,
+                "params": {
+                    "batch_size": batch_size,
+                    "max_seq_length": max_seq_length,
+                    "chunk_size": chunk_size,
+                },
+                "seconds": {stage: round(value, 3) for stage, value in seconds.items()},
+                "hardbatch_version": __version__,
+            },
+        )
+        console.print(f"wrote [bold]{output}[/]")
