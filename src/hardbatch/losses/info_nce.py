@@ -14,7 +14,7 @@ Complexity (b queries, n keys, d dims, W ranks each holding b and n of them):
            (W·n·d, fp32) and one scalar all-reduce for the scale.
 
 References:
-    Chen et al., "Breaking the Memory Barrier: Near Infinite Batch Size Scaling for Contrastive Loss"
+    Cheng et al., "Breaking the Memory Barrier: Near Infinite Batch Size Scaling for Contrastive Loss"
     (Inf-CL), arXiv 2410.17243; Dao et al., FlashAttention (online softmax); Radford et al., CLIP.
 """
 
