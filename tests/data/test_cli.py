@@ -1,10 +1,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from hardbatch.cli.main import app
@@ -34,21 +33,20 @@ def test_validate_with_column_map(tmp_path):
     assert result.exit_code == 0, result.output
 
 
-def test_validate_bad_file_prints_one_line_and_exits_2(tmp_path):
+def test_validate_bad_file_prints_one_line_and_exits_2(tmp_path, monkeypatch, capsys):
+    from hardbatch.cli.main import run
+
     path = tmp_path / "bad.jsonl"
     path.write_text(
         json.dumps({"query": "q", "positive": "p"}) + "\n" + json.dumps({"query": "", "positive": "p"}) + "\n"
     )
-    env = {**os.environ, "HARDBATCH_PROGRESS": "0"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "hardbatch", "data", "validate", str(path)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert proc.returncode == 2
-    assert f"{path}: line 2: field 'query' is empty" in proc.stderr.replace("\n", "")
-    assert "Traceback" not in proc.stderr
+    monkeypatch.setattr(sys, "argv", ["hardbatch", "data", "validate", str(path)])
+    with pytest.raises(SystemExit) as info:
+        run()  # the real entry point: user errors become one red line and exit status 2
+    assert info.value.code == 2
+    err = capsys.readouterr().err.replace("\n", "")
+    assert f"{path}: line 2: field 'query' is empty" in err
+    assert "Traceback" not in err
 
 
 def test_convert_and_codesearch_commands(tmp_path):

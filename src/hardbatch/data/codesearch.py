@@ -80,6 +80,9 @@ DEFAULT_PACKAGES: tuple[str, ...] = (
 _SKIP_DIRS = {"__pycache__", "tests", "test", "site-packages", "dist-packages"}
 _STDLIB_SKIP = {"idlelib", "turtledemo", "lib2to3", "ensurepip", "pydoc_data", "lib-dynload", "config"}
 _TEST_FILE = re.compile(r"^(test_.*|.*_test|conftest)\.py$")
+# Import names whose distribution is named differently; checked before the slow full scan
+# (importlib.metadata.packages_distributions reads every installed RECORD file, ~2 s).
+_DIST_ALIASES = {"sklearn": "scikit-learn", "yaml": "PyYAML", "PIL": "pillow", "bs4": "beautifulsoup4"}
 _STRING_PREFIXES = {"r", "u", "f", "b", "br", "rb", "fr", "rf"}
 
 
@@ -258,20 +261,28 @@ def package_versions(packages: Iterable[str]) -> dict[str, str]:
         elif _is_path_spec(package):
             versions[label] = "sha256:" + _files_hash(_directory_files(package))
         else:
-            if dist_map is None:
-                dist_map = metadata.packages_distributions()
-            version = None
-            for dist in [*dist_map.get(package, []), package]:
-                try:
-                    version = f"{dist} {metadata.version(dist)}"
-                    break
-                except metadata.PackageNotFoundError:
-                    continue
+            version = _distribution_version(metadata, _DIST_ALIASES.get(package, package))
+            if version is None:  # import name differs from the distribution name (sklearn -> scikit-learn)
+                if dist_map is None:
+                    dist_map = metadata.packages_distributions()  # scans every installed dist: only if needed
+                for dist in dist_map.get(package, []):
+                    version = _distribution_version(metadata, dist)
+                    if version is not None:
+                        break
             if version is None:
                 files = _installed_files(package)
                 version = "not installed" if files is None else "files:" + _files_hash(files, content=False)
             versions[label] = version
     return versions
+
+
+def _distribution_version(metadata, name: str) -> str | None:
+    """``"<published name> <version>"`` of an installed distribution, or ``None``."""
+    try:
+        dist = metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return None
+    return f"{dist.metadata['Name']} {dist.version}"
 
 
 def _files_hash(files: list[SourceFile], content: bool = True) -> str:

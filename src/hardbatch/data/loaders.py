@@ -51,7 +51,7 @@ MISSING = _Missing()
 class RawTable:
     """Columns as read from one input, before mapping and validation.
 
-    ``locate(i)`` names row ``i`` for messages; ``text_cells`` is true for CSV, whose cells are all strings
+    ``locate(i)`` names row ``i`` within the input (``"line 7"``, ``"row 3"``); ``text_cells`` is true for CSV, whose cells are all strings
     (so ``negatives`` is JSON-decoded from text).
     """
 
@@ -93,9 +93,7 @@ def _records_table(name: str, records: list[Any], locations: list[str], dataset_
     def get(column: str) -> list[Any]:
         return [record.get(column, MISSING) for record in records]
 
-    return RawTable(
-        name, list(names), get, len(records), lambda i: f"{name}: {locations[i]}", False, dataset_name
-    )
+    return RawTable(name, list(names), get, len(records), locations.__getitem__, False, dataset_name)
 
 
 def _read_jsonl(path: Path) -> RawTable:
@@ -133,12 +131,9 @@ def _read_csv(path: Path, delimiter: str) -> RawTable:
     lines: list[int] = []
     header: list[str] | None = None
     try:
-        while True:
-            start = reader.line_num + 1
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
+        previous_line = 0
+        for row in reader:
+            start, previous_line = previous_line + 1, reader.line_num  # a quoted cell may span lines
             if not row or (len(row) == 1 and not row[0].strip() and header is not None):
                 continue
             if header is None:
@@ -163,7 +158,7 @@ def _read_csv(path: Path, delimiter: str) -> RawTable:
         k = index[column]
         return [row[k] for row in rows]
 
-    return RawTable(str(path), header, get, len(rows), lambda i: f"{path}: line {lines[i]}", True, path.stem)
+    return RawTable(str(path), header, get, len(rows), lambda i: f"line {lines[i]}", True, path.stem)
 
 
 def _read_parquet(path: Path) -> RawTable:
@@ -187,7 +182,7 @@ def _read_parquet(path: Path) -> RawTable:
         list(table.column_names),
         lambda column: table.column(column).to_pylist(),
         table.num_rows,
-        lambda i: f"{path}: row {i}",
+        lambda i: f"row {i}",
         False,
         name,
     )
@@ -205,13 +200,18 @@ def _read_hf(dataset: Any) -> RawTable:
         raise DataError(f"Hugging Face {kind} is not supported; pass a map-style datasets.Dataset")
     info_name = getattr(getattr(dataset, "info", None), "dataset_name", None) or "hf-dataset"
     label = f"Hugging Face dataset {info_name!r}"
-    columns = dataset.with_format(None)[:]  # dict of python lists, honours select()/shuffle() indices
+    plain = dataset.with_format(None)
+
+    def get(column: str) -> list[Any]:
+        # Only the columns we use are materialised; slicing honours select()/shuffle() indices.
+        return list(plain.select_columns([column])[:][column])
+
     return RawTable(
         label,
         list(dataset.column_names),
-        lambda column: list(columns[column]),
+        get,
         len(dataset),
-        lambda i: f"{label}: row {i}",
+        lambda i: f"row {i}",
         False,
         info_name,
     )
@@ -231,7 +231,7 @@ def read_table(spec: Any) -> RawTable:
             list(spec),
             lambda c: list(spec[c]),
             n,
-            lambda i: f"columns dict: row {i}",
+            lambda i: f"row {i}",
             False,
             "pairs",
         )
@@ -317,16 +317,33 @@ def _text(value: Any, where: str, field: str) -> str:
         raise DataError(
             f"{where}: field '{field}' must be a non-empty string, got {type(value).__name__} {shown}"
         )
-    if not value.strip():
+    if not value or value.isspace():
         raise DataError(f"{where}: field '{field}' is empty")
     return value
+
+
+def _is_text(value: Any) -> bool:
+    # isspace() stops at the first non-space character, so this is O(1) for normal text (strip() copies).
+    return type(value) is str and bool(value) and not value.isspace()
+
+
+def _text_column(table: RawTable, column: str, allow_int: bool = False) -> list[str]:
+    """Validate a text column; the location string is only built for the row that fails."""
+    values = table.get(column)
+    for i, value in enumerate(values):
+        if not _is_text(value):
+            if allow_int and isinstance(value, int) and not isinstance(value, bool):
+                values[i] = str(value)
+            else:
+                values[i] = _text(value, f"{table.name}: {table.locate(i)}", column)
+    return values
 
 
 def _negatives_from_list(value: Any, where: str, field: str, text_cells: bool) -> list[str]:
     if value is MISSING or value is None:
         return []
     if text_cells and isinstance(value, str):
-        if not value.strip():
+        if not value or value.isspace():
             return []
         try:
             value = json.loads(value)
@@ -339,21 +356,25 @@ def _negatives_from_list(value: Any, where: str, field: str, text_cells: bool) -
     return [_text(item, where, f"{field}[{k}]") for k, item in enumerate(value)]
 
 
-def _ident(value: Any, where: str, field: str) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return _text(value, where, field)
+def _negatives_column(table: RawTable, column: str) -> list[list[str]]:
+    values = table.get(column)
+    out: list[list[str]] = []
+    for i, value in enumerate(values):
+        if type(value) is list and all(map(_is_text, value)):
+            out.append(value)
+        else:
+            out.append(
+                _negatives_from_list(value, f"{table.name}: {table.locate(i)}", column, table.text_cells)
+            )
+    return out
 
 
 def _build(table: RawTable, column_map: Mapping[str, str] | None, drop_duplicates: bool) -> PairDataset:
     if table.num_rows == 0:
         raise DataError(f"{table.name}: empty dataset (no rows)")
     resolved = _resolve_columns(table, column_map)
-    where = table.locate
-    queries_raw = table.get(resolved["query"][0])
-    positives_raw = table.get(resolved["positive"][0])
-    queries = [_text(v, where(i), resolved["query"][0]) for i, v in enumerate(queries_raw)]
-    positives = [_text(v, where(i), resolved["positive"][0]) for i, v in enumerate(positives_raw)]
+    queries = _text_column(table, resolved["query"][0])
+    positives = _text_column(table, resolved["positive"][0])
 
     negatives: list[list[str]] | None = None
     if "negatives" in resolved:
@@ -361,21 +382,14 @@ def _build(table: RawTable, column_map: Mapping[str, str] | None, drop_duplicate
         # One column that is not negative/negative_<k> holds a list per row (a JSON array in CSV);
         # otherwise each column holds one negative per row.
         if len(sources) == 1 and not _NEGATIVE_COLUMN.match(sources[0]):
-            raw = table.get(sources[0])
-            negatives = [
-                _negatives_from_list(v, where(i), sources[0], table.text_cells) for i, v in enumerate(raw)
-            ]
+            negatives = _negatives_column(table, sources[0])
         else:
             negatives = _negatives_from_columns(table, sources)
 
-    ids: list[str] | None = None
-    if "id" in resolved:
-        column = resolved["id"][0]
-        ids = [_ident(v, where(i), column) for i, v in enumerate(table.get(column))]
-    source_labels: list[str] | None = None
-    if "source" in resolved:
-        column = resolved["source"][0]
-        source_labels = [_ident(v, where(i), column) for i, v in enumerate(table.get(column))]
+    ids = _text_column(table, resolved["id"][0], allow_int=True) if "id" in resolved else None
+    source_labels = (
+        _text_column(table, resolved["source"][0], allow_int=True) if "source" in resolved else None
+    )
 
     keep = list(range(table.num_rows))
     if drop_duplicates:
@@ -392,8 +406,8 @@ def _build(table: RawTable, column_map: Mapping[str, str] | None, drop_duplicate
         for i in keep:
             if ids[i] in first_seen:
                 raise DataError(
-                    f"{where(i)}: field '{resolved['id'][0]}': duplicate id {ids[i]!r} "
-                    f"(first seen at {where(first_seen[ids[i]]).split(': ', 1)[-1]})"
+                    f"{table.name}: {table.locate(i)}: field '{resolved['id'][0]}': duplicate id {ids[i]!r} "
+                    f"(first seen at {table.locate(first_seen[ids[i]])})"
                 )
             first_seen[ids[i]] = i
 
@@ -421,9 +435,12 @@ def _negatives_from_columns(table: RawTable, columns: list[str]) -> list[list[st
             if value is MISSING or value is None or (table.text_cells and value == ""):
                 continue
             if isinstance(value, list | tuple) and not table.text_cells:
-                gathered[i].extend(_negatives_from_list(value, table.locate(i), column, False))
+                where = f"{table.name}: {table.locate(i)}"
+                gathered[i].extend(_negatives_from_list(value, where, column, False))
+            elif _is_text(value):
+                gathered[i].append(value)
             else:
-                gathered[i].append(_text(value, table.locate(i), column))
+                gathered[i].append(_text(value, f"{table.name}: {table.locate(i)}", column))
     return gathered
 
 
