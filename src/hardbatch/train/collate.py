@@ -1,0 +1,149 @@
+"""Turn a batch of pair rows into tokenised model inputs.
+
+A training batch of ``b`` pairs with ``h`` hard negatives each becomes two feature dicts, tokenised with
+the SentenceTransformer's own tokenizer (``model.tokenize``, which pads to the longest text and truncates at
+``model.max_seq_length``):
+
+* ``query``: ``b`` rows;
+* ``document``: ``b`` positives followed by the batch's extra key texts: the rows' own hard negatives
+  (``h`` per row, query-major: those of query ``i`` are rows ``b + i*h ... b + i*h + h - 1``) or, for B3++,
+  the ``h`` negatives mined for the whole batch. Either way every query is contrasted with every
+  document, and the positive of query ``i`` is document ``i``.
+
+Queries and documents are padded separately because their lengths differ a lot (a docstring vs a function
+body); padding both to the longer would nearly double the query cost.
+
+Cost: O(b * (1 + h) * max_seq_length) time and memory for the token tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hardbatch.errors import DataError
+from hardbatch.losses.layouts import text_ids
+
+__all__ = ["PairCollator", "TokenizedPairs", "slice_features"]
+
+Features = dict[str, Any]
+
+
+@dataclass
+class TokenizedPairs:
+    """Tokenised inputs of one batch.
+
+    Attributes:
+        query: feature dict with ``b`` rows (``input_ids``: (b, Lq) int64, ``attention_mask``, ...).
+        document: feature dict with ``b + e`` rows: positives then ``e`` extra negatives.
+        num_queries: ``b``.
+        num_extra: ``e``, the number of negative documents after the positives (0 without hard negatives).
+        query_ids: (b,) int64 text ids of each query's positive, or ``None``; with ``key_ids`` the loss
+            masks every document whose text equals a query's positive but is not that query's own
+            positive (a duplicate is a false negative, not a negative).
+        key_ids: (b + e,) int64 text ids of the documents, or ``None``.
+    """
+
+    query: Features
+    document: Features
+    num_queries: int
+    num_extra: int
+    query_ids: torch.Tensor | None = None
+    key_ids: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> TokenizedPairs:
+        return TokenizedPairs(
+            _features_to(self.query, device),
+            _features_to(self.document, device),
+            self.num_queries,
+            self.num_extra,
+            self.query_ids,
+            self.key_ids,
+        )
+
+
+class PairCollator:
+    """Collate ``PairDataset`` rows into :class:`TokenizedPairs`.
+
+    Args:
+        tokenize: the model's tokenizer entry point, normally ``SentenceTransformer.tokenize``.
+        mask_duplicates: attach text ids so the loss masks duplicate documents (see :class:`TokenizedPairs`).
+        num_negatives: hard negatives per query to use; ``None`` uses as many as every row of the batch
+            has (0 when the data has none), ``0`` ignores the data's negatives.
+
+    Example:
+        >>> from hardbatch.embed.models import make_tiny_model
+        >>> collate = PairCollator(make_tiny_model().tokenize)
+        >>> batch = collate([{"query": "add two numbers", "positive": "def add(a, b): return a + b"}])
+        >>> batch.num_queries, batch.document["input_ids"].shape[0]
+        (1, 1)
+    """
+
+    def __init__(
+        self,
+        tokenize: Callable[[list[str]], Features],
+        num_negatives: int | None = None,
+        mask_duplicates: bool = True,
+    ) -> None:
+        self.tokenize = tokenize
+        self.num_negatives = num_negatives
+        self.mask_duplicates = mask_duplicates
+
+    def __call__(
+        self, rows: Sequence[Mapping[str, Any]], batch_negatives: Sequence[str] | None = None
+    ) -> TokenizedPairs:
+        """Tokenise ``rows``; ``batch_negatives`` (texts shared by the whole batch, e.g. B3++ mined
+        negatives) replaces the rows' own negatives when given.
+        """
+        if not rows:
+            raise DataError("cannot collate an empty batch")
+        queries = [_text(row, "query") for row in rows]
+        positives = [_text(row, "positive") for row in rows]
+        if batch_negatives is not None:
+            extra = list(batch_negatives)
+        else:
+            extra = [text for per_query in self._row_negatives(rows) for text in per_query]
+        documents = positives + extra
+        batch = TokenizedPairs(self.tokenize(queries), self.tokenize(documents), len(rows), len(extra))
+        if self.mask_duplicates:
+            batch.query_ids = text_ids(positives)
+            batch.key_ids = text_ids(documents)
+        return batch
+
+    def _row_negatives(self, rows: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+        if self.num_negatives == 0:
+            return []
+        per_row = [list(row.get("negatives") or []) for row in rows]
+        available = min(len(neg) for neg in per_row)
+        wanted = available if self.num_negatives is None else self.num_negatives
+        if wanted == 0:
+            return []
+        for row, neg in zip(rows, per_row):
+            if len(neg) < wanted:
+                raise DataError(
+                    f"row id={row.get('id', '?')!s}: has {len(neg)} negatives, {wanted} are needed "
+                    "(set num_negatives lower or fix the data)"
+                )
+        return [neg[:wanted] for neg in per_row]
+
+
+def slice_features(features: Features, start: int, end: int) -> Features:
+    """Rows ``start:end`` of every tensor in a feature dict (other values are passed through)."""
+    return {
+        key: value[start:end] if isinstance(value, torch.Tensor) and value.dim() > 0 else value
+        for key, value in features.items()
+    }
+
+
+def _features_to(features: Features, device: torch.device | str) -> Features:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+
+
+def _text(row: Mapping[str, Any], field: str) -> str:
+    value = row.get(field)
+    if not isinstance(value, str) or not value:
+        raise DataError(f"row id={row.get('id', '?')!s}: field '{field}' must be a non-empty string")
+    return value

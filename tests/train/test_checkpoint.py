@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from hardbatch.train.checkpoint import (
+    capture_rng_state,
+    latest_checkpoint,
+    list_checkpoints,
+    load_trainer_state,
+    replace_dir_atomically,
+    restore_rng_state,
+    save_checkpoint,
+)
+
+
+class _FakeModel:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+
+    def save(self, path: str, create_model_card: bool = False) -> None:
+        import pathlib
+
+        pathlib.Path(path).mkdir(parents=True)
+        (pathlib.Path(path) / "weights.txt").write_text("w")
+        if self.fail:
+            raise RuntimeError("disk full")
+
+
+def test_keeps_the_newest_and_reads_back(tmp_path):
+    for step in (2, 4, 6):
+        save_checkpoint(tmp_path, step, _FakeModel(), {"step": step}, keep=2)
+    assert [c.step for c in list_checkpoints(tmp_path)] == [4, 6]
+    latest = latest_checkpoint(tmp_path)
+    assert latest.step == 6 and (latest.model_path / "weights.txt").exists()
+    assert load_trainer_state(latest) == {"step": 6}
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path):
+    save_checkpoint(tmp_path, 1, _FakeModel(), {"step": 1})
+    with pytest.raises(RuntimeError):
+        save_checkpoint(tmp_path, 2, _FakeModel(fail=True), {"step": 2})
+    assert [c.step for c in list_checkpoints(tmp_path)] == [1]
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_incomplete_folders_are_ignored(tmp_path):
+    (tmp_path / "checkpoints" / "step-00000009" / "model").mkdir(parents=True)  # no trainer_state.pt
+    (tmp_path / "checkpoints" / ".tmp-step-00000010-1").mkdir()
+    assert latest_checkpoint(tmp_path) is None
+
+
+def test_replace_dir_atomically(tmp_path):
+    target = tmp_path / "final"
+    for content in ("one", "two"):
+        tmp = tmp_path / ".final.tmp"
+        tmp.mkdir()
+        (tmp / "f.txt").write_text(content)
+        replace_dir_atomically(tmp, target)
+    assert (target / "f.txt").read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+
+
+def test_rng_round_trip():
+    state = capture_rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    restore_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
