@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from hardbatch.errors import ConfigError
 from hardbatch.losses import info_nce, reference_info_nce, stacked_keys
+from hardbatch.losses.gradcache import cached_loss
 
 pytestmark = pytest.mark.distributed
 
@@ -123,6 +124,28 @@ def _check_ddp(group, world, rank):
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-5)
 
 
+def _check_ddp_gradcache(group, world, rank):
+    """GradCache under DDP (no_sync except the last chunk) + distributed loss = single-process gradient."""
+    torch.manual_seed(1)
+    encoder = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, DIM))
+    reference = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, DIM))
+    reference.load_state_dict(encoder.state_dict())
+    gen = torch.Generator().manual_seed(7)
+    x_query, x_key = (
+        torch.randn(world * LOCAL_B, 8, generator=gen),
+        torch.randn(world * LOCAL_B, 8, generator=gen),
+    )
+    rows = slice(rank * LOCAL_B, (rank + 1) * LOCAL_B)
+    ddp = torch.nn.parallel.DistributedDataParallel(encoder, process_group=group)
+    loss = cached_loss(
+        ddp, [x_query[rows], x_key[rows]], lambda q, k: info_nce(q, k, scale=4.0, group=group), chunk_size=2
+    )
+    loss.backward()
+    info_nce(reference(x_query), reference(x_key), scale=4.0).backward()
+    for got, want in zip(encoder.parameters(), reference.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-6)
+
+
 def _check_unequal_shards(group, rank):
     rows = LOCAL_B + (1 if rank == 0 else 0)
     try:
@@ -144,6 +167,7 @@ def _worker(rank: int, world: int, init_file: str) -> None:
                 _check_loss(info_nce, group, size, local_rank, seed=size, reduction=reduction)
             _check_loss(reference_info_nce, group, size, local_rank, seed=size + 1, reduction="sum")
             _check_ddp(group, size, local_rank)
+            _check_ddp_gradcache(group, size, local_rank)
             _check_unequal_shards(group, local_rank)
     finally:
         dist.destroy_process_group()
