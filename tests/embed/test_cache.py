@@ -46,7 +46,7 @@ def test_cache_roundtrip_sidecar_and_reuse_without_loading_the_model(tmp_path, t
         ({"normalize": False}, "normalize"),
     ],
 )
-def test_stale_cache_is_detected_and_rebuilt(tmp_path, tiny_model_dir, change, field):
+def test_stale_cache_is_detected_and_rebuilt(tmp_path, tiny_model_dir, tiny_model, change, field):
     cache = tmp_path / "texts.npy"
     kwargs = {"cache_path": cache, "device": "cpu", "show_progress": False}
     encode_texts(TEXTS, str(tiny_model_dir), **kwargs)
@@ -55,7 +55,7 @@ def test_stale_cache_is_detected_and_rebuilt(tmp_path, tiny_model_dir, change, f
     with pytest.raises(StaleCacheError, match=field):
         encode_texts(texts, str(tiny_model_dir), on_stale="error", **change, **kwargs)
     rebuilt = encode_texts(texts, str(tiny_model_dir), **change, **kwargs)
-    fresh = encode_texts(texts, str(tiny_model_dir), device="cpu", show_progress=False, **change)
+    fresh = encode_texts(texts, tiny_model, show_progress=False, **change)  # same weights, no reload
     np.testing.assert_allclose(rebuilt, fresh, atol=1e-6)
     meta = json.loads(sidecar_path(cache).read_text())
     assert meta["texts_sha256"] != "" and meta["num_texts"] == len(texts)
