@@ -47,8 +47,8 @@ def default_cache_dir() -> Path:
     """``$HARDBATCH_CACHE`` if set, else ``~/.cache/hardbatch`` (never inside the repository).
 
     Example:
-        >>> default_cache_dir().name in ("hardbatch",) or "HARDBATCH_CACHE" in os.environ
-        True
+        >>> (default_cache_dir() / "codesearch").name
+        'codesearch'
     """
     env = os.environ.get("HARDBATCH_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "hardbatch"

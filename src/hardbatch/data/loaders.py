@@ -351,6 +351,12 @@ def _negatives_from_list(value: Any, where: str, field: str, text_cells: bool) -
             raise DataError(
                 f"{where}: field '{field}' must be a JSON array of strings, got {value[:40]!r}"
             ) from exc
+        if not isinstance(value, list):
+            raise DataError(
+                f"{where}: field '{field}' must be a JSON array of strings, got {type(value).__name__}"
+            )
+    if type(value) is list and all(map(_is_text, value)):
+        return value
     if isinstance(value, str) or not isinstance(value, list | tuple):
         raise DataError(f"{where}: field '{field}' must be a list of strings, got {type(value).__name__}")
     return [_text(item, where, f"{field}[{k}]") for k, item in enumerate(value)]
@@ -360,8 +366,12 @@ def _negatives_column(table: RawTable, column: str) -> list[list[str]]:
     values = table.get(column)
     out: list[list[str]] = []
     for i, value in enumerate(values):
-        if type(value) is list and all(map(_is_text, value)):
-            out.append(value)
+        decoded = value
+        if table.text_cells and _is_text(value):
+            with contextlib.suppress(ValueError):  # the slow path below reports undecodable cells
+                decoded = json.loads(value)
+        if type(decoded) is list and all(map(_is_text, decoded)):
+            out.append(decoded)
         else:
             out.append(
                 _negatives_from_list(value, f"{table.name}: {table.locate(i)}", column, table.text_cells)
