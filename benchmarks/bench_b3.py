@@ -211,32 +211,41 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(int(args.one[0]), args.one[1], args.threads)))
         return
-    rows = []
-    for num in (int(s) for s in args.sizes.split(",")):
-        for backend in args.backends.split(","):
-            started = time.perf_counter()
-            out = subprocess.run(
-                [sys.executable, __file__, "--one", str(num), backend, "--threads", str(args.threads)],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append(row)
-            print(f"N={num:,} {backend}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     info = machine()
+    params = {"dim": DIM, "skip": SKIP, "window": WINDOW, "cluster_size": K, "batch_size": BATCH}
+    runs = [(int(s), b) for s in args.sizes.split(",") for b in args.backends.split(",")]
+    rows: list[dict] = []
+    for num, backend in runs:
+        started = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", str(num), backend, "--threads", str(args.threads)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"N={num:,} {backend}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+        # Written after every run, so a long benchmark interrupted half-way still leaves its results.
+        write_results(rows, info, params, complete=len(rows) == len(runs))
+    report = write_results(rows, info, params, complete=True)
+    print(json.dumps(report, indent=2))
+    print(markdown(rows, info))
+
+
+def write_results(rows: list[dict], info: dict, params: dict, *, complete: bool) -> dict:
+    from hardbatch.io import atomic_write, write_json
+
     report = {
         "benchmark": "b3_scaling",
+        "complete": complete,
         "machine": info,
-        "params": {"dim": DIM, "skip": SKIP, "window": WINDOW, "cluster_size": K, "batch_size": BATCH},
+        "params": params,
         "results": rows,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "b3_scaling.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(rows, info)
-    (RESULTS / "b3_scaling.md").write_text(table)
-    print(json.dumps(report, indent=2))
-    print(table)
+    write_json(RESULTS / "b3_scaling.json", report)
+    with atomic_write(RESULTS / "b3_scaling.md") as handle:
+        handle.write(markdown(rows, info))
+    return report
 
 
 if __name__ == "__main__":
