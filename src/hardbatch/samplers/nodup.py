@@ -10,10 +10,12 @@ Faster than the sentence-transformers version: every text is mapped to an intege
 dataset's texts), rows whose texts are all unique in the dataset skip the check altogether, and the check
 itself is a set lookup on small integers. Texts are read column-wise, never by decoding rows.
 
-Remainder: rows that still conflict with the last, short batch are left out of the epoch (sentence-
-transformers emits several short batches instead; our samplers emit at most one); with ``drop_last`` or
-``world_size > 1`` the short batch is left out too. Without duplicate texts this is exactly the random
-sampler's remainder.
+Remainder: once the permutation is exhausted, batches are built from the waiting rows alone; one that
+cannot be filled is a short batch. sentence-transformers emits every such short batch; our samplers emit at
+most one (the last), so the rows of earlier short batches sit out the epoch, and with ``drop_last`` or
+``world_size > 1`` the last short batch too. Without duplicate texts this is exactly the random sampler's
+remainder; with heavy duplication (a text shared by many rows) it can be large: each batch can hold only one
+of the rows sharing a text.
 
 Cost: building the ids is O(total texts) once; an epoch is O(N + Σ waiting rows scanned), which is O(N) unless
 a text is shared by a large fraction of the rows (then each batch can take only one of them).
@@ -111,6 +113,7 @@ class NoDuplicatesBatchSampler(HardBatchSampler):
         order = self.rng(epoch).permutation(self.num_examples).tolist()
         batches: list[list[int]] = []
         waiting: list[int] = []
+        short: list[int] = []
         cursor = 0
         size = self.batch_size
         while cursor < len(order) or waiting:
@@ -132,9 +135,15 @@ class NoDuplicatesBatchSampler(HardBatchSampler):
             waiting = still_waiting
             if not batch:
                 break
-            batches.append(batch)
-            if len(batch) < size:
-                break  # the short batch ends the epoch; rows still waiting conflict with it
+            if len(batch) == size:
+                batches.append(batch)
+            else:
+                # The stream is exhausted and the waiting rows conflict with this batch. As in
+                # sentence-transformers, go on building batches from the rows still waiting; only the last
+                # short batch is kept (our samplers emit at most one), earlier ones sit out this epoch.
+                short = batch
+        if short:
+            batches.append(short)
         self._cache = (epoch, batches)
         return batches
 

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hardbatch.errors import ConfigError
+from hardbatch.graph.threshold import (
+    estimate_similarity_quantile,
+    quantile_for_degree,
+    threshold_graph,
+)
+
+
+def _cosine(x, y):
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    y = y / np.linalg.norm(y, axis=1, keepdims=True)
+    return x @ y.T
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(12, 24))
+    x = centers[rng.integers(12, size=600)] + 0.7 * rng.normal(size=(600, 24))
+    y = x + 0.3 * rng.normal(size=x.shape)
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+@pytest.mark.parametrize("q", [0.9, 0.99, 0.999])
+def test_exact_quantile_matches_numpy(data, q):
+    x, y = data
+    sims = _cosine(x, y)
+    t = estimate_similarity_quantile(x, y, q, device="cpu", chunk_size=128)
+    assert abs(t - np.quantile(sims, q)) < 2e-3
+    assert (sims > t).sum() == round((1 - q) * sims.size)
+
+
+@pytest.mark.parametrize("q", [0.99, 0.999])
+def test_sampled_quantile_close_to_exact(data, q):
+    x, y = data
+    sims = _cosine(x, y)
+    t = estimate_similarity_quantile(x, y, q, sample_size=60_000, device="cpu", seed=3)  # 1/6 of entries
+    kept = (sims > t).mean()
+    # The sampled threshold keeps about the intended fraction of all entries.
+    assert 0.6 * (1 - q) < kept < 1.6 * (1 - q)
+    assert abs(t - np.quantile(sims, q)) < 0.03
+
+
+def test_threshold_graph_equals_dense(data):
+    x, y = data
+    sims = _cosine(x, y)
+    t = float(np.quantile(sims, 0.995))
+    graph = threshold_graph(x, y, t, device="cpu", chunk_size=97)
+    dense = sims > t
+    assert graph.shape == (600, 600)
+    assert np.array_equal(graph.toarray().astype(bool), dense)
+    no_diag = threshold_graph(x, y, t, device="cpu", chunk_size=97, drop_diagonal=True)
+    np.fill_diagonal(dense, False)
+    assert np.array_equal(no_diag.toarray().astype(bool), dense)
+
+
+def test_guards(data):
+    x, y = data
+    with pytest.raises(ConfigError, match="edges per row"):
+        threshold_graph(x, y, -1.0, device="cpu", max_avg_degree=10)
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        estimate_similarity_quantile(x, y, 1.0, device="cpu")
+    with pytest.raises(ConfigError, match="target_degree"):
+        quantile_for_degree(700, 600)
+    assert quantile_for_degree(6, 600) == pytest.approx(0.99)

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from properties import planted_embeddings
+
+from hardbatch.errors import ConfigError, HardbatchError
+from hardbatch.samplers import GCBSBatchSampler, model_embed_fn
+
+QUERY, POSITIVE, TOPIC = planted_embeddings(num_topics=6, per_topic=40, dim=16, noise=0.2, seed=4)
+
+
+def test_fixed_teacher_batches_are_topical_and_only_order_changes():
+    fixed = GCBSBatchSampler(
+        num_examples=240, batch_size=40, query_emb=QUERY, positive_emb=POSITIVE, target_degree=20,
+        shuffle_batches=False, random_offset=False, device="cpu",
+    )  # fmt: skip
+    for epoch in (0, 1):
+        purity = np.mean([np.bincount(TOPIC[b]).max() / len(b) for b in fixed.batches(epoch)])
+        assert purity > 0.9
+    shuffled = GCBSBatchSampler(
+        num_examples=240, batch_size=40, query_emb=QUERY, positive_emb=POSITIVE, target_degree=20,
+        random_offset=False, device="cpu", seed=5,
+    )  # fmt: skip
+    a, b = shuffled.batches(0), shuffled.batches(1)
+    assert sorted(i for x in a for i in x) == sorted(i for x in b for i in x) == list(range(240)) and a != b
+    stats = shuffled.last_stats
+    assert stats["epoch"] == 1 and stats["components"] >= 6 and "threshold_graph" in stats["seconds"]
+
+
+def test_resume_uses_the_saved_order_even_when_the_model_moved():
+    calls = []
+
+    def embed_fn(epoch):
+        calls.append(epoch)
+        noise = np.random.default_rng(len(calls)).normal(scale=0.3, size=QUERY.shape)  # differs per call
+        return QUERY + noise, POSITIVE + noise
+
+    sampler = GCBSBatchSampler(
+        num_examples=240, batch_size=16, embed_fn=embed_fn, target_degree=16, device="cpu"
+    )
+    iterator = iter(sampler)
+    taken = [next(iterator) for _ in range(4)]
+    state = json.loads(json.dumps(sampler.state_dict()))  # must survive JSON
+    resumed = GCBSBatchSampler(
+        num_examples=240, batch_size=16, embed_fn=embed_fn, target_degree=16, device="cpu"
+    )
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    flat = [i for b in taken + rest for i in b]
+    assert sorted(flat) == list(range(240)) and len(rest) == len(sampler) - 4
+    assert calls == [0]  # the resumed epoch was not recomputed
+
+
+def test_model_embed_fn_with_a_real_model(tiny_model):
+    pairs = SimpleNamespace(
+        queries=[f"how to {verb} a list" for verb in ("sort", "copy", "reverse", "sum")] * 8,
+        positives=[f"def {verb}(xs): pass" for verb in ("sort", "copy", "reverse", "sum")] * 8,
+    )
+    pairs.__len__ = None
+    embed_fn = model_embed_fn(tiny_model, pairs, batch_size=16, device="cpu")
+    q, p = embed_fn(0)
+    assert q.shape == p.shape == (32, 32)
+    tiny_model.train()
+    sampler = GCBSBatchSampler(
+        num_examples=32, batch_size=8, embed_fn=embed_fn, target_degree=4, device="cpu"
+    )
+    assert len(list(sampler)) == 4 and tiny_model.training  # training mode restored
+
+
+def test_ranks_take_rank_zero_batches_when_a_group_exists(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        sampler = GCBSBatchSampler(
+            num_examples=240,
+            batch_size=16,
+            query_emb=QUERY,
+            positive_emb=POSITIVE,
+            world_size=2,
+            device="cpu",
+        )
+        batches = sampler.batches(0)
+        assert len(batches) % 2 == 0 and all(len(b) == 16 for b in batches)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_errors():
+    with pytest.raises(ConfigError, match="either embed_fn"):
+        GCBSBatchSampler(num_examples=240, batch_size=8, query_emb=QUERY)
+    with pytest.raises(ConfigError, match="not both"):
+        GCBSBatchSampler(num_examples=240, batch_size=8, query_emb=QUERY, positive_emb=POSITIVE, quantile=0.9,
+                         target_degree=3)  # fmt: skip
+    bad = GCBSBatchSampler(num_examples=240, batch_size=8, embed_fn=lambda e: (QUERY[:10], POSITIVE[:10]))
+    with pytest.raises(HardbatchError, match="embed_fn returned 10"):
+        bad.batches(0)
+    with pytest.raises(Exception, match="row 3"):
+        nan = QUERY.copy()
+        nan[3] = np.nan
+        GCBSBatchSampler(
+            num_examples=240, batch_size=8, query_emb=torch.from_numpy(nan), positive_emb=POSITIVE
+        )
