@@ -77,3 +77,11 @@ def test_errors():
         knn(rows, keys, 2, backend="annoy")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="faiss backends"):
         knn(rows, keys, 2, nprobe=3)
+
+
+def test_ties_are_broken_by_key_index():
+    rows = np.ones((3, 2), dtype=np.float32)
+    keys = np.ones((6, 2), dtype=np.float32)  # every key ties
+    assert knn_exact(rows, keys, 2, device="cpu").indices.tolist() == [[0, 1]] * 3
+    self_excluded = knn_exact(keys, keys, 2, exclude_self=True, device="cpu").indices
+    assert self_excluded.tolist() == [[1, 2], [0, 2], [0, 1], [0, 1], [0, 1], [0, 1]]

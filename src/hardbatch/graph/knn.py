@@ -7,7 +7,7 @@ key i describe the same example) and key i is never returned for row i.
 
 Backends:
 
-* ``"exact"`` (default): :func:`hardbatch.graph.similarity.iter_similarity_blocks` + ``torch.topk`` on the
+* ``"exact"`` (default): :func:`hardbatch.graph.similarity.iter_similarity_blocks` + ``topk_with_ties`` on the
   best available device. Time O(N_rows · N_keys · d), memory O(chunk · N_keys) for the block plus
   O(N_rows · k) for the result. On a 2-core CPU, 100k × 100k × 384 takes about a minute; on a GPU seconds.
 * ``"hnsw"``: faiss ``IndexHNSWFlat`` (inner product). Build O(N_keys · M · log N_keys), search
@@ -30,6 +30,7 @@ import torch
 
 from hardbatch.device import resolve_device
 from hardbatch.errors import ConfigError
+from hardbatch.evaluate.search import topk_with_ties
 from hardbatch.graph.similarity import as_tensor, iter_similarity_blocks
 from hardbatch.progress import progress
 
@@ -97,7 +98,8 @@ def knn_exact(
         show_progress: progress bar (default: on unless ``HARDBATCH_PROGRESS=0``).
 
     Returns:
-        :class:`KnnResult` with (N_rows, k) int32 indices and float32 scores, best first.
+        :class:`KnnResult` with (N_rows, k) int32 indices and float32 scores, best first; equal scores
+        are ordered (and, at the k-th place, chosen) by ascending key index, on every device.
 
     Complexity: time O(N_rows · N_keys · d + N_rows · N_keys · log k); memory O(chunk · N_keys + N_rows · k).
 
@@ -124,10 +126,11 @@ def knn_exact(
             # Mask the diagonal of this block so an example is never its own neighbour.
             local = torch.arange(block.shape[0], device=block.device)
             block[local, local + start] = float("-inf")
-        top = torch.topk(block, k, dim=1, largest=True, sorted=True)
+        # Deterministic on ties (score descending, then key index), so every device gives the same ranks.
+        values, top = topk_with_ties(block, k)
         stop = start + block.shape[0]
-        indices[start:stop] = top.indices.to(torch.int32).cpu().numpy()
-        scores[start:stop] = top.values.cpu().numpy()
+        indices[start:stop] = top.to(torch.int32).cpu().numpy()
+        scores[start:stop] = values.cpu().numpy()
     return KnnResult(indices=indices, scores=scores)
 
 
@@ -353,7 +356,7 @@ def knn_recall(
         if exclude_self:
             ids = torch.as_tensor(chosen[start : start + 1024], device=dev)
             block[torch.arange(len(ids), device=dev), ids] = float("-inf")
-        exact = torch.topk(block, k, dim=1).indices.cpu().numpy()
+        exact = topk_with_ties(block, k)[1].cpu().numpy()
         found = approx.indices[chosen[start : start + 1024]]
         # Count, per row, approximate ids that are also exact ids (both sets have k distinct ids).
         hits += int((found[:, :, None] == exact[:, None, :]).any(axis=2).sum())
