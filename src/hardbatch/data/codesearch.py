@@ -383,13 +383,12 @@ def _function_pair(
         counters["short_query"] += 1
         return None
     doc_start, doc_end = first.lineno, first.end_lineno or first.lineno
-    header_end = func.body[0].lineno
     before = _byte_slice(lines[doc_start - 1], None, first.col_offset)
     after = _byte_slice(lines[doc_end - 1], first.end_col_offset, None).strip()
     if len(body) < 2:  # nothing but the docstring
         counters["short_code"] += 1
         return None
-    if before.strip() or (after and not after.startswith("#")) or header_end == func.lineno:
+    if before.strip() or (after and not after.startswith("#")):
         # The docstring shares a line with code: it cannot be cut out cleanly.
         counters["layout"] += 1
         return None
