@@ -1,0 +1,293 @@
+"""Benchmark: tiled InfoNCE/CLIP (hardbatch.losses.info_nce) vs a materialised loss vs sentence-transformers.
+
+For every batch size b (n = b keys: the square in-batch case) and d = 384, each method computes the loss
+and its gradients w.r.t. queries and keys (fwd + bwd) on unit-norm fp32 embeddings, scale 20:
+
+* ``info_nce``        : symmetric CLIP loss, tiled (torch backend on CPU, Triton on CUDA).
+* ``info_nce_rows``   : one direction (query → key), tiled: the same task as MNRL.
+* ``reference``       : :func:`hardbatch.losses.reference_info_nce`, symmetric, full logit matrix + autograd.
+* ``st_mnrl``         : sentence-transformers ``MultipleNegativesRankingLoss`` (query → doc).
+* ``st_mnrl_sym``     : MNRL with ``directions=(query_to_doc, doc_to_query), partition_mode=per_direction``.
+
+Each (method, b) runs in a fresh subprocess, so its peak RSS is its own; "extra peak MB" is the peak above
+the RSS after the embeddings exist (the memory the loss needs). Time is the best of ``--reps`` fwd+bwd runs
+after a warm-up on a 256-row slice. Throughput counts the **useful work 8·b·n·d FLOPs** for every method
+(forward logits 2·b·n·d + backward recompute 2·b·n·d + two gradient matmuls 4·b·n·d, the work of the fused
+design; a materialising method executes 6·b·n·d but pays O(b·n) memory), so GFLOP/s compares methods on
+the same task and the ratio of GFLOP/s equals the inverse ratio of times. Naive methods are skipped where
+their estimated memory (≈ 6 fp32 b × n matrices) exceeds ``--naive-max-gb``.
+
+Time grows as O(b·n·d) for every method; memory O(b·n) for the materialising ones and O((b + n)·d + tile²)
+for info_nce. With a CUDA device the script also times info_nce (Triton when installed) and the reference
+on the GPU with CUDA events and ``max_memory_allocated``; without one it records why that part was skipped.
+
+Usage: python benchmarks/bench_loss.py [--sizes 1024,4096,16384] [--dim 384] [--reps 2] [--smoke]
+Writes benchmarks/results/loss_cpu.json and loss_cpu.md (not with --smoke) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+METHODS = ("info_nce", "info_nce_rows", "reference", "st_mnrl", "st_mnrl_sym")
+NAIVE = {"reference", "st_mnrl", "st_mnrl_sym"}
+SCALE = 20.0
+
+
+def useful_flops(b: int, n: int, d: int) -> int:
+    """The FLOP count used for every method's throughput: 8·b·n·d (fused fwd + bwd with one recompute)."""
+    return 8 * b * n * d
+
+
+def make_embeddings(b: int, d: int, seed: int = 0):
+    """Unit-norm keys; queries are noisy copies of their positives so the loss is not trivial."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    key = torch.nn.functional.normalize(torch.randn(b, d, generator=gen), dim=1)
+    query = torch.nn.functional.normalize(key + 1.5 * torch.randn(b, d, generator=gen) / d**0.5, dim=1)
+    return query, key
+
+
+def build_method(method: str):
+    """Return ``f(query, key) -> loss`` for a method name (imports happen here, outside the timing)."""
+    from hardbatch.losses import info_nce, reference_info_nce
+
+    if method == "info_nce":
+        return lambda q, k: info_nce(q, k, scale=SCALE, symmetric=True)
+    if method == "info_nce_rows":
+        return lambda q, k: info_nce(q, k, scale=SCALE, symmetric=False)
+    if method == "reference":
+        return lambda q, k: reference_info_nce(q, k, scale=SCALE, symmetric=True)
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    directions = ("query_to_doc", "doc_to_query") if method == "st_mnrl_sym" else ("query_to_doc",)
+    # compute_loss_from_embeddings never touches the model, so a placeholder module is enough.
+    import torch
+
+    mnrl = MultipleNegativesRankingLoss(
+        torch.nn.Identity(), scale=SCALE, directions=directions, partition_mode="per_direction"
+    )
+    return lambda q, k: mnrl.compute_loss_from_embeddings([q, k], None)
+
+
+def run_one(method: str, b: int, d: int, reps: int, threads: int) -> dict:
+    """Child process: time fwd+bwd of one method at one size and report the extra peak RSS."""
+    import torch
+
+    from hardbatch.progress import peak_rss_mb
+
+    torch.set_num_threads(threads)
+    loss_fn = build_method(method)
+    query, key = make_embeddings(b, d)
+    warm_q, warm_k = query[:256].clone().requires_grad_(), key[:256].clone().requires_grad_()
+    loss_fn(warm_q, warm_k).backward()
+    base_mb = peak_rss_mb()
+    best, value = float("inf"), None
+    for _ in range(reps):
+        q, k = query.clone().requires_grad_(), key.clone().requires_grad_()
+        start = time.perf_counter()
+        loss = loss_fn(q, k)
+        loss.backward()
+        best = min(best, time.perf_counter() - start)
+        value = float(loss)
+        del loss, q, k
+    return {"seconds": best, "extra_peak_mb": peak_rss_mb() - base_mb, "loss": value}
+
+
+def run_cuda(sizes: list[int], d: int, reps: int) -> dict:
+    """CUDA part: info_nce (auto backend) vs reference, CUDA-event timing, peak allocated memory."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device in this run"}
+    from hardbatch.losses import info_nce, reference_info_nce
+    from hardbatch.losses.info_nce import resolve_backend
+
+    device = torch.device("cuda")
+    rows = []
+    for b in sizes:
+        query, key = (t.to(device=device, dtype=torch.bfloat16) for t in make_embeddings(b, d))
+        for method in ("info_nce", "reference"):
+            fn = info_nce if method == "info_nce" else reference_info_nce
+            if method == "reference" and 6 * b * b * 4 > 0.5 * torch.cuda.mem_get_info()[0]:
+                rows.append(
+                    {"b": b, "method": method, "skipped": "estimated memory above half the free GPU memory"}
+                )
+                continue
+            times = []
+            for rep in range(reps + 1):
+                q, k = query.clone().requires_grad_(), key.clone().requires_grad_()
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn(q, k, scale=SCALE).backward()
+                end.record()
+                torch.cuda.synchronize()
+                if rep > 0:  # the first run warms up (and autotunes the Triton kernels)
+                    times.append(start.elapsed_time(end) / 1000)
+            seconds = min(times)
+            rows.append(
+                {
+                    "b": b,
+                    "method": method,
+                    "backend": resolve_backend(None, device, query)[0] if method == "info_nce" else "torch",
+                    "seconds": seconds,
+                    "extra_peak_mb": (torch.cuda.max_memory_allocated() - base) / 2**20,
+                    "gflops": useful_flops(b, b, d) / seconds / 1e9,
+                }
+            )
+    return {"device": torch.cuda.get_device_name(0), "dtype": "bfloat16", "rows": rows}
+
+
+def _child(method: str, b: int, d: int, reps: int, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", method, str(b), str(d), str(reps), str(threads)]
+    env = {**os.environ, "HARDBATCH_PROGRESS": "0"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1024,4096,16384")
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--naive-max-gb", type=float, default=3.0)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, check the script, write nothing")
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        method, b, d, reps, threads = args.worker
+        print(json.dumps(run_one(method, int(b), int(d), int(reps), int(threads))))
+        return
+    sizes = [256, 512] if args.smoke else [int(s) for s in args.sizes.split(",")]
+    dim = 32 if args.smoke else args.dim
+    load_start = os.getloadavg()[0]
+    rows = []
+    for b in sizes:
+        for method in METHODS:
+            row = {"b": b, "n": b, "d": dim, "method": method}
+            naive_gb = 6 * b * b * 4 / 2**30
+            if method in NAIVE and naive_gb > args.naive_max_gb:
+                row["skipped"] = f"needs ≈{naive_gb:.1f} GB (> --naive-max-gb {args.naive_max_gb})"
+            else:
+                row.update(_child(method, b, dim, 1 if b >= 16384 else args.reps, args.threads))
+                if "seconds" in row:
+                    row["gflops"] = useful_flops(b, b, dim) / row["seconds"] / 1e9
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    _add_ratios(rows)
+    import torch
+
+    report = {
+        "benchmark": "loss_cpu",
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "load_average_start": round(load_start, 2),
+            "load_average_end": round(os.getloadavg()[0], 2),
+        },
+        "params": {"sizes": sizes, "dim": dim, "reps": args.reps, "scale": SCALE, "dtype": "float32"},
+        "flop_count": "useful work 8·b·n·d per fwd+bwd for every method",
+        "rows": rows,
+        "cuda": run_cuda(sizes, dim, args.reps),
+    }
+    table = _markdown(report)
+    print(table)
+    if not args.smoke:
+        from hardbatch.io import atomic_write, write_json
+
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        write_json(RESULTS / "loss_cpu.json", report)
+        with atomic_write(RESULTS / "loss_cpu.md") as handle:
+            handle.write(table)
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    """time(peer) / time(info_nce) and memory(peer) / memory(info_nce); peers: symmetric vs info_nce, one-way vs rows."""
+    by_key = {(r["b"], r["method"]): r for r in rows}
+    for row in rows:
+        ours = by_key.get((row["b"], "info_nce_rows" if row["method"] == "st_mnrl" else "info_nce"))
+        if (
+            row["method"].startswith("info_nce")
+            or ours is None
+            or "seconds" not in row
+            or "seconds" not in ours
+        ):
+            continue
+        row["time_vs_info_nce"] = row["seconds"] / ours["seconds"]
+        row["memory_vs_info_nce"] = row["extra_peak_mb"] / max(ours["extra_peak_mb"], 1.0)
+
+
+def _markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        "# InfoNCE / CLIP loss on CPU: tiled info_nce vs materialised reference vs sentence-transformers MNRL",
+        "",
+        f"Machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']}, threads {m['threads']}; load average "
+        f"{m['load_average_start']} at start, {m['load_average_end']} at end (shared machine: compare ratios).",
+        "",
+        "fp32, n = b keys, d = {d}, scale 20, fwd + bwd (gradients w.r.t. queries and keys). GFLOP/s counts the "
+        "useful work 8·b·n·d for every method. Ratios: peer / info_nce (symmetric methods vs `info_nce`, "
+        "one-way `st_mnrl` vs `info_nce_rows`); > 1 means info_nce is faster / smaller.".format(
+            d=report["params"]["dim"]
+        ),
+        "",
+        "| b | method | seconds | GFLOP/s | extra peak RSS MB | time ratio | memory ratio | loss |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["rows"]:
+        if "seconds" not in r:
+            reason = r.get("skipped") or r.get("error", "")
+            lines.append(f"| {r['b']:,} | {r['method']} | skipped: {reason} | | | | | |")
+            continue
+        lines.append(
+            f"| {r['b']:,} | {r['method']} | {r['seconds']:.3f} | {r['gflops']:.1f} | {r['extra_peak_mb']:.1f} | "
+            f"{r.get('time_vs_info_nce', float('nan')):.2f} | {r.get('memory_vs_info_nce', float('nan')):.1f} | "
+            f"{r['loss']:.4f} |"
+        )
+    cuda = report["cuda"]
+    lines += ["", "## CUDA", ""]
+    if "skipped" in cuda:
+        lines.append(f"Skipped: {cuda['skipped']}.")
+    else:
+        lines += [
+            f"Device: {cuda['device']}, {cuda['dtype']}.",
+            "",
+            "| b | method | backend | seconds | GFLOP/s | extra peak MB |",
+            "|---:|---|---|---:|---:|---:|",
+        ]
+        for r in cuda["rows"]:
+            if "skipped" in r:
+                lines.append(f"| {r['b']:,} | {r['method']} | skipped: {r['skipped']} | | | |")
+            else:
+                lines.append(
+                    f"| {r['b']:,} | {r['method']} | {r['backend']} | {r['seconds']:.4f} | {r['gflops']:.0f} | "
+                    f"{r['extra_peak_mb']:.1f} |"
+                )
+    lines += [
+        "",
+        "Time grows as O(b·n·d) for every method. Memory: O(b·n) for the materialising methods (reference, MNRL), "
+        "O((b + n)·d + tile²) for info_nce (1024 × 1024 fp32 tiles on CPU).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
