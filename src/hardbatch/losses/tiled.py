@@ -206,13 +206,19 @@ def fused_backward(
     tile_cells = min(tile_b, b) * min(tile_n, n)
     logit_store = torch.empty(tile_cells, dtype=torch.float32, device=device)
     grad_store = torch.empty(tile_cells, dtype=torch.float32, device=device)
+    # Key tiles without any positive column (hard-negative tiles) have g_col == 0: skip their column
+    # softmax (it is multiplied by exactly 0). Checked on CPU only, where it costs no device sync.
+    col_active = [
+        g_col is not None and (device.type != "cpu" or bool(g_col[c0 : c0 + tile_n].any()))
+        for c0 in range(0, n, tile_n)
+    ]
     for r0 in range(0, b, tile_b):
         r1 = min(r0 + tile_b, b)
         q_tile = _scaled_query_tile(q, r0, r1, scale32)
         row_labels = labels[r0:r1]
         row_shift = row_lse[r0:r1, None]
         row_weight = g_row[r0:r1]
-        for c0 in range(0, n, tile_n):
+        for tile_index, c0 in enumerate(range(0, n, tile_n)):
             c1 = min(c0 + tile_n, n)
             k_tile = k[c0:c1].to(torch.float32)
             logits = _tile_buffer(logit_store, r1 - r0, c1 - c0)
@@ -229,7 +235,7 @@ def fused_backward(
             torch.sub(logits, row_shift, out=grad)
             grad.exp_().mul_(row_weight[:, None])
             positive_weight = row_weight
-            if g_col is not None and col_lse is not None:
+            if col_active[tile_index] and g_col is not None and col_lse is not None:
                 col_weight = g_col[c0:c1]
                 # The logit tile is not needed any more: reuse it for the column softmax.
                 logits.sub_(col_lse[None, c0:c1]).exp_().mul_(col_weight[None, :])
