@@ -65,7 +65,7 @@ class PairDataset(torch.utils.data.Dataset):
         self.queries: list[str] = list(queries)
         self.positives: list[str] = list(positives)
         self.negatives: list[list[str]] | None = (
-            None if negatives is None else [list(row) for row in negatives]
+            None if negatives is None else [row if type(row) is list else list(row) for row in negatives]
         )
         self.ids: list[str] = (
             [f"row-{i}" for i in range(len(self.queries))] if ids is None else [str(i) for i in ids]
