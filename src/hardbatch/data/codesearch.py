@@ -91,8 +91,9 @@ class CodeSearchConfig:
     """Parameters of a codesearch build; all of them are recorded in the cache metadata.
 
     Args:
-        packages: ``"stdlib"``, importable top-level package names, or directories of .py files (the
-            directory name becomes the source label).
+        packages: ``"stdlib"``, importable top-level package names, or directories of .py files written
+            as paths (containing ``/`` or starting with ``.``/``~``; the directory name becomes the source
+            label).
         mask_name: replace the function's own name in the positive by ``mask_token``.
         mask_token: the neutral identifier used for masking.
         min_query_words: minimum words in the docstring's first paragraph.
@@ -160,12 +161,13 @@ class CodeSearchCorpus:
 
 # ---------------------------------------------------------------------------------------------- discovery
 def _is_path_spec(package: str) -> bool:
-    return os.sep in package or "/" in package or Path(package).is_dir()
+    # Only explicit paths count: a bare name is an import name even if a folder of that name is in the CWD.
+    return os.sep in package or "/" in package or package.startswith(("~", "."))
 
 
 def package_label(package: str) -> str:
     """The ``source`` label of a package spec: the name itself, or a directory's base name."""
-    return Path(package).resolve().name if _is_path_spec(package) else package
+    return Path(package).expanduser().resolve().name if _is_path_spec(package) else package
 
 
 def _walk_py_files(root: Path) -> Iterator[Path]:
@@ -225,7 +227,7 @@ def _installed_files(name: str) -> list[SourceFile] | None:
 
 
 def _directory_files(directory: str) -> list[SourceFile]:
-    root = Path(directory).resolve()
+    root = Path(directory).expanduser().resolve()
     if not root.is_dir():
         raise ConfigError(f"codesearch: package directory {directory!r} does not exist")
     label = root.name
