@@ -186,8 +186,10 @@ def test_config_filter_respects_tile_caps_and_feature_dim(kernels) -> None:
     splits=st.one_of(st.none(), st.integers(1, 1000)),
 )
 def test_forward_layout_gives_every_program_work_for_every_config(kernels, b, n, sms, groups, splits) -> None:
-    for config in kernels._hopper_forward_configs():
-        max_m, max_n = 256, 256  # the largest blocks in the config list
+    configs = kernels._hopper_forward_configs()
+    max_m = max(c.kwargs["BLOCK_M"] for c in configs)
+    max_n = max(c.kwargs["BLOCK_N"] for c in configs)
+    for config in configs:
         g, s = kernels._forward_layout(b, n, max_m, max_n, sms, groups, splits)
         block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
         assert 1 <= g <= math.ceil(b / block_m) and 1 <= s <= math.ceil(n / block_n)

@@ -113,14 +113,15 @@ def backward_flops(b: int, n: int, d: int, *, deterministic: bool = False) -> in
 
 
 # --------------------------------------------------------------------------------------------- kernels
+# Addressing: every tile advances *scalar* base pointers by its first row/column (64-bit scalar math) and
+# uses int32 offsets inside the tile, which keeps the per-element address registers small (no int64
+# index tensors). Labels and ids are int32 (the host compacts ids), for the same reason.
 
 
 @triton.jit
 def _logits_tile(
-    Q,
-    K,
-    rows,
-    cols,
+    Q_blk,
+    K_blk,
     row_ok,
     col_ok,
     stride_qb,
@@ -134,16 +135,25 @@ def _logits_tile(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """Unscaled fp32 dot products ``q[rows] @ k[cols].T`` of one tile, looping over ``d`` in chunks."""
+    """Unscaled fp32 dot products of one (BLOCK_M, BLOCK_N) tile, looping over ``d`` in BLOCK_D chunks.
+
+    ``Q_blk``/``K_blk`` point at the tile's first query / key row.
+    """
+    EVEN_D: tl.constexpr = D % BLOCK_D == 0
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     offs_d = tl.arange(0, BLOCK_D)
-    q_base = Q + rows.to(tl.int64)[:, None] * stride_qb
-    k_base = K + cols.to(tl.int64)[None, :] * stride_kn
+    q_rows = tl.arange(0, BLOCK_M)[:, None] * stride_qb
+    k_cols = tl.arange(0, BLOCK_N)[None, :] * stride_kn
     for d0 in range(0, D, BLOCK_D):
-        dd = d0 + offs_d
-        d_ok = dd < D
-        q = tl.load(q_base + dd[None, :] * stride_qd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        kt = tl.load(k_base + dd[:, None] * stride_kd, mask=col_ok[None, :] & d_ok[:, None], other=0.0)
+        q_ptrs = Q_blk + q_rows + (d0 + offs_d)[None, :] * stride_qd
+        k_ptrs = K_blk + k_cols + (d0 + offs_d)[:, None] * stride_kd
+        if EVEN_D:
+            q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+            kt = tl.load(k_ptrs, mask=col_ok[None, :], other=0.0)
+        else:
+            d_ok = (d0 + offs_d) < D
+            q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            kt = tl.load(k_ptrs, mask=col_ok[None, :] & d_ok[:, None], other=0.0)
         if DOT_FP32:  # interpreter only: its tl.dot mishandles bf16 (stored as raw uint16)
             q = q.to(tl.float32)
             kt = kt.to(tl.float32)
@@ -152,7 +162,7 @@ def _logits_tile(
 
 
 @triton.jit
-def _tile_masks(rows, cols, row_ok, col_ok, labels, q_ids, k_ids, HAS_IDS: tl.constexpr):
+def _tile_masks(cols, row_ok, col_ok, labels, q_ids, k_ids, HAS_IDS: tl.constexpr):
     """(valid, is_positive) boolean tiles: in range and not masked as a same-id non-positive pair."""
     is_pos = labels[:, None] == cols[None, :]
     valid = row_ok[:, None] & col_ok[None, :]
@@ -197,10 +207,11 @@ def _fwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """Program (group g, split s): row blocks g, g+G, ...; key tiles s, s+S, ...
+    """Program (group g, split s) of a (G, S) grid: row blocks g, g+G, ...; key tiles s, s+S, ...
 
     Writes ROW_PART[s, rows] (row LSE over this split's keys), COL_PART[g, cols] (column LSE over this
     group's rows; read-modify-write, owned by this program) and POS[rows] for labels in its key tiles.
+    B_BUCKET / N_BUCKET are unused here: they are autotune keys (power-of-two size buckets).
     """
     group = tl.program_id(0)
     split = tl.program_id(1)
@@ -211,10 +222,12 @@ def _fwd_kernel(
     num_key_tiles = tl.cdiv(N, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    col_part_base = COL_PART + group.to(tl.int64) * N
+    col_part_row = COL_PART + group.to(tl.int64) * N
     for rb in range(group, num_row_blocks, NUM_ROW_GROUPS):
-        rows = rb * BLOCK_M + offs_m
+        start_m = rb * BLOCK_M
+        rows = start_m + offs_m
         row_ok = rows < B
+        Q_blk = Q + start_m.to(tl.int64) * stride_qb
         labels = tl.load(LABELS + rows, mask=row_ok, other=-1)
         q_ids = labels
         if HAS_IDS:
@@ -229,10 +242,10 @@ def _fwd_kernel(
             if HAS_IDS:
                 k_ids = tl.load(K_IDS + cols, mask=col_ok, other=0)
             dots = _logits_tile(
-                Q, K, rows, cols, row_ok, col_ok, stride_qb, stride_qd, stride_kn, stride_kd,
-                D, PRECISION, DOT_FP32, BLOCK_M, BLOCK_N, BLOCK_D,
+                Q_blk, K + start_n.to(tl.int64) * stride_kn, row_ok, col_ok, stride_qb, stride_qd, stride_kn,
+                stride_kd, D, PRECISION, DOT_FP32, BLOCK_M, BLOCK_N, BLOCK_D,
             )  # fmt: skip
-            valid, is_pos = _tile_masks(rows, cols, row_ok, col_ok, labels, q_ids, k_ids, HAS_IDS)
+            valid, is_pos = _tile_masks(cols, row_ok, col_ok, labels, q_ids, k_ids, HAS_IDS)
             s = tl.where(valid, dots * scale, float("-inf"))
             # Positive logits: only the (usually single) key tile holding a row's label does this work.
             label_here = row_ok & (labels >= start_n) & (labels < start_n + BLOCK_N)
@@ -250,9 +263,9 @@ def _fwd_kernel(
                 tile_lse = c_safe + tl.log(tl.sum(tl.exp(s - c_safe[None, :]), axis=0))
                 # The first row block of this group initialises its partial row; later ones merge.
                 # (The buffer is uninitialised before that: whatever the load returns is discarded.)
-                old = tl.load(col_part_base + cols, mask=col_ok, other=float("-inf"))
+                old = tl.load(col_part_row + cols, mask=col_ok, other=float("-inf"))
                 old = tl.where(rb == group, float("-inf"), old)
-                tl.store(col_part_base + cols, _logaddexp(old, tile_lse), mask=col_ok)
+                tl.store(col_part_row + cols, _logaddexp(old, tile_lse), mask=col_ok)
         m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
         tl.store(ROW_PART + split.to(tl.int64) * B + rows, m_safe + tl.log(l_i), mask=row_ok)
 
@@ -318,15 +331,17 @@ def _bwd_kernel(
     read-modify-write when S == 1, atomics otherwise); with WRITE_OTHER it atomically adds into dk.
     MODE 1 (key-owned): program (key tile t, split s) visits row blocks s, s+S, ... and owns dk[t]; with
     WRITE_OTHER it atomically adds into dq. DSCALE_PART[program] receives this program's sum(dS * q·k).
+    DQ/DK are contiguous fp32 (rows, D). B_BUCKET / N_BUCKET are autotune keys only.
     """
     owner = tl.program_id(0)
     split = tl.program_id(1)
     NUM_SPLITS = tl.num_programs(1)  # the grid's second axis, chosen per config by the launch grid
+    SINGLE_CHUNK: tl.constexpr = D <= BLOCK_D
+    EVEN_D: tl.constexpr = D % BLOCK_D == 0
     scale = tl.load(SCALE).to(tl.float32)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    SINGLE_CHUNK: tl.constexpr = D <= BLOCK_D
     if MODE == 0:
         num_inner = tl.cdiv(N, BLOCK_N)
         owner_acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
@@ -336,13 +351,17 @@ def _bwd_kernel(
     dscale_acc = tl.sum(tl.zeros((BLOCK_M,), dtype=tl.float32), axis=0)
     for inner in range(split, num_inner, NUM_SPLITS):
         if MODE == 0:
-            rows = owner * BLOCK_M + offs_m
-            cols = inner * BLOCK_N + offs_n
+            start_m = owner * BLOCK_M
+            start_n = inner * BLOCK_N
         else:
-            rows = inner * BLOCK_M + offs_m
-            cols = owner * BLOCK_N + offs_n
+            start_m = inner * BLOCK_M
+            start_n = owner * BLOCK_N
+        rows = start_m + offs_m
+        cols = start_n + offs_n
         row_ok = rows < B
         col_ok = cols < N
+        Q_blk = Q + start_m.to(tl.int64) * stride_qb
+        K_blk = K + start_n.to(tl.int64) * stride_kn
         labels = tl.load(LABELS + rows, mask=row_ok, other=-1)
         q_ids = labels
         k_ids = cols
@@ -350,20 +369,23 @@ def _bwd_kernel(
             q_ids = tl.load(Q_IDS + rows, mask=row_ok, other=0)
             k_ids = tl.load(K_IDS + cols, mask=col_ok, other=0)
         dots = _logits_tile(
-            Q, K, rows, cols, row_ok, col_ok, stride_qb, stride_qd, stride_kn, stride_kd,
+            Q_blk, K_blk, row_ok, col_ok, stride_qb, stride_qd, stride_kn, stride_kd,
             D, PRECISION, DOT_FP32, BLOCK_M, BLOCK_N, BLOCK_D,
         )  # fmt: skip
-        valid, is_pos = _tile_masks(rows, cols, row_ok, col_ok, labels, q_ids, k_ids, HAS_IDS)
+        valid, is_pos = _tile_masks(cols, row_ok, col_ok, labels, q_ids, k_ids, HAS_IDS)
         s = dots * scale
-        pos_f = is_pos.to(tl.float32)
         row_lse = tl.load(ROW_LSE + rows, mask=row_ok, other=0.0)
         g_row = tl.load(G_ROW + rows, mask=row_ok, other=0.0)
-        ds = g_row[:, None] * (tl.exp(s - row_lse[:, None]) - pos_f)
+        ds = g_row[:, None] * tl.exp(s - row_lse[:, None])
+        pos_weight = g_row[:, None]
         if HAS_COL:
             col_lse = tl.load(COL_LSE + cols, mask=col_ok, other=0.0)
             g_col = tl.load(G_COL + cols, mask=col_ok, other=0.0)
-            ds += g_col[None, :] * (tl.exp(s - col_lse[None, :]) - pos_f)
-        # Masked / out-of-range entries contribute nothing (also removes NaN from -inf - -inf).
+            ds += g_col[None, :] * tl.exp(s - col_lse[None, :])
+            pos_weight = pos_weight + g_col[None, :]
+        # Positives get -(g_row + g_col); masked / out-of-range entries contribute nothing (this also
+        # removes the NaN of exp(-inf - -inf) in fully masked columns).
+        ds = tl.where(is_pos, ds - pos_weight, ds)
         ds = tl.where(valid, ds, 0.0)
         if COMPUTE_DSCALE:
             dscale_acc += tl.sum(tl.sum(ds * dots, axis=1), axis=0)
@@ -375,61 +397,68 @@ def _bwd_kernel(
         ds_op = ds.to(Q.dtype.element_ty)
         if DOT_FP32:  # interpreter emulation of a bf16 dot: round dS to bf16, multiply in fp32
             ds_op = ds_op.to(tl.float32)
-        q_base = Q + rows.to(tl.int64)[:, None] * stride_qb
-        k_base = K + cols.to(tl.int64)[:, None] * stride_kn
-        dq_base = DQ + rows.to(tl.int64)[:, None] * D
-        dk_base = DK + cols.to(tl.int64)[:, None] * D
+        q_ptrs = Q_blk + offs_m[:, None] * stride_qb + offs_d[None, :] * stride_qd
+        k_ptrs = K_blk + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+        dq_ptrs = DQ + start_m.to(tl.int64) * D + offs_m[:, None] * D + offs_d[None, :]
+        dk_ptrs = DK + start_n.to(tl.int64) * D + offs_n[:, None] * D + offs_d[None, :]
         for d0 in range(0, D, BLOCK_D):
-            dd = d0 + offs_d
-            d_ok = dd < D
-            q_mask = row_ok[:, None] & d_ok[None, :]
-            k_mask = col_ok[:, None] & d_ok[None, :]
+            if EVEN_D:
+                q_mask = row_ok[:, None]
+                k_mask = col_ok[:, None]
+            else:
+                d_ok = (d0 + offs_d) < D
+                q_mask = row_ok[:, None] & d_ok[None, :]
+                k_mask = col_ok[:, None] & d_ok[None, :]
             # dq needs k (row-owned programs, or as the atomic "other" side); dk needs q.
             if (MODE == 0) or WRITE_OTHER:
-                kc = tl.load(k_base + dd[None, :] * stride_kd, mask=k_mask, other=0.0)
+                kc = tl.load(k_ptrs, mask=k_mask, other=0.0)
                 if DOT_FP32:
                     kc = kc.to(tl.float32)
                 dq_part = tl.dot(ds_op, kc, input_precision=PRECISION)
                 if IS_FP16:
                     dq_part = dq_part * amax
             if (MODE == 1) or WRITE_OTHER:
-                qc = tl.load(q_base + dd[None, :] * stride_qd, mask=q_mask, other=0.0)
+                qc = tl.load(q_ptrs, mask=q_mask, other=0.0)
                 if DOT_FP32:
                     qc = qc.to(tl.float32)
                 dk_part = tl.dot(tl.trans(ds_op), qc, input_precision=PRECISION)
                 if IS_FP16:
                     dk_part = dk_part * amax
             if MODE == 0:
-                own_part, own_ptr, own_mask = dq_part, dq_base + dd[None, :], q_mask
+                own_part, own_ptrs, own_mask = dq_part, dq_ptrs, q_mask
             else:
-                own_part, own_ptr, own_mask = dk_part, dk_base + dd[None, :], k_mask
+                own_part, own_ptrs, own_mask = dk_part, dk_ptrs, k_mask
             if SINGLE_CHUNK:
                 owner_acc += own_part
             elif NUM_SPLITS == 1:
                 # Sole owner of these rows: plain read-modify-write, deterministic.
-                tl.store(own_ptr, tl.load(own_ptr, mask=own_mask, other=0.0) + own_part, mask=own_mask)
+                tl.store(own_ptrs, tl.load(own_ptrs, mask=own_mask, other=0.0) + own_part, mask=own_mask)
             else:
-                tl.atomic_add(own_ptr, own_part, mask=own_mask, sem="relaxed")
+                tl.atomic_add(own_ptrs, own_part, mask=own_mask, sem="relaxed")
             if WRITE_OTHER:
                 if MODE == 0:
-                    tl.atomic_add(dk_base + dd[None, :], dk_part, mask=k_mask, sem="relaxed")
+                    tl.atomic_add(dk_ptrs, dk_part, mask=k_mask, sem="relaxed")
                 else:
-                    tl.atomic_add(dq_base + dd[None, :], dq_part, mask=q_mask, sem="relaxed")
+                    tl.atomic_add(dq_ptrs, dq_part, mask=q_mask, sem="relaxed")
+            q_ptrs += BLOCK_D * stride_qd
+            k_ptrs += BLOCK_D * stride_kd
+            dq_ptrs += BLOCK_D
+            dk_ptrs += BLOCK_D
     if SINGLE_CHUNK:
-        # d fits one chunk: the owned gradient block stayed in registers for the whole key loop.
+        # d fits one chunk: the owned gradient block stayed in registers for the whole inner loop.
         d_ok = offs_d < D
         if MODE == 0:
             own_rows = owner * BLOCK_M + offs_m
-            ptr = DQ + own_rows.to(tl.int64)[:, None] * D + offs_d[None, :]
+            ptrs = DQ + (owner * BLOCK_M).to(tl.int64) * D + offs_m[:, None] * D + offs_d[None, :]
             mask = (own_rows < B)[:, None] & d_ok[None, :]
         else:
             own_cols = owner * BLOCK_N + offs_n
-            ptr = DK + own_cols.to(tl.int64)[:, None] * D + offs_d[None, :]
+            ptrs = DK + (owner * BLOCK_N).to(tl.int64) * D + offs_n[:, None] * D + offs_d[None, :]
             mask = (own_cols < N)[:, None] & d_ok[None, :]
         if NUM_SPLITS == 1:
-            tl.store(ptr, owner_acc, mask=mask)
+            tl.store(ptrs, owner_acc, mask=mask)
         else:
-            tl.atomic_add(ptr, owner_acc, mask=mask, sem="relaxed")
+            tl.atomic_add(ptrs, owner_acc, mask=mask, sem="relaxed")
     if COMPUTE_DSCALE:
         tl.store(DSCALE_PART + owner * NUM_SPLITS + split, dscale_acc)
 
@@ -438,7 +467,12 @@ def _bwd_kernel(
 
 
 def _hopper_forward_configs() -> list:
-    """Forward configs for sm_90 (H100/H200), also valid on sm_80: (M, N, D blocks, warps, stages)."""
+    """Forward configs for sm_90 (H100/H200), also valid on sm_80: (M, N, D blocks, warps, stages).
+
+    Screened by compiling for sm_90 without a GPU (tests/losses/triton_compile_check.py, d = 768, bf16):
+    all fit in shared memory and spill at most a few bytes; 256-wide tiles (which spilled >300 B) were
+    dropped. Timing-based selection among these happens on the device (autotune).
+    """
     shapes = [
         (128, 128, 64, 8, 3),
         (128, 128, 32, 8, 4),
@@ -446,8 +480,6 @@ def _hopper_forward_configs() -> list:
         (128, 64, 64, 4, 3),
         (64, 128, 64, 4, 3),
         (64, 64, 64, 4, 4),
-        (256, 128, 64, 8, 3),
-        (128, 256, 64, 8, 3),
         (64, 64, 32, 4, 4),
         (64, 64, 16, 4, 4),
     ]
@@ -458,15 +490,14 @@ def _hopper_forward_configs() -> list:
 
 
 def _hopper_backward_configs() -> list:
-    """Backward configs (more live registers: S, dS and an owned dq/dk block)."""
+    """Backward configs (more live registers: S, dS and an owned dq/dk block); screened like the forward."""
     shapes = [
         (64, 64, 64, 4, 2),
         (64, 128, 64, 8, 2),
         (128, 64, 64, 8, 2),
-        (128, 128, 64, 8, 2),
         (128, 128, 32, 8, 3),
-        (64, 64, 128, 4, 2),
         (128, 64, 128, 8, 2),
+        (128, 64, 32, 8, 3),
         (64, 64, 32, 4, 3),
         (64, 64, 16, 4, 3),
     ]
@@ -607,8 +638,30 @@ def _scale_tensor(scale: torch.Tensor | float, device: torch.device) -> torch.Te
     return torch.as_tensor(scale).detach().reshape(1).to(device=device, dtype=torch.float32).contiguous()
 
 
-def _int64(t: torch.Tensor | None, fallback: torch.Tensor) -> torch.Tensor:
-    return fallback if t is None else t.to(torch.int64).contiguous()
+def _int32_labels_and_ids(
+    labels: torch.Tensor, q_ids: torch.Tensor | None, k_ids: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """int32 labels and ids for the kernels (int32 index tiles need half the registers of int64).
+
+    Ids are only compared for equality, so ids outside the int32 range are renumbered with
+    ``torch.unique`` (O((b + n) log(b + n))). Without ids, the labels stand in as unused placeholders.
+    """
+    labels32 = labels.to(torch.int32).contiguous()
+    if q_ids is None or k_ids is None:
+        return labels32, labels32, labels32
+    both = torch.cat([q_ids.reshape(-1), k_ids.reshape(-1)]).to(torch.int64)
+    low, high = (int(v) for v in torch.aminmax(both)) if both.numel() else (0, 0)
+    if low < -(2**31) or high >= 2**31:
+        both = torch.unique(both, return_inverse=True)[1]
+    both = both.to(torch.int32)
+    return labels32, both[: q_ids.numel()].contiguous(), both[q_ids.numel() :].contiguous()
+
+
+def _narrow_strides(x: torch.Tensor) -> torch.Tensor:
+    """Tile-local offsets are int32: make ``x`` contiguous if a stride times a block could overflow them."""
+    if max(x.stride()) * 256 >= 2**31:
+        return x.contiguous()
+    return x
 
 
 def _precision(dtype: torch.dtype, device: torch.device) -> str:
@@ -703,9 +756,9 @@ def fused_lse_forward(
     if b == 0:
         col = torch.full((n,), _NEG_INF, device=device, dtype=f32) if compute_col else None
         return torch.empty(0, device=device, dtype=f32), col, torch.empty(0, device=device, dtype=f32)
-    labels64 = labels.to(torch.int64).contiguous()
     has_ids = q_ids is not None
-    q_ids64, k_ids64 = _int64(q_ids, labels64), _int64(k_ids, labels64)
+    labels32, q_ids32, k_ids32 = _int32_labels_and_ids(labels, q_ids, k_ids)
+    q, k = _narrow_strides(q), _narrow_strides(k)
     scale_t = _scale_tensor(scale, device)
     sms = _sm_count(device)
     if interpreter_enabled() and device.type == "cpu":
@@ -722,7 +775,7 @@ def fused_lse_forward(
     # NaN until written: a label outside every key tile would surface instead of reading garbage.
     pos = torch.full((b,), float("nan"), device=device, dtype=f32)
     kernel[(groups, splits)](
-        q, k, scale_t, labels64, q_ids64, k_ids64, row_part, col_part, pos, b, n,
+        q, k, scale_t, labels32, q_ids32, k_ids32, row_part, col_part, pos, b, n,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), _size_bucket(b), _size_bucket(n),
         D=d, HAS_IDS=has_ids, COMPUTE_COL=bool(compute_col), PRECISION=_precision(q.dtype, device),
         DOT_FP32=_dot_fp32(q), **meta,
@@ -817,9 +870,9 @@ def fused_backward(
         return dq, dk, torch.zeros((), device=device, dtype=f32)
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
-    labels64 = labels.to(torch.int64).contiguous()
     has_ids = q_ids is not None
-    q_ids64, k_ids64 = _int64(q_ids, labels64), _int64(k_ids, labels64)
+    labels32, q_ids32, k_ids32 = _int32_labels_and_ids(labels, q_ids, k_ids)
+    q, k = _narrow_strides(q), _narrow_strides(k)
     has_col = col_lse is not None
     row_lse32 = row_lse.to(f32).contiguous()
     g_row32 = g_row.to(f32).contiguous()
@@ -839,7 +892,7 @@ def fused_backward(
         D=d, HAS_IDS=has_ids, HAS_COL=has_col, IS_FP16=q.dtype == torch.float16,
         PRECISION=_precision(q.dtype, device), DOT_FP32=_dot_fp32(q), **meta_kwargs,
     )  # fmt: skip
-    args_head = (q, k, scale_t, labels64, q_ids64, k_ids64, row_lse32, col_lse32, g_row32, g_col32)
+    args_head = (q, k, scale_t, labels32, q_ids32, k_ids32, row_lse32, col_lse32, g_row32, g_col32)
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1))
     buckets = (_size_bucket(b), _size_bucket(n))
     dummy = torch.zeros(1, device=device, dtype=f32)
