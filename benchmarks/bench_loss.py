@@ -234,6 +234,10 @@ def _add_ratios(rows: list[dict]) -> None:
         row["memory_vs_info_nce"] = row["extra_peak_mb"] / max(ours["extra_peak_mb"], 1.0)
 
 
+def _fmt(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
 def _markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
@@ -258,7 +262,7 @@ def _markdown(report: dict) -> str:
             continue
         lines.append(
             f"| {r['b']:,} | {r['method']} | {r['seconds']:.3f} | {r['gflops']:.1f} | {r['extra_peak_mb']:.1f} | "
-            f"{r.get('time_vs_info_nce', float('nan')):.2f} | {r.get('memory_vs_info_nce', float('nan')):.1f} | "
+            f"{_fmt(r.get('time_vs_info_nce'), 2)} | {_fmt(r.get('memory_vs_info_nce'), 1)} | "
             f"{r['loss']:.4f} |"
         )
     cuda = report["cuda"]
