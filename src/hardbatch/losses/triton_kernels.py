@@ -30,7 +30,7 @@ Design and cost (``b`` queries, ``n`` keys, ``d`` dims):
   (row LSE) and merges each tile's column (max, sum) into its own row of a ``(G, n)`` fp32 column-partial
   buffer (read-modify-write by the owning program only: no atomics, deterministic). Row partials go to an
   ``(S, b)`` buffer. A tiny kernel merges the partials. Executed matmul FLOPs ``2·b·n·d``; ``2·b·n`` exps;
-  extra memory ``4·(G·n + S·b)`` bytes with ``G ≤ 4·SMs`` (≈ 2 KB per key on an H100), independent of b.
+  extra memory ``4·(G·n + S·b)`` bytes with ``G ≤ 2·SMs`` (≈ 1 KB per key on an H100), independent of b.
 * **Backward**, default (fast) mode, one kernel: one program per (row block, key split); each tile's ``S``
   is recomputed once, ``dS`` formed in registers, ``dq`` accumulated by the owning program (registers when
   ``d`` fits one ``BLOCK_D`` chunk, else an owned fp32 read-modify-write per chunk) and ``dk`` added with
@@ -40,8 +40,18 @@ Design and cost (``b`` queries, ``n`` keys, ``d`` dims):
 * **Backward, deterministic mode** (``deterministic=True`` or ``torch.use_deterministic_algorithms(True)``):
   two kernels, a row-owned one for ``dq`` and a key-owned one for ``dk``, each recomputing ``S``: no atomics,
   bitwise reproducible, executed matmul FLOPs ``8·b·n·d`` in backward (``10·b·n·d`` total).
+* Why atomics by default: the atomic-free alternative pays a second ``S`` recomputation (+25% matmul
+  FLOPs); the atomics cost one fp32 L2 reduction per ``dk`` element per row block, i.e. ``b·n·d/BLOCK_M``
+  reductions against ``6·b·n·d`` FLOPs (≥ 384 FLOPs per atomic at BLOCK_M = 64), and the non-determinism
+  is at fp32 rounding level. Training that needs bit-reproducibility gets the other mode automatically.
+  For ``d`` larger than one chunk the owned ``dq`` block is read-modified-written per key tile (L2 traffic
+  ``8·BLOCK_M·d`` bytes per ``2·BLOCK_M·BLOCK_N·d`` FLOPs), the price of not holding a ``(BLOCK_M, d)``
+  fp32 accumulator in registers for ``d`` up to 1024+.
 * Memory: inputs are read in their own dtype (no fp32 copies); outputs ``dq``/``dk`` are fp32 ``(b, d)`` /
   ``(n, d)``; scratch is ``O(G·n + S·b)``. Time grows as ``O(b·n·d)``.
+* Addressing: tiles advance scalar 64-bit base pointers and use int32 offsets inside the tile; labels and
+  ids are int32 (ids outside int32 are renumbered), which keeps the kernels free of register spills on
+  sm_90 for the listed configs (checked by compiling without a GPU, see tests/losses/test_triton_compile.py).
 
 Precision: fp32 accumulation everywhere. bf16/fp16 inputs use tensor-core ``tl.dot``; the ``dS`` tile is
 cast to the input dtype for the two gradient matmuls (as FlashAttention does), fp16 with a per-tile
@@ -59,6 +69,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -687,13 +698,13 @@ def _forward_layout(
 ) -> tuple[int, int]:
     """(row groups G, key splits S) valid for every config: each program gets >= 1 row block and key tile.
 
-    G is capped at 4·SMs (bounding the (G, n) column-partial buffer) and balanced so that every group gets
+    G is capped at 2·SMs (bounding the (G, n) column-partial buffer) and balanced so that every group gets
     the same number of row blocks (± 1); key splits only add parallelism when b is small.
     """
     row_blocks = math.ceil(b / max_m)
     key_tiles = math.ceil(n / max_n)
     if groups is None:
-        cap = 4 * sms
+        cap = 2 * sms
         groups = row_blocks if row_blocks <= cap else math.ceil(row_blocks / math.ceil(row_blocks / cap))
     groups = max(1, min(groups, row_blocks))
     if splits is None:
@@ -702,6 +713,19 @@ def _forward_layout(
     return groups, splits
 
 
+def _on_input_device(fn):
+    """Run ``fn`` with the CUDA device of its first argument current (Triton launches on the current one)."""
+
+    @functools.wraps(fn)
+    def wrapper(q: torch.Tensor, *args, **kwargs):
+        guard = torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext()
+        with guard:
+            return fn(q, *args, **kwargs)
+
+    return wrapper
+
+
+@_on_input_device
 def fused_lse_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -807,6 +831,7 @@ def _backward_layout(
     return row_blocks, max(1, min(splits, key_tiles))
 
 
+@_on_input_device
 def fused_backward(
     q: torch.Tensor,
     k: torch.Tensor,
