@@ -26,7 +26,8 @@ def test_torchrun_two_ranks_equals_one_process_on_the_global_batch(
 ):
     """World 2 × batch 4 sees the same global batches as world 1 × batch 8 (the random sampler cuts the
     same seeded permutation), every rank's documents are negatives for every query, and DDP averages the
-    gradients: without dropout both runs must end with the same weights and metrics."""
+    gradients (the DDP run also caches gradients in chunks of 3): without dropout both runs must end with the
+    same weights and metrics."""
     common = [
         "--model",
         str(tiny_model_nodropout_dir),

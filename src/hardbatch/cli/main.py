@@ -18,7 +18,7 @@ from rich.console import Console
 from hardbatch import __version__
 
 # Command modules, in the order their commands appear in --help.
-COMMAND_MODULES = ["data_cmd", "embed_cmd", "evaluate_cmd", "train_cmd", "mine_cmd"]
+COMMAND_MODULES = ["data_cmd", "embed_cmd", "evaluate_cmd", "train_cmd", "mine_cmd", "demo_cmd", "inspect_cmd", "experiment_cmd"]
 
 app = typer.Typer(
     name="hardbatch",

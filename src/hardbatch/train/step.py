@@ -4,25 +4,23 @@ Two paths with the same loss and (up to float rounding) the same gradients:
 
 * **direct**: one forward over the batch's queries and documents, ``loss.backward()``;
   activation memory O(b · (2 + h) · L).
-* **gradient cache** (``gradcache_chunk=c``, Gao et al. 2021): embed everything in chunks of ``c`` texts
-  without autograd, compute the loss and its gradient with respect to the embeddings, then re-embed chunk
-  by chunk with autograd and back-propagate the cached embedding gradients; activation memory O(c · L)
-  and one extra forward pass. The chunk re-runs replay the RNG state of the first pass so dropout masks
-  match (the cached gradients must belong to the re-computed embeddings).
+* **gradient cache** (``gradcache_chunk=c``, Gao et al. 2021, via :func:`hardbatch.losses.gradcache.cached_loss`):
+  embed everything in chunks of ``c`` texts without autograd, compute the loss and its gradient with
+  respect to the embeddings, then re-embed chunk by chunk with autograd (replaying each chunk's RNG state,
+  so dropout masks match) and back-propagate the cached embedding gradients; activation memory O(c · L)
+  and one extra forward pass. Under DDP every chunk but the last runs inside ``no_sync()``.
 
-Under DDP every backward except the last runs inside ``no_sync()`` so gradients are all-reduced once per
-step. The model is wrapped by :class:`DualEncoder` so that DDP sees one forward call per backward.
+The model is wrapped by :class:`DualEncoder` so that DDP sees one forward call per backward.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from hardbatch.train.collate import TokenizedPairs, slice_features
+from hardbatch.train.collate import TokenizedPairs
 
 __all__ = ["DualEncoder", "StepRunner"]
 
@@ -100,35 +98,21 @@ class StepRunner:
     def _cached_step(
         self, batch: TokenizedPairs, query_ids: torch.Tensor | None, key_ids: torch.Tensor | None
     ) -> float:
-        chunk = int(self.config.gradcache_chunk)
-        parts = [("query", batch.query, start, stop) for start, stop in _ranges(batch.num_queries, chunk)]
-        n_docs = _rows(batch.document)
-        parts += [("document", batch.document, start, stop) for start, stop in _ranges(n_docs, chunk)]
-        # Pass 1: embeddings without autograd, remembering the RNG state before each chunk.
-        rng_states, embeddings = [], {"query": [], "document": []}
-        with torch.no_grad():
-            for kind, features, start, stop in parts:
-                rng_states.append(_RngState.capture(self.ctx.device))
-                with self._autocast():
-                    (emb,) = self.encoder(slice_features(features, start, stop))
-                embeddings[kind].append(emb.float())
-        query = torch.cat(embeddings["query"]).requires_grad_()
-        document = torch.cat(embeddings["document"]).requires_grad_()
-        # The loss and its gradient with respect to the (cached) embeddings.
-        loss = self.loss(query, document, query_ids, key_ids)
+        from hardbatch.losses.gradcache import cached_loss
+
+        def encode(encoder: Any, chunk: dict[str, Any]) -> torch.Tensor:
+            with self._autocast():
+                (embedding,) = encoder(chunk)
+            return embedding.float()
+
+        loss = cached_loss(
+            self.encoder,
+            [batch.query, batch.document],
+            lambda query, document: self.loss(query, document, query_ids, key_ids),
+            chunk_size=int(self.config.gradcache_chunk),
+            encode=encode,
+        )
         loss.backward()
-        grads = {"query": query.grad, "document": document.grad}
-        # Pass 2: re-embed each chunk with autograd and push the cached gradient through it.
-        final_rng = _RngState.capture(self.ctx.device)
-        for position, (kind, features, start, stop) in enumerate(parts):
-            rng_states[position].restore()
-            last = position == len(parts) - 1
-            with self._sync_context(last), self._autocast():
-                (emb,) = self.encoder(slice_features(features, start, stop))
-                grad = grads[kind][start:stop]
-                surrogate = torch.sum(emb.float() * grad)
-            surrogate.backward()
-        final_rng.restore()
         return float(loss.detach())
 
     # ------------------------------------------------------------------ helpers
@@ -136,39 +120,3 @@ class StepRunner:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.ctx.device.type, dtype=self.autocast_dtype)
-
-    def _sync_context(self, last: bool) -> contextlib.AbstractContextManager:
-        no_sync = getattr(self.encoder, "no_sync", None)
-        if last or no_sync is None:
-            return contextlib.nullcontext()
-        return no_sync()
-
-
-class _RngState:
-    """CPU (and current CUDA device) RNG state, so a chunk's re-run draws the same dropout masks."""
-
-    def __init__(self, cpu: torch.Tensor, cuda: torch.Tensor | None, device: torch.device) -> None:
-        self.cpu, self.cuda, self.device = cpu, cuda, device
-
-    @classmethod
-    def capture(cls, device: torch.device) -> _RngState:
-        cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        return cls(torch.get_rng_state(), cuda, device)
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)
-
-
-def _rows(features: dict[str, Any]) -> int:
-    return (
-        int(features["input_ids"].shape[0])
-        if "input_ids" in features
-        else int(next(v for v in features.values() if isinstance(v, torch.Tensor)).shape[0])
-    )
-
-
-def _ranges(total: int, chunk: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, total, chunk):
-        yield start, min(start + chunk, total)

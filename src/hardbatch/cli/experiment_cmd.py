@@ -1,0 +1,56 @@
+"""``hardbatch experiment``: the quality grid (samplers × batch sizes × seeds at equal training pairs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("experiment")
+    def experiment_command(
+        output_dir: Annotated[
+            Path, typer.Option("--output-dir", "-o", help="Cells, plans and the summary go here.")
+        ] = Path("hardbatch-experiment"),
+        samplers: Annotated[
+            str, typer.Option(help="Comma-separated sampler names.")
+        ] = "random,gcbs,topic,b3",
+        batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "32,64,512",
+        seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1",
+        train_pairs: Annotated[int, typer.Option(help="Training subset size.")] = 2048,
+        test_pairs: Annotated[int, typer.Option(help="Test queries (0: all).")] = 1000,
+        pairs_seen: Annotated[
+            int | None, typer.Option(help="Pairs every cell sees (default: train pairs).")
+        ] = None,
+        max_seq_length: Annotated[int, typer.Option(help="Token cap.")] = 64,
+        lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
+        model: Annotated[str, typer.Option(help="Starting model (and teacher).")] = "default",
+        train_data: Annotated[str, typer.Option(help="Training pairs spec.")] = "codesearch:train",
+        test_data: Annotated[str, typer.Option(help="Test pairs spec.")] = "codesearch:test",
+    ) -> None:
+        """Fine-tune with each sampler at each batch size (equal training pairs) and compare retrieval quality."""
+        from rich.console import Console
+
+        from hardbatch.train.experiment import GridConfig, format_grid, run_grid, write_grid_outputs
+
+        console = Console()
+        config = GridConfig(
+            work_dir=str(output_dir),
+            train_data=train_data,
+            test_data=test_data,
+            model=model,
+            samplers=tuple(s for s in samplers.split(",") if s),
+            batch_sizes=tuple(int(b) for b in batch_sizes.split(",") if b),
+            seeds=tuple(int(s) for s in seeds.split(",") if s),
+            train_pairs=train_pairs,
+            test_pairs=test_pairs or None,
+            pairs_seen=pairs_seen,
+            max_seq_length=max_seq_length,
+            lr=lr,
+        )
+        summary = run_grid(config, log=lambda line: console.print(line, highlight=False, markup=False))
+        paths = write_grid_outputs(summary, output_dir, "summary")
+        console.print(format_grid(summary), highlight=False, markup=False)
+        console.print(f"\ntable: {paths['md']}\nplot: {paths['png']}", highlight=False)

@@ -1,0 +1,452 @@
+"""The quality experiment: does a small mined batch beat a large random one?
+
+A grid of fine-tuning runs, ``sampler × batch size × seed``, in which **every cell sees the same number of
+training pairs** (so a batch of 512 takes 16× fewer steps than a batch of 32: equal compute, the setting of
+the B3 paper's batch-size study). Every cell starts from the same model, trains on the same fixed subset
+of codesearch train and is evaluated on the same subset of codesearch test (function names masked);
+batch sizes from ``gradcache_from`` up use the gradient cache so their memory stays that of a chunk.
+
+Mined samplers use one frozen teacher (by default the starting model): teacher embeddings of the training
+pairs are computed once; B3 plans are mined once per batch size; GCBS (teacher graph, ``target_degree``
+= batch size) and topic (k-means of teacher queries) read the same embeddings.
+
+Resumable per cell: each finished cell writes ``cells/<sampler>-b<batch>-s<seed>.json`` (with a hash of
+the settings that define it); a re-run skips cells whose file exists with the same hash.
+
+Cost: Σ over cells of (pairs_seen model forward/backward passes + one evaluation pass over the test
+subset); the teacher pass and mining are shared. Memory: the model + O(chunk) activations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hardbatch.io import atomic_path, atomic_write, read_json, write_json
+
+__all__ = ["GridConfig", "run_grid", "summarize_grid"]
+
+METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10")
+
+
+@dataclass
+class GridConfig:
+    """Settings of the quality grid (defaults fit about 90 minutes on 2 CPU cores).
+
+    Args:
+        work_dir: cells, plans, teacher embeddings and the summary go here.
+        train_data: training pairs spec.
+        test_data: evaluation pairs spec.
+        model: starting model of every cell.
+        teacher: frozen teacher for mining (default: ``model``).
+        samplers: sampler names (registry of :mod:`hardbatch.samplers`).
+        batch_sizes: batch sizes (B3 needs multiples of ``cluster_size``).
+        seeds: training seeds (the data subsets are fixed; seeds change batches, dropout, B3 shuffles).
+        train_pairs: fixed random subset of the training data.
+        test_pairs: fixed random subset of the test data (``None``: all of it).
+        pairs_seen: training pairs every cell sees (default: ``train_pairs``, one epoch).
+        max_seq_length: token cap for teacher, training and evaluation.
+        lr: peak learning rate (the same for every batch size).
+        warmup_ratio: warm-up fraction of each cell's steps.
+        scale: InfoNCE inverse temperature.
+        gradcache_from: batch sizes >= this use the gradient cache.
+        gradcache_chunk: texts per chunk with the gradient cache.
+        cluster_size: B3 cluster size K.
+        skip: B3 rank-window start p.
+        window: B3 rank-window width m.
+        eval_batch_size: texts per forward pass when evaluating.
+    """
+
+    work_dir: str = "benchmarks/results/quality"
+    train_data: str = "codesearch:train"
+    test_data: str = "codesearch:test"
+    model: str = "default"
+    teacher: str | None = None
+    samplers: tuple[str, ...] = ("random", "gcbs", "topic", "b3")
+    batch_sizes: tuple[int, ...] = (32, 64, 512)
+    seeds: tuple[int, ...] = (0, 1)
+    train_pairs: int = 2048
+    test_pairs: int | None = 1000
+    pairs_seen: int | None = None
+    max_seq_length: int = 64
+    lr: float = 5e-5
+    warmup_ratio: float = 0.1
+    scale: float = 20.0
+    gradcache_from: int = 256
+    gradcache_chunk: int = 64
+    cluster_size: int = 8
+    skip: int = 3
+    window: int = 30
+    eval_batch_size: int = 64
+
+    @property
+    def seen(self) -> int:
+        return self.pairs_seen or self.train_pairs
+
+    def cell_key(self, sampler: str, batch_size: int, seed: int) -> str:
+        """Hash of everything that defines one cell's result."""
+        shared = {
+            k: v for k, v in asdict(self).items() if k not in ("work_dir", "samplers", "batch_sizes", "seeds")
+        }
+        payload = json.dumps({"cell": [sampler, batch_size, seed], **shared}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def run_grid(config: GridConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) every cell of the grid and return :func:`summarize_grid` of the results."""
+    from hardbatch.data import load_pairs
+    from hardbatch.embed import embed_pairs
+
+    work = Path(config.work_dir)
+    (work / "cells").mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    train = _subset(load_pairs(config.train_data), config.train_pairs, 0x7A1)
+    test = _subset(load_pairs(config.test_data), config.test_pairs, 0x7E5)
+    log(f"data: {len(train)} train pairs, {len(test)} test queries; every cell sees {config.seen} pairs")
+    teacher = config.teacher or config.model
+    embeddings = embed_pairs(
+        train, teacher, work / "teacher-embeddings", max_seq_length=config.max_seq_length, device="auto"
+    )
+    frozen = _frozen_metrics(config, test, work)
+    log(f"frozen {config.model}: nDCG@10 {frozen['ndcg@10']:.4f}")
+    hardness: dict[str, dict[int, float]] = {}
+    for batch_size in config.batch_sizes:
+        plan = _plan(config, embeddings, train, batch_size, work) if "b3" in config.samplers else None
+        for sampler in config.samplers:
+            options = _sampler_options(sampler, embeddings, plan, batch_size)
+            hardness.setdefault(sampler, {})[batch_size] = _hardness(
+                sampler, train, batch_size, options, embeddings, config.scale
+            )
+            for seed in config.seeds:
+                _run_cell(config, sampler, batch_size, seed, train, test, options, work, log)
+    summary = summarize_grid(config, frozen, hardness)
+    summary["seconds_this_run"] = round(time.perf_counter() - started, 1)
+    return summary
+
+
+def _subset(dataset: Any, size: int | None, salt: int) -> Any:
+    if size is None or size >= len(dataset):
+        return dataset
+    keep = np.sort(np.random.default_rng([0, salt]).choice(len(dataset), size=size, replace=False))
+    return dataset.subset(keep.tolist())
+
+
+def _frozen_metrics(config: GridConfig, test: Any, work: Path) -> dict[str, float]:
+    from hardbatch.evaluate import evaluate_model
+
+    path = work / "frozen.json"
+    key = config.cell_key("frozen", 0, 0)
+    if path.exists() and read_json(path).get("key") == key:
+        return read_json(path)["metrics"]
+    metrics = evaluate_model(
+        config.model, test, max_seq_length=config.max_seq_length, batch_size=config.eval_batch_size
+    )
+    write_json(path, {"key": key, "metrics": metrics})
+    return metrics
+
+
+def _plan(config: GridConfig, embeddings: Any, train: Any, batch_size: int, work: Path) -> Any:
+    from hardbatch.mining import BatchPlan, mine_b3
+
+    path = work / f"b3-plan-b{batch_size}.parquet"
+    if path.exists():
+        plan = BatchPlan.load(path)
+        same = (
+            plan.params.get("batch_size") == batch_size
+            and plan.params.get("cluster_size") == config.cluster_size
+        )
+        if same and plan.num_examples == len(train) and plan.params.get("skip") == config.skip:
+            return plan
+    plan = mine_b3(
+        embeddings.query,
+        embeddings.positive,
+        batch_size=batch_size,
+        cluster_size=config.cluster_size,
+        skip=config.skip,
+        window=config.window,
+        positive_texts=train.positives,
+        dataset_hash=train.fingerprint,
+        device="cpu",
+        show_progress=False,
+    )
+    plan.save(path)
+    return plan
+
+
+def _sampler_options(sampler: str, embeddings: Any, plan: Any, batch_size: int) -> dict[str, Any]:
+    if sampler == "b3":
+        return {"plan": plan}
+    if sampler == "gcbs":
+        # The samplers engineer's guidance: a target degree near the batch size keeps RCM batches local.
+        return {
+            "query_emb": embeddings.query,
+            "positive_emb": embeddings.positive,
+            "target_degree": batch_size,
+        }
+    if sampler == "topic":
+        return {"query_emb": embeddings.query}
+    return {}
+
+
+def _hardness(
+    sampler: str, train: Any, batch_size: int, options: dict[str, Any], embeddings: Any, scale: float
+) -> float:
+    """Mean teacher similarity of in-batch negatives in epoch 0 of this sampler."""
+    import warnings
+
+    from hardbatch.evaluate.hardness import batch_hardness, summarize_hardness
+    from hardbatch.samplers import build_sampler
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batches = build_sampler(sampler, train, batch_size, seed=0, world_size=1, **options).batches(0)
+    summary = summarize_hardness(batch_hardness(embeddings.query, embeddings.positive, batches, scale=scale))
+    return round(summary["neg_sim_mean"], 4)
+
+
+def _run_cell(
+    config: GridConfig,
+    sampler: str,
+    batch_size: int,
+    seed: int,
+    train: Any,
+    test: Any,
+    options: dict[str, Any],
+    work: Path,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    from hardbatch.train import TrainConfig
+    from hardbatch.train import train as run_training
+
+    name = f"{sampler}-b{batch_size}-s{seed}"
+    path = work / "cells" / f"{name}.json"
+    key = config.cell_key(sampler, batch_size, seed)
+    if path.exists() and read_json(path).get("key") == key:
+        log(f"{name}: done earlier, skipped")
+        return read_json(path)
+    steps = max(1, config.seen // batch_size)
+    steps_per_epoch = max(1, len(train) // batch_size)
+    started = time.perf_counter()
+    result = run_training(
+        TrainConfig(
+            data=train,
+            eval_data=test,
+            output_dir=str(work / "runs" / name),
+            model=config.model,
+            sampler=sampler,
+            sampler_options=options,
+            batch_size=batch_size,
+            # Enough epochs for the step budget even if a sampler drops a few examples per epoch.
+            epochs=2 * math.ceil(steps / steps_per_epoch) + 1,
+            max_steps=steps,
+            lr=config.lr,
+            warmup_ratio=config.warmup_ratio,
+            scale=config.scale,
+            max_seq_length=config.max_seq_length,
+            gradcache_chunk=config.gradcache_chunk if batch_size >= config.gradcache_from else None,
+            seed=seed,
+            eval_batch_size=config.eval_batch_size,
+            log_every=max(1, steps // 20),
+            overwrite=True,
+            save_final=False,
+            write_report=False,
+        )
+    )
+    record = {
+        "key": key,
+        "sampler": sampler,
+        "batch_size": batch_size,
+        "seed": seed,
+        "steps": result.steps,
+        "pairs_seen": result.steps * batch_size,
+        "gradcache": batch_size >= config.gradcache_from,
+        "metrics": result.metrics,
+        "train_seconds": round(result.seconds, 2),
+        "cell_seconds": round(time.perf_counter() - started, 2),
+    }
+    write_json(path, record)
+    log(
+        f"{name}: {result.steps} steps, nDCG@10 {result.metrics['ndcg@10']:.4f}, "
+        f"{record['cell_seconds']:.0f} s"
+    )
+    return record
+
+
+def summarize_grid(
+    config: GridConfig, frozen: dict[str, float], hardness: dict[str, dict[int, float]] | None = None
+) -> dict[str, Any]:
+    """Mean ± std over seeds per (sampler, batch size) from the cell files, plus the headline comparisons."""
+    work = Path(config.work_dir)
+    cells = []
+    for sampler in config.samplers:
+        for batch_size in config.batch_sizes:
+            runs = []
+            for seed in config.seeds:
+                path = work / "cells" / f"{sampler}-b{batch_size}-s{seed}.json"
+                if path.exists() and read_json(path).get("key") == config.cell_key(sampler, batch_size, seed):
+                    runs.append(read_json(path))
+            if not runs:
+                continue
+            cell = {"sampler": sampler, "batch_size": batch_size, "seeds": [r["seed"] for r in runs]}
+            cell["steps"] = runs[0]["steps"]
+            cell["train_seconds_mean"] = round(statistics.fmean(r["train_seconds"] for r in runs), 1)
+            for metric in METRICS:
+                values = [r["metrics"][metric] for r in runs]
+                cell[metric] = {
+                    "mean": statistics.fmean(values),
+                    "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "values": values,
+                }
+            if hardness and batch_size in hardness.get(sampler, {}):
+                cell["neg_sim_mean"] = hardness[sampler][batch_size]
+            cells.append(cell)
+    return {
+        "config": asdict(config),
+        "frozen": frozen,
+        "cells": cells,
+        "findings": _findings(cells),
+        "machine": _machine(),
+    }
+
+
+def _findings(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """The comparisons the experiment is about, stated with their numbers (mean nDCG@10 ± std)."""
+    by = {(c["sampler"], c["batch_size"]): c for c in cells}
+    out: dict[str, Any] = {}
+    small, large = [b for b in (64, 32) if ("b3", b) in by], ("random", 512)
+    for b in small:
+        if large in by:
+            b3, rnd = by[("b3", b)]["ndcg@10"], by[large]["ndcg@10"]
+            out[f"b3@{b} vs random@512"] = {
+                "b3": round(b3["mean"], 4),
+                "random": round(rnd["mean"], 4),
+                "delta": round(b3["mean"] - rnd["mean"], 4),
+                "holds": b3["mean"] > rnd["mean"],
+                "beyond_1_std": b3["mean"] - b3["std"] > rnd["mean"] + rnd["std"],
+            }
+    for batch_size in sorted({c["batch_size"] for c in cells}):
+        ranked = sorted(
+            (c for c in cells if c["batch_size"] == batch_size), key=lambda c: -c["ndcg@10"]["mean"]
+        )
+        out[f"ordering@{batch_size}"] = [f"{c['sampler']} {c['ndcg@10']['mean']:.4f}" for c in ranked]
+    return out
+
+
+def write_grid_outputs(
+    summary: dict[str, Any], results_dir: str | os.PathLike[str], name: str = "quality"
+) -> dict[str, Path]:
+    """Write ``<name>.json``, ``<name>.md`` (tables) and ``<name>.png`` (nDCG@10 vs batch size)."""
+    results = Path(results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    json_path, md_path, png_path = results / f"{name}.json", results / f"{name}.md", results / f"{name}.png"
+    write_json(json_path, summary)
+    with atomic_write(md_path) as handle:
+        handle.write(format_grid(summary) + f"\n\n![nDCG@10 vs batch size]({png_path.name})\n")
+    _plot_grid(summary, png_path)
+    return {"json": json_path, "md": md_path, "png": png_path}
+
+
+def format_grid(summary: dict[str, Any]) -> str:
+    """Markdown: nDCG@10 and MRR@10 (mean ± std over seeds) per sampler × batch size, and the findings."""
+    cfg, cells = summary["config"], summary["cells"]
+    sizes = sorted({c["batch_size"] for c in cells})
+    by = {(c["sampler"], c["batch_size"]): c for c in cells}
+    frozen = summary["frozen"]
+    lines = [
+        f"# Quality grid: {cfg['model']} fine-tuned on {cfg['train_data']} ({cfg['train_pairs']} pairs), "
+        f"evaluated on {cfg['test_data']} ({cfg['test_pairs'] or 'all'} queries)",
+        "",
+        f"Every cell sees {cfg['pairs_seen'] or cfg['train_pairs']} training pairs (equal compute), "
+        f"max_seq_length {cfg['max_seq_length']}, lr {cfg['lr']}, seeds {list(cfg['seeds'])}; batch sizes >= "
+        f"{cfg['gradcache_from']} use the gradient cache (chunk {cfg['gradcache_chunk']}). "
+        f"Frozen model: nDCG@10 {frozen['ndcg@10']:.4f}, MRR@10 {frozen['mrr@10']:.4f}.",
+    ]
+    for metric in ("ndcg@10", "mrr@10"):
+        lines += ["", f"## {metric} (mean ± std over seeds)", ""]
+        lines.append("| sampler | " + " | ".join(f"batch {b}" for b in sizes) + " |")
+        lines.append("|---|" + "---|" * len(sizes))
+        for sampler in cfg["samplers"]:
+            row = []
+            for b in sizes:
+                cell = by.get((sampler, b))
+                row.append(f"{cell[metric]['mean']:.4f} ± {cell[metric]['std']:.4f}" if cell else "–")
+            lines.append(f"| {sampler} | " + " | ".join(row) + " |")
+    lines += ["", "## Teacher similarity of in-batch negatives (epoch 0, higher = harder)", ""]
+    lines.append("| sampler | " + " | ".join(f"batch {b}" for b in sizes) + " |")
+    lines.append("|---|" + "---|" * len(sizes))
+    for sampler in cfg["samplers"]:
+        row = [
+            f"{by[(sampler, b)].get('neg_sim_mean', float('nan')):.3f}" if (sampler, b) in by else "–"
+            for b in sizes
+        ]
+        lines.append(f"| {sampler} | " + " | ".join(row) + " |")
+    lines += ["", "## Steps and training seconds per cell (mean over seeds)", ""]
+    lines.append("| sampler | " + " | ".join(f"batch {b}" for b in sizes) + " |")
+    lines.append("|---|" + "---|" * len(sizes))
+    for sampler in cfg["samplers"]:
+        row = [
+            f"{by[(sampler, b)]['steps']} steps, {by[(sampler, b)]['train_seconds_mean']:.0f} s"
+            if (sampler, b) in by
+            else "–"
+            for b in sizes
+        ]
+        lines.append(f"| {sampler} | " + " | ".join(row) + " |")
+    lines += ["", "## Findings", ""]
+    for key, value in summary["findings"].items():
+        lines.append(f"- **{key}**: {json.dumps(value)}")
+    machine = summary.get("machine", {})
+    lines += ["", f"Machine: {json.dumps(machine)}"]
+    return "\n".join(lines)
+
+
+def _plot_grid(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = summary["cells"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for sampler in summary["config"]["samplers"]:
+        points = sorted(
+            (c["batch_size"], c["ndcg@10"]["mean"], c["ndcg@10"]["std"])
+            for c in cells
+            if c["sampler"] == sampler
+        )
+        if points:
+            xs, ys, es = zip(*points)
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=sampler)
+    ax.axhline(summary["frozen"]["ndcg@10"], color="gray", linestyle="--", label="frozen")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size (equal training pairs seen)")
+    ax.set_ylabel("nDCG@10 (codesearch test)")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _machine() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import pytest
+
+from hardbatch.train.experiment import GridConfig, format_grid, run_grid, write_grid_outputs
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, pairs_files, tiny_model_dir):
+    import torch
+
+    torch.set_num_threads(1)
+    work = tmp_path_factory.mktemp("grid")
+    config = GridConfig(
+        work_dir=str(work),
+        train_data=str(pairs_files["train"]),
+        test_data=str(pairs_files["eval"]),
+        model=str(tiny_model_dir),
+        samplers=("random", "b3"),
+        batch_sizes=(8, 16),
+        seeds=(0, 1),
+        train_pairs=32,
+        test_pairs=None,
+        max_seq_length=32,
+        lr=1e-3,
+        gradcache_from=16,
+        gradcache_chunk=8,
+        cluster_size=4,
+        skip=1,
+        window=8,
+        eval_batch_size=16,
+    )
+    return config, run_grid(config, log=lambda line: None)
+
+
+def test_every_cell_sees_the_same_pairs_and_is_summarised(grid):
+    _, summary = grid
+    cells = {(c["sampler"], c["batch_size"]): c for c in summary["cells"]}
+    assert set(cells) == {("random", 8), ("random", 16), ("b3", 8), ("b3", 16)}
+    assert cells[("random", 8)]["steps"] == 4 and cells[("random", 16)]["steps"] == 2
+    for cell in cells.values():
+        assert cell["seeds"] == [0, 1]
+        assert len(cell["ndcg@10"]["values"]) == 2 and cell["ndcg@10"]["std"] >= 0
+    assert cells[("b3", 8)]["neg_sim_mean"] > cells[("random", 8)]["neg_sim_mean"]
+    assert set(summary["findings"]) >= {"ordering@8", "ordering@16"}
+
+
+def test_rerun_skips_finished_cells_and_writes_outputs(grid, tmp_path):
+    config, summary = grid
+    lines: list[str] = []
+    again = run_grid(config, log=lines.append)
+    assert sum("skipped" in line for line in lines) == 8
+    assert again["cells"] == summary["cells"]
+    paths = write_grid_outputs(again, tmp_path, "quality")
+    text = paths["md"].read_text()
+    assert "| b3 |" in text and "± " in text
+    assert paths["png"].stat().st_size > 1000
+    assert format_grid(again).startswith("# Quality grid")
