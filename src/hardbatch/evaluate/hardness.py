@@ -36,8 +36,10 @@ from hardbatch.validation import check_embeddings
 __all__ = [
     "BatchHardness",
     "batch_hardness",
+    "compare_batchings",
     "group_stats",
     "pair_coverage",
+    "plot_comparison",
     "random_batches_like",
     "summarize_hardness",
     "teacher_neighbor_pairs",
@@ -216,8 +218,10 @@ def teacher_neighbor_pairs(
     if not 1 <= k < n:
         raise ConfigError(f"k must lie in [1, {n - 1}], got {k}")
     cols = np.empty((n, k), dtype=np.int64)
+    # Own copies: inputs are often read-only memory maps, which torch refuses to wrap without a warning.
+    rows_t, keys_t = (torch.tensor(np.asarray(a, dtype=np.float32)) for a in (query_emb, positive_emb))
     for start, block in iter_similarity_blocks(
-        query_emb, positive_emb, chunk_size=chunk_size, device=device, normalize=True
+        rows_t, keys_t, chunk_size=chunk_size, device=device, normalize=True
     ):
         rows = torch.arange(start, start + len(block), device=block.device)
         block[torch.arange(len(block), device=block.device), rows] = float("-inf")  # not its own positive
@@ -273,3 +277,140 @@ def group_stats(labels: np.ndarray, batches: Sequence[Sequence[int]]) -> dict[st
         "groups_per_batch": per_batch,
         "groups_per_batch_mean": float(np.mean(per_batch)) if per_batch else 0.0,
     }
+
+
+#: Histogram bins (cosine similarity) stored in comparison reports for plotting.
+HIST_BINS = np.linspace(-0.2, 1.0, 61)
+
+
+def _histogram(values: np.ndarray) -> list[int]:
+    return np.histogram(np.clip(values, HIST_BINS[0], HIST_BINS[-1]), bins=HIST_BINS)[0].tolist()
+
+
+def compare_batchings(
+    query_emb: np.ndarray | torch.Tensor,
+    positive_emb: np.ndarray | torch.Tensor,
+    batchings: dict[str, Sequence[Sequence[int]]],
+    *,
+    k: int = 10,
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    groups: dict[str, np.ndarray] | None = None,
+    scale: float = 20.0,
+    seed: int = 0,
+    device: str | torch.device | None = "auto",
+) -> dict[str, Any]:
+    """Side-by-side hardness of several batchings of the same data, each against random batches of equal sizes.
+
+    Args:
+        query_emb: (N, d) teacher query embeddings.
+        positive_emb: (N, d) teacher positive embeddings.
+        batchings: strategy name → its batches (one epoch).
+        k: teacher neighbours per query for the pair-coverage metric (0 disables the O(N² d) pass).
+        pairs: extra pair sets per strategy, e.g. ``{"b3": (rows, cols)}`` for a B3 plan's window edges;
+            their coverage is reported as ``own_pair_coverage``.
+        groups: strategy name → (N,) group labels (topic clusters, sources, B3 clusters) for group stats.
+        scale: InfoNCE inverse temperature.
+        seed: seed of the random reference batches.
+        device: device of the neighbour search.
+
+    Returns:
+        ``{"num_examples", "k", "strategies": {name: {summary metrics, "random": {...},
+        "knn_pair_coverage", "random_knn_pair_coverage", "hist_neg_mean", "hist_hardest_neg", "batch_sizes",
+        "groups"...}}, "hist_bins"}``.
+
+    Time O(N · b · d) per strategy plus O(N² · d) once for the neighbour pairs.
+    """
+    n = len(query_emb)
+    neighbors = teacher_neighbor_pairs(query_emb, positive_emb, k, device=device) if k else None
+    report: dict[str, Any] = {"num_examples": n, "k": k, "hist_bins": HIST_BINS.tolist(), "strategies": {}}
+    for name, batches in batchings.items():
+        batches = [list(map(int, b)) for b in batches]
+        hard = batch_hardness(query_emb, positive_emb, batches, scale=scale)
+        reference = random_batches_like(batches, n, seed=seed)
+        rand = batch_hardness(query_emb, positive_emb, reference, scale=scale)
+        entry: dict[str, Any] = summarize_hardness(hard)
+        entry["random"] = summarize_hardness(rand)
+        entry["examples_batched"] = int(sum(len(b) for b in batches))
+        sizes, counts = np.unique([len(b) for b in batches], return_counts=True)
+        entry["batch_sizes"] = {int(s): int(c) for s, c in zip(sizes, counts)}
+        entry["hist_neg_mean"] = _histogram(hard.row_neg_mean)
+        entry["hist_hardest_neg"] = _histogram(hard.row_neg_max)
+        entry["random"]["hist_neg_mean"] = _histogram(rand.row_neg_mean)
+        entry["random"]["hist_hardest_neg"] = _histogram(rand.row_neg_max)
+        if neighbors is not None:
+            entry["knn_pair_coverage"] = pair_coverage(*neighbors, batches, n)
+            entry["random_knn_pair_coverage"] = pair_coverage(*neighbors, reference, n)
+        if pairs and name in pairs:
+            entry["own_pair_coverage"] = pair_coverage(*pairs[name], batches, n)
+            entry["random_own_pair_coverage"] = pair_coverage(*pairs[name], reference, n)
+        if groups and name in groups:
+            entry["groups"] = group_stats(groups[name], batches)
+        report["strategies"][name] = entry
+    return report
+
+
+def plot_comparison(report: dict[str, Any], path: str | Any) -> None:
+    """Six-panel PNG of a :func:`compare_batchings` report (matplotlib, Agg backend; written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hardbatch.io import atomic_path
+
+    names = list(report["strategies"])
+    entries = [report["strategies"][n] for n in names]
+    centres = (np.asarray(report["hist_bins"][:-1]) + np.asarray(report["hist_bins"][1:])) / 2
+    colors = plt.get_cmap("tab10")(np.arange(len(names)) % 10)
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    for ax, key, title in (
+        (axes[0, 0], "hist_neg_mean", "mean in-batch negative similarity (per query)"),
+        (axes[0, 1], "hist_hardest_neg", "hardest in-batch negative similarity (per query)"),
+    ):
+        random_hist = np.asarray(entries[0]["random"][key], dtype=float)
+        ax.plot(centres, random_hist / max(1, random_hist.sum()), "k--", label="random")
+        for name, entry, color in zip(names, entries, colors):
+            hist = np.asarray(entry[key], dtype=float)
+            ax.plot(centres, hist / max(1, hist.sum()), color=color, label=name)
+        ax.set_title(title)
+        ax.set_xlabel("cosine similarity (teacher)")
+        ax.legend(fontsize=8)
+    x = np.arange(len(names))
+    for ax, key, title in (
+        (axes[0, 2], "infonce", "in-batch InfoNCE (higher = harder)"),
+        (axes[1, 0], "recall@1", "in-batch recall@1 (lower = harder)"),
+    ):
+        ax.bar(x - 0.2, [e.get(key, np.nan) for e in entries], 0.4, color=colors, label="strategy")
+        ax.bar(x + 0.2, [e["random"].get(key, np.nan) for e in entries], 0.4, color="0.7", label="random")
+        ax.set_xticks(x, names, rotation=20)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    ax = axes[1, 1]
+    if report.get("k"):
+        ax.bar(
+            x - 0.2,
+            [e.get("knn_pair_coverage", np.nan) for e in entries],
+            0.4,
+            color=colors,
+            label="strategy",
+        )
+        ax.bar(x + 0.2, [e.get("random_knn_pair_coverage", np.nan) for e in entries], 0.4, color="0.7",
+               label="random")  # fmt: skip
+        ax.set_yscale("log")
+        ax.set_xticks(x, names, rotation=20)
+        ax.legend(fontsize=8)
+    ax.set_title(f"teacher top-{report.get('k')} pairs inside one batch")
+    ax = axes[1, 2]
+    for name, entry, color in zip(names, entries, colors):
+        if "groups" in entry and entry["groups"]["groups_per_batch"]:
+            values = np.asarray(entry["groups"]["groups_per_batch"])
+            ax.hist(values, bins=np.arange(values.max() + 2) - 0.5, alpha=0.5, color=color, label=name)
+    ax.set_title("distinct clusters / sources per batch")
+    ax.set_xlabel("groups in a batch")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Batch hardness under the teacher — N={report['num_examples']}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)

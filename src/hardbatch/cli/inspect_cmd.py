@@ -1,0 +1,354 @@
+"""``hardbatch inspect``: compare batching strategies side by side on the same data, under a teacher.
+
+    hardbatch inspect --data DATA [--plan PLAN.parquet] [--sampler random --sampler topic --sampler gcbs ...]
+        --teacher default --batch-size 64 -o DIR
+
+For every strategy (each ``--sampler`` over the registry, and each ``--plan`` file) one epoch of batches is
+drawn and measured with teacher embeddings (:mod:`hardbatch.evaluate.hardness`): in-batch negative
+similarity (mean, percentiles), in-batch InfoNCE and recall@1, each against random batches of the same
+sizes; the fraction of the teacher's top-k neighbour pairs (and, for B3 plans, the plan's rank-window
+edges) that land in one batch; clusters / sources per batch. Writes ``DIR/inspect.json``,
+``DIR/inspect.png`` and prints a table.
+
+Also ``hardbatch mine gcbs`` (attached to the ``mine`` group when it exists): one GCBS refresh with a fixed
+teacher, written as a batch plan.
+"""
+
+from __future__ import annotations
+
+import inspect as pyinspect
+import re
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+__all__ = ["build_strategy_batches", "register"]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect")(inspect_command)
+    try:
+        from hardbatch.cli.mine_cmd import mine_app
+    except ImportError:  # the mine group is optional; GCBS stays available from Python
+        return
+    mine_app.command("gcbs")(mine_gcbs_command)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text.strip("/"))[-60:] or "teacher"
+
+
+def teacher_embeddings(
+    dataset: Any,
+    teacher: str,
+    *,
+    query_emb: Path | None,
+    positive_emb: Path | None,
+    emb_dir: Path | None,
+    max_seq_length: int | None,
+    batch_size: int = 64,
+) -> tuple[Any, Any]:
+    """Teacher (query, positive) embeddings: given ``.npy`` files, or encoded (and cached) with ``teacher``."""
+    from hardbatch.errors import ConfigError
+
+    if (query_emb is None) != (positive_emb is None):
+        raise ConfigError("give both --query-emb and --positive-emb, or neither")
+    if query_emb is not None and positive_emb is not None:
+        from hardbatch.samplers._data import load_embedding_array
+
+        query = load_embedding_array(query_emb, "--query-emb", len(dataset))
+        return query, load_embedding_array(positive_emb, "--positive-emb", len(dataset))
+    from hardbatch.data import default_cache_dir
+    from hardbatch.embed import embed_pairs
+
+    suffix = f"-msl{max_seq_length}" if max_seq_length else ""
+    target = (
+        emb_dir or default_cache_dir() / "embeddings" / f"{dataset.fingerprint[:16]}-{_slug(teacher)}{suffix}"
+    )
+    pair = embed_pairs(dataset, teacher, target, batch_size=batch_size, max_seq_length=max_seq_length)
+    return pair.query, pair.positive
+
+
+def _accepted(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    parameters = pyinspect.signature(cls.__init__).parameters
+    return {key: value for key, value in options.items() if key in parameters}
+
+
+def build_strategy_batches(
+    names: list[str],
+    dataset: Any,
+    batch_size: int,
+    query_emb: Any,
+    positive_emb: Any,
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    options: dict[str, dict[str, Any]] | None = None,
+) -> tuple[dict[str, list[list[int]]], dict[str, Any], dict[str, Any]]:
+    """One epoch of batches from every named sampler, built over the same data and teacher embeddings.
+
+    Each sampler receives the shared context it accepts (teacher embeddings, seed, ``drop_last=False``,
+    one process) plus its own ``options[name]``.
+
+    Returns:
+        ``(batchings, groups, details)``: name → batches; name → (N,) group labels where the sampler groups
+        (topic clusters, sources, B3 clusters); name → extra information (GCBS graph stats, config).
+    """
+    import numpy as np
+
+    from hardbatch.samplers import SAMPLERS, build_sampler
+
+    batchings: dict[str, list[list[int]]] = {}
+    groups: dict[str, Any] = {}
+    details: dict[str, Any] = {}
+    context = {
+        "query_emb": query_emb,
+        "positive_emb": positive_emb,
+        "seed": seed,
+        "drop_last": False,
+        "world_size": 1,
+    }
+    for name in names:
+        if name not in SAMPLERS:
+            from hardbatch.errors import ConfigError
+
+            raise ConfigError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+        cls = SAMPLERS[name]
+        kwargs = {**_accepted(cls, context), **(options or {}).get(name, {})}
+        if name == "b3":
+            kwargs.setdefault("drop_last", True)  # B3 packs leftovers into mixed batches otherwise
+        sampler = build_sampler(name, dataset, batch_size, **kwargs)
+        batchings[name] = sampler.batches(epoch)
+        details[name] = {"config": sampler.get_config_dict()}
+        if hasattr(sampler, "group_labels"):
+            groups[name] = np.asarray(sampler.group_labels())
+        plan = getattr(sampler, "plan", None) or getattr(sampler, "_plan", None)
+        if plan is not None and hasattr(plan, "labels"):
+            groups[name] = plan.labels()
+        if getattr(sampler, "last_stats", None):
+            details[name]["gcbs"] = {k: v for k, v in sampler.last_stats.items() if k != "seconds"}
+    return batchings, groups, details
+
+
+def _plan_strategy(path: Path, num_examples: int, batch_size: int, epoch: int, seed: int):
+    from hardbatch.mining import BatchPlan
+
+    plan = BatchPlan.load(path, expected_num_examples=num_examples)
+    size = batch_size if batch_size % plan.cluster_size == 0 else plan.batch_size
+    batches = plan.batches(epoch, batch_size=size, drop_last=True)
+    pairs = None
+    window = getattr(plan, "window", None)
+    if window is not None and window.nnz:
+        coo = window.tocoo()
+        pairs = (coo.row.astype("int64"), coo.col.astype("int64"))
+    return batches, plan.labels(), pairs, plan.summary()
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    table = Table(title=f"Batch hardness under the teacher (N={report['num_examples']})")
+    for column in (
+        "strategy", "batches", "neg sim mean (rand)", "neg p90", "hardest neg (rand)", "InfoNCE (rand)",
+        "recall@1 (rand)", f"top-{report['k']} pairs in batch (rand)", "own pairs in batch", "groups/batch",
+    ):  # fmt: skip
+        table.add_column(column, justify="right" if column != "strategy" else "left")
+    for name, e in report["strategies"].items():
+        r = e["random"]
+        table.add_row(
+            name,
+            str(e["batches"]),
+            f"{e.get('neg_sim_mean', float('nan')):.3f} ({r.get('neg_sim_mean', float('nan')):.3f})",
+            f"{e.get('neg_sim_p90', float('nan')):.3f}",
+            f"{e.get('hardest_neg_sim_mean', float('nan')):.3f} ({r.get('hardest_neg_sim_mean', float('nan')):.3f})",
+            f"{e.get('infonce', float('nan')):.3f} ({r.get('infonce', float('nan')):.3f})",
+            f"{e.get('recall@1', float('nan')):.3f} ({r.get('recall@1', float('nan')):.3f})",
+            f"{e.get('knn_pair_coverage', float('nan')):.3f} ({e.get('random_knn_pair_coverage', float('nan')):.4f})",
+            f"{e['own_pair_coverage']:.3f} ({e['random_own_pair_coverage']:.4f})" if "own_pair_coverage" in e else "-",
+            f"{e['groups']['groups_per_batch_mean']:.1f}" if "groups" in e else "-",
+        )  # fmt: skip
+    console.print(table)
+
+
+def _parse_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``--option gcbs.target_degree=64`` → ``{"gcbs": {"target_degree": 64}}`` (values parsed as JSON if possible)."""
+    import json
+
+    from hardbatch.errors import ConfigError
+
+    parsed: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        match = re.fullmatch(r"([a-z0-9_]+)\.([A-Za-z_][A-Za-z0-9_]*)=(.*)", item)
+        if not match:
+            raise ConfigError(f"--option {item!r}: expected SAMPLER.NAME=VALUE, e.g. gcbs.target_degree=64")
+        sampler, key, raw = match.groups()
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        parsed.setdefault(sampler, {})[key] = value
+    return parsed
+
+
+def inspect_command(
+    data: Annotated[
+        str,
+        typer.Option("--data", "-d", help="Pair data (.jsonl/.json/.csv/.parquet or codesearch:<split>)."),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output directory (inspect.json, inspect.png).")
+    ] = Path("inspect"),
+    sampler: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sampler", "-s", help="Sampler to compare (repeat): random, nodup, topic, source, gcbs, b3."
+        ),
+    ] = None,
+    plan: Annotated[
+        list[Path] | None, typer.Option("--plan", "-p", help="Batch plan file to compare (repeat).")
+    ] = None,
+    teacher: Annotated[
+        str, typer.Option("--teacher", "-t", help="'default' (all-MiniLM-L6-v2) or a model dir.")
+    ] = "default",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Examples per batch.")] = 64,
+    k: Annotated[
+        int, typer.Option("--k", help="Teacher neighbours per query for pair coverage (0: skip).")
+    ] = 10,
+    epoch: Annotated[int, typer.Option("--epoch", help="Which epoch's batches to draw.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Sampler seed (and of the random reference).")] = 0,
+    scale: Annotated[float, typer.Option("--scale", help="InfoNCE inverse temperature.")] = 20.0,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", help="Sampler option SAMPLER.NAME=VALUE (repeat).")
+    ] = None,
+    query_emb: Annotated[
+        Path | None, typer.Option("--query-emb", help="(N, d) .npy teacher query embeddings.")
+    ] = None,
+    positive_emb: Annotated[
+        Path | None, typer.Option("--positive-emb", help="(N, d) .npy teacher positive embeddings.")
+    ] = None,
+    emb_dir: Annotated[
+        Path | None, typer.Option("--emb-dir", help="Cache directory of teacher embeddings.")
+    ] = None,
+    max_seq_length: Annotated[
+        int | None, typer.Option("--max-seq-length", help="Truncate teacher inputs to this many tokens.")
+    ] = None,
+) -> None:
+    """Compare batch samplers and plans side by side: batch hardness under a teacher, with a plot."""
+    from hardbatch.data import load_pairs
+    from hardbatch.errors import ConfigError
+    from hardbatch.evaluate.hardness import compare_batchings, plot_comparison
+    from hardbatch.io import write_json
+
+    started = time.perf_counter()
+    names = list(sampler or [])
+    if not names and not plan:
+        names = ["random", "topic", "gcbs"]
+    dataset = load_pairs(data)
+    if batch_size > len(dataset):
+        raise ConfigError(f"--batch-size {batch_size} is larger than the data ({len(dataset)} pairs)")
+    query, positive = teacher_embeddings(
+        dataset, teacher, query_emb=query_emb, positive_emb=positive_emb, emb_dir=emb_dir,
+        max_seq_length=max_seq_length,
+    )  # fmt: skip
+    batchings, groups, details = build_strategy_batches(
+        names, dataset, batch_size, query, positive, seed=seed, epoch=epoch, options=_parse_options(option)
+    )
+    pairs = {}
+    for path in plan or []:
+        label = f"plan:{path.stem}"
+        batchings[label], groups[label], plan_pairs, summary = _plan_strategy(
+            path, len(dataset), batch_size, epoch, seed
+        )
+        details[label] = {"plan": summary}
+        if plan_pairs is not None:
+            pairs[label] = plan_pairs
+    report = compare_batchings(
+        query, positive, batchings, k=k, pairs=pairs, groups=groups, scale=scale, seed=seed
+    )
+    report.update(
+        data=data, teacher=teacher if query_emb is None else str(query_emb), batch_size=batch_size, epoch=epoch,
+        seed=seed, details=details,
+    )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "inspect.json", report)
+    plot_comparison(report, out / "inspect.png")
+    _print_table(report)
+    console.print(
+        f"[green]inspected[/] {len(batchings)} strategies on {len(dataset)} pairs in "
+        f"{time.perf_counter() - started:.1f} s → {out / 'inspect.json'}, {out / 'inspect.png'}"
+    )
+
+
+def mine_gcbs_command(
+    data: Annotated[
+        str, typer.Argument(help="Pair data (.jsonl/.json/.csv/.parquet or codesearch:<split>).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output batch plan (.parquet).")] = Path(
+        "gcbs.parquet"
+    ),
+    teacher: Annotated[
+        str, typer.Option("--teacher", "-t", help="'default' or a model directory.")
+    ] = "default",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Examples per batch.")] = 64,
+    quantile: Annotated[
+        float | None, typer.Option("--quantile", help="Similarity quantile (default 0.999).")
+    ] = None,
+    target_degree: Annotated[
+        float | None, typer.Option("--target-degree", help="Instead of --quantile: edges per example.")
+    ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the quantile sample and RCM tie-breaking.")
+    ] = 0,
+    device: Annotated[str, typer.Option("--device", help="'auto', 'cpu', 'cuda:0', ...")] = "auto",
+    query_emb: Annotated[
+        Path | None, typer.Option("--query-emb", help="(N, d) .npy teacher query embeddings.")
+    ] = None,
+    positive_emb: Annotated[
+        Path | None, typer.Option("--positive-emb", help="(N, d) .npy teacher positive embeddings.")
+    ] = None,
+    emb_dir: Annotated[
+        Path | None, typer.Option("--emb-dir", help="Cache directory of teacher embeddings.")
+    ] = None,
+    max_seq_length: Annotated[
+        int | None, typer.Option("--max-seq-length", help="Truncate teacher inputs to this many tokens.")
+    ] = None,
+) -> None:
+    """GCBS with a fixed teacher: threshold graph → RCM → batches, saved as a batch plan (batch order reshuffled per epoch)."""
+    from hardbatch.data import load_pairs
+    from hardbatch.io import hash_array
+    from hardbatch.mining.gcbs import mine_gcbs
+
+    started = time.perf_counter()
+    dataset = load_pairs(data)
+    query, positive = teacher_embeddings(
+        dataset, teacher, query_emb=query_emb, positive_emb=positive_emb, emb_dir=emb_dir,
+        max_seq_length=max_seq_length,
+    )  # fmt: skip
+    result = mine_gcbs(
+        query, positive, batch_size, quantile=quantile, target_degree=target_degree, seed=seed, device=device
+    )
+    params = {"seed": seed, "teacher": teacher, "data": data, "target_degree": target_degree}
+    hashes = {
+        "query_emb": hash_array(query),
+        "positive_emb": hash_array(positive),
+        "dataset": dataset.fingerprint,
+    }
+    result.to_plan(params=params, hashes=hashes).save(out)
+    s = result.stats
+    table = Table(title="GCBS")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("num_examples", "quantile", "threshold", "edges", "degree_mean", "degree_max", "components",
+                "giant_component_fraction", "bandwidth_before", "bandwidth_after", "same_batch_edge_fraction"):  # fmt: skip
+        value = s[key]
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    for stage, value in result.seconds.items():
+        table.add_row(f"{stage} (s)", f"{value['seconds']:.2f}")
+    console.print(table)
+    console.print(
+        f"[green]mined[/] {len(result.batches)} GCBS batches in {time.perf_counter() - started:.1f} s → {out}"
+    )
