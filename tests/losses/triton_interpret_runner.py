@@ -11,6 +11,7 @@ absolute error divided by the reference's max magnitude, ``dscale`` is divided b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -42,6 +43,7 @@ class Case:
     transpose_q: bool = False
     fully_masked_cols: int = 0
     seed: int = 0
+    autotune: bool = False  # drive the CUDA host path (autotuner, META grids, reset_to_zero) on CPU
 
 
 CASES: dict[str, Case] = {
@@ -58,6 +60,10 @@ CASES: dict[str, Case] = {
     "scale100_normalized_strided": Case(48, 48, 24, scale=100.0, normalize=True, transpose_q=True, seed=8),
     "bf16_ids": Case(50, 70, 33, dtype="bfloat16", ids=True, tile=32, seed=9),
     "fp16_deterministic": Case(40, 37, 20, dtype="float16", deterministic=True, seed=10),
+    "autotuned_host_path_fast": Case(40, 45, 18, ids=True, autotune=True, tile=0, seed=11),
+    "autotuned_host_path_deterministic": Case(
+        33, 40, 20, deterministic=True, autotune=True, tile=0, compute_col=True, seed=12
+    ),
 }
 
 # Tolerances per dtype: fp32 runs exact IEEE dots in the interpreter; bf16/fp16 round dS for the
@@ -151,8 +157,59 @@ def _rel(err: torch.Tensor, ref: torch.Tensor) -> float:
     return float(err.abs().max() / ref.abs().max().clamp_min(1e-12)) if ref.numel() else 0.0
 
 
+@contextlib.contextmanager
+def cuda_host_path(kernels):
+    """Make the kernels take their CUDA branch (autotuned launch) while still running in the interpreter.
+
+    The autotuner gets two tiny configs per kernel (different block sizes, so tuning really re-runs the
+    kernels and ``reset_to_zero`` / the META-dependent grids matter) and a wall-clock benchmark.
+    """
+    import triton
+
+    def configs(blocks):
+        return lambda: [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": 16}) for m, n in blocks]
+
+    def timed(kernel_call, quantiles):
+        began = time.perf_counter()
+        kernel_call()
+        elapsed = time.perf_counter() - began
+        return [elapsed] * len(quantiles)
+
+    def with_cpu_bench(build):
+        def wrapper(*args):
+            tuner, kept = build(*args)
+            tuner._do_bench = timed
+            return tuner, kept
+
+        return wrapper
+
+    patches = {
+        "interpreter_enabled": lambda: False,
+        "triton_supported": lambda tensor: True,
+        "_hopper_forward_configs": configs([(16, 16), (32, 16)]),
+        "_hopper_backward_configs": configs([(16, 32), (32, 16)]),
+        "_autotuned_forward": with_cpu_bench(kernels._autotuned_forward.__wrapped__),
+        "_autotuned_backward": with_cpu_bench(kernels._autotuned_backward.__wrapped__),
+    }
+    saved = {name: getattr(kernels, name) for name in patches}
+    for name, value in patches.items():
+        setattr(kernels, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(kernels, name, value)
+
+
 def run_case(kernels, case: Case) -> dict[str, float]:
     """Run forward + backward for ``case`` in the interpreter and return its errors vs the reference."""
+    if case.autotune:
+        with cuda_host_path(kernels):
+            return _run_case(kernels, case)
+    return _run_case(kernels, case)
+
+
+def _run_case(kernels, case: Case) -> dict[str, float]:
     x = make_inputs(case)
     start = time.perf_counter()
     row, col, pos = kernels.fused_lse_forward(
