@@ -594,7 +594,7 @@ def _check_inputs(
     q_ids: torch.Tensor | None,
     k_ids: torch.Tensor | None,
 ) -> None:
-    """Raise ConfigError/DataError for shapes, dtypes or devices the kernels cannot take."""
+    """Raise ConfigError for shapes, dtypes, devices or labels the kernels cannot take (one line each)."""
     if q.dim() != 2 or k.dim() != 2:
         raise ConfigError(
             f"q and k must be 2-D (rows, dim); got shapes {tuple(q.shape)} and {tuple(k.shape)}"
@@ -685,7 +685,7 @@ def _precision(dtype: torch.dtype, device: torch.device) -> str:
 
 
 def _dot_fp32(q: torch.Tensor) -> bool:
-    """Upcast dot operands to fp32: only for bf16 under the CPU interpreter (see ``_mma``)."""
+    """Upcast dot operands to fp32: only for bf16 under the CPU interpreter (its tl.dot mishandles bf16)."""
     return q.device.type == "cpu" and q.dtype == torch.bfloat16
 
 
@@ -746,7 +746,7 @@ def fused_lse_forward(
         q: ``(b, d)`` queries, fp32/bf16/fp16, CUDA (or CPU under ``TRITON_INTERPRET=1``); any strides.
         k: ``(n, d)`` keys, same dtype and device as ``q``.
         scale: logit scale, 0-dim (or 1-element) tensor; read in fp32.
-        labels: ``(b,)`` int64 index of each query's positive key in ``[0, n)``.
+        labels: ``(b,)`` int64 (or int32) index of each query's positive key in ``[0, n)``.
         q_ids: ``(b,)`` int64 group ids or ``None``; with ``k_ids`` masks pairs of equal id that are not
             the positive (``S = -inf`` there).
         k_ids: ``(n,)`` int64 group ids or ``None``.
