@@ -79,11 +79,23 @@ def build_method(method: str):
     return lambda q, k: mnrl.compute_loss_from_embeddings([q, k], None)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS in MiB: VmHWM on Linux (ru_maxrss inherits the parent's peak over fork + exec)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    from hardbatch.progress import peak_rss_mb as fallback
+
+    return fallback()
+
+
 def run_one(method: str, b: int, d: int, reps: int, threads: int) -> dict:
     """Child process: time fwd+bwd of one method at one size and report the extra peak RSS."""
     import torch
-
-    from hardbatch.progress import peak_rss_mb
 
     torch.set_num_threads(threads)
     loss_fn = build_method(method)

@@ -18,6 +18,15 @@ SCRIPT = textwrap.dedent(
     from hardbatch.losses import info_nce, reference_info_nce
 
     def peak():
+        # VmHWM is this process's own peak; ru_maxrss would start at the (large) pytest parent's RSS,
+        # because Linux carries maxrss over fork + exec.
+        try:
+            with open("/proc/self/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     torch.manual_seed(0)
