@@ -113,7 +113,9 @@ def compile_variant(
     started = time.perf_counter()
     source = ASTSource(fn, signature, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(
-        source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages}
+        source,
+        target=GPUTarget("cuda", arch, 32),
+        options={"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": True},
     )
     ptx = compiled.asm["ptx"]
     return {
