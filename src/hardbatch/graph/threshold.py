@@ -49,6 +49,8 @@ def normalize_rows(
 
     Normalising up front lets every later block skip the work (``normalize=False`` downstream).
     """
+    if isinstance(array, np.ndarray) and not array.flags.writeable:
+        array = np.array(array, dtype=np.float32)  # a read-only memory map: torch cannot wrap it safely
     return torch.nn.functional.normalize(as_tensor(array, resolve_device(device)), dim=1)
 
 
