@@ -144,6 +144,7 @@ def machine() -> dict:
         "faiss": faiss.__version__,
         "pymetis": getattr(pymetis, "version", "?"),
         "cuda": torch.cuda.is_available(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "note": "wall-clock; other jobs may share the machine, compare rows of one run only",
     }
 
