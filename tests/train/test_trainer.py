@@ -206,6 +206,8 @@ def test_kill_9_then_cli_resume_is_exact(tmp_path, reference_run, pairs_files, t
 def test_bad_settings_are_config_errors(tmp_path, train_pairs):
     with pytest.raises(ConfigError, match="batch_size"):
         TrainConfig(data=train_pairs, output_dir=str(tmp_path), batch_size=0)
+    with pytest.raises(ConfigError, match="unknown sampler 'fancy'"):
+        TrainConfig(data=train_pairs, output_dir=str(tmp_path), sampler="fancy")
     with pytest.raises(ConfigError, match="precision"):
         TrainConfig(data=train_pairs, output_dir=str(tmp_path), precision="fp8")
     with pytest.raises(ConfigError, match="larger than the data"):

@@ -135,6 +135,10 @@ class TrainConfig:
             raise ConfigError(f"num_negatives must be >= 0, got {self.num_negatives}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ConfigError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+        from hardbatch.samplers import SAMPLERS
+
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 

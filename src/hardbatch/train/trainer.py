@@ -500,7 +500,11 @@ class Trainer:
         last_eval = (
             [r for r in self.log.eval_records() if r["step"] == self.state.step] if ctx.is_main else []
         )
-        metrics = {k: v for k, v in last_eval[-1].items() if "@" in k} if last_eval else self._evaluate(ctx)
+        # Rank 0 decides, so every rank takes part in the same barriers.
+        if ctx.broadcast_object(bool(last_eval)):
+            metrics = {k: v for k, v in last_eval[-1].items() if "@" in k} if last_eval else {}
+        else:
+            metrics = self._evaluate(ctx)
         final = self.output_dir / "final" if cfg.save_final else None
         summary: dict[str, Any] = {}
         if ctx.is_main:
