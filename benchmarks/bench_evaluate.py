@@ -104,7 +104,7 @@ def markdown(rows: list[dict], info: dict) -> str:
     lines += [
         "",
         "Time grows as O(N²·d) for both; extra memory is O(N²) for the full matrix and O(chunk·N) ≈ 256 MB "
-        "blocks for the chunked search (plus O(N) per metric). Metrics are identical for both methods.",
+        "blocks (score block + top-k temporaries) for the chunked search (plus O(N) per metric). Metrics are identical for both methods.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -54,5 +54,5 @@ def test_k_larger_than_corpus_is_capped():
 
 def test_auto_chunk_size_bounds_block_memory():
     assert auto_chunk_size(10, 10) == 10
-    assert auto_chunk_size(10**6, 10**6) * 10**6 * 8 <= 256 << 20
+    assert auto_chunk_size(10**6, 10**6) * 10**6 * 16 <= 256 << 20
     assert auto_chunk_size(5, 10**12) == 1

@@ -41,6 +41,13 @@ def load_model(
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
+    from hardbatch.progress import progress_enabled
+
+    if not progress_enabled():
+        # --quiet / HARDBATCH_PROGRESS=0 also silences transformers' "Loading weights" bars.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     path = resolve_model_path(model)
     st = SentenceTransformer(str(path), device=device, local_files_only=True)
     if max_seq_length is not None:
