@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hardbatch.mining.b3 import cluster_hardness, mine_b3
+from hardbatch.mining.gcbs import GCBSResult, GraphCollapseWarning, mine_gcbs
 from hardbatch.mining.plan import BatchPlan
 
-__all__ = ["BatchPlan", "cluster_hardness", "mine_b3"]
+__all__ = ["BatchPlan", "GCBSResult", "GraphCollapseWarning", "cluster_hardness", "mine_b3", "mine_gcbs"]
