@@ -17,8 +17,17 @@ from rich.console import Console
 
 from hardbatch import __version__
 
-# Command modules, in the order their commands appear in --help.
-COMMAND_MODULES = ["data_cmd", "embed_cmd", "evaluate_cmd", "train_cmd", "mine_cmd", "demo_cmd", "inspect_cmd", "experiment_cmd"]
+# Command modules, in pipeline order (the order their commands appear in --help).
+COMMAND_MODULES = [
+    "data_cmd",
+    "embed_cmd",
+    "evaluate_cmd",
+    "mine_cmd",
+    "inspect_cmd",
+    "train_cmd",
+    "experiment_cmd",
+    "demo_cmd",
+]
 
 app = typer.Typer(
     name="hardbatch",
