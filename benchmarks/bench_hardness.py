@@ -72,6 +72,7 @@ def main() -> None:
     )
     if args.embed_only:
         return
+    build_strategy_batches(["random"], dataset, args.batch_size, query, positive)  # warm-up: imports
     batchings, groups, details, seconds = {}, {}, {}, {}
     for label in args.samplers.split(","):
         name, options = STRATEGIES[label]

@@ -368,7 +368,7 @@ def plot_comparison(report: dict[str, Any], path: str | Any) -> None:
         (axes[0, 1], "hist_hardest_neg", "hardest in-batch negative similarity (per query)"),
     ):
         random_hist = np.asarray(entries[0]["random"][key], dtype=float)
-        ax.plot(centres, random_hist / max(1, random_hist.sum()), "k--", label="random")
+        ax.plot(centres, random_hist / max(1, random_hist.sum()), "k--", label="random reference")
         for name, entry, color in zip(names, entries, colors):
             hist = np.asarray(entry[key], dtype=float)
             ax.plot(centres, hist / max(1, hist.sum()), color=color, label=name)
@@ -381,8 +381,14 @@ def plot_comparison(report: dict[str, Any], path: str | Any) -> None:
         (axes[1, 0], "recall@1", "in-batch recall@1 (lower = harder)"),
     ):
         ax.bar(x - 0.2, [e.get(key, np.nan) for e in entries], 0.4, color=colors, label="strategy")
-        ax.bar(x + 0.2, [e["random"].get(key, np.nan) for e in entries], 0.4, color="0.7", label="random")
-        ax.set_xticks(x, names, rotation=20)
+        ax.bar(
+            x + 0.2,
+            [e["random"].get(key, np.nan) for e in entries],
+            0.4,
+            color="0.7",
+            label="random reference",
+        )
+        ax.set_xticks(x, names, rotation=25, ha="right")
         ax.set_title(title)
         ax.legend(fontsize=8)
     ax = axes[1, 1]
@@ -395,9 +401,9 @@ def plot_comparison(report: dict[str, Any], path: str | Any) -> None:
             label="strategy",
         )
         ax.bar(x + 0.2, [e.get("random_knn_pair_coverage", np.nan) for e in entries], 0.4, color="0.7",
-               label="random")  # fmt: skip
+               label="random reference")  # fmt: skip
         ax.set_yscale("log")
-        ax.set_xticks(x, names, rotation=20)
+        ax.set_xticks(x, names, rotation=25, ha="right")
         ax.legend(fontsize=8)
     ax.set_title(f"teacher top-{report.get('k')} pairs inside one batch")
     ax = axes[1, 2]
