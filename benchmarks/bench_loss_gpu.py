@@ -268,6 +268,15 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write(report: dict) -> None:
+    from hardbatch.io import atomic_write, write_json
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json(RESULTS / "loss_gpu.json", report)
+    with atomic_write(RESULTS / "loss_gpu.md") as handle:
+        handle.write(to_markdown(report))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="4096,16384,65536,262144")
@@ -313,17 +322,12 @@ def main() -> int:
     for d in dims:
         for b in args.sizes:
             report["results"].extend(run_size(b, d, methods, device, args.reps, args))
-    table = to_markdown(report)
-    print(table)
+            if not args.smoke:  # after every size, so a run cut short keeps what it measured
+                _write(report)
+    print(to_markdown(report))
     if args.smoke:
         print("(smoke run: results not written)")
         return 0
-    from hardbatch.io import atomic_write, write_json
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS / "loss_gpu.json", report)
-    with atomic_write(RESULTS / "loss_gpu.md") as handle:
-        handle.write(table)
     print(f"wrote {RESULTS / 'loss_gpu.json'} and {RESULTS / 'loss_gpu.md'}")
     return 0
 

@@ -15,7 +15,8 @@ training pairs, 128 tokens, all test queries, 3 seeds). Resumable per cell: fini
 Cost: O(cells × pairs_seen) forward/backward passes + O(cells × test queries) evaluation passes.
 
 Usage: python benchmarks/quality.py [--full] [--samplers random,b3] [--batch-sizes 32,512] [--seeds 0,1]
-       [--train-pairs N] [--test-pairs N] [--max-seq-length L] [--lr LR]
+       [--train-pairs N] [--test-pairs N] [--max-seq-length L] [--lr LR] [--model PATH] [--teacher PATH]
+       [--train-data SPEC] [--test-data SPEC] [--name NAME]
 Writes benchmarks/results/quality.json, quality.md and quality.png (cells under benchmarks/results/quality/)
 and prints JSON and the table.
 """
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="GPU setting: 20k pairs, 128 tokens, 3 seeds.")
+    parser.add_argument("--model", default=None, help="Starting model (default: packaged MiniLM).")
+    parser.add_argument("--teacher", default=None, help="Mining teacher (default: the starting model).")
+    parser.add_argument("--train-data", default=None, help="Training pairs spec (default: codesearch:train).")
+    parser.add_argument("--test-data", default=None, help="Evaluation pairs spec (default: codesearch:test).")
     parser.add_argument("--samplers", default=None, help="Comma-separated sampler names.")
     parser.add_argument("--batch-sizes", default=None, help="Comma-separated batch sizes.")
     parser.add_argument("--seeds", default=None, help="Comma-separated seeds.")
@@ -48,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seq-length", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--name", default="quality", help="Output name under benchmarks/results/.")
+    parser.add_argument(
+        "--summarize-only", action="store_true", help="Train nothing; summarise the cells already run."
+    )
     args = parser.parse_args(argv)
 
     config = GridConfig(work_dir=str(RESULTS / args.name))
@@ -61,11 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         config.batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     if args.seeds:
         config.seeds = tuple(int(s) for s in args.seeds.split(","))
-    for field in ("train_pairs", "test_pairs", "pairs_seen", "max_seq_length", "lr"):
+    fields = ("model", "teacher", "train_data", "test_data", "train_pairs", "test_pairs", "pairs_seen")
+    for field in (*fields, "max_seq_length", "lr"):
         if getattr(args, field) is not None:
             setattr(config, field, getattr(args, field))
 
-    summary = run_grid(config, log=lambda line: print(line, file=sys.stderr, flush=True))
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    summary = run_grid(config, log=log, train_missing=not args.summarize_only)
     paths = write_grid_outputs(summary, RESULTS, args.name)
     print(
         json.dumps(

@@ -201,16 +201,27 @@ def cuda_host_path(kernels):
             setattr(kernels, name, value)
 
 
-def run_case(kernels, case: Case) -> dict[str, float]:
-    """Run forward + backward for ``case`` in the interpreter and return its errors vs the reference."""
-    if case.autotune:
+def run_case(kernels, case: Case, device: str = "cpu") -> dict[str, float]:
+    """Run forward + backward for ``case`` and return its errors vs the float64 reference.
+
+    ``device="cpu"`` runs in the interpreter (``autotune`` cases drive the CUDA host path there);
+    ``device="cuda"`` runs the compiled kernels on the GPU, always through the real autotuner.
+    """
+    if case.autotune and device == "cpu":
         with cuda_host_path(kernels):
-            return _run_case(kernels, case)
-    return _run_case(kernels, case)
+            return _run_case(kernels, case, device)
+    return _run_case(kernels, case, device)
 
 
-def _run_case(kernels, case: Case) -> dict[str, float]:
-    x = make_inputs(case)
+def _on(device: str, x: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
+    return {name: None if t is None else t.to(device) for name, t in x.items()}
+
+
+def _run_case(kernels, case: Case, device: str = "cpu") -> dict[str, float]:
+    cpu = make_inputs(case)
+    x = _on(device, cpu)
+    if case.transpose_q:  # .to(device) keeps strides on CPU only; re-create the column-major layout
+        x["q"] = x["q"].t().contiguous().t()
     start = time.perf_counter()
     row, col, pos = kernels.fused_lse_forward(
         x["q"], x["k"], x["scale"], x["labels"], x["q_ids"], x["k_ids"], case.compute_col, case.tile, case.tile,
@@ -220,7 +231,11 @@ def _run_case(kernels, case: Case) -> dict[str, float]:
         x["q"], x["k"], x["scale"], x["labels"], x["q_ids"], x["k_ids"], row, col, x["g_row"], x["g_col"],
         case.tile, case.tile, deterministic=case.deterministic, num_key_splits=case.bwd_splits,
     )  # fmt: skip
+    if device != "cpu":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    row, col, pos, dq, dk, dscale = (None if t is None else t.cpu() for t in (row, col, pos, dq, dk, dscale))
+    x = cpu
     ref = reference_contract(
         x["q"], x["k"], x["scale"], x["labels"], x["q_ids"], x["k_ids"], x["g_row"], x["g_col"]
     )

@@ -102,8 +102,14 @@ class GridConfig:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def run_grid(config: GridConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) every cell of the grid and return :func:`summarize_grid` of the results."""
+def run_grid(
+    config: GridConfig, log: Callable[[str], None] = print, train_missing: bool = True
+) -> dict[str, Any]:
+    """Run (or resume) every cell of the grid and return :func:`summarize_grid` of the results.
+
+    ``train_missing=False`` trains nothing: it summarises the cells already on disk (with the hardness
+    figures, which need the teacher embeddings), e.g. after cells were run in several sessions.
+    """
     from hardbatch.data import load_pairs
     from hardbatch.embed import embed_pairs
 
@@ -128,7 +134,8 @@ def run_grid(config: GridConfig, log: Callable[[str], None] = print) -> dict[str
                 sampler, train, batch_size, options, embeddings, config.scale
             )
             for seed in config.seeds:
-                _run_cell(config, sampler, batch_size, seed, train, test, options, work, log)
+                if train_missing:
+                    _run_cell(config, sampler, batch_size, seed, train, test, options, work, log)
     summary = summarize_grid(config, frozen, hardness)
     summary["seconds_this_run"] = round(time.perf_counter() - started, 1)
     return summary
@@ -304,7 +311,7 @@ def summarize_grid(
                 values = [r["metrics"][metric] for r in runs]
                 cell[metric] = {
                     "mean": statistics.fmean(values),
-                    "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "std": statistics.stdev(values) if len(values) > 1 else None,  # one seed: unknown
                     "values": values,
                 }
             if hardness and batch_size in hardness.get(sampler, {}):
@@ -332,7 +339,10 @@ def _findings(cells: list[dict[str, Any]]) -> dict[str, Any]:
                 "random": round(rnd["mean"], 4),
                 "delta": round(b3["mean"] - rnd["mean"], 4),
                 "holds": b3["mean"] > rnd["mean"],
-                "beyond_1_std": b3["mean"] - b3["std"] > rnd["mean"] + rnd["std"],
+                # None when either side ran one seed (its spread is unknown).
+                "beyond_1_std": None
+                if b3["std"] is None or rnd["std"] is None
+                else b3["mean"] - b3["std"] > rnd["mean"] + rnd["std"],
             }
     for batch_size in sorted({c["batch_size"] for c in cells}):
         ranked = sorted(
@@ -379,7 +389,7 @@ def format_grid(summary: dict[str, Any]) -> str:
             row = []
             for b in sizes:
                 cell = by.get((sampler, b))
-                row.append(f"{cell[metric]['mean']:.4f} ± {cell[metric]['std']:.4f}" if cell else "–")
+                row.append(_mean_std(cell[metric]) if cell else "–")
             lines.append(f"| {sampler} | " + " | ".join(row) + " |")
     lines += ["", "## Teacher similarity of in-batch negatives (epoch 0, higher = harder)", ""]
     lines.append("| sampler | " + " | ".join(f"batch {b}" for b in sizes) + " |")
@@ -409,6 +419,12 @@ def format_grid(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _mean_std(stats: dict[str, Any]) -> str:
+    if stats["std"] is None:
+        return f"{stats['mean']:.4f} (1 seed)"
+    return f"{stats['mean']:.4f} ± {stats['std']:.4f}"
+
+
 def _plot_grid(summary: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -419,7 +435,7 @@ def _plot_grid(summary: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for sampler in summary["config"]["samplers"]:
         points = sorted(
-            (c["batch_size"], c["ndcg@10"]["mean"], c["ndcg@10"]["std"])
+            (c["batch_size"], c["ndcg@10"]["mean"], c["ndcg@10"]["std"] or 0.0)
             for c in cells
             if c["sampler"] == sampler
         )
