@@ -14,9 +14,9 @@ def register(app: typer.Typer) -> None:
         output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the demo writes.")] = Path(
             "hardbatch-demo"
         ),
-        train_pairs: Annotated[int | None, typer.Option(help="Training pairs (default 2048).")] = None,
+        train_pairs: Annotated[int | None, typer.Option(help="Training pairs (default 1024).")] = None,
         test_pairs: Annotated[
-            int | None, typer.Option(help="Test queries (default: the whole test split).")
+            int | None, typer.Option(help="Test queries (default 600; 0 = the whole test split).")
         ] = None,
         batch_size: Annotated[int | None, typer.Option(help="Batch size of both runs (default 32).")] = None,
         epochs: Annotated[int | None, typer.Option(help="Epochs of both runs (default 1).")] = None,
@@ -46,6 +46,8 @@ def register(app: typer.Typer) -> None:
         for key, value in overrides.items():
             if value is not None:
                 setattr(config, key, value)
+        if test_pairs == 0:
+            config.test_pairs = None
         config.seed = seed
         if not tiny:
             config.model = model

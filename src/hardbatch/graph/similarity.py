@@ -9,6 +9,7 @@ Time O(N_rows · N_keys · d), memory O(chunk_size · N_keys) on ``device``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -25,7 +26,10 @@ def as_tensor(
     """Move an array (numpy, memory-mapped numpy or torch) to ``device`` as ``dtype`` without extra copies."""
     if isinstance(array, torch.Tensor):
         return array.to(device=device, dtype=dtype)
-    return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
+    with warnings.catch_warnings():
+        # Read-only memory maps are never written through the tensor; copying them would defeat the mmap.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
 
 
 def iter_similarity_blocks(

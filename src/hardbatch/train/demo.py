@@ -39,7 +39,7 @@ TINY_PACKAGES = ("json", "email", "csv", "logging", "argparse", "asyncio", "http
 
 @dataclass
 class DemoConfig:
-    """Sizes and settings of the demo (defaults fit ~10 minutes on 2 CPU cores).
+    """Sizes and settings of the demo (defaults: ~7 minutes on an idle 2-core machine, corpus built).
 
     Args:
         output_dir: where every artefact goes.
@@ -67,8 +67,8 @@ class DemoConfig:
     model: str = "default"
     teacher: str | None = None
     packages: tuple[str, ...] = DEMO_PACKAGES
-    train_pairs: int = 2048
-    test_pairs: int | None = None
+    train_pairs: int = 1024
+    test_pairs: int | None = 600
     max_seq_length: int = 64
     batch_size: int = 32
     cluster_size: int = 32
