@@ -7,10 +7,11 @@ the same subset of codesearch test (function names masked): nDCG@10 and MRR@10, 
 The frozen model is the reference line. Mining (B3 plans, GCBS graph, topic k-means) uses the same
 model, frozen, as teacher. See :mod:`hardbatch.train.experiment` for the protocol.
 
-Default sizes fit about 90 minutes on 2 CPU cores (measured: one step of 32 pairs at 64 tokens ≈ 2.6 s,
-MiniLM encodes ~60 snippets/s at 128 tokens): 2,048 training pairs seen per cell at 64 tokens, 1,000 test
-queries, 24 cells ≈ 24 × (2,048 × 0.08 s + ~20 s evaluation). ``--full`` is the GPU setting (20,000
-training pairs, 128 tokens, all test queries, 3 seeds). Resumable per cell: finished cells are skipped.
+Default sizes fit about 75 minutes on 2 idle CPU cores (measured: one step of 32 pairs at 64 tokens ≈ 4.9 s,
+evaluating 600 test queries ≈ 21 s): 1,024 training pairs seen per cell at 64 tokens, 600 test queries,
+24 cells ≈ 24 × (1,024 × 0.15 s + 21 s); at this budget batch 512 gets two optimizer steps, so the CPU grid
+answers the ordering at equal batch size, and the GPU setting the batch-size question. ``--full`` is the
+GPU setting (20,000 training pairs, 128 tokens, all test queries, 3 seeds). Resumable per cell: finished cells are skipped.
 
 Cost: O(cells × pairs_seen) forward/backward passes + O(cells × test queries) evaluation passes.
 

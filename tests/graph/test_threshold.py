@@ -6,6 +6,7 @@ import pytest
 from hardbatch.errors import ConfigError
 from hardbatch.graph.threshold import (
     estimate_similarity_quantile,
+    ivf_threshold_graph,
     quantile_for_degree,
     threshold_graph,
 )
@@ -68,3 +69,26 @@ def test_guards(data):
     with pytest.raises(ConfigError, match="target_degree"):
         quantile_for_degree(700, 600)
     assert quantile_for_degree(6, 600) == pytest.approx(0.99)
+
+
+def test_ivf_graph_probing_every_list_equals_exact(data):
+    pytest.importorskip("faiss")
+    x, y = data
+    t = float(np.quantile(_cosine(x, y), 0.995))
+    exact = threshold_graph(x, y, t, device="cpu", drop_diagonal=True)
+    ivf = ivf_threshold_graph(x, y, t, nlist=8, nprobe=8, batch_size=250, drop_diagonal=True)
+    assert ivf.has_sorted_indices
+    assert (ivf != exact).nnz == 0
+
+
+def test_ivf_graph_with_few_lists_probed_is_a_high_recall_subset(data):
+    pytest.importorskip("faiss")
+    x, y = data
+    t = float(np.quantile(_cosine(x, y), 0.995))
+    exact = threshold_graph(x, y, t, device="cpu").toarray().astype(bool)
+    approx = ivf_threshold_graph(x, y, t, nlist=12, nprobe=3).toarray().astype(bool)
+    assert not (approx & ~exact).any(), "every IVF edge must be above the threshold"
+    recall = (approx & exact).sum() / exact.sum()
+    assert recall > 0.8, f"IVF recall {recall:.2f}"
+    with pytest.raises(ConfigError, match="edges per row"):
+        ivf_threshold_graph(x, y, -1.0, nlist=4, nprobe=4, max_avg_degree=10)

@@ -34,6 +34,19 @@ def test_gcbs_batches_much_harder_than_random():
     assert set(result.seconds) >= {"quantile", "threshold_graph", "rcm", "batching"}
 
 
+def test_ivf_graph_method_keeps_the_batches_hard():
+    pytest.importorskip("faiss")
+    q, p, _ = planted()
+    exact = mine_gcbs(q, p, 64, target_degree=32, device="cpu", seed=0)
+    approx = mine_gcbs(q, p, 64, target_degree=32, device="cpu", seed=0, graph_method="ivf", nprobe=4)
+    assert approx.threshold == exact.threshold  # the quantile is estimated the same way
+    assert sorted(np.concatenate(approx.batches).tolist()) == list(range(len(q)))
+    assert 0.7 * exact.stats["nnz_directed"] <= approx.stats["nnz_directed"] <= exact.stats["nnz_directed"]
+    gcbs = summarize_hardness(batch_hardness(q, p, approx.batches))
+    rand = summarize_hardness(batch_hardness(q, p, random_batches_like(approx.batches, len(q))))
+    assert gcbs["neg_sim_mean"] > rand["neg_sim_mean"] + 0.3
+
+
 def test_paper_quantile_default_and_degree_alternative():
     q, p, _ = planted(num_topics=5, per_topic=40)
     default = mine_gcbs(q, p, 20, device="cpu")
@@ -81,3 +94,5 @@ def test_bad_inputs():
         mine_gcbs(q, p, 50, device="cpu")
     with pytest.raises(ConfigError, match="not both"):
         mine_gcbs(q, p, 4, quantile=0.9, target_degree=3, device="cpu")
+    with pytest.raises(ConfigError, match="graph_method"):
+        mine_gcbs(q, p, 4, device="cpu", graph_method="hnsw")

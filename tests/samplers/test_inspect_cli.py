@@ -33,6 +33,13 @@ def test_mine_gcbs_then_inspect_every_strategy(tmp_path):
                                 "--device", "cpu", *emb])  # fmt: skip
     assert mined.exit_code == 0, mined.output
     assert plan.exists()
+    ivf_plan = tmp_path / "gcbs-ivf.parquet"
+    ivf = runner.invoke(app, ["mine", "gcbs", str(data), "-o", str(ivf_plan), "-b", "16", "--target-degree", "16",
+                              "--graph-method", "ivf", "--nprobe", "4", *emb])  # fmt: skip
+    assert ivf.exit_code == 0, ivf.output
+    from hardbatch.mining import BatchPlan
+
+    assert BatchPlan.load(ivf_plan).params["graph_method"] == "ivf"
     out = tmp_path / "inspect"
     args = ["inspect", "--data", str(data), "-o", str(out), "-b", "16", "--plan", str(plan), "--option",
             "gcbs.target_degree=16", "--option", "topic.n_clusters=8", "--option", "b3.mine_options={\"cluster_size\": 8, \"skip\": 0, \"window\": 8}", *emb]  # fmt: skip

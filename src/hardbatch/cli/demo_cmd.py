@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
         output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the demo writes.")] = Path(
             "hardbatch-demo"
         ),
-        train_pairs: Annotated[int | None, typer.Option(help="Training pairs (default 1024).")] = None,
+        train_pairs: Annotated[int | None, typer.Option(help="Training pairs (default 768).")] = None,
         test_pairs: Annotated[
             int | None, typer.Option(help="Test queries (default 600; 0 = the whole test split).")
         ] = None,

@@ -19,8 +19,8 @@ def register(app: typer.Typer) -> None:
         ] = "random,gcbs,topic,b3",
         batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "32,64,512",
         seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1",
-        train_pairs: Annotated[int, typer.Option(help="Training subset size.")] = 2048,
-        test_pairs: Annotated[int, typer.Option(help="Test queries (0: all).")] = 1000,
+        train_pairs: Annotated[int, typer.Option(help="Training subset size.")] = 1024,
+        test_pairs: Annotated[int, typer.Option(help="Test queries (0: all).")] = 600,
         pairs_seen: Annotated[
             int | None, typer.Option(help="Pairs every cell sees (default: train pairs).")
         ] = None,

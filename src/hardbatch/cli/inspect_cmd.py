@@ -304,6 +304,13 @@ def mine_gcbs_command(
         int, typer.Option("--seed", help="Seed of the quantile sample and RCM tie-breaking.")
     ] = 0,
     device: Annotated[str, typer.Option("--device", help="'auto', 'cpu', 'cuda:0', ...")] = "auto",
+    graph_method: Annotated[
+        str,
+        typer.Option(
+            "--graph-method", help="'exact' similarity pass or 'ivf' (faiss, approximate; large N on CPU)."
+        ),
+    ] = "exact",
+    nprobe: Annotated[int, typer.Option("--nprobe", help="IVF lists searched per example.")] = 32,
     query_emb: Annotated[
         Path | None, typer.Option("--query-emb", help="(N, d) .npy teacher query embeddings.")
     ] = None,
@@ -329,9 +336,12 @@ def mine_gcbs_command(
         max_seq_length=max_seq_length,
     )  # fmt: skip
     result = mine_gcbs(
-        query, positive, batch_size, quantile=quantile, target_degree=target_degree, seed=seed, device=device
-    )
+        query, positive, batch_size, quantile=quantile, target_degree=target_degree, seed=seed, device=device,
+        graph_method=graph_method, nprobe=nprobe,
+    )  # fmt: skip
     params = {"seed": seed, "teacher": teacher, "data": data, "target_degree": target_degree}
+    if graph_method != "exact":
+        params.update(graph_method=graph_method, nprobe=nprobe)
     hashes = {
         "query_emb": hash_array(query),
         "positive_emb": hash_array(positive),

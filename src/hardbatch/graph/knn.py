@@ -34,7 +34,7 @@ from hardbatch.evaluate.search import topk_with_ties
 from hardbatch.graph.similarity import as_tensor, iter_similarity_blocks
 from hardbatch.progress import progress
 
-__all__ = ["KnnBackend", "KnnResult", "knn", "knn_exact", "knn_faiss", "knn_recall"]
+__all__ = ["KnnBackend", "KnnResult", "build_ivf_index", "knn", "knn_exact", "knn_faiss", "knn_recall"]
 
 KnnBackend = Literal["exact", "hnsw", "ivf"]
 
@@ -156,6 +156,29 @@ def _drop_self(
     return indices[keep].reshape(-1, k), scores[keep].reshape(-1, k)
 
 
+def build_ivf_index(key_matrix: np.ndarray, *, nlist: int | None, nprobe: int, seed: int = 0):
+    """A trained, filled faiss ``IndexIVFFlat`` (inner product) over contiguous fp32 ``key_matrix``.
+
+    ``nlist`` defaults to about 4·sqrt(N) lists (at least 39 keys per list, faiss's training minimum);
+    k-means trains on at most max(256·nlist, 10,000) sampled keys. ``nprobe`` lists are probed per query.
+    Build time O(N · d · nlist) for the assignment plus the k-means iterations on the sample.
+    """
+    from hardbatch.errors import require
+
+    faiss = require("faiss", "faiss", "IVF indexes")
+    num_keys, dim = key_matrix.shape
+    lists = nlist or int(4 * math.sqrt(num_keys))
+    lists = max(1, min(lists, num_keys // 39 or 1))
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = int(seed)
+    train_rows = np.random.default_rng(seed).permutation(num_keys)[: max(lists * 256, 10_000)]
+    index.train(key_matrix[np.sort(train_rows)])
+    index.add(key_matrix)
+    index.nprobe = int(min(nprobe, lists))
+    return index
+
+
 def knn_faiss(
     rows: np.ndarray | torch.Tensor,
     keys: np.ndarray | torch.Tensor,
@@ -221,15 +244,7 @@ def knn_faiss(
         faiss_index.add(key_matrix)
         faiss_index.hnsw.efSearch = int(max(ef_search or max(2 * search_k, 64), search_k))
     elif index == "ivf":
-        lists = nlist or int(4 * math.sqrt(num_keys))
-        lists = max(1, min(lists, num_keys // 39 or 1))
-        quantizer = faiss.IndexFlatIP(dim)
-        faiss_index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
-        faiss_index.cp.seed = int(seed)
-        train_rows = np.random.default_rng(seed).permutation(num_keys)[: max(lists * 256, 10_000)]
-        faiss_index.train(key_matrix[np.sort(train_rows)])
-        faiss_index.add(key_matrix)
-        faiss_index.nprobe = int(min(nprobe, lists))
+        faiss_index = build_ivf_index(key_matrix, nlist=nlist, nprobe=nprobe, seed=seed)
     else:
         raise ConfigError(f"unknown faiss index {index!r}; expected 'hnsw' or 'ivf'")
     indices = np.empty((num_rows, k), dtype=np.int32)

@@ -9,6 +9,10 @@ above a *global* quantile q of all N_rows × N_keys similarities. Both steps her
   running top ``m = (1 - q) · entries`` values, so memory is O(chunk_size · sampled_keys + m).
 * :func:`threshold_graph` streams the full product and keeps the coordinates above the threshold as a
   CSR matrix; memory O(chunk_size · N_keys + nnz).
+* :func:`ivf_threshold_graph` is the approximate alternative for large N (faiss ``faiss`` extra): each row
+  is compared only with the keys in its ``nprobe`` nearest IVF lists, so the pass costs about
+  ``nprobe / nlist`` of the exact one. Every edge it returns is above the threshold; it misses the edges
+  whose key sits in an unprobed list (recall measured in ``benchmarks/bench_gcbs.py``).
 
 Time: O(N_rows · N_keys · d) for the graph (the similarity pass dominates every GCBS refresh) and
 O(R · C · d) for the quantile on R sampled rows and C sampled keys.
@@ -30,6 +34,7 @@ __all__ = [
     "DEFAULT_QUANTILE_SAMPLE",
     "degree_for_quantile",
     "estimate_similarity_quantile",
+    "ivf_threshold_graph",
     "normalize_rows",
     "quantile_for_degree",
     "threshold_graph",
@@ -226,3 +231,79 @@ def threshold_graph(
     np.cumsum(np.bincount(row_idx, minlength=n_rows), out=indptr[1:])
     data = np.ones(len(col_idx), dtype=np.int8)
     return sp.csr_array((data, col_idx, indptr), shape=(n_rows, n_keys))
+
+
+def ivf_threshold_graph(
+    rows: np.ndarray | torch.Tensor,
+    keys: np.ndarray | torch.Tensor,
+    threshold: float,
+    *,
+    nlist: int | None = None,
+    nprobe: int = 32,
+    batch_size: int = 8192,
+    normalize: bool = True,
+    drop_diagonal: bool = False,
+    max_avg_degree: float = 1024.0,
+    seed: int = 0,
+    show_progress: bool | None = None,
+) -> sp.csr_array:
+    """Approximate :func:`threshold_graph`: faiss IVF range search instead of the full similarity pass.
+
+    Args:
+        rows: (N_rows, d) float array.
+        keys: (N_keys, d) float array.
+        threshold: keep entries strictly above this value (cosine similarity when ``normalize``).
+        nlist: IVF lists (default about 4·sqrt(N_keys)).
+        nprobe: lists searched per row; recall grows and speed drops with it (``nprobe = nlist`` is exact).
+        batch_size: rows per range search call.
+        normalize: cosine similarity (L2-normalise both sides first).
+        drop_diagonal: leave out (i, i) entries.
+        max_avg_degree: stop with a :class:`ConfigError` once the graph exceeds this many edges per row.
+        seed: seed of the k-means training sample.
+        show_progress: progress bar over row batches.
+
+    Returns:
+        (N_rows, N_keys) ``scipy.sparse.csr_array`` of int8 ones, column indices sorted within each row: a
+        subset of :func:`threshold_graph`'s edges.
+
+    Time O(N_keys · d · nlist) to build the index plus about O(N_rows · N_keys · d · nprobe / nlist) to
+    search; memory O(N_keys · d + nnz). Requires the ``faiss`` extra.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.eye(3, dtype=np.float32)
+        >>> ivf_threshold_graph(x, x, 0.5, nlist=1).toarray().tolist()
+        [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    """
+    from hardbatch.graph.knn import _as_faiss_matrix, build_ivf_index
+    from hardbatch.progress import progress
+
+    n_rows, n_keys = len(rows), len(keys)
+    index = build_ivf_index(_as_faiss_matrix(keys, normalize), nlist=nlist, nprobe=nprobe, seed=seed)
+    max_edges = int(max_avg_degree * n_rows)
+    row_parts: list[np.ndarray] = []
+    col_parts: list[np.ndarray] = []
+    edges = 0
+    starts = range(0, n_rows, batch_size)
+    for start in progress(starts, "threshold graph (ivf)", show=show_progress):
+        stop = min(start + batch_size, n_rows)
+        limits, _, found = index.range_search(_as_faiss_matrix(rows[start:stop], normalize), float(threshold))
+        row_idx = np.repeat(np.arange(start, stop, dtype=np.int32), np.diff(limits.astype(np.int64)))
+        col_idx = found.astype(np.int32)
+        if drop_diagonal:
+            keep = row_idx != col_idx
+            row_idx, col_idx = row_idx[keep], col_idx[keep]
+        edges += len(col_idx)
+        if edges > max_edges:
+            raise ConfigError(
+                f"the graph above threshold {threshold:.4f} has more than {max_avg_degree:g} edges per row on "
+                "average; raise the quantile (or lower target_degree)"
+            )
+        row_parts.append(row_idx)
+        col_parts.append(col_idx)
+    row_idx = np.concatenate(row_parts) if row_parts else np.empty(0, np.int32)
+    col_idx = np.concatenate(col_parts) if col_parts else np.empty(0, np.int32)
+    data = np.ones(len(col_idx), dtype=np.int8)
+    graph = sp.csr_array((data, (row_idx, col_idx)), shape=(n_rows, n_keys))
+    graph.sort_indices()  # range search returns each row's hits in list order, not column order
+    return graph

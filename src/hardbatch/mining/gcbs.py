@@ -25,7 +25,9 @@ Decisions the paper leaves open, made explicit here:
   data collapses sooner than clustered synthetic data).
 
 Cost per refresh: O(N² · d) for the similarity pass (it dominates), O(N + nnz) memory beyond one
-``chunk_size × N`` block, plus O(nnz log Δ) for RCM. The embedding pass is the caller's.
+``chunk_size × N`` block, plus O(nnz log Δ) for RCM. The embedding pass is the caller's. For large N on a
+CPU, ``graph_method="ivf"`` replaces the exact pass by a faiss IVF range search at about ``nprobe / nlist``
+of its cost (:func:`~hardbatch.graph.threshold.ivf_threshold_graph`), missing a few edges.
 
 References:
     Vin Sachidananda, Ziyi Yang, Chenguang Zhu. Global Selection of Contrastive Batches via Optimization
@@ -50,6 +52,7 @@ from hardbatch.graph.threshold import (
     DEFAULT_QUANTILE_SAMPLE,
     degree_for_quantile,
     estimate_similarity_quantile,
+    ivf_threshold_graph,
     normalize_rows,
     quantile_for_degree,
     threshold_graph,
@@ -57,9 +60,12 @@ from hardbatch.graph.threshold import (
 from hardbatch.progress import StageTimer
 from hardbatch.validation import check_batch_size, check_embeddings
 
-__all__ = ["GCBSResult", "GraphCollapseWarning", "cut_batches", "mine_gcbs"]
+__all__ = ["GRAPH_METHODS", "GCBSResult", "GraphCollapseWarning", "cut_batches", "mine_gcbs"]
 
 logger = logging.getLogger(__name__)
+
+#: How step 3 is computed: the exact chunked pass, or faiss IVF range search (approximate, large N).
+GRAPH_METHODS = ("exact", "ivf")
 
 
 class GraphCollapseWarning(UserWarning):
@@ -153,6 +159,8 @@ def mine_gcbs(
     collapse_fraction: float = 0.9,
     max_avg_degree: float = 1024.0,
     keep_graph: bool = True,
+    graph_method: str = "exact",
+    nprobe: int = 32,
     show_progress: bool | None = None,
 ) -> GCBSResult:
     """One GCBS refresh: thresholded query × positive similarity graph → RCM order → consecutive batches.
@@ -173,6 +181,10 @@ def mine_gcbs(
             examples.
         max_avg_degree: refuse graphs denser than this (a threshold far too low).
         keep_graph: keep the symmetrised graph in the result.
+        graph_method: ``"exact"`` (chunked full similarity pass, O(N²·d)) or ``"ivf"`` (faiss IVF range
+            search over ``nprobe`` of about 4·sqrt(N) lists: roughly ``nprobe / nlist`` of the work, some
+            edges missed; needs the ``faiss`` extra). The quantile is estimated exactly on a sample either way.
+        nprobe: IVF lists searched per example with ``graph_method="ivf"``.
         show_progress: progress bar for the similarity pass.
 
     Returns:
@@ -196,6 +208,8 @@ def mine_gcbs(
     check_embeddings(positive_emb, "positive embeddings", rows=n, dim=query_emb.shape[1])
     check_batch_size(batch_size, n)
     q = _resolve_quantile(quantile, target_degree, n)
+    if graph_method not in GRAPH_METHODS:
+        raise ConfigError(f"graph_method must be one of {GRAPH_METHODS}, got {graph_method!r}")
     timer = StageTimer()
     dev = resolve_device(device)
     with timer.stage("normalize"):
@@ -207,10 +221,16 @@ def mine_gcbs(
             device=dev, normalize=False,
         )  # fmt: skip
     with timer.stage("threshold_graph"):
-        directed = threshold_graph(
-            x, y, threshold, chunk_size=chunk_size, device=dev, normalize=False, drop_diagonal=True,
-            max_avg_degree=max_avg_degree, show_progress=show_progress,
-        )  # fmt: skip
+        if graph_method == "ivf":
+            directed = ivf_threshold_graph(
+                x.cpu(), y.cpu(), threshold, nprobe=nprobe, normalize=False, drop_diagonal=True,
+                max_avg_degree=max_avg_degree, seed=0 if seed is None else seed, show_progress=show_progress,
+            )  # fmt: skip
+        else:
+            directed = threshold_graph(
+                x, y, threshold, chunk_size=chunk_size, device=dev, normalize=False, drop_diagonal=True,
+                max_avg_degree=max_avg_degree, show_progress=show_progress,
+            )  # fmt: skip
         del x, y
         graph = symmetrize(directed)
     with timer.stage("rcm"):

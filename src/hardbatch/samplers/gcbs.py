@@ -37,7 +37,7 @@ import torch
 
 from hardbatch.errors import ConfigError, HardbatchError
 from hardbatch.graph.threshold import DEFAULT_QUANTILE_SAMPLE
-from hardbatch.mining.gcbs import GCBSResult, mine_gcbs
+from hardbatch.mining.gcbs import GRAPH_METHODS, GCBSResult, mine_gcbs
 from hardbatch.samplers._data import load_embedding_array
 from hardbatch.samplers.base import HardBatchSampler
 
@@ -108,6 +108,9 @@ class GCBSBatchSampler(HardBatchSampler):
         device: torch device for the similarity pass.
         sync_ranks: broadcast rank 0's batches when a process group is initialised.
         collapse_fraction: warn when one component holds more than this fraction of the examples.
+        graph_method: ``"exact"`` similarity pass or ``"ivf"`` (faiss range search, approximate; for large N
+            on a CPU). See :func:`hardbatch.mining.mine_gcbs`.
+        nprobe: IVF lists searched per example with ``graph_method="ivf"``.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -141,6 +144,8 @@ class GCBSBatchSampler(HardBatchSampler):
         device: str | torch.device | None = "auto",
         sync_ranks: bool = True,
         collapse_fraction: float = 0.9,
+        graph_method: str = "exact",
+        nprobe: int = 32,
         num_examples: int | None = None,
         world_size: int | None = None,
     ) -> None:
@@ -173,6 +178,10 @@ class GCBSBatchSampler(HardBatchSampler):
         self.device = device
         self.sync_ranks = bool(sync_ranks)
         self.collapse_fraction = float(collapse_fraction)
+        if graph_method not in GRAPH_METHODS:
+            raise ConfigError(f"graph_method must be one of {GRAPH_METHODS}, got {graph_method!r}")
+        self.graph_method = graph_method
+        self.nprobe = int(nprobe)
         self._cache: tuple[int, list[list[int]]] | None = None
         #: Graph statistics and timings of every refresh, in order (``{"epoch", **stats, "seconds"}``).
         self.history: list[dict[str, Any]] = []
@@ -206,6 +215,8 @@ class GCBSBatchSampler(HardBatchSampler):
             chunk_size=self.chunk_size,
             device=self.device,
             collapse_fraction=self.collapse_fraction,
+            graph_method=self.graph_method,
+            nprobe=self.nprobe,
             keep_graph=False,
         )
         self.history.append({"epoch": int(epoch), **result.stats, "seconds": result.seconds})

@@ -39,7 +39,7 @@ TINY_PACKAGES = ("json", "email", "csv", "logging", "argparse", "asyncio", "http
 
 @dataclass
 class DemoConfig:
-    """Sizes and settings of the demo (defaults: ~7 minutes on an idle 2-core machine, corpus built).
+    """Sizes and settings of the demo (defaults: about 6 minutes on an idle 2-core machine).
 
     Args:
         output_dir: where every artefact goes.
@@ -67,7 +67,7 @@ class DemoConfig:
     model: str = "default"
     teacher: str | None = None
     packages: tuple[str, ...] = DEMO_PACKAGES
-    train_pairs: int = 1024
+    train_pairs: int = 768
     test_pairs: int | None = 600
     max_seq_length: int = 64
     batch_size: int = 32

@@ -41,7 +41,7 @@ METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10")
 
 @dataclass
 class GridConfig:
-    """Settings of the quality grid (defaults fit about 90 minutes on 2 CPU cores).
+    """Settings of the quality grid (defaults: about 75 minutes on 2 idle CPU cores, see benchmarks/quality.py).
 
     Args:
         work_dir: cells, plans, teacher embeddings and the summary go here.
@@ -75,8 +75,8 @@ class GridConfig:
     samplers: tuple[str, ...] = ("random", "gcbs", "topic", "b3")
     batch_sizes: tuple[int, ...] = (32, 64, 512)
     seeds: tuple[int, ...] = (0, 1)
-    train_pairs: int = 2048
-    test_pairs: int | None = 1000
+    train_pairs: int = 1024
+    test_pairs: int | None = 600
     pairs_seen: int | None = None
     max_seq_length: int = 64
     lr: float = 5e-5
