@@ -26,6 +26,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hardbatch.cli.teacher import EmbDir, PositiveEmb, QueryEmb, TeacherMaxSeqLength, teacher_embeddings
+
 console = Console()
 
 __all__ = ["build_strategy_batches", "register"]
@@ -38,41 +40,6 @@ def register(app: typer.Typer) -> None:
     except ImportError:  # the mine group is optional; GCBS stays available from Python
         return
     mine_app.command("gcbs")(mine_gcbs_command)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text.strip("/"))[-60:] or "teacher"
-
-
-def teacher_embeddings(
-    dataset: Any,
-    teacher: str,
-    *,
-    query_emb: Path | None,
-    positive_emb: Path | None,
-    emb_dir: Path | None,
-    max_seq_length: int | None,
-    batch_size: int = 64,
-) -> tuple[Any, Any]:
-    """Teacher (query, positive) embeddings: given ``.npy`` files, or encoded (and cached) with ``teacher``."""
-    from hardbatch.errors import ConfigError
-
-    if (query_emb is None) != (positive_emb is None):
-        raise ConfigError("give both --query-emb and --positive-emb, or neither")
-    if query_emb is not None and positive_emb is not None:
-        from hardbatch.samplers._data import load_embedding_array
-
-        query = load_embedding_array(query_emb, "--query-emb", len(dataset))
-        return query, load_embedding_array(positive_emb, "--positive-emb", len(dataset))
-    from hardbatch.data import default_cache_dir
-    from hardbatch.embed import embed_pairs
-
-    suffix = f"-msl{max_seq_length}" if max_seq_length else ""
-    target = (
-        emb_dir or default_cache_dir() / "embeddings" / f"{dataset.fingerprint[:16]}-{_slug(teacher)}{suffix}"
-    )
-    pair = embed_pairs(dataset, teacher, target, batch_size=batch_size, max_seq_length=max_seq_length)
-    return pair.query, pair.positive
 
 
 def _accepted(cls: type, options: dict[str, Any]) -> dict[str, Any]:
@@ -224,18 +191,10 @@ def inspect_command(
     option: Annotated[
         list[str] | None, typer.Option("--option", help="Sampler option SAMPLER.NAME=VALUE (repeat).")
     ] = None,
-    query_emb: Annotated[
-        Path | None, typer.Option("--query-emb", help="(N, d) .npy teacher query embeddings.")
-    ] = None,
-    positive_emb: Annotated[
-        Path | None, typer.Option("--positive-emb", help="(N, d) .npy teacher positive embeddings.")
-    ] = None,
-    emb_dir: Annotated[
-        Path | None, typer.Option("--emb-dir", help="Cache directory of teacher embeddings.")
-    ] = None,
-    max_seq_length: Annotated[
-        int | None, typer.Option("--max-seq-length", help="Truncate teacher inputs to this many tokens.")
-    ] = None,
+    query_emb: QueryEmb = None,
+    positive_emb: PositiveEmb = None,
+    emb_dir: EmbDir = None,
+    max_seq_length: TeacherMaxSeqLength = None,
 ) -> None:
     """Compare batch samplers and plans side by side: batch hardness under a teacher, with a plot."""
     from hardbatch.data import load_pairs
@@ -250,10 +209,11 @@ def inspect_command(
     dataset = load_pairs(data)
     if batch_size > len(dataset):
         raise ConfigError(f"--batch-size {batch_size} is larger than the data ({len(dataset)} pairs)")
-    query, positive = teacher_embeddings(
+    teacher_emb = teacher_embeddings(
         dataset, teacher, query_emb=query_emb, positive_emb=positive_emb, emb_dir=emb_dir,
         max_seq_length=max_seq_length,
     )  # fmt: skip
+    query, positive = teacher_emb.query, teacher_emb.positive
     batchings, groups, details = build_strategy_batches(
         names, dataset, batch_size, query, positive, seed=seed, epoch=epoch, options=_parse_options(option)
     )
@@ -311,18 +271,10 @@ def mine_gcbs_command(
         ),
     ] = "exact",
     nprobe: Annotated[int, typer.Option("--nprobe", help="IVF lists searched per example.")] = 32,
-    query_emb: Annotated[
-        Path | None, typer.Option("--query-emb", help="(N, d) .npy teacher query embeddings.")
-    ] = None,
-    positive_emb: Annotated[
-        Path | None, typer.Option("--positive-emb", help="(N, d) .npy teacher positive embeddings.")
-    ] = None,
-    emb_dir: Annotated[
-        Path | None, typer.Option("--emb-dir", help="Cache directory of teacher embeddings.")
-    ] = None,
-    max_seq_length: Annotated[
-        int | None, typer.Option("--max-seq-length", help="Truncate teacher inputs to this many tokens.")
-    ] = None,
+    query_emb: QueryEmb = None,
+    positive_emb: PositiveEmb = None,
+    emb_dir: EmbDir = None,
+    max_seq_length: TeacherMaxSeqLength = None,
 ) -> None:
     """GCBS with a fixed teacher: threshold graph → RCM → batches, saved as a batch plan (batch order reshuffled per epoch)."""
     from hardbatch.data import load_pairs
@@ -331,10 +283,11 @@ def mine_gcbs_command(
 
     started = time.perf_counter()
     dataset = load_pairs(data)
-    query, positive = teacher_embeddings(
+    teacher_emb = teacher_embeddings(
         dataset, teacher, query_emb=query_emb, positive_emb=positive_emb, emb_dir=emb_dir,
-        max_seq_length=max_seq_length,
+        max_seq_length=max_seq_length, device=device,
     )  # fmt: skip
+    query, positive = teacher_emb.query, teacher_emb.positive
     result = mine_gcbs(
         query, positive, batch_size, quantile=quantile, target_degree=target_degree, seed=seed, device=device,
         graph_method=graph_method, nprobe=nprobe,

@@ -6,7 +6,6 @@ with ``mine_app.command("gcbs")(...)``.
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +13,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from hardbatch.cli.teacher import EmbDir, PositiveEmb, QueryEmb, TeacherMaxSeqLength, teacher_embeddings
 
 console = Console()
 
@@ -26,18 +27,6 @@ mine_app = typer.Typer(
 
 def register(app: typer.Typer) -> None:
     app.add_typer(mine_app, name="mine")
-
-
-def _teacher_slug(teacher: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", teacher.strip("/"))[-60:] or "teacher"
-
-
-def _load_embeddings(query_emb: Path, positive_emb: Path, rows: int | None):
-    from hardbatch.embed import load_embeddings
-
-    query = load_embeddings(query_emb, rows=rows)
-    positive = load_embeddings(positive_emb, rows=len(query), dim=query.shape[1])
-    return query, positive
 
 
 @mine_app.command("b3")
@@ -62,18 +51,9 @@ def mine_b3_command(
     window: Annotated[int, typer.Option("--window", help="m: ranks kept after the skipped ones.")] = 100,
     seed: Annotated[int, typer.Option("--seed", help="METIS / repair / shuffle seed.")] = 0,
     knn: Annotated[str, typer.Option("--knn", help="exact | hnsw | ivf (faiss, approximate).")] = "exact",
-    query_emb: Annotated[
-        Path | None, typer.Option("--query-emb", help="(N, d) .npy of teacher query embeddings.")
-    ] = None,
-    positive_emb: Annotated[
-        Path | None, typer.Option("--positive-emb", help="(N, d) .npy of teacher positive embeddings.")
-    ] = None,
-    emb_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--emb-dir", help="Cache directory of teacher embeddings (default: under the hardbatch cache)."
-        ),
-    ] = None,
+    query_emb: QueryEmb = None,
+    positive_emb: PositiveEmb = None,
+    emb_dir: EmbDir = None,
     per_source: Annotated[
         bool,
         typer.Option("--per-source/--global", help="Mine each source separately when the data has sources."),
@@ -101,9 +81,7 @@ def mine_b3_command(
     ] = True,
     device: Annotated[str, typer.Option("--device", help="'auto', 'cpu', 'cuda:0', ...")] = "auto",
     embed_batch_size: Annotated[int, typer.Option("--embed-batch-size", help="Texts per forward pass.")] = 64,
-    max_seq_length: Annotated[
-        int | None, typer.Option("--max-seq-length", help="Truncate teacher inputs to this many tokens.")
-    ] = None,
+    max_seq_length: TeacherMaxSeqLength = None,
 ) -> None:
     """Mine B3 batches: teacher ranks → rank-window mutual graph → METIS clusters of K → batch plan."""
     from hardbatch.errors import ConfigError
@@ -119,34 +97,13 @@ def mine_b3_command(
 
         dataset = load_pairs(data)
         timings["load data"] = time.perf_counter() - started
-    elif query_emb is None:
-        raise ConfigError("give DATA, or --query-emb and --positive-emb")
-
     step = time.perf_counter()
-    if query_emb is not None and positive_emb is not None:
-        query, positive = _load_embeddings(
-            query_emb, positive_emb, len(dataset) if dataset is not None else None
-        )
-        emb_paths = (query_emb, positive_emb)
-    else:
-        from hardbatch.data import default_cache_dir
-        from hardbatch.embed import embed_pairs
-
-        assert dataset is not None
-        target = (
-            emb_dir
-            or default_cache_dir() / "embeddings" / f"{dataset.fingerprint[:16]}-{_teacher_slug(teacher)}"
-        )
-        embeddings = embed_pairs(
-            dataset,
-            teacher,
-            target,
-            batch_size=embed_batch_size,
-            max_seq_length=max_seq_length,
-            device=device,
-        )
-        query, positive = embeddings.query, embeddings.positive
-        emb_paths = (embeddings.query_path, embeddings.positive_path)
+    teacher_emb = teacher_embeddings(
+        dataset, teacher, query_emb=query_emb, positive_emb=positive_emb, emb_dir=emb_dir,
+        max_seq_length=max_seq_length, batch_size=embed_batch_size, device=device,
+    )  # fmt: skip
+    query, positive = teacher_emb.query, teacher_emb.positive
+    emb_paths = (teacher_emb.query_path, teacher_emb.positive_path)
     timings["embeddings"] = time.perf_counter() - step
 
     sources = dataset.sources if (dataset is not None and per_source) else None
