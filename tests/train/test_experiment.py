@@ -56,3 +56,30 @@ def test_rerun_skips_finished_cells_and_writes_outputs(grid, tmp_path):
     assert "| b3 |" in text and "± " in text
     assert paths["png"].stat().st_size > 1000
     assert format_grid(again).startswith("# Quality grid")
+
+
+def test_one_seed_cells_have_no_spread(tmp_path):
+    """A cell run with one seed reports std None, '(1 seed)' in the table, and no 'beyond 1 std' verdict."""
+    from hardbatch.io import write_json
+    from hardbatch.train.experiment import summarize_grid
+
+    config = GridConfig(
+        work_dir=str(tmp_path), samplers=("random", "b3"), batch_sizes=(64, 512), seeds=(0, 1)
+    )
+    (tmp_path / "cells").mkdir()
+    runs = {("b3", 64, 0): 0.57, ("b3", 64, 1): 0.58, ("random", 512, 0): 0.55}
+    for (sampler, batch, seed), ndcg in runs.items():
+        metrics = {"ndcg@10": ndcg, "mrr@10": ndcg - 0.05, "recall@1": 0.3, "recall@10": 0.7}
+        write_json(
+            tmp_path / "cells" / f"{sampler}-b{batch}-s{seed}.json",
+            {"key": config.cell_key(sampler, batch, seed), "seed": seed, "steps": 10, "train_seconds": 1.0,
+             "metrics": metrics},
+        )  # fmt: skip
+    summary = summarize_grid(config, {"ndcg@10": 0.46, "mrr@10": 0.41})
+    by = {(c["sampler"], c["batch_size"]): c for c in summary["cells"]}
+    assert by[("random", 512)]["ndcg@10"]["std"] is None
+    assert by[("b3", 64)]["ndcg@10"]["std"] == pytest.approx(0.00707, abs=1e-4)
+    finding = summary["findings"]["b3@64 vs random@512"]
+    assert finding["holds"] is True and finding["beyond_1_std"] is None
+    table = format_grid(summary)
+    assert "0.5500 (1 seed)" in table and "0.5750 ± 0.0071" in table
