@@ -165,6 +165,15 @@ def estimate_similarity_quantile(
     return float(torch.topk(best, keep, sorted=False).values.min())
 
 
+def _check_density(edges: int, max_edges: int, threshold: float, max_avg_degree: float) -> None:
+    """Stop a graph build before a threshold far too low exhausts memory."""
+    if edges > max_edges:
+        raise ConfigError(
+            f"the graph above threshold {threshold:.4f} has more than {max_avg_degree:g} edges per row on "
+            "average; raise the quantile (or lower target_degree)"
+        )
+
+
 def threshold_graph(
     rows: np.ndarray | torch.Tensor,
     keys: np.ndarray | torch.Tensor,
@@ -217,11 +226,7 @@ def threshold_graph(
             hits = hits[hits[:, 0] + start != hits[:, 1]]
         hits = hits.to("cpu", torch.int32).numpy()
         edges += len(hits)
-        if edges > max_edges:
-            raise ConfigError(
-                f"the graph above threshold {threshold:.4f} has more than {max_avg_degree:g} edges per row on "
-                "average; raise the quantile (or lower target_degree)"
-            )
+        _check_density(edges, max_edges, threshold, max_avg_degree)
         row_parts.append(hits[:, 0] + np.int32(start))
         col_parts.append(hits[:, 1])
     row_idx = np.concatenate(row_parts) if row_parts else np.empty(0, np.int32)
@@ -294,11 +299,7 @@ def ivf_threshold_graph(
             keep = row_idx != col_idx
             row_idx, col_idx = row_idx[keep], col_idx[keep]
         edges += len(col_idx)
-        if edges > max_edges:
-            raise ConfigError(
-                f"the graph above threshold {threshold:.4f} has more than {max_avg_degree:g} edges per row on "
-                "average; raise the quantile (or lower target_degree)"
-            )
+        _check_density(edges, max_edges, threshold, max_avg_degree)
         row_parts.append(row_idx)
         col_parts.append(col_idx)
     row_idx = np.concatenate(row_parts) if row_parts else np.empty(0, np.int32)
