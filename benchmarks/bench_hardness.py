@@ -51,7 +51,7 @@ def main() -> None:
 
     import torch
 
-    from hardbatch.cli.inspect_cmd import build_strategy_batches, teacher_embeddings
+    from hardbatch.app.cli.inspect_cmd import build_strategy_batches, teacher_embeddings
     from hardbatch.data import load_pairs
     from hardbatch.evaluate.hardness import compare_batchings, plot_comparison
 

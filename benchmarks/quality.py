@@ -5,7 +5,7 @@ Every cell fine-tunes the packaged all-MiniLM-L6-v2 on the same fixed subset of 
 the same number of training pairs (so batch 512 takes 16× fewer steps than batch 32), and is evaluated on
 the same subset of codesearch test (function names masked): nDCG@10 and MRR@10, mean ± std over seeds.
 The frozen model is the reference line. Mining (B3 plans, GCBS graph, topic k-means) uses the same
-model, frozen, as teacher. See :mod:`hardbatch.train.experiment` for the protocol.
+model, frozen, as teacher. See :mod:`hardbatch.app.experiment` for the protocol.
 
 Default sizes fit about 75 minutes on 2 idle CPU cores (measured: one step of 32 pairs at 64 tokens ≈ 4.9 s,
 evaluating 600 test queries ≈ 21 s): 1,024 training pairs seen per cell at 64 tokens, 600 test queries,
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from hardbatch.train.experiment import GridConfig, format_grid, run_grid, write_grid_outputs
+    from hardbatch.app.experiment import GridConfig, format_grid, run_grid, write_grid_outputs
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="GPU setting: 20k pairs, 128 tokens, 3 seeds.")

@@ -1,5 +1,5 @@
 """``python -m hardbatch`` (used by ``torchrun -m hardbatch``)."""
 
-from hardbatch.cli.main import run
+from hardbatch.app.cli.main import run
 
 run()

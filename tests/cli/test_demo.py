@@ -18,7 +18,7 @@ def _one_thread():
 
 
 def test_tiny_demo_runs_every_stage(tmp_path, monkeypatch, capsys, _one_thread):
-    from hardbatch.cli.main import run
+    from hardbatch.app.cli.main import run
 
     monkeypatch.setenv("HARDBATCH_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"

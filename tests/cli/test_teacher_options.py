@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hardbatch.cli.main import app
-from hardbatch.cli.teacher import teacher_embeddings
+from hardbatch.app.cli.main import app
+from hardbatch.app.cli.teacher import teacher_embeddings
 from hardbatch.errors import ConfigError, DataError
 
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from hardbatch.cli.main import app
+from hardbatch.app.cli.main import app
 from hardbatch.data import PairDataset
 
 runner = CliRunner()
@@ -34,7 +34,7 @@ def test_validate_with_column_map(tmp_path):
 
 
 def test_validate_bad_file_prints_one_line_and_exits_2(tmp_path, monkeypatch, capsys):
-    from hardbatch.cli.main import run
+    from hardbatch.app.cli.main import run
 
     path = tmp_path / "bad.jsonl"
     path.write_text(

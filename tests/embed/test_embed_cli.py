@@ -7,7 +7,7 @@ import json
 import numpy as np
 from typer.testing import CliRunner
 
-from hardbatch.cli.main import app
+from hardbatch.app.cli.main import app
 from hardbatch.embed import load_embeddings
 
 

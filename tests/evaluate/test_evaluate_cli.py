@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from hardbatch.cli.main import app
+from hardbatch.app.cli.main import app
 from hardbatch.errors import DataError
 
 ROWS = [

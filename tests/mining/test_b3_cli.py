@@ -7,7 +7,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from hardbatch.cli.mine_cmd import register
+from hardbatch.app.cli.mine_cmd import register
 from hardbatch.errors import ConfigError, DataError
 from hardbatch.mining import BatchPlan
 

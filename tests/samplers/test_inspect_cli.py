@@ -8,7 +8,7 @@ import numpy as np
 from properties import planted_embeddings
 from typer.testing import CliRunner
 
-from hardbatch.cli.main import app
+from hardbatch.app.cli.main import app
 
 
 def _write_data(tmp_path):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from hardbatch.train.experiment import GridConfig, format_grid, run_grid, write_grid_outputs
+from hardbatch.app.experiment import GridConfig, format_grid, run_grid, write_grid_outputs
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def test_rerun_skips_finished_cells_and_writes_outputs(grid, tmp_path):
 
 def test_one_seed_cells_have_no_spread(tmp_path):
     """A cell run with one seed reports std None, '(1 seed)' in the table, and no 'beyond 1 std' verdict."""
+    from hardbatch.app.experiment import summarize_grid
     from hardbatch.io import write_json
-    from hardbatch.train.experiment import summarize_grid
 
     config = GridConfig(
         work_dir=str(tmp_path), samplers=("random", "b3"), batch_sizes=(64, 512), seeds=(0, 1)

@@ -189,7 +189,7 @@ def test_kill_9_then_cli_resume_is_exact(tmp_path, reference_run, pairs_files, t
     names = sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step-"))
     assert names == ["step-00000003", "step-00000004"]  # the newest two; step 6 was never reached
 
-    from hardbatch.cli.main import run as cli_run
+    from hardbatch.app.cli.main import run as cli_run
 
     argv = ["hardbatch", "train", str(pairs_files["train"]), "-o", str(run), "--model", str(tiny_model_dir)]
     argv += ["--eval-data", str(pairs_files["eval"]), "--batch-size", "8", "--epochs", "2", "--lr", "1e-3"]

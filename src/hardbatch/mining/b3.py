@@ -24,7 +24,6 @@ The teacher kNN dominates: about a minute for 100k × 384 on 2 CPU cores, second
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -38,8 +37,7 @@ from hardbatch.graph.knn import knn as run_knn
 from hardbatch.graph.partition import balanced_clusters
 from hardbatch.graph.rank_window import filter_window, graph_stats, mutual_graph, rank_window, window_matrix
 from hardbatch.graph.similarity import as_tensor
-from hardbatch.io import hash_array
-from hardbatch.mining.plan import BatchPlan
+from hardbatch.mining.plan import BatchPlan, input_hashes
 from hardbatch.progress import StageTimer, peak_rss_mb
 from hardbatch.validation import check_batch_size, check_embeddings, check_same_length
 
@@ -230,8 +228,7 @@ def mine_b3(
     timer = StageTimer()
     started = time.perf_counter()
     with timer.stage("hash"):
-        query_hash = hash_array(_as_numpy(query_emb))
-        positive_hash = hash_array(_as_numpy(positive_emb))
+        hashes = input_hashes(query_emb, positive_emb, dataset_hash)
     codes, source_names = (None, None)
     if sources is not None:
         codes, source_names = _source_codes(sources, num_examples)
@@ -323,13 +320,6 @@ def mine_b3(
         "max_score": max_score,
         "faiss_options": dict(faiss_options or {}),
     }
-    hashes = {
-        "query_emb": query_hash,
-        "positive_emb": positive_hash,
-        "inputs": hashlib.sha256((query_hash + positive_hash).encode()).hexdigest(),
-    }
-    if dataset_hash is not None:
-        hashes["dataset"] = str(dataset_hash)
     stats = {
         "stages": timer.as_dict(),
         "total_seconds": round(time.perf_counter() - started, 3),

@@ -57,6 +57,7 @@ from hardbatch.graph.threshold import (
     quantile_for_degree,
     threshold_graph,
 )
+from hardbatch.mining.plan import input_hashes
 from hardbatch.progress import StageTimer
 from hardbatch.validation import check_batch_size, check_embeddings
 
@@ -85,6 +86,9 @@ class GCBSResult:
             fraction of graph edges inside a batch, and the same fraction expected for random batches).
         seconds: per-stage wall-clock seconds and peak RSS (``StageTimer.as_dict()``).
         graph: the symmetrised binary graph (N, N), kept for inspection.
+        hashes: the input hashes (:func:`~hardbatch.mining.plan.input_hashes`) carried into
+            :meth:`to_plan`, so a plan of other data is detected on load.
+        params: the mining parameters, recorded in the plan.
     """
 
     order: np.ndarray
@@ -94,12 +98,15 @@ class GCBSResult:
     stats: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     graph: sp.csr_array | None = None
+    hashes: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
 
-    def to_plan(self, params: dict[str, Any] | None = None, hashes: dict[str, str] | None = None):
+    def to_plan(self, params: dict[str, Any] | None = None):
         """A :class:`~hardbatch.mining.plan.BatchPlan` whose clusters are the full GCBS batches.
 
         ``plan.batches(epoch)`` then shuffles the order of the GCBS batches (not their content) every epoch
-        — GCBS with a fixed teacher. The short last batch becomes the plan's remainder.
+        — GCBS with a fixed teacher. The short last batch becomes the plan's remainder. The plan carries
+        the result's input hashes and parameters; ``params`` adds to them (e.g. the teacher's name).
         """
         from hardbatch.mining.plan import BatchPlan
 
@@ -108,14 +115,14 @@ class GCBSResult:
         short = [b for b in self.batches if len(b) != size]
         clusters = np.stack(full) if full else np.empty((0, size), dtype=np.int64)
         remainder = np.concatenate(short) if short else np.empty(0, dtype=np.int64)
-        merged = {"method": "gcbs", "cluster_size": size, "batch_size": size, **(params or {})}
+        merged = {"method": "gcbs", "cluster_size": size, "batch_size": size, **self.params, **(params or {})}
         merged.update(threshold=self.threshold, quantile=self.quantile)
         return BatchPlan(
             clusters=clusters,
             remainder=remainder,
             num_examples=len(self.order),
             params=merged,
-            hashes=dict(hashes or {}),
+            hashes=dict(self.hashes),
             stats={"gcbs": self.stats, "seconds": self.seconds},
         )
 
@@ -161,6 +168,8 @@ def mine_gcbs(
     keep_graph: bool = True,
     graph_method: str = "exact",
     nprobe: int = 32,
+    dataset_hash: str | None = None,
+    hash_inputs: bool = True,
     show_progress: bool | None = None,
 ) -> GCBSResult:
     """One GCBS refresh: thresholded query × positive similarity graph → RCM order → consecutive batches.
@@ -185,6 +194,9 @@ def mine_gcbs(
             search over ``nprobe`` of about 4·sqrt(N) lists: roughly ``nprobe / nlist`` of the work, some
             edges missed; needs the ``faiss`` extra). The quantile is estimated exactly on a sample either way.
         nprobe: IVF lists searched per example with ``graph_method="ivf"``.
+        dataset_hash: fingerprint of the dataset the embeddings came from (recorded in the plan).
+        hash_inputs: hash the embeddings for :meth:`GCBSResult.to_plan` (O(N·d); the per-epoch sampler
+            refresh turns it off).
         show_progress: progress bar for the similarity pass.
 
     Returns:
@@ -241,6 +253,9 @@ def mine_gcbs(
         for index, batch in enumerate(batches):
             batch_of[batch] = index
     stats = _graph_report(graph, directed, order, batch_of, batch_size, q, threshold)
+    params: dict[str, Any] = {"seed": seed, "target_degree": target_degree, "offset": offset}
+    if graph_method != "exact":
+        params.update(graph_method=graph_method, nprobe=nprobe)
     result = GCBSResult(
         order=order,
         batches=batches,
@@ -249,6 +264,8 @@ def mine_gcbs(
         stats=stats,
         seconds=timer.as_dict(),
         graph=graph if keep_graph else None,
+        hashes=input_hashes(query_emb, positive_emb, dataset_hash) if hash_inputs else {},
+        params=params,
     )
     _log_and_check(result, collapse_fraction)
     return result

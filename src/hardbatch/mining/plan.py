@@ -37,7 +37,39 @@ import scipy.sparse as sp
 
 from hardbatch.errors import ConfigError, DataError, StaleCacheError
 
-__all__ = ["PLAN_FORMAT", "BatchPlan"]
+__all__ = ["PLAN_FORMAT", "BatchPlan", "input_hashes"]
+
+
+def input_hashes(query_emb: Any, positive_emb: Any, dataset_hash: str | None = None) -> dict[str, str]:
+    """The hashes a plan records of what it was mined from, checked by :meth:`BatchPlan.check_matches`.
+
+    Args:
+        query_emb: (N, d) query embeddings (numpy array or tensor).
+        positive_emb: (N, d) positive embeddings.
+        dataset_hash: the dataset's fingerprint, when known.
+
+    Returns:
+        ``query_emb``, ``positive_emb``, ``inputs`` (both together) and, when given, ``dataset``.
+    """
+    from hardbatch.io import hash_array
+
+    query_hash = hash_array(_as_numpy(query_emb))
+    positive_hash = hash_array(_as_numpy(positive_emb))
+    hashes = {
+        "query_emb": query_hash,
+        "positive_emb": positive_hash,
+        "inputs": hashlib.sha256((query_hash + positive_hash).encode()).hexdigest(),
+    }
+    if dataset_hash is not None:
+        hashes["dataset"] = str(dataset_hash)
+    return hashes
+
+
+def _as_numpy(array: Any) -> np.ndarray:
+    if hasattr(array, "detach"):
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
+
 
 PLAN_FORMAT = "hardbatch.batch-plan/1"
 _METADATA_KEY = b"hardbatch"

@@ -218,6 +218,7 @@ class GCBSBatchSampler(HardBatchSampler):
             graph_method=self.graph_method,
             nprobe=self.nprobe,
             keep_graph=False,
+            hash_inputs=False,
         )
         self.history.append({"epoch": int(epoch), **result.stats, "seconds": result.seconds})
         return result

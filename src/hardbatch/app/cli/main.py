@@ -1,6 +1,6 @@
 """The ``hardbatch`` command line.
 
-Each command group lives in its own module under ``hardbatch.cli`` and exposes ``register(app)``. Heavy
+Each command group lives in its own module under ``hardbatch.app.cli`` and exposes ``register(app)``. Heavy
 libraries (torch, sentence-transformers) are imported inside the commands so ``--help`` stays fast.
 Errors that a user caused (:class:`hardbatch.errors.HardbatchError`, missing extras, missing files) are
 printed as one red line and exit with status 2; ``--debug`` shows the traceback instead.
@@ -62,7 +62,7 @@ def main(
 
 
 for _name in COMMAND_MODULES:
-    importlib.import_module(f"hardbatch.cli.{_name}").register(app)
+    importlib.import_module(f"hardbatch.app.cli.{_name}").register(app)
 
 
 def run() -> None:

@@ -9,9 +9,6 @@ similarity (mean, percentiles), in-batch InfoNCE and recall@1, each against rand
 sizes; the fraction of the teacher's top-k neighbour pairs (and, for B3 plans, the plan's rank-window
 edges) that land in one batch; clusters / sources per batch. Writes ``DIR/inspect.json``,
 ``DIR/inspect.png`` and prints a table.
-
-Also ``hardbatch mine gcbs`` (attached to the ``mine`` group when it exists): one GCBS refresh with a fixed
-teacher, written as a batch plan.
 """
 
 from __future__ import annotations
@@ -26,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hardbatch.cli.teacher import EmbDir, PositiveEmb, QueryEmb, TeacherMaxSeqLength, teacher_embeddings
+from hardbatch.app.cli.teacher import EmbDir, PositiveEmb, QueryEmb, TeacherMaxSeqLength, teacher_embeddings
 
 console = Console()
 
@@ -35,11 +32,6 @@ __all__ = ["build_strategy_batches", "register"]
 
 def register(app: typer.Typer) -> None:
     app.command("inspect")(inspect_command)
-    try:
-        from hardbatch.cli.mine_cmd import mine_app
-    except ImportError:  # the mine group is optional; GCBS stays available from Python
-        return
-    mine_app.command("gcbs")(mine_gcbs_command)
 
 
 def _accepted(cls: type, options: dict[str, Any]) -> dict[str, Any]:
@@ -240,78 +232,4 @@ def inspect_command(
     console.print(
         f"[green]inspected[/] {len(batchings)} strategies on {len(dataset)} pairs in "
         f"{time.perf_counter() - started:.1f} s → {out / 'inspect.json'}, {out / 'inspect.png'}"
-    )
-
-
-def mine_gcbs_command(
-    data: Annotated[
-        str, typer.Argument(help="Pair data (.jsonl/.json/.csv/.parquet or codesearch:<split>).")
-    ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output batch plan (.parquet).")] = Path(
-        "gcbs.parquet"
-    ),
-    teacher: Annotated[
-        str, typer.Option("--teacher", "-t", help="'default' or a model directory.")
-    ] = "default",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Examples per batch.")] = 64,
-    quantile: Annotated[
-        float | None, typer.Option("--quantile", help="Similarity quantile (default 0.999).")
-    ] = None,
-    target_degree: Annotated[
-        float | None, typer.Option("--target-degree", help="Instead of --quantile: edges per example.")
-    ] = None,
-    seed: Annotated[
-        int, typer.Option("--seed", help="Seed of the quantile sample and RCM tie-breaking.")
-    ] = 0,
-    device: Annotated[str, typer.Option("--device", help="'auto', 'cpu', 'cuda:0', ...")] = "auto",
-    graph_method: Annotated[
-        str,
-        typer.Option(
-            "--graph-method", help="'exact' similarity pass or 'ivf' (faiss, approximate; large N on CPU)."
-        ),
-    ] = "exact",
-    nprobe: Annotated[int, typer.Option("--nprobe", help="IVF lists searched per example.")] = 32,
-    query_emb: QueryEmb = None,
-    positive_emb: PositiveEmb = None,
-    emb_dir: EmbDir = None,
-    max_seq_length: TeacherMaxSeqLength = None,
-) -> None:
-    """GCBS with a fixed teacher: threshold graph → RCM → batches, saved as a batch plan (batch order reshuffled per epoch)."""
-    from hardbatch.data import load_pairs
-    from hardbatch.io import hash_array
-    from hardbatch.mining.gcbs import mine_gcbs
-
-    started = time.perf_counter()
-    dataset = load_pairs(data)
-    teacher_emb = teacher_embeddings(
-        dataset, teacher, query_emb=query_emb, positive_emb=positive_emb, emb_dir=emb_dir,
-        max_seq_length=max_seq_length, device=device,
-    )  # fmt: skip
-    query, positive = teacher_emb.query, teacher_emb.positive
-    result = mine_gcbs(
-        query, positive, batch_size, quantile=quantile, target_degree=target_degree, seed=seed, device=device,
-        graph_method=graph_method, nprobe=nprobe,
-    )  # fmt: skip
-    params = {"seed": seed, "teacher": teacher, "data": data, "target_degree": target_degree}
-    if graph_method != "exact":
-        params.update(graph_method=graph_method, nprobe=nprobe)
-    hashes = {
-        "query_emb": hash_array(query),
-        "positive_emb": hash_array(positive),
-        "dataset": dataset.fingerprint,
-    }
-    result.to_plan(params=params, hashes=hashes).save(out)
-    s = result.stats
-    table = Table(title="GCBS")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in ("num_examples", "quantile", "threshold", "edges", "degree_mean", "degree_max", "components",
-                "giant_component_fraction", "bandwidth_before", "bandwidth_after", "same_batch_edge_fraction"):  # fmt: skip
-        value = s[key]
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    for stage, value in result.seconds.items():
-        table.add_row(f"{stage} (s)", f"{value['seconds']:.2f}")
-    console.print(table)
-    console.print(
-        f"[green]mined[/] {len(result.batches)} GCBS batches in {time.perf_counter() - started:.1f} s → {out}"
     )

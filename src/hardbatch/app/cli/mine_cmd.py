@@ -1,7 +1,8 @@
-"""``hardbatch mine ...``: offline batch mining. ``hardbatch mine b3 DATA -o plan.parquet`` mines B3 batches.
+"""``hardbatch mine ...``: offline batch mining into a batch plan.
 
-The typer group :data:`mine_app` is shared: other miners (e.g. ``gcbs``) attach their own subcommand to it
-with ``mine_app.command("gcbs")(...)``.
+``hardbatch mine b3 DATA -o plan.parquet`` mines B3 clusters; ``hardbatch mine gcbs DATA -o plan.parquet``
+runs one GCBS refresh with a fixed teacher. Both plans carry their input hashes, so ``train`` and
+``inspect`` detect a plan of other data.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hardbatch.cli.teacher import EmbDir, PositiveEmb, QueryEmb, TeacherMaxSeqLength, teacher_embeddings
+from hardbatch.app.cli.teacher import EmbDir, PositiveEmb, QueryEmb, TeacherMaxSeqLength, teacher_embeddings
 
 console = Console()
 
@@ -175,3 +176,69 @@ def _print_summary(
     for field, value in rows:
         summary.add_row(field, value)
     console.print(summary)
+
+
+@mine_app.command("gcbs")
+def mine_gcbs_command(
+    data: Annotated[
+        str, typer.Argument(help="Pair data (.jsonl/.json/.csv/.parquet or codesearch:<split>).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output batch plan (.parquet).")] = Path(
+        "gcbs.parquet"
+    ),
+    teacher: Annotated[
+        str, typer.Option("--teacher", "-t", help="'default' or a model directory.")
+    ] = "default",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Examples per batch.")] = 64,
+    quantile: Annotated[
+        float | None, typer.Option("--quantile", help="Similarity quantile (default 0.999).")
+    ] = None,
+    target_degree: Annotated[
+        float | None, typer.Option("--target-degree", help="Instead of --quantile: edges per example.")
+    ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the quantile sample and RCM tie-breaking.")
+    ] = 0,
+    device: Annotated[str, typer.Option("--device", help="'auto', 'cpu', 'cuda:0', ...")] = "auto",
+    graph_method: Annotated[
+        str,
+        typer.Option(
+            "--graph-method", help="'exact' similarity pass or 'ivf' (faiss, approximate; large N on CPU)."
+        ),
+    ] = "exact",
+    nprobe: Annotated[int, typer.Option("--nprobe", help="IVF lists searched per example.")] = 32,
+    query_emb: QueryEmb = None,
+    positive_emb: PositiveEmb = None,
+    emb_dir: EmbDir = None,
+    max_seq_length: TeacherMaxSeqLength = None,
+) -> None:
+    """GCBS with a fixed teacher: threshold graph → RCM → batches, saved as a batch plan (batch order reshuffled per epoch)."""
+    from hardbatch.data import load_pairs
+    from hardbatch.mining.gcbs import mine_gcbs
+
+    started = time.perf_counter()
+    dataset = load_pairs(data)
+    teacher_emb = teacher_embeddings(
+        dataset, teacher, query_emb=query_emb, positive_emb=positive_emb, emb_dir=emb_dir,
+        max_seq_length=max_seq_length, device=device,
+    )  # fmt: skip
+    query, positive = teacher_emb.query, teacher_emb.positive
+    result = mine_gcbs(
+        query, positive, batch_size, quantile=quantile, target_degree=target_degree, seed=seed, device=device,
+        graph_method=graph_method, nprobe=nprobe, dataset_hash=dataset.fingerprint,
+    )  # fmt: skip
+    result.to_plan(params={"teacher": teacher, "data": data}).save(out)
+    s = result.stats
+    table = Table(title="GCBS")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("num_examples", "quantile", "threshold", "edges", "degree_mean", "degree_max", "components",
+                "giant_component_fraction", "bandwidth_before", "bandwidth_after", "same_batch_edge_fraction"):  # fmt: skip
+        value = s[key]
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    for stage, value in result.seconds.items():
+        table.add_row(f"{stage} (s)", f"{value['seconds']:.2f}")
+    console.print(table)
+    console.print(
+        f"[green]mined[/] {len(result.batches)} GCBS batches in {time.perf_counter() - started:.1f} s → {out}"
+    )

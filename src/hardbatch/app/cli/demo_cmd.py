@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         """Run the whole pipeline on built-in data: mine B3 batches, train B3 vs random, compare."""
         from rich.console import Console
 
-        from hardbatch.train.demo import DemoConfig, run_demo
+        from hardbatch.app.demo import DemoConfig, run_demo
 
         console = Console()
         config = DemoConfig.tiny_config(str(output_dir)) if tiny else DemoConfig(output_dir=str(output_dir))

@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         """Fine-tune with each sampler at each batch size (equal training pairs) and compare retrieval quality."""
         from rich.console import Console
 
-        from hardbatch.train.experiment import GridConfig, format_grid, run_grid, write_grid_outputs
+        from hardbatch.app.experiment import GridConfig, format_grid, run_grid, write_grid_outputs
 
         console = Console()
         config = GridConfig(

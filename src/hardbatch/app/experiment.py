@@ -67,7 +67,7 @@ class GridConfig:
         eval_batch_size: texts per forward pass when evaluating.
     """
 
-    work_dir: str = "benchmarks/results/quality"
+    work_dir: str = "hardbatch-experiment"
     train_data: str = "codesearch:train"
     test_data: str = "codesearch:test"
     model: str = "default"
