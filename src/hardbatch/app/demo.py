@@ -267,10 +267,11 @@ def _evaluate_frozen(model: str, test: Any, config: DemoConfig) -> dict[str, flo
 
 
 def _train(sampler: str, model: str, train: Any, test: Any, plan: Any, out: Path, config: DemoConfig) -> Any:
+    from hardbatch.samplers import SamplerInputs, resolve_inputs
     from hardbatch.train import TrainConfig
     from hardbatch.train import train as run_training
 
-    options = {"plan": plan} if sampler == "b3" else {}
+    options = resolve_inputs(sampler, SamplerInputs(plan=plan))
     return run_training(
         TrainConfig(
             data=train,

@@ -19,6 +19,7 @@ subset); the teacher pass and mining are shared. Memory: the model + O(chunk) ac
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -112,6 +113,7 @@ def run_grid(
     """
     from hardbatch.data import load_pairs
     from hardbatch.embed import embed_pairs
+    from hardbatch.samplers import SamplerInputs
 
     work = Path(config.work_dir)
     (work / "cells").mkdir(parents=True, exist_ok=True)
@@ -127,9 +129,13 @@ def run_grid(
     log(f"frozen {config.model}: nDCG@10 {frozen['ndcg@10']:.4f}")
     hardness: dict[str, dict[int, float]] = {}
     for batch_size in config.batch_sizes:
-        plan = _plan(config, embeddings, train, batch_size, work) if "b3" in config.samplers else None
+        inputs = SamplerInputs(
+            dataset=train,
+            plan=functools.partial(_plan, config, embeddings, train, batch_size, work),
+            teacher=(embeddings.query, embeddings.positive),
+        )
         for sampler in config.samplers:
-            options = _sampler_options(sampler, embeddings, plan, batch_size)
+            options = _sampler_options(sampler, inputs, batch_size)
             hardness.setdefault(sampler, {})[batch_size] = _hardness(
                 sampler, train, batch_size, options, embeddings, config.scale
             )
@@ -190,19 +196,18 @@ def _plan(config: GridConfig, embeddings: Any, train: Any, batch_size: int, work
     return plan
 
 
-def _sampler_options(sampler: str, embeddings: Any, plan: Any, batch_size: int) -> dict[str, Any]:
-    if sampler == "b3":
-        return {"plan": plan}
-    if sampler == "gcbs":
-        # The samplers engineer's guidance: a target degree near the batch size keeps RCM batches local.
-        return {
-            "query_emb": embeddings.query,
-            "positive_emb": embeddings.positive,
-            "target_degree": batch_size,
-        }
-    if sampler == "topic":
-        return {"query_emb": embeddings.query}
-    return {}
+#: Grid options of samplers as a function of the batch size; samplers not listed take their defaults.
+_GRID_OPTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
+    # The samplers engineer's guidance: a target degree near the batch size keeps RCM batches local.
+    "gcbs": lambda batch_size: {"target_degree": batch_size},
+}
+
+
+def _sampler_options(sampler: str, inputs: Any, batch_size: int) -> dict[str, Any]:
+    from hardbatch.samplers import resolve_inputs
+
+    grid = _GRID_OPTIONS.get(sampler)
+    return resolve_inputs(sampler, inputs, **(grid(batch_size) if grid else {}))
 
 
 def _hardness(

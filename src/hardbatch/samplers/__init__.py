@@ -3,16 +3,17 @@
 Every sampler derives from :class:`~hardbatch.samplers.base.HardBatchSampler`: deterministic from
 (seed, epoch), identical on every rank, full batches only when distributed, self-advancing epochs,
 ``state_dict`` / ``load_state_dict``, and usable as ``batch_sampler=`` in a torch ``DataLoader`` or in
-sentence-transformers (>= 5) through ``functools.partial``::
+sentence-transformers (>= 5) through :func:`sampler_factory`::
 
-    from functools import partial
-    from hardbatch.samplers import TopicBatchSampler
+    from hardbatch.samplers import sampler_factory
     args = SentenceTransformerTrainingArguments(
-        ..., batch_sampler=partial(TopicBatchSampler, query_emb="teacher/query.npy")
+        ..., batch_sampler=sampler_factory("topic", teacher="default")
     )
 
-The trainer then calls ``TopicBatchSampler(dataset, batch_size=..., drop_last=..., valid_label_columns=...,
-generator=..., seed=...)``.
+Every caller builds samplers the same way: it describes what it has in one :class:`SamplerInputs` (dataset,
+plan, teacher embeddings, the live model) and calls :func:`build_sampler`; each sampler class declares what
+it takes from those inputs in :meth:`HardBatchSampler.input_kwargs`. A new sampler is one file plus one
+entry in :data:`SAMPLERS` (see ``docs/samplers.md``, "Writing a sampler").
 
 Registry: :data:`SAMPLERS` maps a name to its class and :func:`build_sampler` instantiates one by name:
 
@@ -34,7 +35,9 @@ from typing import Any
 
 from hardbatch.errors import ConfigError
 from hardbatch.samplers.base import HardBatchSampler
+from hardbatch.samplers.factory import SamplerFactory, sampler_factory
 from hardbatch.samplers.gcbs import GCBSBatchSampler, model_embed_fn
+from hardbatch.samplers.inputs import SamplerInputs
 from hardbatch.samplers.nodup import NoDuplicatesBatchSampler
 from hardbatch.samplers.random import RandomBatchSampler
 from hardbatch.samplers.source import SourceBatchSampler
@@ -42,14 +45,19 @@ from hardbatch.samplers.topic import TopicBatchSampler
 
 __all__ = [
     "SAMPLERS",
+    "B3BatchSampler",
     "GCBSBatchSampler",
     "HardBatchSampler",
     "NoDuplicatesBatchSampler",
     "RandomBatchSampler",
+    "SamplerFactory",
+    "SamplerInputs",
     "SourceBatchSampler",
     "TopicBatchSampler",
     "build_sampler",
     "model_embed_fn",
+    "resolve_inputs",
+    "sampler_factory",
 ]
 
 
@@ -93,24 +101,55 @@ SAMPLERS: Mapping[str, type] = _SamplerRegistry(
 )
 
 
-def build_sampler(name: str, dataset: Any, batch_size: int, **kwargs: Any) -> HardBatchSampler:
-    """Instantiate the sampler registered as ``name``.
+def build_sampler(
+    name: str, inputs: SamplerInputs | Any, batch_size: int, **options: Any
+) -> HardBatchSampler:
+    """Instantiate the sampler registered as ``name`` from shared inputs and its own options.
 
     Args:
         name: one of :data:`SAMPLERS` (random, nodup, topic, source, gcbs, b3).
-        dataset: the training dataset (or ``None`` with ``num_examples=`` for samplers that only need N).
+        inputs: a :class:`SamplerInputs` (what the caller has: dataset, plan, teacher embeddings, live
+            model), or just the training dataset (``None`` with ``num_examples=`` for samplers that only
+            need N).
         batch_size: examples per (per-device) batch.
-        **kwargs: the sampler's own keyword arguments (``seed``, ``drop_last``, ``world_size``,
-            ``query_emb``, ...).
+        **options: the sampler's own keyword arguments (``target_degree``, ``same_source``, ...); they
+            override anything taken from ``inputs``.
+
+    Raises:
+        ConfigError: unknown sampler name, or an input the sampler needs is missing.
 
     Example:
         >>> sampler = build_sampler("random", None, 4, num_examples=10, seed=0)
         >>> type(sampler).__name__, len(sampler)
         ('RandomBatchSampler', 2)
+        >>> import numpy as np
+        >>> emb = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+        >>> inputs = SamplerInputs(num_examples=64, teacher=(emb, emb))
+        >>> type(build_sampler("topic", inputs, 8, n_clusters=2)).__name__
+        'TopicBatchSampler'
     """
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-    return SAMPLERS[name](dataset, batch_size=batch_size, **kwargs)
+    if not isinstance(inputs, SamplerInputs):
+        inputs = SamplerInputs(dataset=inputs)
+    return SAMPLERS[name].from_inputs(inputs, batch_size, **options)
+
+
+def resolve_inputs(name: str, inputs: SamplerInputs, **options: Any) -> dict[str, Any]:
+    """The keyword arguments sampler ``name`` would take from ``inputs``, merged with ``options``.
+
+    For callers that prepare inputs once and hand them on as plain sampler options (e.g. to
+    :class:`hardbatch.train.TrainConfig` ``sampler_options``), so nothing is computed twice.
+
+    Example:
+        >>> resolve_inputs("random", SamplerInputs(plan="plan.parquet"))
+        {}
+        >>> resolve_inputs("b3", SamplerInputs(plan="plan.parquet"), same_source=False)
+        {'plan': 'plan.parquet', 'same_source': False}
+    """
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    return {**SAMPLERS[name].input_kwargs(inputs, options), **options}
 
 
 def __getattr__(name: str) -> Any:

@@ -19,7 +19,7 @@ import torch
 from hardbatch.errors import ConfigError, DataError
 from hardbatch.validation import check_embeddings
 
-__all__ = ["dataset_sources", "dataset_text_columns", "load_embedding_array"]
+__all__ = ["dataset_sources", "dataset_text_columns", "load_embedding_array", "query_positive_texts"]
 
 #: Columns that never hold example text (sentence-transformers excludes ``dataset_name`` too).
 _NON_TEXT_COLUMNS = {"dataset_name", "id", "source"}
@@ -75,6 +75,22 @@ def dataset_text_columns(
     keys = [key for key in first if key not in skip]
     rows = [dataset[i] for i in range(len(dataset))]
     return [_flatten([row.get(key) for row in rows]) for key in keys]
+
+
+def query_positive_texts(dataset: Any) -> tuple[list[Any], list[Any]]:
+    """The query and positive column of a PairDataset, or the first two columns of a ``datasets.Dataset``.
+
+    Raises:
+        ConfigError: the dataset has neither.
+    """
+    if hasattr(dataset, "queries") and hasattr(dataset, "positives"):
+        return list(dataset.queries), list(dataset.positives)
+    names = getattr(dataset, "column_names", None)
+    if names and len(names) >= 2:
+        return list(dataset[names[0]]), list(dataset[names[1]])
+    raise ConfigError(
+        "need a PairDataset or a datasets.Dataset whose first two columns are query and positive"
+    )
 
 
 def dataset_sources(dataset: Any, column: str = "source") -> list[str] | None:

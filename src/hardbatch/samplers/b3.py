@@ -12,10 +12,9 @@ what :func:`~hardbatch.mining.mine_b3` costs, once, on rank 0 (the plan is broad
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +22,10 @@ import torch
 from hardbatch.errors import ConfigError
 from hardbatch.mining.plan import BatchPlan
 from hardbatch.samplers.base import HardBatchSampler
+
+if TYPE_CHECKING:
+    from hardbatch.samplers.factory import SamplerFactory
+    from hardbatch.samplers.inputs import SamplerInputs
 
 __all__ = ["B3BatchSampler"]
 
@@ -61,6 +64,7 @@ class B3BatchSampler(HardBatchSampler):
     """
 
     rng_salt = 0xB3
+    mixes_leftovers = True
 
     def __init__(
         self,
@@ -122,21 +126,35 @@ class B3BatchSampler(HardBatchSampler):
 
     # ----------------------------------------------------------------- construction helpers
     @classmethod
-    def factory(
-        cls, plan: BatchPlan | str | os.PathLike[str] | None = None, **kwargs: Any
-    ) -> functools.partial:
+    def input_kwargs(cls, inputs: SamplerInputs, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The plan when one is offered, else the teacher's embeddings to mine one lazily."""
+        if {"plan", "query_emb", "positive_emb"} & set(options):
+            return {}
+        plan = inputs.batch_plan()
+        if plan is not None:
+            return {"plan": plan}
+        query_emb, positive_emb = inputs.teacher_embeddings()
+        return {"query_emb": query_emb, "positive_emb": positive_emb}
+
+    @classmethod
+    def factory(cls, plan: BatchPlan | str | os.PathLike[str] | None = None, **kwargs: Any) -> SamplerFactory:
         """A callable for ``SentenceTransformerTrainingArguments(batch_sampler=...)`` (sentence-transformers >= 5).
 
-        The trainer calls it as ``factory(dataset, batch_size=..., drop_last=..., valid_label_columns=...,
-        generator=..., seed=...)``; ``plan`` and ``kwargs`` (e.g. ``query_emb``/``positive_emb``,
-        ``same_source``) are bound here.
+        Shorthand for ``sampler_factory("b3", plan=plan, **kwargs)``; see
+        :func:`hardbatch.samplers.sampler_factory`.
 
         Example:
             >>> make = B3BatchSampler.factory(plan="plan.parquet", same_source=False)
-            >>> make.keywords["same_source"]
+            >>> make.options["same_source"]
             False
         """
-        return functools.partial(cls, plan=plan, **kwargs)
+        from hardbatch.samplers.factory import sampler_factory
+
+        return sampler_factory("b3", plan=plan, **kwargs)
+
+    def group_labels(self) -> np.ndarray:
+        """(N,) cluster id of every example (-1 for the ``N mod K`` remainder)."""
+        return self.plan.labels()
 
     @property
     def plan(self) -> BatchPlan:

@@ -27,14 +27,17 @@ It subclasses sentence-transformers' ``DefaultBatchSampler`` so any hardbatch sa
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from hardbatch.errors import ConfigError, HardbatchError
 from hardbatch.validation import check_batch_size
+
+if TYPE_CHECKING:
+    from hardbatch.samplers.inputs import SamplerInputs
 
 try:  # sentence-transformers >= 5.4
     from sentence_transformers.base.sampler import DefaultBatchSampler
@@ -72,6 +75,9 @@ class HardBatchSampler(DefaultBatchSampler):
 
     #: Distinguishes the RNG streams of different sampler classes with the same seed.
     rng_salt: int = 0
+    #: With ``drop_last=False`` the left-overs are packed into batches that do not follow the sampler's
+    #: scheme (B3's mixed batches); comparisons of batch quality should then drop them.
+    mixes_leftovers: bool = False
 
     def __init__(
         self,
@@ -105,6 +111,27 @@ class HardBatchSampler(DefaultBatchSampler):
             raise ConfigError(f"world_size must be >= 1, got {self.world_size}")
         self._resume_batches = 0
         self._yielded = 0
+
+    # ----------------------------------------------------------------- construction from shared inputs
+    @classmethod
+    def input_kwargs(cls, inputs: SamplerInputs, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The constructor arguments this sampler takes from ``inputs`` (override to declare needs).
+
+        Args:
+            inputs: what the caller offers (dataset, plan, teacher embeddings, live model).
+            options: the sampler options the caller gives explicitly; an input already given there is not
+                taken from ``inputs``.
+
+        Returns:
+            Keyword arguments for ``cls(...)``, beyond the shared ones of :meth:`SamplerInputs.base_kwargs`.
+        """
+        return {}
+
+    @classmethod
+    def from_inputs(cls, inputs: SamplerInputs, batch_size: int, **options: Any) -> HardBatchSampler:
+        """Build the sampler from shared :class:`~hardbatch.samplers.inputs.SamplerInputs` and its options."""
+        kwargs = {**inputs.base_kwargs(), **cls.input_kwargs(inputs, options), **options}
+        return cls(inputs.dataset, batch_size=batch_size, **kwargs)
 
     # ----------------------------------------------------------------- subclass interface
     def _epoch_batches(self, epoch: int) -> list[list[int]]:

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,8 +38,11 @@ import torch
 from hardbatch.errors import ConfigError, HardbatchError
 from hardbatch.graph.threshold import DEFAULT_QUANTILE_SAMPLE
 from hardbatch.mining.gcbs import GRAPH_METHODS, GCBSResult, mine_gcbs
-from hardbatch.samplers._data import load_embedding_array
+from hardbatch.samplers._data import load_embedding_array, query_positive_texts
 from hardbatch.samplers.base import HardBatchSampler
+
+if TYPE_CHECKING:
+    from hardbatch.samplers.inputs import SamplerInputs
 
 __all__ = ["EmbedFn", "GCBSBatchSampler", "model_embed_fn"]
 
@@ -70,13 +73,7 @@ def model_embed_fn(
         max_seq_length: truncate inputs (None: the model's setting).
         device: where to encode.
     """
-    if hasattr(dataset, "queries") and hasattr(dataset, "positives"):
-        queries, positives = list(dataset.queries), list(dataset.positives)
-    elif getattr(dataset, "column_names", None) and len(dataset.column_names) >= 2:
-        first, second = dataset.column_names[:2]
-        queries, positives = list(dataset[first]), list(dataset[second])
-    else:
-        raise ConfigError("model_embed_fn needs a PairDataset or a datasets.Dataset with two text columns")
+    queries, positives = query_positive_texts(dataset)
 
     def embed(epoch: int) -> tuple[np.ndarray, np.ndarray]:
         from hardbatch.embed import encode_texts
@@ -185,6 +182,25 @@ class GCBSBatchSampler(HardBatchSampler):
         self._cache: tuple[int, list[list[int]]] | None = None
         #: Graph statistics and timings of every refresh, in order (``{"epoch", **stats, "seconds"}``).
         self.history: list[dict[str, Any]] = []
+
+    @classmethod
+    def input_kwargs(cls, inputs: SamplerInputs, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Re-embed with the live model before every epoch (the paper's setting) unless a teacher was chosen.
+
+        An explicit teacher (or ``query_emb``/``positive_emb`` / ``embed_fn`` in ``options``) gives the fixed
+        graph; a default teacher (the frozen starting model) is used only when no live model is offered.
+        """
+        if {"embed_fn", "query_emb", "positive_emb"} & set(options):
+            return {}
+        if inputs.model is not None and not (inputs.has_teacher and inputs.teacher_is_explicit):
+            if inputs.dataset is None:
+                raise ConfigError("GCBS refreshes with the model need the training dataset's texts")
+            embed_fn = model_embed_fn(
+                inputs.model, inputs.dataset, batch_size=inputs.embed_batch_size, device=inputs.device
+            )
+            return {"embed_fn": embed_fn}
+        query_emb, positive_emb = inputs.teacher_embeddings()
+        return {"query_emb": query_emb, "positive_emb": positive_emb}
 
     @property
     def last_stats(self) -> dict[str, Any]:

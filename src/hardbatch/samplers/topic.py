@@ -22,8 +22,8 @@ References:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ import torch
 from hardbatch.errors import ConfigError
 from hardbatch.samplers._data import load_embedding_array
 from hardbatch.samplers.grouped import GroupedBatchSampler, Leftover
+
+if TYPE_CHECKING:
+    from hardbatch.samplers.inputs import SamplerInputs
 
 __all__ = ["TopicBatchSampler", "kmeans_labels"]
 
@@ -98,15 +101,11 @@ class TopicBatchSampler(GroupedBatchSampler):
     """Each batch (each global batch under DDP) from one k-means topic cluster of teacher query embeddings.
 
     Args:
-        dataset: the training dataset (only its length is used unless ``teacher`` is given, which reads
-            ``dataset.queries``).
+        dataset: the training dataset (only its length is used).
         batch_size, drop_last, valid_label_columns, generator, seed, num_examples, world_size: see
             :class:`~hardbatch.samplers.base.HardBatchSampler`.
         query_emb: (N, d) teacher query embeddings (array, tensor or ``.npy`` path).
         labels: (N,) precomputed cluster labels instead of embeddings.
-        teacher: a model (name, path or instance) to embed ``dataset.queries`` with when no embeddings are
-            given (uses :func:`hardbatch.embed.encode_texts`, cached at ``cache_path``).
-        cache_path: ``.npy`` cache for the teacher embeddings.
         n_clusters: k; default ``max(1, N // (8 · batch_size · world_size))`` (about 8 global batches per
             cluster, the TAS-B ratio).
         backend: k-means backend ("auto", "faiss", "sklearn").
@@ -132,8 +131,6 @@ class TopicBatchSampler(GroupedBatchSampler):
         *,
         query_emb: np.ndarray | torch.Tensor | str | os.PathLike[str] | None = None,
         labels: np.ndarray | Sequence[int] | None = None,
-        teacher: Any = None,
-        cache_path: str | os.PathLike[str] | None = None,
         n_clusters: int | None = None,
         backend: Backend = "auto",
         leftover: Leftover = "mix",
@@ -151,14 +148,8 @@ class TopicBatchSampler(GroupedBatchSampler):
             num_examples=num_examples,
             world_size=world_size,
         )
-        if sum(x is not None for x in (query_emb, labels, teacher)) != 1:
-            raise ConfigError("TopicBatchSampler needs exactly one of query_emb, labels or teacher")
-        if teacher is not None:
-            if dataset is None or not hasattr(dataset, "queries"):
-                raise ConfigError("teacher= needs a dataset with .queries (a hardbatch PairDataset)")
-            from hardbatch.embed import encode_texts
-
-            query_emb = encode_texts(list(dataset.queries), teacher, cache_path=cache_path)
+        if (query_emb is None) == (labels is None):
+            raise ConfigError("TopicBatchSampler needs exactly one of query_emb or labels")
         self._labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         if self._labels is not None and self._labels.shape != (self.num_examples,):
             raise ConfigError(f"labels: expected {self.num_examples} values, got shape {self._labels.shape}")
@@ -169,6 +160,13 @@ class TopicBatchSampler(GroupedBatchSampler):
         self.n_clusters = int(n_clusters) if n_clusters is not None else default_k
         self.backend = backend
         self._centroids: np.ndarray | None = None
+
+    @classmethod
+    def input_kwargs(cls, inputs: SamplerInputs, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Topics come from the teacher's query embeddings unless ``query_emb`` or ``labels`` is given."""
+        if {"query_emb", "labels"} & set(options):
+            return {}
+        return {"query_emb": inputs.teacher_embeddings()[0]}
 
     def group_labels(self) -> np.ndarray:
         if self._labels is None:

@@ -74,9 +74,6 @@ _RESUME_KEYS = (
 )
 
 
-_EMBEDDING_SAMPLERS = ("topic", "gcbs", "b3")
-
-
 @dataclass
 class TrainerState:
     """Progress counters, passed to callbacks after every optimiser step.
@@ -251,42 +248,31 @@ class Trainer:
         return model
 
     def _build_sampler(self, ctx: DistContext) -> Any:
-        from hardbatch.samplers import build_sampler
+        from hardbatch.samplers import SamplerInputs, build_sampler
 
         cfg = self.config
-        options = dict(cfg.sampler_options)
-        if cfg.plan is not None:
-            options.setdefault("plan", cfg.plan)
-        options.update(self._embedding_inputs(options, ctx))
-        return build_sampler(
-            cfg.sampler,
-            self.train_data,
-            cfg.batch_size,
+        inputs = SamplerInputs(
+            dataset=self.train_data,
             seed=cfg.seed,
             world_size=ctx.world_size,
-            **options,
+            plan=cfg.plan,
+            teacher=lambda: self._teacher_embeddings(ctx),
+            teacher_is_explicit=cfg.teacher is not None,
+            model=self.model,
+            embed_batch_size=cfg.eval_batch_size,
+            device=str(ctx.device),
         )
+        return build_sampler(cfg.sampler, inputs, cfg.batch_size, **cfg.sampler_options)
 
-    def _embedding_inputs(self, options: dict[str, Any], ctx: DistContext) -> dict[str, Any]:
-        """Embeddings for samplers that need them (topic, gcbs, b3 without a plan), unless given.
+    def _teacher_embeddings(self, ctx: DistContext) -> Any:
+        """The teacher's embeddings of the training pairs, for samplers that ask for them.
 
-        GCBS without a ``teacher`` re-embeds with the model being trained before every epoch (the
-        paper's setting); otherwise the frozen teacher embeds the training pairs once, cached under
-        ``output_dir/teacher-embeddings`` (rank 0 first, so the other ranks read the cache).
+        The teacher is ``config.teacher``, else the starting model; cached under
+        ``output_dir/teacher-embeddings``, written by rank 0 first so the other ranks read the cache.
         """
-        cfg = self.config
-        given = {"query_emb", "positive_emb", "embed_fn", "labels", "teacher", "plan"}
-        if cfg.sampler not in _EMBEDDING_SAMPLERS or given & set(options):
-            return {}
-        if cfg.sampler == "gcbs" and cfg.teacher is None:
-            from hardbatch.samplers import model_embed_fn
-
-            embed_fn = model_embed_fn(
-                self.model, self.train_data, batch_size=cfg.eval_batch_size, device=str(ctx.device)
-            )
-            return {"embed_fn": embed_fn}
         from hardbatch.embed import embed_pairs
 
+        cfg = self.config
         teacher = cfg.teacher or (cfg.model if isinstance(cfg.model, str | Path) else self.model)
         embeddings = None
         for turn in ("main", "others"):
@@ -300,9 +286,7 @@ class Trainer:
                     device=str(ctx.device),
                 )
             ctx.barrier()
-        if cfg.sampler == "topic":
-            return {"query_emb": embeddings.query}
-        return {"query_emb": embeddings.query, "positive_emb": embeddings.positive}
+        return embeddings
 
     def _wrap_model(self, ctx: DistContext) -> torch.nn.Module:
         encoder = DualEncoder(self.model)

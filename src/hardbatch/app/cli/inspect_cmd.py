@@ -13,7 +13,6 @@ edges) that land in one batch; clusters / sources per batch. Writes ``DIR/inspec
 
 from __future__ import annotations
 
-import inspect as pyinspect
 import re
 import time
 from pathlib import Path
@@ -34,11 +33,6 @@ def register(app: typer.Typer) -> None:
     app.command("inspect")(inspect_command)
 
 
-def _accepted(cls: type, options: dict[str, Any]) -> dict[str, Any]:
-    parameters = pyinspect.signature(cls.__init__).parameters
-    return {key: value for key, value in options.items() if key in parameters}
-
-
 def build_strategy_batches(
     names: list[str],
     dataset: Any,
@@ -52,8 +46,9 @@ def build_strategy_batches(
 ) -> tuple[dict[str, list[list[int]]], dict[str, Any], dict[str, Any]]:
     """One epoch of batches from every named sampler, built over the same data and teacher embeddings.
 
-    Each sampler receives the shared context it accepts (teacher embeddings, seed, ``drop_last=False``,
-    one process) plus its own ``options[name]``.
+    Each sampler is built from the same :class:`~hardbatch.samplers.SamplerInputs` (the data, the teacher
+    embeddings as a fixed teacher, one process) plus its own ``options[name]``. Short batches are kept
+    unless the sampler would pack its left-overs into batches outside its scheme (B3's mixed batches).
 
     Returns:
         ``(batchings, groups, details)``: name → batches; name → (N,) group labels where the sampler groups
@@ -61,35 +56,28 @@ def build_strategy_batches(
     """
     import numpy as np
 
-    from hardbatch.samplers import SAMPLERS, build_sampler
+    from hardbatch.samplers import SAMPLERS, SamplerInputs, build_sampler
 
     batchings: dict[str, list[list[int]]] = {}
     groups: dict[str, Any] = {}
     details: dict[str, Any] = {}
-    context = {
-        "query_emb": query_emb,
-        "positive_emb": positive_emb,
-        "seed": seed,
-        "drop_last": False,
-        "world_size": 1,
-    }
     for name in names:
         if name not in SAMPLERS:
             from hardbatch.errors import ConfigError
 
             raise ConfigError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
-        cls = SAMPLERS[name]
-        kwargs = {**_accepted(cls, context), **(options or {}).get(name, {})}
-        if name == "b3":
-            kwargs.setdefault("drop_last", True)  # B3 packs leftovers into mixed batches otherwise
-        sampler = build_sampler(name, dataset, batch_size, **kwargs)
+        inputs = SamplerInputs(
+            dataset=dataset,
+            seed=seed,
+            world_size=1,
+            drop_last=SAMPLERS[name].mixes_leftovers,
+            teacher=(query_emb, positive_emb),
+        )
+        sampler = build_sampler(name, inputs, batch_size, **(options or {}).get(name, {}))
         batchings[name] = sampler.batches(epoch)
         details[name] = {"config": sampler.get_config_dict()}
         if hasattr(sampler, "group_labels"):
             groups[name] = np.asarray(sampler.group_labels())
-        plan = getattr(sampler, "plan", None) or getattr(sampler, "_plan", None)
-        if plan is not None and hasattr(plan, "labels"):
-            groups[name] = plan.labels()
         if getattr(sampler, "last_stats", None):
             details[name]["gcbs"] = {k: v for k, v in sampler.last_stats.items() if k != "seconds"}
     return batchings, groups, details
