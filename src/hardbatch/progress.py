@@ -15,15 +15,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-
 T = TypeVar("T")
 
 __all__ = ["StageTimer", "peak_rss_mb", "progress", "progress_enabled"]
@@ -44,7 +35,16 @@ def progress(
         return
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
+    # rich is loaded only when a bar is drawn, so importing the library never pulls it in.
     from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = (
         TextColumn("[bold]{task.description}"),

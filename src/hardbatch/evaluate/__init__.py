@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hardbatch._lazy import lazy_getattr
 from hardbatch.evaluate.metrics import DEFAULT_KS, RetrievalResult, retrieval_metrics, retrieval_scores
 from hardbatch.evaluate.model_eval import RetrievalTask, evaluate_model, evaluate_texts, retrieval_task
 from hardbatch.evaluate.relevance import relevance_matrix
@@ -23,10 +24,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    # The sentence-transformers evaluator is imported lazily: sentence_transformers takes seconds to import.
-    if name == "HardbatchRetrievalEvaluator":
-        from hardbatch.evaluate.st_evaluator import HardbatchRetrievalEvaluator
-
-        return HardbatchRetrievalEvaluator
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The sentence-transformers evaluator is imported lazily: sentence_transformers takes seconds to import.
+__getattr__ = lazy_getattr(__name__, {"HardbatchRetrievalEvaluator": "hardbatch.evaluate.st_evaluator"})

@@ -13,9 +13,7 @@ are imported on first attribute access.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from hardbatch._lazy import lazy_getattr
 from hardbatch.losses.info_nce import BACKENDS, info_nce, resolve_backend
 from hardbatch.losses.layouts import grouped_keys, grouped_labels, stacked_keys, stacked_labels, text_ids
 from hardbatch.losses.module import InfoNCELoss
@@ -44,7 +42,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'hardbatch.losses' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -29,10 +29,10 @@ b3        ``B3BatchSampler`` — B3: whole clusters of mutual hard negatives (lo
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from hardbatch._lazy import import_attribute
 from hardbatch.errors import ConfigError
 from hardbatch.samplers.base import HardBatchSampler
 from hardbatch.samplers.factory import SamplerFactory, sampler_factory
@@ -74,8 +74,7 @@ class _SamplerRegistry(Mapping[str, type]):
     def __getitem__(self, name: str) -> type:
         entry = self._entries[name]
         if isinstance(entry, str):
-            module, attribute = entry.split(":")
-            entry = getattr(importlib.import_module(module), attribute)
+            entry = import_attribute(entry)
             self._entries[name] = entry
         return entry
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from hardbatch.distributed import rank0_computes
 from hardbatch.errors import ConfigError
 from hardbatch.mining.plan import BatchPlan
 from hardbatch.samplers.base import HardBatchSampler
@@ -167,15 +168,8 @@ class B3BatchSampler(HardBatchSampler):
         from hardbatch.mining.b3 import mine_b3
 
         options = {"seed": self.seed, **self.mine_options, "batch_size": self.batch_size}
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if not distributed or torch.distributed.get_world_size() == 1:
-            return mine_b3(*self._embeddings, **options)
-        # Mine once on rank 0 and broadcast, so every rank batches from the very same clusters.
-        holder: list[BatchPlan | None] = [None]
-        if torch.distributed.get_rank() == 0:
-            holder[0] = mine_b3(*self._embeddings, **options)
-        torch.distributed.broadcast_object_list(holder, src=0)
-        return holder[0]  # type: ignore[return-value]
+        # Mine once on rank 0, so every rank batches from the very same clusters.
+        return rank0_computes(lambda: mine_b3(*self._embeddings, **options))
 
     # ----------------------------------------------------------------- batches
     def _epoch_batches(self, epoch: int) -> list[list[int]]:

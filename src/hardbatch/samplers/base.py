@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from hardbatch.distributed import world_size as group_world_size
 from hardbatch.errors import ConfigError, HardbatchError
 from hardbatch.validation import check_batch_size
 
@@ -44,14 +45,7 @@ try:  # sentence-transformers >= 5.4
 except ImportError:  # pragma: no cover - older layouts
     from sentence_transformers.sampler import DefaultBatchSampler
 
-__all__ = ["HardBatchSampler", "default_world_size"]
-
-
-def default_world_size() -> int:
-    """World size of the initialised default process group, or 1."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return 1
+__all__ = ["HardBatchSampler"]
 
 
 class HardBatchSampler(DefaultBatchSampler):
@@ -106,7 +100,7 @@ class HardBatchSampler(DefaultBatchSampler):
             seed=seed,
         )
         self.num_examples = n
-        self.world_size = int(world_size) if world_size is not None else default_world_size()
+        self.world_size = int(world_size) if world_size is not None else group_world_size()
         if self.world_size < 1:
             raise ConfigError(f"world_size must be >= 1, got {self.world_size}")
         self._resume_batches = 0

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from hardbatch.distributed import broadcast_from_rank0
 from hardbatch.errors import ConfigError, HardbatchError
 from hardbatch.graph.threshold import DEFAULT_QUANTILE_SAMPLE
 from hardbatch.mining.gcbs import GRAPH_METHODS, GCBSResult, mine_gcbs
@@ -254,14 +255,7 @@ class GCBSBatchSampler(HardBatchSampler):
         return batches
 
     def _broadcast(self, batches: list[list[int]]) -> list[list[int]]:
-        if not (self.sync_ranks and self.world_size > 1):
-            return batches
-        dist = torch.distributed
-        if not (dist.is_available() and dist.is_initialized()):
-            return batches
-        payload: list[Any] = [batches]
-        dist.broadcast_object_list(payload, src=0)
-        return payload[0]
+        return broadcast_from_rank0(batches) if self.sync_ranks else batches
 
     # ----------------------------------------------------------------- resumption
     def state_dict(self) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from hardbatch.distributed import broadcast_from_rank0
+
 __all__ = ["DistContext", "init_distributed"]
 
 
@@ -70,11 +72,7 @@ class DistContext:
 
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank."""
-        if not self.enabled:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return broadcast_from_rank0(obj) if self.enabled else obj
 
     def _collective_device(self) -> torch.device:
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")

@@ -270,23 +270,20 @@ class Trainer:
         The teacher is ``config.teacher``, else the starting model; cached under
         ``output_dir/teacher-embeddings``, written by rank 0 first so the other ranks read the cache.
         """
+        from hardbatch.distributed import rank0_first
         from hardbatch.embed import embed_pairs
 
         cfg = self.config
         teacher = cfg.teacher or (cfg.model if isinstance(cfg.model, str | Path) else self.model)
-        embeddings = None
-        for turn in ("main", "others"):
-            if (turn == "main") == ctx.is_main:
-                embeddings = embed_pairs(
-                    self.train_data,
-                    teacher,
-                    self.output_dir / "teacher-embeddings",
-                    batch_size=cfg.eval_batch_size,
-                    max_seq_length=cfg.max_seq_length,
-                    device=str(ctx.device),
-                )
-            ctx.barrier()
-        return embeddings
+        with rank0_first():
+            return embed_pairs(
+                self.train_data,
+                teacher,
+                self.output_dir / "teacher-embeddings",
+                batch_size=cfg.eval_batch_size,
+                max_seq_length=cfg.max_seq_length,
+                device=str(ctx.device),
+            )
 
     def _wrap_model(self, ctx: DistContext) -> torch.nn.Module:
         encoder = DualEncoder(self.model)
