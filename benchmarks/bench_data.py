@@ -20,11 +20,12 @@ import csv
 import io
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from hardbatch.machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results"
 FORMATS = (".jsonl", ".csv", ".parquet")
@@ -133,25 +134,13 @@ def bench_codesearch(packages: list[str]) -> list[dict]:
     return rows
 
 
-def machine() -> dict:
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "load_average_start": round(os.getloadavg()[0], 1),
-    }
-
-
 def markdown(result: dict) -> str:
     out = io.StringIO()
     m = result["machine"]
     out.write("# Pair loading and codesearch extraction\n\n")
     out.write(
         f"Machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}; load average at start "
-        f"{m['load_average_start']} (shared machine: compare ratios, not absolute times).\n\n"
+        f"{m['load_average_1m']} (shared machine: compare ratios, not absolute times).\n\n"
     )
     out.write("## load_pairs (read + validate) vs a naive reader without checks (best of 3)\n\n")
     out.write(
@@ -192,7 +181,7 @@ def main() -> None:
     os.environ.setdefault("HARDBATCH_PROGRESS", "0")
     from hardbatch.data import DEFAULT_PACKAGES
 
-    result = {"machine": machine()}
+    result = {"machine": describe_machine()}
     result["loading"] = bench_loading([int(s) for s in args.sizes.split(",")])
     packages = list(DEFAULT_PACKAGES) if args.full else args.packages.split(",")
     result["codesearch"] = bench_codesearch(packages)

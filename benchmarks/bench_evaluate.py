@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from hardbatch.machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -65,26 +66,12 @@ def spawn(num: int, dim: int, method: str, threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def machine() -> dict:
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": "cpu",
-        "load_average_at_start": os.getloadavg()[0],
-    }
-
-
 def markdown(rows: list[dict], info: dict) -> str:
     lines = [
         "# Retrieval evaluation: chunked exact search vs full score matrix",
         "",
-        f"Machine: {info['platform']}, {info['cpu_count']} CPUs, torch {info['torch']}, threads {info['threads']}; "
-        f"load average at start {info['load_average_at_start']:.1f} (shared machine: compare ratios, not absolute times).",
+        f"Machine: {info['platform']}, {info['cpus']} CPUs ({info['cpu']}), torch {info['torch']}, threads {info['threads']}; "
+        f"load average at start {info['load_average_1m']:.1f} (shared machine: compare ratios, not absolute times).",
         "",
         "| N (= Q) | method | chunk | score block MB | seconds | extra peak RSS MB | time naive/chunked | memory naive/chunked | mrr@10 |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -122,7 +109,7 @@ def main() -> None:
         print(json.dumps(run_one(int(num), int(dim), method, int(threads))))
         return
 
-    info = {**machine(), "threads": args.threads}
+    info = {**describe_machine(), "threads": args.threads}
     rows = []
     for num in (int(s) for s in args.sizes.split(",")):
         methods = ["chunked", "naive"] if num <= args.naive_max else ["chunked"]

@@ -19,7 +19,6 @@ plus the model.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from hardbatch.io import atomic_path, atomic_write, write_json
+from hardbatch.machine import describe_machine
 from hardbatch.progress import StageTimer
 
 __all__ = ["DEMO_PACKAGES", "DemoConfig", "DemoResult", "run_demo"]
@@ -182,7 +182,7 @@ def run_demo(config: DemoConfig, log: Any = print) -> DemoResult:
             "hardness": hardness,
             "seconds": seconds,
             "sizes": sizes,
-            "machine": _machine(),
+            "machine": describe_machine(),
         },
     )
     with atomic_write(out / "demo.md") as handle:
@@ -197,14 +197,8 @@ def _demo_data(config: DemoConfig) -> tuple[Any, Any]:
     packages = ",".join(config.packages)
     train = load_pairs(f"codesearch:train?packages={packages}")
     test = load_pairs(f"codesearch:test?packages={packages}")
-    return _subset(train, config.train_pairs, config.seed), _subset(test, config.test_pairs, config.seed)
-
-
-def _subset(dataset: Any, size: int | None, seed: int) -> Any:
-    if size is None or size >= len(dataset):
-        return dataset
-    keep = np.sort(np.random.default_rng([seed, 0xDE70]).choice(len(dataset), size=size, replace=False))
-    return dataset.subset(keep.tolist())
+    seed = [config.seed, 0xDE70]
+    return train.sample(config.train_pairs, seed), test.sample(config.test_pairs, seed)
 
 
 def _models(config: DemoConfig, out: Path) -> tuple[str, str]:
@@ -378,17 +372,3 @@ def _plot(
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
-
-
-def _machine() -> dict[str, Any]:
-    import platform
-
-    import torch
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }

@@ -31,9 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hardbatch.io import atomic_path, atomic_write, read_json, write_json
+from hardbatch.machine import describe_machine
 
 __all__ = ["GridConfig", "run_grid", "summarize_grid"]
 
@@ -118,8 +117,8 @@ def run_grid(
     work = Path(config.work_dir)
     (work / "cells").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    train = _subset(load_pairs(config.train_data), config.train_pairs, 0x7A1)
-    test = _subset(load_pairs(config.test_data), config.test_pairs, 0x7E5)
+    train = load_pairs(config.train_data).sample(config.train_pairs, [0, 0x7A1])
+    test = load_pairs(config.test_data).sample(config.test_pairs, [0, 0x7E5])
     log(f"data: {len(train)} train pairs, {len(test)} test queries; every cell sees {config.seen} pairs")
     teacher = config.teacher or config.model
     embeddings = embed_pairs(
@@ -145,13 +144,6 @@ def run_grid(
     summary = summarize_grid(config, frozen, hardness)
     summary["seconds_this_run"] = round(time.perf_counter() - started, 1)
     return summary
-
-
-def _subset(dataset: Any, size: int | None, salt: int) -> Any:
-    if size is None or size >= len(dataset):
-        return dataset
-    keep = np.sort(np.random.default_rng([0, salt]).choice(len(dataset), size=size, replace=False))
-    return dataset.subset(keep.tolist())
 
 
 def _frozen_metrics(config: GridConfig, test: Any, work: Path) -> dict[str, float]:
@@ -327,7 +319,7 @@ def summarize_grid(
         "frozen": frozen,
         "cells": cells,
         "findings": _findings(cells),
-        "machine": _machine(),
+        "machine": describe_machine(),
     }
 
 
@@ -456,18 +448,3 @@ def _plot_grid(summary: dict[str, Any], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-
-
-def _machine() -> dict[str, Any]:
-    import platform
-
-    import torch
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }

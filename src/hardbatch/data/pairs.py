@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hardbatch.errors import DataError, require
@@ -166,6 +167,23 @@ class PairDataset(torch.utils.data.Dataset):
         return max((len(row) for row in self.negatives), default=0) if self.negatives is not None else 0
 
     # ------------------------------------------------------------------ transformations
+    def sample(self, size: int | None, seed: int | Sequence[int]) -> PairDataset:
+        """``size`` rows drawn without replacement, kept in their original order (``self`` if size >= N).
+
+        Args:
+            size: rows to keep; ``None`` keeps all.
+            seed: seed (or seed sequence) of ``numpy.random.default_rng``; the same seed gives the same rows.
+
+        Example:
+            >>> PairDataset(["a", "b", "c"], ["x", "y", "z"]).sample(2, seed=0).queries
+            ['b', 'c']
+        """
+        if size is None or size >= len(self):
+            return self
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(len(self), size=int(size), replace=False))
+        return self.subset(keep.tolist())
+
     def subset(self, indices: Iterable[int], name: str | None = None) -> PairDataset:
         """A new dataset with the rows at ``indices`` (in that order; O(len(indices))).
 

@@ -25,7 +25,7 @@ from hardbatch.errors import DataError, StaleCacheError
 from hardbatch.io import atomic_path, read_json, write_json
 from hardbatch.validation import check_embeddings
 
-__all__ = ["FORMAT", "load_embeddings", "read_cache", "save_embeddings", "sidecar_path"]
+__all__ = ["FORMAT", "as_embeddings", "load_embeddings", "read_cache", "save_embeddings", "sidecar_path"]
 
 FORMAT = "hardbatch.embeddings/1"
 # Fields that must match for a cache to be reused (the rest of the sidecar is informational).
@@ -75,6 +75,32 @@ def load_embeddings(
     if array.dtype != np.float32:
         array = np.asarray(array, dtype=np.float32)
     return array
+
+
+def as_embeddings(
+    value: np.ndarray | Any | str | os.PathLike[str],
+    name: str,
+    rows: int | None = None,
+    dim: int | None = None,
+) -> np.ndarray:
+    """An (N, d) float32 matrix from an array, a tensor or a ``.npy`` path (via :func:`load_embeddings`).
+
+    Args:
+        value: a numpy array, a torch tensor, or the path of a ``.npy`` file (memory-mapped).
+        name: what the matrix is (``query_emb``...), named in errors about in-memory values.
+        rows: expected number of rows, or None.
+        dim: expected dimension, or None.
+
+    Raises:
+        DataError: missing or unreadable file, wrong shape, non-float or non-finite values.
+    """
+    if isinstance(value, str | os.PathLike):
+        return load_embeddings(value, rows=rows, dim=dim)
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().float().numpy()
+    array = np.asarray(value)
+    check_embeddings(array, name, rows=rows, dim=dim)
+    return array if array.dtype == np.float32 else array.astype(np.float32)
 
 
 def cache_key(

@@ -13,12 +13,12 @@ All helpers are O(b·m·d) copies at most.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import torch
 
 from hardbatch.errors import ConfigError
+from hardbatch.ids import stable_ids
 
 __all__ = ["grouped_keys", "grouped_labels", "stacked_keys", "stacked_labels", "text_ids"]
 
@@ -116,7 +116,7 @@ def grouped_keys(
 
 
 def text_ids(texts: Sequence[str], device: torch.device | str | None = None) -> torch.Tensor:
-    """Stable 63-bit ids of texts (blake2b of the UTF-8 bytes): equal texts get equal ids.
+    """Stable 63-bit ids of texts (:func:`hardbatch.ids.stable_ids`) as a tensor: equal texts, equal ids.
 
     Use them as ``query_ids`` (the id of each query's positive text) and ``key_ids`` (the id of every key
     text) to mask in-batch duplicates of a positive. O(total text length).
@@ -126,8 +126,4 @@ def text_ids(texts: Sequence[str], device: torch.device | str | None = None) -> 
         >>> bool(ids[0] == ids[2]), bool(ids[0] == ids[1])
         (True, False)
     """
-    values = [
-        int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") >> 1
-        for text in texts
-    ]
-    return torch.tensor(values, dtype=torch.int64, device=device)
+    return torch.from_numpy(stable_ids(texts)).to(device)

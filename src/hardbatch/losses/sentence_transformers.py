@@ -9,7 +9,6 @@ duplicate texts. Memory: O(b·(1+m)·d) embeddings + one mini-batch of activatio
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardbatch.errors import ConfigError
+from hardbatch.ids import stable_ids
 from hardbatch.losses.gradcache import cached_loss
 from hardbatch.losses.info_nce import info_nce
 from hardbatch.losses.layouts import stacked_keys
@@ -51,11 +51,7 @@ def _text_ids(features: dict[str, Tensor]) -> Tensor:
     """One id per row from its non-padding token ids: identical texts (same tokenizer) share an id."""
     ids, mask = features["input_ids"], features.get("attention_mask")
     rows = ids.tolist() if mask is None else [row[m.bool()].tolist() for row, m in zip(ids, mask)]
-    values = [
-        int.from_bytes(hashlib.blake2b(repr(tokens).encode(), digest_size=8).digest(), "little") >> 1
-        for tokens in rows
-    ]
-    return torch.tensor(values, dtype=torch.int64, device=ids.device)
+    return torch.from_numpy(stable_ids(repr(tokens) for tokens in rows)).to(ids.device)
 
 
 class HardbatchInfoNCELoss(nn.Module):

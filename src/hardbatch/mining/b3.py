@@ -37,6 +37,7 @@ from hardbatch.graph.knn import knn as run_knn
 from hardbatch.graph.partition import balanced_clusters
 from hardbatch.graph.rank_window import filter_window, graph_stats, mutual_graph, rank_window, window_matrix
 from hardbatch.graph.similarity import as_tensor
+from hardbatch.ids import stable_ids
 from hardbatch.mining.plan import BatchPlan, input_hashes
 from hardbatch.progress import StageTimer, peak_rss_mb
 from hardbatch.validation import check_batch_size, check_embeddings, check_same_length
@@ -59,8 +60,7 @@ def _source_codes(sources: Sequence[Any] | np.ndarray, num_examples: int) -> tup
 
 def _text_ids(texts: Sequence[str], num_examples: int) -> np.ndarray:
     check_same_length(examples=num_examples, positive_texts=len(texts))
-    lookup: dict[str, int] = {}
-    return np.fromiter((lookup.setdefault(t, len(lookup)) for t in texts), dtype=np.int64, count=len(texts))
+    return stable_ids(texts)
 
 
 def _positive_scores(

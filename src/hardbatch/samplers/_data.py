@@ -8,18 +8,12 @@ through ``__getitem__`` when a columnar path exists).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from hardbatch.errors import ConfigError
 
-from hardbatch.errors import ConfigError, DataError
-from hardbatch.validation import check_embeddings
-
-__all__ = ["dataset_sources", "dataset_text_columns", "load_embedding_array", "query_positive_texts"]
+__all__ = ["dataset_sources", "dataset_text_columns", "query_positive_texts"]
 
 #: Columns that never hold example text (sentence-transformers excludes ``dataset_name`` too).
 _NON_TEXT_COLUMNS = {"dataset_name", "id", "source"}
@@ -104,28 +98,3 @@ def dataset_sources(dataset: Any, column: str = "source") -> list[str] | None:
     if dataset is not None and len(dataset) and isinstance(dataset[0], dict) and column in dataset[0]:
         return [str(dataset[i][column]) for i in range(len(dataset))]
     return None
-
-
-def load_embedding_array(
-    value: np.ndarray | torch.Tensor | str | os.PathLike[str], name: str, rows: int
-) -> np.ndarray:
-    """An (N, d) float32 matrix from an array, a tensor or a ``.npy`` path (memory-mapped), validated.
-
-    Raises:
-        DataError: wrong shape, non-float or non-finite values (names the file or argument and the row).
-    """
-    label = name
-    if isinstance(value, str | os.PathLike):
-        path = Path(value)
-        if not path.exists():
-            raise FileNotFoundError(f"{name}: file not found: {path}")
-        label = str(path)
-        try:
-            value = np.load(path, mmap_mode="r")
-        except ValueError as exc:
-            raise DataError(f"{path}: not a .npy array ({exc})") from exc
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().float().numpy()
-    array = np.asarray(value)
-    check_embeddings(array, label, rows=rows)
-    return array if array.dtype == np.float32 else array.astype(np.float32)

@@ -36,10 +36,11 @@ import numpy as np
 import torch
 
 from hardbatch.distributed import broadcast_from_rank0
+from hardbatch.embed.cache import as_embeddings
 from hardbatch.errors import ConfigError, HardbatchError
 from hardbatch.graph.threshold import DEFAULT_QUANTILE_SAMPLE
 from hardbatch.mining.gcbs import GRAPH_METHODS, GCBSResult, mine_gcbs
-from hardbatch.samplers._data import load_embedding_array, query_positive_texts
+from hardbatch.samplers._data import query_positive_texts
 from hardbatch.samplers.base import HardBatchSampler
 
 if TYPE_CHECKING:
@@ -163,8 +164,8 @@ class GCBSBatchSampler(HardBatchSampler):
         if quantile is not None and target_degree is not None:
             raise ConfigError("give either quantile or target_degree, not both")
         if fixed:
-            q = load_embedding_array(query_emb, "query_emb", self.num_examples)  # type: ignore[arg-type]
-            p = load_embedding_array(positive_emb, "positive_emb", self.num_examples)  # type: ignore[arg-type]
+            q = as_embeddings(query_emb, "query_emb", self.num_examples)  # type: ignore[arg-type]
+            p = as_embeddings(positive_emb, "positive_emb", self.num_examples)  # type: ignore[arg-type]
             embed_fn = _fixed(q, p)
         self.embed_fn: EmbedFn = embed_fn  # type: ignore[assignment]
         self.quantile = quantile

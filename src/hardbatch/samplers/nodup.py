@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from hardbatch.errors import ConfigError
+from hardbatch.ids import stable_ids
 from hardbatch.samplers._data import dataset_text_columns
 from hardbatch.samplers.base import HardBatchSampler
 
@@ -45,15 +46,13 @@ def text_ids(columns: list[list[list[str]]]) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(indptr (N + 1,) int64, ids (total,) int64)``; equal texts get equal ids.
     """
-    vocabulary: dict[str, int] = {}
     n = len(columns[0]) if columns else 0
+    rows = [sorted({text for column in columns for text in column[i]}) for i in range(n)]
     indptr = np.zeros(n + 1, dtype=np.int64)
-    ids: list[int] = []
-    for i in range(n):
-        row = {vocabulary.setdefault(text, len(vocabulary)) for column in columns for text in column[i]}
-        ids.extend(row)
-        indptr[i + 1] = len(ids)
-    return indptr, np.asarray(ids, dtype=np.int64)
+    np.cumsum([len(row) for row in rows], out=indptr[1:])
+    hashed = stable_ids(text for row in rows for text in row)
+    # Dense ids (0..distinct-1) so callers can count them with bincount.
+    return indptr, np.unique(hashed, return_inverse=True)[1].astype(np.int64).reshape(-1)
 
 
 class NoDuplicatesBatchSampler(HardBatchSampler):

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from hardbatch.embed.cache import as_embeddings
 from hardbatch.errors import ConfigError
-from hardbatch.samplers._data import load_embedding_array
 from hardbatch.samplers.grouped import GroupedBatchSampler, Leftover
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ class TopicBatchSampler(GroupedBatchSampler):
         if self._labels is not None and self._labels.shape != (self.num_examples,):
             raise ConfigError(f"labels: expected {self.num_examples} values, got shape {self._labels.shape}")
         self._query_emb = (
-            None if query_emb is None else load_embedding_array(query_emb, "query_emb", self.num_examples)
+            None if query_emb is None else as_embeddings(query_emb, "query_emb", self.num_examples)
         )
         default_k = max(1, self.num_examples // (8 * self.batch_size * self.world_size))
         self.n_clusters = int(n_clusters) if n_clusters is not None else default_k

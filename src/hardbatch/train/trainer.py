@@ -557,10 +557,8 @@ def _load_dataset(spec: Any, limit: int | None, subset_seed: int, what: str) -> 
     from hardbatch.data import load_pairs
 
     dataset = load_pairs(spec) if isinstance(spec, str | Path) else spec
-    if limit is not None and limit < len(dataset):
-        rng = np.random.default_rng([subset_seed, 0x5EB5E7])
-        keep = np.sort(rng.choice(len(dataset), size=limit, replace=False))
-        dataset = dataset.subset(keep.tolist())
+    if limit is not None:
+        dataset = dataset.sample(limit, [subset_seed, 0x5EB5E7])
     if len(dataset) == 0:
         raise ConfigError(f"the {what} data is empty")
     return dataset

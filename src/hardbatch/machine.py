@@ -1,0 +1,80 @@
+"""What machine a figure came from: recorded with every benchmark, demo and experiment result.
+
+Machines of the same size differ ~3× in speed and some CPUs have fast bf16 (AMX) while others do not, so a
+timing means little without the machine it was taken on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["cpu_flags", "cpu_model", "describe_machine"]
+
+#: CPU flags that decide which precision is fast (see docs/losses.md, docs/b3.md).
+_PRECISION_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` reports."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags (``lscpu``'s Flags), empty where ``/proc/cpuinfo`` is not available."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def describe_machine(packages: Iterable[str] = ()) -> dict[str, Any]:
+    """A JSON-ready description of this machine and software, for result files.
+
+    Args:
+        packages: extra modules whose versions to record (e.g. ``("faiss", "pymetis")``); a missing one is
+            recorded as ``None``.
+
+    Returns:
+        platform, CPU model and count, the precision-relevant CPU flags present, torch version, threads,
+        CUDA device name (or None), numpy and Python versions, the 1-minute load average, and the
+        requested package versions.
+    """
+    import numpy as np
+    import torch
+
+    flags = cpu_flags()
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "cpu_flags": [flag for flag in _PRECISION_FLAGS if flag in flags],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "numpy": np.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+    for name in packages:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            info[name] = None
+            continue
+        info[name] = str(getattr(module, "__version__", getattr(module, "version", "?")))
+    return info
