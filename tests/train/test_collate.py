@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hardbatch.errors import DataError
-from hardbatch.train.collate import PairCollator, slice_features
+from hardbatch.train.collate import PairCollator
 
 
 def _tokenize(texts):
@@ -50,13 +50,6 @@ def test_empty_batch_and_bad_rows_are_errors():
         PairCollator(_tokenize)([])
     with pytest.raises(DataError, match="'positive'"):
         PairCollator(_tokenize)([{"query": "q", "positive": "", "id": "x"}])
-
-
-def test_slice_features_keeps_non_tensors():
-    features = {"input_ids": torch.arange(6).reshape(3, 2), "text_keys": ["a"]}
-    part = slice_features(features, 1, 3)
-    assert part["input_ids"].tolist() == [[2, 3], [4, 5]]
-    assert part["text_keys"] == ["a"]
 
 
 def test_real_tokenizer(tiny_model):

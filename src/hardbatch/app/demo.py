@@ -19,7 +19,7 @@ plus the model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,6 @@ class DemoConfig:
     scale: float = 20.0
     seed: int = 0
     tiny: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def tiny_config(cls, output_dir: str) -> DemoConfig:

@@ -27,7 +27,7 @@ import torch
 from hardbatch.errors import DataError
 from hardbatch.losses.layouts import text_ids
 
-__all__ = ["PairCollator", "TokenizedPairs", "slice_features"]
+__all__ = ["PairCollator", "TokenizedPairs"]
 
 Features = dict[str, Any]
 
@@ -128,14 +128,6 @@ class PairCollator:
                     "(set num_negatives lower or fix the data)"
                 )
         return [neg[:wanted] for neg in per_row]
-
-
-def slice_features(features: Features, start: int, end: int) -> Features:
-    """Rows ``start:end`` of every tensor in a feature dict (other values are passed through)."""
-    return {
-        key: value[start:end] if isinstance(value, torch.Tensor) and value.dim() > 0 else value
-        for key, value in features.items()
-    }
 
 
 def _features_to(features: Features, device: torch.device | str) -> Features:

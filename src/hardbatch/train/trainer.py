@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from hardbatch.errors import ConfigError
-from hardbatch.io import read_json, write_json
+from hardbatch.io import write_json
 from hardbatch.train.checkpoint import (
     Checkpoint,
     capture_rng_state,
@@ -299,8 +299,6 @@ class Trainer:
         precision = self.config.precision
         if precision == "fp32" or (precision == "auto" and ctx.device.type != "cuda"):
             return None
-        if ctx.device.type == "cpu" and precision == "bf16":
-            return torch.bfloat16
         return torch.bfloat16
 
     # ------------------------------------------------------------------ the loop
@@ -400,9 +398,9 @@ class Trainer:
             rng = capture_rng_state()  # evaluation must not shift the training RNG streams
             self.model.eval()
             try:
-                metrics = evaluate_pairs(
-                    self.model, self.eval_data, batch_size=self.config.eval_batch_size, device=ctx.device
-                )
+                from hardbatch.evaluate import evaluate_model
+
+                metrics = evaluate_model(self.model, self.eval_data, batch_size=self.config.eval_batch_size)
             finally:
                 self.model.train()
                 restore_rng_state(rng)
@@ -532,18 +530,6 @@ class Trainer:
 def train(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Run :class:`Trainer` with ``config``; see :class:`TrainConfig` for every option."""
     return Trainer(config, callbacks).fit()
-
-
-def evaluate_pairs(model: Any, dataset: Any, *, batch_size: int = 64, device: Any = None) -> dict[str, float]:
-    """Retrieval metrics of ``model`` on ``dataset`` (queries against the set of its positives)."""
-    from hardbatch.evaluate import evaluate_model
-
-    return evaluate_model(model, dataset, batch_size=batch_size)
-
-
-def load_result(run_dir: str | Path) -> dict[str, Any]:
-    """The ``result.json`` of a finished run."""
-    return read_json(Path(run_dir) / "result.json")
 
 
 # ---------------------------------------------------------------------- helpers
