@@ -87,8 +87,18 @@ class _SamplerRegistry(Mapping[str, type]):
     def __repr__(self) -> str:
         return f"SAMPLERS({', '.join(self._entries)})"
 
+    def register(self, name: str, entry: type | str) -> None:
+        """Add a sampler from outside hardbatch: a class or a ``"module:Class"`` string (imported lazily).
 
-SAMPLERS: Mapping[str, type] = _SamplerRegistry(
+        Raises:
+            ConfigError: ``name`` is taken.
+        """
+        if name in self._entries:
+            raise ConfigError(f"a sampler named {name!r} is already registered")
+        self._entries[name] = entry
+
+
+SAMPLERS: _SamplerRegistry = _SamplerRegistry(
     {
         "random": RandomBatchSampler,
         "nodup": NoDuplicatesBatchSampler,
