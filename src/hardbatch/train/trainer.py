@@ -255,8 +255,8 @@ class Trainer:
         if cfg.resume and not cfg.overwrite and marked and "result.json" in ours:
             return {"finished": read_json(root / "result.json")}
         if not cfg.overwrite:
-            if foreign or (ours and not marked):
-                shown = ", ".join((foreign or ours)[:5])
+            if not marked and (foreign or ours):
+                shown = ", ".join(sorted({*foreign, *ours})[:5])
                 raise ConfigError(
                     f"{root} is not empty ({shown}) and was not created by `hardbatch train`; choose an "
                     "empty or new --output-dir, or pass --overwrite to write into it (only hardbatch's own "
