@@ -105,7 +105,7 @@ def load_embedding_array(
             raise FileNotFoundError(f"{name}: file not found: {path}")
         label = str(path)
         try:
-            value = np.load(path, mmap_mode="r")
+            value = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as exc:
             raise DataError(f"{path}: not a .npy array ({exc})") from exc
     if isinstance(value, torch.Tensor):
