@@ -42,3 +42,7 @@ def require(module: str, extra: str, purpose: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(module, extra, purpose) from exc
+
+
+class TrainingDivergedError(HardbatchError):
+    """Training produced a non-finite loss, gradient or weight (usually a learning rate that is too high)."""

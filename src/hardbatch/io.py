@@ -3,6 +3,10 @@
 Everything we write (embedding caches, batch plans, metrics) goes through :func:`atomic_write` so a crash
 never leaves a half-written file that a later run would trust, and carries a hash of its inputs
 (:func:`hash_texts`, :func:`hash_array`) so a stale artefact is detected instead of reused.
+
+Permissions: a new file gets ``0o666 & ~umask`` (what ``open()`` would give, not ``mkstemp``'s private
+0600), and a file that is replaced keeps its permission bits, so others on a shared file system can read
+what they could read before.
 """
 
 from __future__ import annotations
@@ -18,7 +22,15 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "atomic_write", "hash_array", "hash_texts", "read_json", "write_json"]
+__all__ = [
+    "atomic_path",
+    "atomic_write",
+    "current_umask",
+    "hash_array",
+    "hash_texts",
+    "read_json",
+    "write_json",
+]
 
 
 @contextlib.contextmanager
@@ -31,14 +43,35 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
     tmp_path = Path(tmp)
     try:
+        try:
+            try:
+                mode = target.stat().st_mode & 0o7777  # replacing a file never changes who may read it
+            except FileNotFoundError:
+                mode = 0o666 & ~current_umask()
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
         yield tmp_path
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux ``/proc``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager

@@ -13,11 +13,11 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["StageTimer", "peak_rss_mb", "progress", "progress_enabled"]
+__all__ = ["StageTimer", "StepProgress", "peak_rss_mb", "progress", "progress_enabled", "step_progress"]
 
 
 def progress_enabled(show: bool | None = None) -> bool:
@@ -35,7 +35,6 @@ def progress(
         return
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
-    # rich is loaded only when a bar is drawn, so importing the library never pulls it in.
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -58,6 +57,63 @@ def progress(
         for item in items:
             yield item
             bar.advance(task)
+
+
+class StepProgress:
+    """Handle of :func:`step_progress`: call :meth:`advance` once per optimiser step."""
+
+    def __init__(self, bar: Any = None, task: Any = None, items_per_step: int = 1) -> None:
+        self._bar, self._task, self._items = bar, task, items_per_step
+        self._seconds = 0.0
+        self._steps = 0
+
+    def advance(self, *, loss: float, lr: float, seconds: float) -> None:
+        """One more step done: ``loss`` (mean over ranks), current ``lr``, and the step's wall ``seconds``."""
+        self._steps += 1
+        self._seconds += seconds
+        if self._bar is None:
+            return
+        rate = self._steps * self._items / self._seconds if self._seconds > 0 else 0.0
+        self._bar.update(self._task, advance=1, loss=f"{loss:.4f}", lr=f"{lr:.2e}", rate=f"{rate:,.0f}")
+
+
+@contextlib.contextmanager
+def step_progress(
+    description: str,
+    *,
+    total: int,
+    completed: int = 0,
+    items_per_step: int = 1,
+    show: bool | None = None,
+) -> Iterator[StepProgress]:
+    """A bar over training steps showing loss, learning rate and pairs/s (rich, loaded only when shown).
+
+    Args:
+        description: label, e.g. ``"epoch 1/3"``.
+        total: steps in the epoch; completed: steps already done (after a resume).
+        items_per_step: training pairs per step over all ranks (for pairs/s).
+        show: force on/off; ``None`` follows ``HARDBATCH_PROGRESS``.
+
+    Example:
+        >>> with step_progress("epoch 1/1", total=2, show=False) as bar:
+        ...     bar.advance(loss=1.0, lr=1e-3, seconds=0.1)
+    """
+    if not progress_enabled(show):
+        yield StepProgress(items_per_step=items_per_step)
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[rate]} pairs/s"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(file=sys.stderr), transient=False) as bar:
+        task = bar.add_task(description, total=total, completed=completed, loss="-", lr="-", rate="-")
+        yield StepProgress(bar, task, items_per_step)
 
 
 def peak_rss_mb() -> float:

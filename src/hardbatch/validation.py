@@ -19,11 +19,23 @@ def check_embeddings(
     rows: int | None = None,
     dim: int | None = None,
     chunk_rows: int = 65536,
+    allow_zero_rows: bool = False,
 ) -> None:
-    """Raise :class:`DataError` unless ``array`` is a finite 2-D float matrix of the expected shape.
+    """Raise :class:`DataError` unless ``array`` is a finite, non-degenerate 2-D float matrix.
+
+    Degenerate means: dimension 0 (nothing to compare), or a row of norm 0 (its cosine similarity to
+    anything is undefined, and all-zero embeddings would give random "hard" batches); rows of norm 0 are
+    accepted only with ``allow_zero_rows=True``.
 
     ``name`` is how the user knows the array (a file path or "query embeddings"); it starts the message.
-    Finiteness is checked in chunks so a memory-mapped file is never fully loaded.
+    Finiteness and norms are checked in chunks so a memory-mapped file is never fully loaded: O(N · d)
+    time, O(chunk_rows · d) memory.
+
+    Example:
+        >>> check_embeddings(np.zeros((3, 0), dtype=np.float32), "emb.npy")
+        Traceback (most recent call last):
+        ...
+        hardbatch.errors.DataError: emb.npy: embedding dimension is 0 (shape (3, 0))
     """
     shape = tuple(array.shape)
     if len(shape) != 2:
@@ -34,6 +46,8 @@ def check_embeddings(
         raise DataError(f"{name}: expected dimension {dim}, got {shape[1]}")
     if shape[0] == 0:
         raise DataError(f"{name}: no rows")
+    if shape[1] == 0:
+        raise DataError(f"{name}: embedding dimension is 0 (shape {shape})")
     is_float = (
         array.dtype.is_floating_point
         if isinstance(array, torch.Tensor)
@@ -55,6 +69,20 @@ def check_embeddings(
                 else start + int(np.flatnonzero(~finite)[0])
             )
             raise DataError(f"{name}: row {bad} contains NaN or inf")
+        if allow_zero_rows:
+            continue
+        zero = (
+            (block == 0).all(dim=1).cpu().numpy()
+            if isinstance(block, torch.Tensor)
+            else (np.asarray(block) == 0).all(axis=1)
+        )
+        if zero.any():
+            first = start + int(np.flatnonzero(zero)[0])
+            count = int(zero.sum())
+            raise DataError(
+                f"{name}: row {first} is all zeros (norm 0; {count} such rows in rows {start}-"
+                f"{start + len(zero) - 1}), so its similarities are undefined; re-embed or drop those rows"
+            )
 
 
 def check_same_length(**sizes: int) -> None:

@@ -306,3 +306,22 @@ def test_load_pairs_codesearch_spec(fake_package, tmp_path, monkeypatch):
     assert 0 < len(train) <= 20 and train.name == "codesearch-train"
     assert all(source == "fakepkg" for source in train.sources)
     assert any((tmp_path / "cache").glob("codesearch-*/train.parquet"))
+
+
+def test_a_dotted_package_is_located_without_importing_its_parent(tmp_path, monkeypatch):
+    """``packages=a.b`` must not run ``a/__init__.py`` (``torchrun -m`` puts the cwd on ``sys.path``)."""
+    import sys
+
+    from hardbatch.data.codesearch import discover_files
+
+    marker = tmp_path / "imported"
+    package = tmp_path / "trapdoor_pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    (package / "sub" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    (package / "sub" / "tools.py").write_text('def f(x):\n    """Double x."""\n    return 2 * x\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    files = discover_files("trapdoor_pkg.sub")
+    assert sorted(f.module for f in files) == ["trapdoor_pkg.sub", "trapdoor_pkg.sub.tools"]
+    assert not marker.exists() and "trapdoor_pkg" not in sys.modules
+    assert discover_files("trapdoor_pkg.missing") is None and not marker.exists()

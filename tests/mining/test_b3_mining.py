@@ -126,7 +126,8 @@ def test_hashes_determinism_and_torch_input():
 
 def test_tiny_groups_and_huge_skip_give_an_empty_graph():
     query, positive, _ = planted(groups=4, size=8)
-    plan = mine_b3(query, positive, batch_size=8, cluster_size=8, skip=500, window=10, device="cpu")
+    with pytest.warns(UserWarning, match=r"has no edges \(skip=500, window=10"):
+        plan = mine_b3(query, positive, batch_size=8, cluster_size=8, skip=500, window=10, device="cpu")
     assert plan.stats["graph"]["directed_edges"] == 0 and plan.num_clusters == 4
 
 

@@ -66,3 +66,32 @@ def test_inspect_reports_bad_input_in_one_line(tmp_path):
     result = CliRunner().invoke(app, ["inspect", "--data", str(data), "--query-emb", str(q)])
     assert result.exit_code != 0
     assert "both --query-emb and --positive-emb" in str(result.exception) + result.output
+
+
+def test_inspect_refuses_a_plan_mined_on_other_data_of_the_same_size(tmp_path):
+    data, q, p = _write_data(tmp_path)
+    runner = CliRunner()
+    emb = ["--query-emb", str(q), "--positive-emb", str(p)]
+    plan = tmp_path / "gcbs.parquet"
+    mined = runner.invoke(app, ["mine", "gcbs", str(data), "-o", str(plan), "-b", "16", "--target-degree", "16",
+                                "--device", "cpu", *emb])  # fmt: skip
+    assert mined.exit_code == 0, mined.output
+    other = tmp_path / "other.jsonl"
+    other.write_text(data.read_text().replace("answer", "reply"))
+    args = [
+        "inspect",
+        "--data",
+        str(other),
+        "-o",
+        str(tmp_path / "out"),
+        "-b",
+        "16",
+        "--plan",
+        str(plan),
+        *emb,
+    ]
+    result = runner.invoke(app, args)
+    from hardbatch.errors import StaleCacheError
+
+    assert isinstance(result.exception, StaleCacheError), result.output
+    assert "gcbs.parquet is stale: its dataset hash" in str(result.exception)

@@ -69,3 +69,44 @@ def test_rng_round_trip():
     first = (random.random(), np.random.rand(), torch.rand(1).item())
     restore_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+class _Payload:
+    """A pickle that creates a file when unpickled (what a crafted trainer_state.pt would do)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_a_crafted_trainer_state_is_refused_not_executed(tmp_path):
+    from hardbatch.errors import DataError
+
+    checkpoint = save_checkpoint(tmp_path, 1, _FakeModel(), {"step": 1})
+    marker = tmp_path / "pwned"
+    torch.save({"format": 1, "trainer": _Payload(str(marker))}, checkpoint.state_path)
+    with pytest.raises(DataError, match="never unpickled"):
+        load_trainer_state(checkpoint)
+    assert not marker.exists()
+
+
+def test_a_truncated_trainer_state_is_a_data_error(tmp_path):
+    from hardbatch.errors import DataError
+
+    checkpoint = save_checkpoint(tmp_path, 1, _FakeModel(), {"step": 1, "w": torch.ones(1000)})
+    data = checkpoint.state_path.read_bytes()
+    checkpoint.state_path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"trainer_state\.pt"):
+        load_trainer_state(checkpoint)
+
+
+def test_rng_state_survives_a_weights_only_round_trip(tmp_path):
+    random.random(), np.random.rand(), np.random.randn()  # leaves a cached gaussian in numpy's state
+    checkpoint = save_checkpoint(tmp_path, 1, _FakeModel(), {"rng": [capture_rng_state()]})
+    first = (random.random(), np.random.rand(), np.random.randn(), torch.rand(1).item())
+    restore_rng_state(load_trainer_state(checkpoint)["rng"][0])
+    assert (random.random(), np.random.rand(), np.random.randn(), torch.rand(1).item()) == first

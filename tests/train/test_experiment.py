@@ -83,3 +83,45 @@ def test_one_seed_cells_have_no_spread(tmp_path):
     assert finding["holds"] is True and finding["beyond_1_std"] is None
     table = format_grid(summary)
     assert "0.5500 (1 seed)" in table and "0.5750 ± 0.0071" in table
+
+
+def test_the_plan_cache_re_mines_for_another_window_seed_or_teacher(tmp_path, train_pairs):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from hardbatch.app.experiment import _plan
+
+    rng = np.random.default_rng(0)
+    teacher_a = SimpleNamespace(
+        query=rng.standard_normal((32, 8)).astype(np.float32),
+        positive=rng.standard_normal((32, 8)).astype(np.float32),
+    )
+    teacher_b = SimpleNamespace(query=teacher_a.query[::-1].copy(), positive=teacher_a.positive[::-1].copy())
+    config = GridConfig(cluster_size=4, skip=1, window=8)
+    first = _plan(config, teacher_a, train_pairs, 8, tmp_path)
+    path = tmp_path / "b3-plan-b8.parquet"
+    stamp = path.stat().st_mtime_ns
+    assert _plan(config, teacher_a, train_pairs, 8, tmp_path).fingerprint == first.fingerprint
+    assert path.stat().st_mtime_ns == stamp  # reused, not re-mined
+    wider = _plan(replace(config, window=4), teacher_a, train_pairs, 8, tmp_path)
+    assert wider.params["window"] == 4
+    other_teacher = _plan(config, teacher_b, train_pairs, 8, tmp_path)
+    assert other_teacher.hashes["query_emb"] != first.hashes["query_emb"]
+    assert other_teacher.num_examples == 32
+
+
+def test_check_matches_compares_mining_parameters(tmp_path):
+    import numpy as np
+
+    from hardbatch.errors import StaleCacheError
+    from hardbatch.mining import mine_b3
+
+    emb = np.random.default_rng(1).standard_normal((16, 4)).astype(np.float32)
+    plan = mine_b3(
+        emb, emb, batch_size=4, cluster_size=2, skip=0, window=4, device="cpu", show_progress=False
+    )
+    plan.check_matches(params={"window": 4, "seed": 0, "batch_size": 4})
+    with pytest.raises(StaleCacheError, match=r"mined with other parameters \(window: 4 \(plan\) != 30"):
+        plan.check_matches(params={"window": 30, "seed": 0})

@@ -105,23 +105,37 @@ def test_gradient_cache_matches_direct_training(tmp_path, train_pairs, tiny_mode
         torch.testing.assert_close(finals["cached"][key], value, atol=2e-6, rtol=1e-4)
 
 
+# The resumption tests cover every sampler whose epoch depends on more than (seed, epoch): GCBS re-mines
+# with the model being trained (its interrupted epoch must come from the checkpoint, not be recomputed),
+# B3 with B3++ negatives from a plan mined from teacher embeddings, topic from k-means on them.
+RESUME_SAMPLERS = ("random", "gcbs", "b3", "topic")
+_REFERENCE_RUNS: dict[str, object] = {}
+
+
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, pairs_files, tiny_model_dir):
-    """An uninterrupted 2-epoch run from files: the target of the resumption tests."""
-    root = tmp_path_factory.mktemp("reference")
-    config = _resume_config(root / "run", pairs_files, tiny_model_dir)
-    torch.set_num_threads(1)
-    train(config)
-    return root / "run"
+def reference_runs(tmp_path_factory, pairs_files, tiny_model_dir):
+    """Uninterrupted 2-epoch runs from files (one per sampler, made on first use): the resumption targets."""
+
+    def get(sampler):
+        if sampler not in _REFERENCE_RUNS:
+            root = tmp_path_factory.mktemp(f"reference-{sampler}")
+            torch.set_num_threads(1)
+            train(_resume_config(root / "run", pairs_files, tiny_model_dir, sampler=sampler))
+            _REFERENCE_RUNS[sampler] = root / "run"
+        return _REFERENCE_RUNS[sampler]
+
+    yield get
+    _REFERENCE_RUNS.clear()
 
 
-def _resume_config(output_dir, pairs_files, model, **overrides):
+def _resume_config(output_dir, pairs_files, model, sampler="random", **overrides):
     settings = dict(
         data=str(pairs_files["train"]),
         eval_data=str(pairs_files["eval"]),
         output_dir=str(output_dir),
         model=str(model),
-        sampler="random",
+        sampler=sampler,
+        sampler_options=SAMPLER_OPTIONS[sampler],
         batch_size=8,
         epochs=2,
         lr=1e-3,
@@ -140,25 +154,30 @@ class _Crash(RuntimeError):
     pass
 
 
-def test_resume_after_a_crash_is_exact(tmp_path, reference_run, pairs_files, tiny_model_dir):
+def _assert_same_run(run, reference):
+    assert _records(run) == _records(reference)
+    expected, got = _weights(reference / "final"), _weights(run / "final")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+@pytest.mark.parametrize("sampler", RESUME_SAMPLERS)
+def test_resume_after_a_crash_is_exact(tmp_path, reference_runs, pairs_files, tiny_model_dir, sampler):
     def crash_at_step_7(trainer, state):
         if state.step == 7:  # last checkpoint: step 6, mid-epoch 1
             raise _Crash
 
     run = tmp_path / "run"
     with pytest.raises(_Crash):
-        train(_resume_config(run, pairs_files, tiny_model_dir), callbacks=[crash_at_step_7])
+        train(_resume_config(run, pairs_files, tiny_model_dir, sampler), callbacks=[crash_at_step_7])
     assert (run / "checkpoints" / "step-00000006").is_dir()
     assert not (run / "final").exists()
     # Starting again without --resume must not silently overwrite the interrupted run.
     with pytest.raises(ConfigError, match="--resume"):
-        train(_resume_config(run, pairs_files, tiny_model_dir))
+        train(_resume_config(run, pairs_files, tiny_model_dir, sampler))
     with pytest.raises(ConfigError, match="batch_size"):
-        train(_resume_config(run, pairs_files, tiny_model_dir, batch_size=4, resume=True))
-    train(_resume_config(run, pairs_files, tiny_model_dir, resume=True))
-    assert _records(run) == _records(reference_run)
-    expected, got = _weights(reference_run / "final"), _weights(run / "final")
-    assert all(torch.equal(expected[k], got[k]) for k in expected)
+        train(_resume_config(run, pairs_files, tiny_model_dir, sampler, batch_size=4, resume=True))
+    train(_resume_config(run, pairs_files, tiny_model_dir, sampler, resume=True))
+    _assert_same_run(run, reference_runs(sampler))
 
 
 KILL_SCRIPT = """
@@ -166,40 +185,63 @@ import os, signal, sys, torch
 torch.set_num_threads(1)
 from hardbatch.train import TrainConfig, train
 
-def kill_at_step_5(trainer, state):
-    if state.step == 5:  # after the epoch-end checkpoint at step 4 and before the one at step 6
+def kill_at_step_7(trainer, state):
+    if state.step == 7:  # after the checkpoint at step 6 (mid-epoch 1), before the end at step 8
         os.kill(os.getpid(), signal.SIGKILL)
 
-train(TrainConfig(**{config}), callbacks=[kill_at_step_5])
+train(TrainConfig(**{config}), callbacks=[kill_at_step_7])
 """
 
 
-def test_kill_9_then_cli_resume_is_exact(tmp_path, reference_run, pairs_files, tiny_model_dir, monkeypatch):
+@pytest.mark.parametrize(
+    "sampler", [s if s == "random" else pytest.param(s, marks=pytest.mark.slow) for s in RESUME_SAMPLERS]
+)
+def test_kill_9_then_resume_is_exact(
+    tmp_path, reference_runs, pairs_files, tiny_model_dir, monkeypatch, sampler
+):
     import subprocess
     import sys
 
     run = tmp_path / "run"
-    config = vars(_resume_config(run, pairs_files, tiny_model_dir))
+    config = vars(_resume_config(run, pairs_files, tiny_model_dir, sampler))
     script = KILL_SCRIPT.format(config=repr(config))
     env = {**__import__("os").environ, "HARDBATCH_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180
     )
     assert proc.returncode == -9, proc.stderr[-2000:]
     names = sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step-"))
-    assert names == ["step-00000003", "step-00000004"]  # the newest two; step 6 was never reached
+    assert names == ["step-00000004", "step-00000006"]  # the newest two; the end was never reached
 
-    from hardbatch.app.cli.main import run as cli_run
+    if sampler == "random":  # resume through the command line once
+        from hardbatch.app.cli.main import run as cli_run
 
-    argv = ["hardbatch", "train", str(pairs_files["train"]), "-o", str(run), "--model", str(tiny_model_dir)]
-    argv += ["--eval-data", str(pairs_files["eval"]), "--batch-size", "8", "--epochs", "2", "--lr", "1e-3"]
-    argv += ["--max-seq-length", "32", "--log-every", "1", "--save-every", "3", "--eval-batch-size", "16"]
-    argv += ["--seed", "7", "--device", "cpu", "--resume"]
-    monkeypatch.setattr(sys, "argv", argv)
-    cli_run()  # returns normally on success (errors exit with status 2)
-    assert _records(run) == _records(reference_run)
-    expected, got = _weights(reference_run / "final"), _weights(run / "final")
-    assert all(torch.equal(expected[k], got[k]) for k in expected)
+        argv = [
+            "hardbatch",
+            "train",
+            str(pairs_files["train"]),
+            "-o",
+            str(run),
+            "--model",
+            str(tiny_model_dir),
+        ]
+        argv += [
+            "--eval-data",
+            str(pairs_files["eval"]),
+            "--batch-size",
+            "8",
+            "--epochs",
+            "2",
+            "--lr",
+            "1e-3",
+        ]
+        argv += ["--max-seq-length", "32", "--log-every", "1", "--save-every", "3", "--eval-batch-size", "16"]
+        argv += ["--seed", "7", "--device", "cpu", "--resume"]
+        monkeypatch.setattr(sys, "argv", argv)
+        cli_run()  # returns normally on success (errors exit with status 2)
+    else:
+        train(_resume_config(run, pairs_files, tiny_model_dir, sampler, resume=True))
+    _assert_same_run(run, reference_runs(sampler))
     assert len([p for p in (run / "checkpoints").iterdir() if p.name.startswith("step-")]) == 2
 
 

@@ -160,18 +160,31 @@ def _frozen_metrics(config: GridConfig, test: Any, work: Path) -> dict[str, floa
     return metrics
 
 
+_PLAN_SEED = 0  # one plan per batch size serves every training seed (the sampler's seed shuffles it)
+
+
 def _plan(config: GridConfig, embeddings: Any, train: Any, batch_size: int, work: Path) -> Any:
+    from hardbatch.errors import StaleCacheError
     from hardbatch.mining import BatchPlan, mine_b3
+    from hardbatch.mining.plan import input_hashes
 
     path = work / f"b3-plan-b{batch_size}.parquet"
+    params = {
+        "batch_size": batch_size,
+        "cluster_size": config.cluster_size,
+        "skip": config.skip,
+        "window": config.window,
+        "seed": _PLAN_SEED,
+    }
     if path.exists():
-        plan = BatchPlan.load(path)
-        same = (
-            plan.params.get("batch_size") == batch_size
-            and plan.params.get("cluster_size") == config.cluster_size
-        )
-        if same and plan.num_examples == len(train) and plan.params.get("skip") == config.skip:
+        # The teacher enters through the embeddings' hashes: a changed teacher never reuses a stale plan.
+        expected = input_hashes(embeddings.query, embeddings.positive, train.fingerprint)
+        try:
+            plan = BatchPlan.load(path)
+            plan.check_matches(num_examples=len(train), expected_hash=expected, source=path, params=params)
             return plan
+        except StaleCacheError:
+            pass  # re-mined below and replaced atomically
     plan = mine_b3(
         embeddings.query,
         embeddings.positive,
@@ -179,6 +192,7 @@ def _plan(config: GridConfig, embeddings: Any, train: Any, batch_size: int, work
         cluster_size=config.cluster_size,
         skip=config.skip,
         window=config.window,
+        seed=_PLAN_SEED,
         positive_texts=train.positives,
         dataset_hash=train.fingerprint,
         device="cpu",

@@ -202,14 +202,35 @@ def _stdlib_files() -> list[SourceFile]:
     return found
 
 
-def _installed_files(name: str) -> list[SourceFile] | None:
-    """Files of an installed top-level package found via its import spec (without importing it)."""
+def _find_spec_without_importing(name: str) -> Any:
+    """The import spec of ``name`` (dotted or not), found without importing any package.
+
+    ``importlib.util.find_spec("a.b")`` imports ``a`` to read its ``__path__``, which runs ``a/__init__.py``
+    (and ``torchrun -m`` puts the working directory on ``sys.path``, so ``a`` may be any folder there). We
+    ask the finders for the top-level name only, then walk down the submodule search locations with
+    :class:`importlib.machinery.PathFinder`, which only looks at the file system.
+    """
+    import importlib.machinery
     import importlib.util
 
+    parts = name.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return None
     try:
-        spec = importlib.util.find_spec(name)
+        spec = importlib.util.find_spec(parts[0])  # a top-level lookup imports nothing
     except (ImportError, ValueError):
         return None
+    for depth in range(1, len(parts)):
+        locations = None if spec is None else spec.submodule_search_locations
+        if not locations:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: depth + 1]), list(locations))
+    return spec
+
+
+def _installed_files(name: str) -> list[SourceFile] | None:
+    """Files of an installed package (``pkg`` or ``pkg.sub``) found via its import spec, never imported."""
+    spec = _find_spec_without_importing(name)
     if spec is None:
         return None
     locations = list(spec.submodule_search_locations or [])

@@ -24,7 +24,9 @@ The teacher kNN dominates: about a minute for 100k × 384 on 2 CPU cores, second
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -225,6 +227,13 @@ def mine_b3(
         (8, 4)
     """
     num_examples = _validate(query_emb, positive_emb, batch_size, cluster_size, skip, window, knn)
+    for name, value in (
+        ("absolute_margin", absolute_margin),
+        ("relative_margin", relative_margin),
+        ("max_score", max_score),
+    ):
+        if value is not None and not math.isfinite(float(value)):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
     timer = StageTimer()
     started = time.perf_counter()
     with timer.stage("hash"):
@@ -289,6 +298,12 @@ def mine_b3(
         mutual = mutual_graph(directed)
         g_stats = graph_stats(directed, mutual)
     del windows
+    if directed.nnz == 0:
+        warnings.warn(
+            f"B3: the rank-window graph of {num_examples} examples has no edges (skip={skip}, "
+            f"window={window}, margins and max_score filtered everything): the plan's batches are random",
+            stacklevel=2,
+        )
 
     with timer.stage("partition"):
         clusters, remainder, cluster_codes, remainder_codes, p_stats = _partition_groups(

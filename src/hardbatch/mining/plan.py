@@ -353,8 +353,9 @@ class BatchPlan:
         num_examples: int | None = None,
         expected_hash: str | Mapping[str, str] | None = None,
         source: str | os.PathLike[str] | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> None:
-        """Raise :class:`StaleCacheError` unless the plan was mined for this data.
+        """Raise :class:`StaleCacheError` unless the plan was mined for this data (and these parameters).
 
         Args:
             num_examples: the dataset's size.
@@ -362,8 +363,17 @@ class BatchPlan:
                 ``hardbatch.io.hash_array`` of an embedding matrix), or a mapping of hash names
                 (``query_emb``, ``positive_emb``, ``inputs``, ``dataset``) to expected values.
             source: the plan's file, named in the message.
+            params: mining parameters the plan must have been mined with (``batch_size``, ``window``,
+                ``seed``, ...), compared with its recorded ``params``.
         """
         where = f"plan {source}" if source is not None else "batch plan"
+        changed = [
+            f"{key}: {self.params.get(key)!r} (plan) != {value!r}"
+            for key, value in (params or {}).items()
+            if self.params.get(key) != value
+        ]
+        if changed:
+            raise StaleCacheError(f"{where} was mined with other parameters ({'; '.join(changed)})")
         if num_examples is not None and int(num_examples) != self.num_examples:
             raise StaleCacheError(
                 f"{where} was mined for {self.num_examples} examples but the data has {num_examples}; "

@@ -5,6 +5,11 @@ Layout of ``RUN_DIR/checkpoints/step-00000120/``::
     model/              the model in sentence-transformers format (SentenceTransformer(path) loads it)
     trainer_state.pt    optimiser, scheduler, sampler position, every rank's RNG states, counters, config
 
+``trainer_state.pt`` holds only tensors and plain containers (dict, list, tuple, str, int, float, bool,
+None): RNG states are converted to tensors and lists by :func:`capture_rng_state`, so the file is read with
+``torch.load(weights_only=True)`` and never unpickles an arbitrary object. A crafted file (one whose pickle
+names a class or a callable) is refused with a :class:`~hardbatch.errors.DataError` instead of running code.
+
 A checkpoint is written into a hidden temporary folder next to its final name and renamed into place
 only when complete, so a ``kill -9`` at any moment leaves either the previous checkpoints or the new one,
 never a half-written one. Only the newest ``keep`` checkpoints are kept.
@@ -26,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hardbatch.errors import ConfigError
+from hardbatch.errors import ConfigError, DataError
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -64,21 +69,42 @@ class Checkpoint:
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """The state of every RNG that training draws from (python, numpy, torch CPU and CUDA)."""
+    """The state of every RNG that training draws from (python, numpy, torch CPU and CUDA).
+
+    Every value is a tensor or a plain list/int/float, so the state survives ``torch.save`` +
+    ``torch.load(weights_only=True)`` (and ``torch.distributed`` object collectives) unchanged.
+    """
+    version, internal, gauss_next = random.getstate()
+    numpy_state = np.random.get_state(legacy=False)
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": [int(version), list(internal), gauss_next],
+        "numpy": {
+            "bit_generator": str(numpy_state["bit_generator"]),
+            "key": torch.from_numpy(np.asarray(numpy_state["state"]["key"], dtype=np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
     return state
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Inverse of :func:`capture_rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), gauss_next))
+    saved = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": saved["bit_generator"],
+            "state": {"key": np.asarray(saved["key"], dtype=np.uint32), "pos": int(saved["pos"])},
+            "has_gauss": int(saved["has_gauss"]),
+            "gauss": float(saved["gauss"]),
+        }
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -175,8 +201,26 @@ def prune_checkpoints(run_dir: str | os.PathLike[str], keep: int) -> None:
 
 
 def load_trainer_state(checkpoint: Checkpoint) -> dict[str, Any]:
-    """Read ``trainer_state.pt`` (it holds numpy RNG state, hence ``weights_only=False``)."""
-    return torch.load(checkpoint.state_path, map_location="cpu", weights_only=False)
+    """Read ``trainer_state.pt`` with ``torch.load(weights_only=True)``: tensors and plain containers only.
+
+    Raises:
+        DataError: the file is truncated, not a torch file, or names an object that is not a tensor or a
+            plain container (a crafted pickle is refused, never executed).
+    """
+    import pickle
+    import zipfile
+
+    try:
+        state = torch.load(checkpoint.state_path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"{checkpoint.state_path}: not a valid hardbatch trainer state ({first[:200]}); "
+            "it is never unpickled. Delete this checkpoint folder to resume from an older one"
+        ) from exc
+    if not isinstance(state, dict):
+        raise DataError(f"{checkpoint.state_path}: expected a dict, found {type(state).__name__}")
+    return state
 
 
 def _fsync_file(path: Path) -> None:

@@ -7,9 +7,10 @@ from typing import Any
 
 from hardbatch.errors import ConfigError
 
-__all__ = ["PRECISIONS", "TrainConfig"]
+__all__ = ["NONFINITE_ACTIONS", "PRECISIONS", "TrainConfig"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
+NONFINITE_ACTIONS = ("stop", "skip")
 
 
 @dataclass
@@ -57,8 +58,16 @@ class TrainConfig:
         log_every: write a training record every this many steps.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"`` or ``"bf16"``.
-        resume: continue from the newest checkpoint in ``output_dir``.
-        overwrite: allow starting a new run in a non-empty ``output_dir``.
+        on_nonfinite: what a non-finite loss or gradient norm does: ``"stop"`` (raise
+            :class:`~hardbatch.errors.TrainingDivergedError` before the update is applied) or ``"skip"``
+            (drop that update, count it in ``result.json``'s ``skipped_steps``). Non-finite weights are
+            never saved either way.
+        progress: show a progress bar per epoch (``None``: unless ``HARDBATCH_PROGRESS=0``).
+        resume: continue from the newest checkpoint in ``output_dir``; on a finished run with the same
+            settings there is nothing to do (its result is returned), with other settings a
+            :class:`ConfigError`.
+        overwrite: start a new run in ``output_dir`` even if it holds a run or other files (only
+            hardbatch's own outputs are replaced; other files are kept).
         write_report: write ``report.md`` and ``curves.png`` at the end.
         save_final: save the trained model to ``output_dir/final``.
     """
@@ -95,6 +104,8 @@ class TrainConfig:
     log_every: int = 10
     device: str = "auto"
     precision: str = "auto"
+    on_nonfinite: str = "stop"
+    progress: bool | None = None
     resume: bool = False
     overwrite: bool = False
     write_report: bool = True
@@ -139,6 +150,8 @@ class TrainConfig:
 
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.on_nonfinite not in NONFINITE_ACTIONS:
+            raise ConfigError(f"on_nonfinite must be one of {NONFINITE_ACTIONS}, got {self.on_nonfinite!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
@@ -152,14 +165,32 @@ class TrainConfig:
 
 
 def describe(value: Any) -> Any:
-    """A short JSON-friendly description of a config value (objects become ``<Type name>``)."""
+    """A short JSON-friendly description of a config value (objects become ``<Type name>``).
+
+    Containers are described element by element, so two different ``sampler_options`` dicts never
+    describe alike (resume compares these descriptions).
+    """
     if value is None or isinstance(value, str | int | float | bool):
         return value
+    if isinstance(value, dict):
+        return {str(k): describe(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, list | tuple):
+        return [describe(v) for v in value]
     name = getattr(value, "name", None)
     fingerprint = getattr(value, "fingerprint", None)
     if isinstance(fingerprint, str):
         return f"<{type(value).__name__} {name} {fingerprint[:12]}>"
     shape = getattr(value, "shape", None)
     if shape is not None:
-        return f"<{type(value).__name__} shape={tuple(shape)}>"
+        from hardbatch.io import hash_array
+
+        try:
+            import numpy as np
+
+            digest = hash_array(np.asarray(value.detach().cpu() if hasattr(value, "detach") else value))
+            return f"<{type(value).__name__} shape={tuple(shape)} {digest[:12]}>"
+        except (TypeError, ValueError):
+            return f"<{type(value).__name__} shape={tuple(shape)}>"
+    if hasattr(value, "__fspath__"):
+        return str(value)
     return f"<{type(value).__name__}>"

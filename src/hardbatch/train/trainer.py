@@ -24,9 +24,12 @@ in the tiled loss. Memory of activations is O(b) without gradient caching and O(
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from hardbatch.errors import ConfigError
-from hardbatch.io import write_json
+from hardbatch.errors import ConfigError, HardbatchError, TrainingDivergedError
+from hardbatch.io import read_json, write_json
+from hardbatch.progress import progress_enabled
 from hardbatch.train.checkpoint import (
     Checkpoint,
     capture_rng_state,
@@ -50,28 +54,45 @@ from hardbatch.train.collate import PairCollator, TokenizedPairs
 from hardbatch.train.config import TrainConfig
 from hardbatch.train.distributed import DistContext, init_distributed
 from hardbatch.train.metrics_log import MetricsLog
+from hardbatch.train.run_dir import (
+    RunDirLock,
+    foreign_entries,
+    is_marked,
+    own_outputs,
+    remove_outputs,
+    write_marker,
+)
 from hardbatch.train.schedule import warmup_linear_schedule, warmup_steps_for
 from hardbatch.train.step import DualEncoder, StepRunner
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "TrainerState", "train"]
 
 _STATE_FORMAT = 1
-# Settings that must not change between an interrupted run and its resumption.
-_RESUME_KEYS = (
-    "sampler",
-    "batch_size",
-    "seed",
-    "lr",
-    "epochs",
-    "max_steps",
-    "warmup_ratio",
-    "gradcache_chunk",
-    "scale",
-    "symmetric",
-    "max_train_pairs",
-    "subset_seed",
-    "max_seq_length",
+# Settings that change neither the trained weights nor the evaluation metrics: everything else in
+# TrainConfig must be unchanged for --resume (and for a finished run to count as "nothing to do").
+# The training and evaluation data and the B3 plan are compared by their content fingerprints instead of
+# their paths, so moving a file does not block a resume and editing it does.
+_RESULT_NEUTRAL = frozenset(
+    {
+        "data",
+        "eval_data",
+        "plan",
+        "output_dir",
+        "resume",
+        "overwrite",
+        "write_report",
+        "save_final",
+        "keep_checkpoints",
+        "save_every",
+        "log_every",
+        "eval_batch_size",
+        "device",
+        "on_nonfinite",
+        "progress",
+    }
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,6 +104,8 @@ class TrainerState:
         epoch: current epoch (0-based).
         batch_in_epoch: steps completed within ``epoch``.
         last_loss: loss of the last step (mean over ranks).
+        skipped_steps: steps whose loss or gradient was not finite and were skipped
+            (``on_nonfinite="skip"``).
         seconds: training wall time so far (summed over resumptions).
     """
 
@@ -94,6 +117,7 @@ class TrainerState:
     seconds: float = 0.0
     window_loss: float = 0.0
     window_steps: int = 0
+    skipped_steps: int = 0
 
 
 @dataclass
@@ -154,9 +178,12 @@ class Trainer:
         cfg = self.config
         ctx = init_distributed(cfg.device)
         self.ctx = ctx
+        self._lock: RunDirLock | None = None
         try:
             return self._fit(ctx)
         finally:
+            if self._lock is not None:
+                self._lock.release()
             ctx.close()
 
     # ------------------------------------------------------------------ set-up
@@ -166,8 +193,11 @@ class Trainer:
         _seed_everything(cfg.seed, ctx.rank)
         self.train_data = _load_dataset(cfg.data, cfg.max_train_pairs, cfg.subset_seed, "training")
         self.eval_data = self._load_eval_data()
+        if self._finished is not None:
+            return self._nothing_to_do(self._finished)
         self.model = self._load_model(checkpoint, ctx)
         self.sampler = self._build_sampler(ctx)
+        self._check_plan()
         self.steps_per_epoch = len(self.sampler) // ctx.world_size
         if self.steps_per_epoch < 1:
             raise ConfigError(
@@ -182,6 +212,7 @@ class Trainer:
         self.scheduler = warmup_linear_schedule(self.optimizer, self.total_steps, warmup)
         self.collator = PairCollator(_tokenizer_of(self.model), cfg.num_negatives, cfg.mask_duplicates)
         self.runner = StepRunner(self._wrap_model(ctx), cfg, ctx, self._autocast_dtype(ctx))
+        self._resume_sampler_state: dict[str, Any] | None = None
         if checkpoint is not None:
             self._restore(checkpoint, ctx)
         elif ctx.is_main:
@@ -191,37 +222,95 @@ class Trainer:
         return self._finish(ctx)
 
     def _prepare_output_dir(self, ctx: DistContext) -> Checkpoint | None:
-        """Decide between a fresh run and a resumption (rank 0 decides, every rank follows)."""
-        cfg = self.config
+        """Lock the run folder and decide between a fresh run, a resumption and "nothing to do".
+
+        Rank 0 decides (under the folder's lock), every rank follows. Only hardbatch's own outputs are
+        ever deleted, and only in a folder carrying our marker or with ``overwrite``; see
+        :mod:`hardbatch.train.run_dir`.
+        """
         decision: dict[str, Any] = {}
         if ctx.is_main:
-            found = latest_checkpoint(self.output_dir) if cfg.resume else None
-            if found is None and not cfg.overwrite and self.log.path.exists() and not cfg.resume:
-                decision["error"] = (
-                    f"{self.output_dir} already holds a training run (metrics.jsonl); pass --resume to "
-                    "continue it or --overwrite to start again"
-                )
-            elif found is None:
-                for stale in (
-                    "metrics.jsonl",
-                    "checkpoints",
-                    "final",
-                    "report.md",
-                    "curves.png",
-                    "result.json",
-                ):
-                    path = self.output_dir / stale
-                    if path.is_dir():
-                        shutil.rmtree(path)
-                    elif path.exists():
-                        path.unlink()
-            decision["checkpoint"] = None if found is None else (found.step, str(found.path))
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self._lock = RunDirLock(self.output_dir).acquire()
+                decision = self._decide_run_dir()
+            except HardbatchError as error:
+                decision = {"error": str(error)}
         decision = ctx.broadcast_object(decision)
         if "error" in decision:
             raise ConfigError(decision["error"])
-        found_info = decision["checkpoint"]
+        self._finished = decision.get("finished")
+        found_info = decision.get("checkpoint")
         return None if found_info is None else Checkpoint(found_info[0], Path(found_info[1]))
+
+    def _decide_run_dir(self) -> dict[str, Any]:
+        cfg, root = self.config, self.output_dir
+        marked, ours, foreign = is_marked(root), own_outputs(root), foreign_entries(root)
+        found = latest_checkpoint(root) if cfg.resume and not cfg.overwrite else None
+        if found is not None and (marked or "metrics.jsonl" in ours):  # older runs carry no marker
+            write_marker(root)
+            return {"checkpoint": (found.step, str(found.path))}
+        if cfg.resume and not cfg.overwrite and marked and "result.json" in ours:
+            return {"finished": read_json(root / "result.json")}
+        if not cfg.overwrite:
+            if not marked and (foreign or ours):
+                shown = ", ".join(sorted({*foreign, *ours})[:5])
+                raise ConfigError(
+                    f"{root} is not empty ({shown}) and was not created by `hardbatch train`; choose an "
+                    "empty or new --output-dir, or pass --overwrite to write into it (only hardbatch's own "
+                    "outputs are replaced)"
+                )
+            if ours and not cfg.resume:
+                raise ConfigError(
+                    f"{root} already holds a training run ({', '.join(ours)}); pass --resume to continue "
+                    "it or --overwrite to start again"
+                )
+        if ours:
+            # --overwrite, or --resume of our own run that crashed before its first checkpoint.
+            removed = remove_outputs(root)
+            logger.warning("%s: starting from step 0, replacing %s", root, ", ".join(removed))
+        write_marker(root)
+        return {}
+
+    def _nothing_to_do(self, finished: dict[str, Any]) -> TrainResult:
+        """``--resume`` of a finished run: check it was made with these settings and return its result."""
+        where = f"{self.output_dir} (finished run)"
+        self._check_settings(
+            finished.get("config", {}),
+            {
+                "training data": finished.get("train_fingerprint", "?"),
+                "evaluation data": finished.get("eval_fingerprint", "?"),
+            },
+            where,
+            advice="pass --overwrite to train again",
+        )
+        logger.warning("%s is already finished with these settings: nothing to do", self.output_dir)
+        final = finished.get("final_model")
+        return TrainResult(
+            output_dir=self.output_dir,
+            final_model=Path(final) if final else None,
+            metrics=dict(finished.get("metrics", {})),
+            steps=int(finished.get("steps", 0)),
+            seconds=float(finished.get("train_seconds", 0.0)),
+            examples=int(finished.get("train_pairs", len(self.train_data))),
+            summary=finished,
+        )
+
+    def _check_plan(self) -> None:
+        """A B3 plan must have been mined from this training data (its recorded dataset fingerprint)."""
+        plan = getattr(self.sampler, "_plan", None)
+        fingerprint = getattr(self.train_data, "fingerprint", None)
+        if plan is None or not hasattr(plan, "check_matches") or fingerprint is None:
+            return
+        source = self.config.plan or self.config.sampler_options.get("plan")
+        source = source if isinstance(source, str | Path) else None
+        if "dataset" in plan.hashes:
+            plan.check_matches(expected_hash={"dataset": fingerprint}, source=source)
+        else:
+            warnings.warn(
+                f"plan {source or ''} records no dataset fingerprint (mined from embeddings alone), so "
+                "hardbatch cannot check that it belongs to this training data",
+                stacklevel=2,
+            )
 
     def _load_eval_data(self) -> Any:
         cfg = self.config
@@ -308,40 +397,62 @@ class Trainer:
         while state.step < self.total_steps and state.epoch < cfg.epochs:
             self.sampler.set_epoch(state.epoch)
             if state.batch_in_epoch:
-                self.sampler.load_state_dict(self._sampler_state())
-            for indices in self._rank_batches(ctx):
-                started = time.perf_counter()
-                state.last_lr = self.optimizer.param_groups[0]["lr"]
-                loss = self._train_step(indices)
-                state.seconds += time.perf_counter() - started
-                state.step += 1
-                state.batch_in_epoch += 1
-                state.last_loss = loss
-                state.window_loss += loss
-                state.window_steps += 1
-                done = state.step >= self.total_steps
-                if state.step % cfg.log_every == 0 or done:
-                    self._log_training(ctx)
-                if cfg.eval_every and state.step % cfg.eval_every == 0 and not done:
-                    self._evaluate(ctx)
-                if cfg.save_every and state.step % cfg.save_every == 0 and not done:
-                    self._save_checkpoint(ctx)
-                if done and state.batch_in_epoch >= self.steps_per_epoch:
-                    state.epoch += 1
-                    state.batch_in_epoch = 0
-                self._run_callbacks()
-                if done:
-                    break
-            else:
-                # The epoch ran to its end.
-                state.epoch += 1
-                state.batch_in_epoch = 0
-                if state.step < self.total_steps:
-                    self._log_training(ctx)
-                    self._evaluate(ctx)
-                    self._save_checkpoint(ctx)
-                continue
-            break
+                resume_state = self._resume_sampler_state or self._sampler_state()
+                self.sampler.load_state_dict({**resume_state, **self._sampler_state(position_only=True)})
+            self._resume_sampler_state = None
+            stopped = False
+            with self._epoch_progress(ctx) as bar:
+                for indices in self._rank_batches(ctx):
+                    started = time.perf_counter()
+                    state.last_lr = self.optimizer.param_groups[0]["lr"]
+                    loss = self._train_step(indices)
+                    state.seconds += time.perf_counter() - started
+                    state.step += 1
+                    state.batch_in_epoch += 1
+                    if loss is None:  # a non-finite step skipped (on_nonfinite="skip")
+                        state.skipped_steps += 1
+                    else:
+                        state.last_loss = loss
+                        state.window_loss += loss
+                        state.window_steps += 1
+                    bar.advance(loss=state.last_loss, lr=state.last_lr, seconds=time.perf_counter() - started)
+                    done = state.step >= self.total_steps
+                    if state.step % cfg.log_every == 0 or done:
+                        self._log_training(ctx)
+                    if cfg.eval_every and state.step % cfg.eval_every == 0 and not done:
+                        self._evaluate(ctx)
+                    if cfg.save_every and state.step % cfg.save_every == 0 and not done:
+                        self._save_checkpoint(ctx)
+                    if done and state.batch_in_epoch >= self.steps_per_epoch:
+                        state.epoch += 1
+                        state.batch_in_epoch = 0
+                    self._run_callbacks()
+                    if done:
+                        stopped = True
+                        break
+            if stopped:
+                break
+            # The epoch ran to its end.
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            if state.step < self.total_steps:
+                self._log_training(ctx)
+                self._evaluate(ctx)
+                self._save_checkpoint(ctx)
+
+    def _epoch_progress(self, ctx: DistContext) -> Any:
+        """Rank 0's bar over this epoch's steps (loss, lr, pairs/s); a no-op elsewhere or when disabled."""
+        from hardbatch.progress import step_progress
+
+        state = self.state
+        epoch_steps = min(self.steps_per_epoch, self.total_steps - state.step + state.batch_in_epoch)
+        return step_progress(
+            f"epoch {state.epoch + 1}/{self.config.epochs}",
+            total=epoch_steps,
+            completed=state.batch_in_epoch,
+            items_per_step=self.config.batch_size * ctx.world_size,
+            show=ctx.is_main and progress_enabled(self.config.progress),
+        )
 
     def _rank_batches(self, ctx: DistContext) -> Iterator[list[int]]:
         """This rank's batches of the current epoch: batch ``r`` of every group of ``P`` consecutive ones."""
@@ -352,15 +463,48 @@ class Trainer:
                 yield group[ctx.rank]
                 group = []
 
-    def _train_step(self, indices: list[int]) -> float:
+    def _train_step(self, indices: list[int]) -> float | None:
+        """One optimiser step; returns the loss (mean over ranks), or ``None`` when it was skipped.
+
+        A non-finite loss or gradient norm stops training with :class:`TrainingDivergedError` *before* the
+        optimiser applies it (``on_nonfinite="stop"``) or skips the update (``"skip"``; the schedule still
+        advances). Both values are identical on every rank (DDP averages the gradients), so every rank
+        takes the same branch.
+        """
+        cfg = self.config
         batch = self._collate(indices)
-        loss = self.runner.step(batch)
-        if self.config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        loss = self.ctx.mean(self.runner.step(batch))
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        if cfg.max_grad_norm is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, cfg.max_grad_norm))
+        else:
+            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in parameters]))
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            if cfg.on_nonfinite == "stop":
+                last = latest_checkpoint(self.output_dir)
+                raise TrainingDivergedError(
+                    f"step {self.state.step + 1}: non-finite loss ({loss}) or gradient norm ({grad_norm}); "
+                    "training stopped before applying it and nothing non-finite was saved (last "
+                    f"checkpoint: {last.path if last else 'none'}). Lower --lr, keep --max-grad-norm, or "
+                    "pass --on-nonfinite skip to skip such steps"
+                )
+            logger.warning("step %d: non-finite loss or gradient, update skipped", self.state.step + 1)
+            self.scheduler.step()
+            return None
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return self.ctx.mean(loss)
+        return loss
+
+    def _check_finite_weights(self, what: str) -> None:
+        """Refuse to save a model with a NaN or infinite weight (O(parameters), once per save)."""
+        for name, param in self.model.named_parameters():
+            if not bool(torch.isfinite(param).all()):
+                raise TrainingDivergedError(
+                    f"step {self.state.step}: weight {name} is not finite; the {what} was not saved. "
+                    "Lower --lr or keep --max-grad-norm"
+                )
 
     def _collate(self, indices: list[int]) -> TokenizedPairs:
         rows = [self.train_data[i] for i in indices]
@@ -419,13 +563,16 @@ class Trainer:
             callback(self, self.state)
 
     # ------------------------------------------------------------------ checkpoints
-    def _sampler_state(self) -> dict[str, Any]:
-        state = dict(self.sampler.state_dict())
+    def _sampler_state(self, position_only: bool = False) -> dict[str, Any]:
         # Batches actually trained on (all ranks), not what an iterator may have prefetched.
-        state.update(epoch=self.state.epoch, batches_done=self.state.batch_in_epoch * self.ctx.world_size)
-        return state
+        position = {
+            "epoch": self.state.epoch,
+            "batches_done": self.state.batch_in_epoch * self.ctx.world_size,
+        }
+        return position if position_only else {**self.sampler.state_dict(), **position}
 
     def _save_checkpoint(self, ctx: DistContext) -> None:
+        self._check_finite_weights("checkpoint")  # same weights on every rank: all raise or none
         rng_states = ctx.gather_objects(capture_rng_state())
         if ctx.is_main:
             state = {
@@ -438,6 +585,7 @@ class Trainer:
                 "world_size": ctx.world_size,
                 "config": self.config.to_dict(),
                 "train_fingerprint": getattr(self.train_data, "fingerprint", None),
+                "fingerprints": self._fingerprints(),
             }
             save_checkpoint(
                 self.output_dir, self.state.step, self.model, state, keep=self.config.keep_checkpoints
@@ -450,10 +598,22 @@ class Trainer:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = TrainerState(**saved["trainer"])
+        # The sampler's own saved state (GCBS: the interrupted epoch's batches, mined with the weights of
+        # that epoch's start; B3: its plan fingerprint), applied when the loop re-enters that epoch.
+        self._resume_sampler_state = dict(saved["sampler"])
         restore_rng_state(saved["rng"][ctx.rank])
         if ctx.is_main:
             self.log.truncate_after(self.state.step)
         ctx.barrier()
+
+    def _fingerprints(self) -> dict[str, Any]:
+        """Content fingerprints of what the run trains and evaluates on (compared on resume)."""
+        plan = getattr(getattr(self, "sampler", None), "_plan", None)
+        return {
+            "training data": getattr(self.train_data, "fingerprint", None),
+            "evaluation data": getattr(self.eval_data, "fingerprint", None),
+            "plan": getattr(plan, "fingerprint", None),
+        }
 
     def _check_resumable(self, saved: dict[str, Any], checkpoint: Checkpoint, ctx: DistContext) -> None:
         where = f"checkpoint {checkpoint.path}"
@@ -464,14 +624,35 @@ class Trainer:
                 f"{where} was written by {saved['world_size']} ranks; resume with the same number "
                 f"(now {ctx.world_size})"
             )
-        fingerprint = getattr(self.train_data, "fingerprint", None)
-        if saved.get("train_fingerprint") != fingerprint:
-            raise ConfigError(f"{where} was trained on different data (fingerprint mismatch)")
+        fingerprints = dict(saved.get("fingerprints") or {"training data": saved.get("train_fingerprint")})
+        self._check_settings(saved["config"], fingerprints, where)
+
+    def _check_settings(
+        self,
+        saved_config: dict[str, Any],
+        saved_fingerprints: dict[str, Any],
+        where: str,
+        advice: str = "resume with the same settings or start a new run",
+    ) -> None:
+        """Raise :class:`ConfigError` naming every setting or input that differs from the saved run."""
         now = self.config.to_dict()
-        changed = [k for k in _RESUME_KEYS if saved["config"].get(k) != now.get(k)]
-        if changed:
-            diffs = ", ".join(f"{k}: {saved['config'].get(k)!r} -> {now.get(k)!r}" for k in changed)
-            raise ConfigError(f"{where}: cannot resume with changed settings ({diffs})")
+        keys = sorted((set(now) | set(saved_config)) - _RESULT_NEUTRAL)
+        diffs = [
+            f"{k}: {saved_config.get(k)!r} -> {now.get(k)!r}"
+            for k in keys
+            if saved_config.get(k) != now.get(k)
+        ]
+        current = self._fingerprints()
+        for name, value in saved_fingerprints.items():
+            if name == "plan" and value is not None and current["plan"] is None:
+                current["plan"] = getattr(getattr(self, "sampler", None), "plan", None)
+                current["plan"] = getattr(current["plan"], "fingerprint", None)
+            if value != current.get(name):
+                diffs.append(f"{name}: fingerprint {str(value)[:12]} -> {str(current.get(name))[:12]}")
+        if diffs:
+            raise ConfigError(
+                f"{where}: cannot continue with changed settings ({'; '.join(diffs)}); {advice}"
+            )
 
     # ------------------------------------------------------------------ the end
     def _finish(self, ctx: DistContext) -> TrainResult:
@@ -485,6 +666,7 @@ class Trainer:
         else:
             metrics = self._evaluate(ctx)
         final = self.output_dir / "final" if cfg.save_final else None
+        self._check_finite_weights("final model")
         summary: dict[str, Any] = {}
         if ctx.is_main:
             if final is not None:
@@ -503,12 +685,15 @@ class Trainer:
                 "world_size": ctx.world_size,
                 "global_batch": cfg.batch_size * ctx.world_size,
                 "steps": self.state.step,
+                "skipped_steps": self.state.skipped_steps,
                 "epochs_completed": self.state.epoch,
                 "train_seconds": round(self.state.seconds, 2),
                 "seconds_per_step": round(self.state.seconds / max(1, self.state.step), 4),
                 "device": str(ctx.device),
                 "final_model": str(final) if final is not None else None,
                 "metrics": metrics,
+                "train_fingerprint": getattr(self.train_data, "fingerprint", None),
+                "eval_fingerprint": getattr(self.eval_data, "fingerprint", None),
             }
             write_json(self.output_dir / "result.json", {"config": cfg.to_dict(), **summary})
             if cfg.write_report:

@@ -83,10 +83,14 @@ def build_strategy_batches(
     return batchings, groups, details
 
 
-def _plan_strategy(path: Path, num_examples: int, batch_size: int, epoch: int, seed: int):
+def _plan_strategy(
+    path: Path, num_examples: int, batch_size: int, epoch: int, seed: int, fingerprint: str | None = None
+):
     from hardbatch.mining import BatchPlan
 
     plan = BatchPlan.load(path, expected_num_examples=num_examples)
+    if fingerprint is not None and "dataset" in plan.hashes:  # mined on other data with the same N
+        plan.check_matches(expected_hash={"dataset": fingerprint}, source=path)
     size = batch_size if batch_size % plan.cluster_size == 0 else plan.batch_size
     batches = plan.batches(epoch, batch_size=size, drop_last=True)
     pairs = None
@@ -201,7 +205,7 @@ def inspect_command(
     for path in plan or []:
         label = f"plan:{path.stem}"
         batchings[label], groups[label], plan_pairs, summary = _plan_strategy(
-            path, len(dataset), batch_size, epoch, seed
+            path, len(dataset), batch_size, epoch, seed, dataset.fingerprint
         )
         details[label] = {"plan": summary}
         if plan_pairs is not None:

@@ -108,8 +108,18 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--resume", help="Continue from the newest checkpoint in --output-dir.")
         ] = False,
         overwrite: Annotated[
-            bool, typer.Option("--overwrite", help="Start afresh in a non-empty --output-dir.")
+            bool,
+            typer.Option(
+                "--overwrite",
+                help="Start afresh in a non-empty --output-dir (only hardbatch's own outputs are replaced).",
+            ),
         ] = False,
+        on_nonfinite: Annotated[
+            str,
+            typer.Option(
+                help="A non-finite loss or gradient: stop (error, nothing saved) or skip (drop that update)."
+            ),
+        ] = "stop",
         device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
         precision: Annotated[
             str, typer.Option(help="auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16.")
@@ -151,6 +161,7 @@ def register(app: typer.Typer) -> None:
             log_every=log_every,
             device=device,
             precision=precision,
+            on_nonfinite=on_nonfinite,
             resume=resume,
             overwrite=overwrite,
         )
