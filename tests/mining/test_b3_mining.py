@@ -51,15 +51,31 @@ def test_planted_groups_are_recovered(skip, window):
     assert all(v["seconds"] >= 0 and v["peak_rss_mb"] > 0 for v in stats["stages"].values())
 
 
-def test_skip_drops_the_top_ranks():
+@pytest.mark.parametrize(
+    ("count_self", "skip_twin", "keep_twin"),
+    [(True, 2, 1), (False, 1, 0)],  # paper count: the example itself is rank 0, its twin rank 1
+)
+def test_skip_drops_the_top_ranks(count_self, skip_twin, keep_twin):
     query, positive, labels = planted(groups=10, size=8)
     partner = twin_of(len(labels))
-    with_skip = mine_b3(query, positive, batch_size=8, cluster_size=8, skip=1, window=6, device="cpu")
-    no_skip = mine_b3(query, positive, batch_size=8, cluster_size=8, skip=0, window=7, device="cpu")
+    options = {"batch_size": 8, "cluster_size": 8, "device": "cpu", "count_self": count_self}
+    with_skip = mine_b3(query, positive, skip=skip_twin, window=6, **options)
+    no_skip = mine_b3(query, positive, skip=keep_twin, window=7, **options)
     rows = np.arange(len(labels))
-    assert not with_skip.window[rows, partner].any()  # the twin is everyone's rank 0: skipped
+    assert not with_skip.window[rows, partner].any()  # the twin is everyone's nearest other: skipped
+    assert with_skip.skipped[rows, partner].all()  # ... and recorded as a likely false negative
+    assert with_skip.skipped.sum(axis=1).tolist() == [1] * len(labels)
     assert no_skip.window[rows, partner].all()
+    assert no_skip.skipped.nnz == 0
     assert with_skip.stats["graph"]["mutual_edges"] == 10 * (28 - 4)  # per group: 8-clique minus 4 twin pairs
+    assert with_skip.params["count_self"] is count_self
+
+
+def test_paper_count_with_skip_zero_keeps_one_rank_less():
+    # [0, m) in the paper's ranking contains the example itself: m - 1 others remain.
+    query, positive, _ = planted(groups=10, size=8)
+    plan = mine_b3(query, positive, batch_size=8, cluster_size=8, skip=0, window=4, device="cpu")
+    assert plan.window.sum(axis=1).tolist() == [3] * len(query)
 
 
 def test_batches_are_far_harder_than_random():
