@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -115,6 +115,7 @@ class B3BatchSampler(HardBatchSampler):
                 f"the global batch {self.batch_size} × {self.world_size} ranks is larger than the data "
                 f"({self.num_examples} examples); use global_batches=False or a smaller batch size"
             )
+        self._yielding_epoch: int | None = None
         self._slices: tuple[int, dict[tuple[int, ...], tuple[list[int], int]]] | None = None
         self.mine_options = dict(mine_options or {})
         self._embeddings = None
@@ -239,11 +240,15 @@ class B3BatchSampler(HardBatchSampler):
 
         Args:
             batch: the per-device batch, as yielded.
-            epoch: default: the sampler's current epoch (the one being iterated).
+            epoch: default: the epoch of the batch the sampler yielded last (so a collator called after
+                the epoch's final batch, when the sampler has already moved on, still gets its epoch),
+                else the current epoch.
         """
         if self.num_hard_negatives <= 0:
             raise ConfigError("this sampler was built with num_hard_negatives=0")
-        epoch = self.epoch if epoch is None else int(epoch)
+        if epoch is None:
+            epoch = self._yielding_epoch if self._yielding_epoch is not None else self.epoch
+        epoch = int(epoch)
         h = self.num_hard_negatives
         members, rank = self._global_batch_of(batch, epoch)
         ids = self.plan.hard_negatives(members, h * len(members), epoch=epoch, seed=self.seed)
@@ -251,6 +256,15 @@ class B3BatchSampler(HardBatchSampler):
             return ids
         share = h * len(batch)
         return ids[rank * share : (rank + 1) * share]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in super().__iter__():
+            self._yielding_epoch = self.epoch
+            yield batch
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self._yielding_epoch = None
 
     def _global_batch_of(self, batch: Sequence[int], epoch: int) -> tuple[list[int], int | None]:
         """The global batch holding this per-device slice and the slice's rank (``None``: not global)."""
