@@ -23,6 +23,8 @@ topic     :class:`TopicBatchSampler` — each batch from one k-means topic (TAS-
 source    :class:`SourceBatchSampler` — each batch from one data source
 gcbs      :class:`GCBSBatchSampler` — GCBS: RCM order of the thresholded similarity graph
 b3        ``B3BatchSampler`` — B3: whole clusters of mutual hard negatives (loaded lazily)
+random-hn ``RandomHardNegativeBatchSampler`` — random batches + h negatives per query from
+          the B3 rank window (the paper's ablation baseline; loaded lazily)
 ========  ==========================================================================
 """
 
@@ -89,6 +91,7 @@ SAMPLERS: Mapping[str, type] = _SamplerRegistry(
         "source": SourceBatchSampler,
         "gcbs": GCBSBatchSampler,
         "b3": "hardbatch.samplers.b3:B3BatchSampler",
+        "random-hn": "hardbatch.samplers.random_hn:RandomHardNegativeBatchSampler",
     }
 )
 
@@ -116,4 +119,6 @@ def build_sampler(name: str, dataset: Any, batch_size: int, **kwargs: Any) -> Ha
 def __getattr__(name: str) -> Any:
     if name == "B3BatchSampler":
         return SAMPLERS["b3"]
+    if name == "RandomHardNegativeBatchSampler":
+        return SAMPLERS["random-hn"]
     raise AttributeError(f"module 'hardbatch.samplers' has no attribute {name!r}")

@@ -74,6 +74,8 @@ class B3BatchSampler(HardBatchSampler):
     """
 
     rng_salt = 0xB3
+    #: Batches are made of whole clusters (the batch size must be a multiple of K).
+    whole_clusters = True
 
     def __init__(
         self,
@@ -136,7 +138,7 @@ class B3BatchSampler(HardBatchSampler):
                 )
             plan.check_matches(num_examples=self.num_examples, expected_hash=expected_hash)
             cluster_size = plan.cluster_size
-        if self.batch_size % cluster_size != 0:
+        if self.whole_clusters and self.batch_size % cluster_size != 0:
             raise ConfigError(
                 f"batch_size={self.batch_size} must be a multiple of the cluster size {cluster_size}"
             )

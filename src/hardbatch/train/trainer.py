@@ -74,7 +74,7 @@ _RESUME_KEYS = (
 )
 
 
-_EMBEDDING_SAMPLERS = ("topic", "gcbs", "b3")
+_EMBEDDING_SAMPLERS = ("topic", "gcbs", "b3", "random-hn")
 
 
 @dataclass
