@@ -83,3 +83,19 @@ def test_one_seed_cells_have_no_spread(tmp_path):
     assert finding["holds"] is True and finding["beyond_1_std"] is None
     table = format_grid(summary)
     assert "0.5500 (1 seed)" in table and "0.5750 ± 0.0071" in table
+
+
+def test_sampler_options_are_part_of_the_cell_key():
+    from hardbatch.app.experiment import GridConfig, _sampler_options
+
+    config = GridConfig()
+    assert config.sampler_settings("gcbs", 64) == {"target_degree": 32}  # docs: batch / 2, not batch
+    assert _sampler_options("b3pp", None, "PLAN", 32, config) == {
+        "plan": "PLAN", "global_batches": True, "num_hard_negatives": 2,
+    }  # fmt: skip
+    more = GridConfig(hard_negatives=5)
+    assert more.cell_key("b3pp", 32, 0) != config.cell_key("b3pp", 32, 0)
+    assert more.cell_key("random-hn", 32, 0) != config.cell_key("random-hn", 32, 0)
+    assert more.cell_key("b3", 32, 0) == config.cell_key("b3", 32, 0)  # B3 has no hard negatives
+    assert more.cell_key("random", 32, 0) == config.cell_key("random", 32, 0)
+    assert config.cell_key("b3", 32, 0) != config.cell_key("b3pp", 32, 0)

@@ -65,6 +65,11 @@ class GridConfig:
         skip: B3 rank-window start p.
         window: B3 rank-window width m.
         eval_batch_size: texts per forward pass when evaluating.
+        hard_negatives: h per example for the ``b3pp`` (B3++) and ``random-hn`` cells.
+
+    Sampler names are those of the registry plus ``b3pp`` (sampler b3 with ``hard_negatives`` per example).
+    Every cell's key includes its sampler options (:meth:`sampler_settings`), so a changed option is a new
+    cell.
     """
 
     work_dir: str = "hardbatch-experiment"
@@ -88,16 +93,34 @@ class GridConfig:
     skip: int = 3
     window: int = 30
     eval_batch_size: int = 64
+    hard_negatives: int = 2
 
     @property
     def seen(self) -> int:
         return self.pairs_seen or self.train_pairs
 
+    def sampler_settings(self, sampler: str, batch_size: int) -> dict[str, Any]:
+        """The scalar sampler options of a cell (what the trainer gets besides plans and embeddings)."""
+        if sampler == "gcbs":
+            # docs/samplers.md: target_degree ≈ batch_size / 2 (= batch size collapses the graph).
+            return {"target_degree": max(1, batch_size // 2)}
+        if sampler in ("b3", "b3pp", "random-hn"):
+            settings: dict[str, Any] = {"count_self": True, "global_batches": True}
+            if sampler != "b3":
+                settings["num_hard_negatives"] = self.hard_negatives
+            return settings
+        return {}
+
     def cell_key(self, sampler: str, batch_size: int, seed: int) -> str:
-        """Hash of everything that defines one cell's result."""
+        """Hash of everything that defines one cell's result (settings and the cell's sampler options)."""
         shared = {
-            k: v for k, v in asdict(self).items() if k not in ("work_dir", "samplers", "batch_sizes", "seeds")
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("work_dir", "samplers", "batch_sizes", "seeds", "hard_negatives")
         }
+        options = self.sampler_settings(sampler, batch_size)
+        if options:  # cells without options keep their earlier keys
+            shared["sampler_options"] = options
         payload = json.dumps({"cell": [sampler, batch_size, seed], **shared}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -127,9 +150,10 @@ def run_grid(
     log(f"frozen {config.model}: nDCG@10 {frozen['ndcg@10']:.4f}")
     hardness: dict[str, dict[int, float]] = {}
     for batch_size in config.batch_sizes:
-        plan = _plan(config, embeddings, train, batch_size, work) if "b3" in config.samplers else None
+        mined = {"b3", "b3pp", "random-hn"} & set(config.samplers)
+        plan = _plan(config, embeddings, train, batch_size, work) if mined else None
         for sampler in config.samplers:
-            options = _sampler_options(sampler, embeddings, plan, batch_size)
+            options = _sampler_options(sampler, embeddings, plan, batch_size, config)
             hardness.setdefault(sampler, {})[batch_size] = _hardness(
                 sampler, train, batch_size, options, embeddings, config.scale
             )
@@ -172,6 +196,7 @@ def _plan(config: GridConfig, embeddings: Any, train: Any, batch_size: int, work
             plan.params.get("batch_size") == batch_size
             and plan.params.get("cluster_size") == config.cluster_size
         )
+        same = same and plan.params.get("count_self") is True and plan.skipped is not None
         if same and plan.num_examples == len(train) and plan.params.get("skip") == config.skip:
             return plan
     plan = mine_b3(
@@ -190,19 +215,23 @@ def _plan(config: GridConfig, embeddings: Any, train: Any, batch_size: int, work
     return plan
 
 
-def _sampler_options(sampler: str, embeddings: Any, plan: Any, batch_size: int) -> dict[str, Any]:
-    if sampler == "b3":
-        return {"plan": plan}
+def _sampler_options(
+    sampler: str, embeddings: Any, plan: Any, batch_size: int, config: GridConfig | None = None
+) -> dict[str, Any]:
+    settings = (config or GridConfig()).sampler_settings(sampler, batch_size)
+    settings.pop("count_self", None)  # a mining option, already in the plan
+    if sampler in ("b3", "b3pp", "random-hn"):
+        return {"plan": plan, **settings}
     if sampler == "gcbs":
-        # The samplers engineer's guidance: a target degree near the batch size keeps RCM batches local.
-        return {
-            "query_emb": embeddings.query,
-            "positive_emb": embeddings.positive,
-            "target_degree": batch_size,
-        }
+        return {"query_emb": embeddings.query, "positive_emb": embeddings.positive, **settings}
     if sampler == "topic":
         return {"query_emb": embeddings.query}
     return {}
+
+
+def _registry_name(sampler: str) -> str:
+    """Grid name → sampler registry name (``b3pp`` is sampler b3 with hard negatives)."""
+    return "b3" if sampler == "b3pp" else sampler
 
 
 def _hardness(
@@ -216,7 +245,9 @@ def _hardness(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        batches = build_sampler(sampler, train, batch_size, seed=0, world_size=1, **options).batches(0)
+        batches = build_sampler(
+            _registry_name(sampler), train, batch_size, seed=0, world_size=1, **options
+        ).batches(0)
     summary = summarize_hardness(batch_hardness(embeddings.query, embeddings.positive, batches, scale=scale))
     return round(summary["neg_sim_mean"], 4)
 
@@ -250,7 +281,7 @@ def _run_cell(
             eval_data=test,
             output_dir=str(work / "runs" / name),
             model=config.model,
-            sampler=sampler,
+            sampler=_registry_name(sampler),
             sampler_options=options,
             batch_size=batch_size,
             # Enough epochs for the step budget even if a sampler drops a few examples per epoch.
