@@ -101,3 +101,50 @@ def test_cli_errors(app, tmp_path):
     q, p = _embeddings(tmp_path, nan_row=7)
     result = CliRunner().invoke(app, [*base, "-b", "16", "-k", "8"])
     assert isinstance(result.exception, DataError) and "row 7" in str(result.exception)
+
+
+def _source_data(tmp_path, n=96):
+    data = tmp_path / "pairs.jsonl"
+    rows = [
+        {"query": f"q {i}", "positive": f"p {i}", "source": "web" if i < n // 2 else "okvqa"}
+        for i in range(n)
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    return data
+
+
+def test_per_source_skip_window_and_options(app, tmp_path):
+    q, p = _embeddings(tmp_path)
+    data = _source_data(tmp_path)
+    out = tmp_path / "plan.parquet"
+    base = ["mine", "b3", str(data), "--query-emb", str(q), "--positive-emb", str(p), "-o", str(out)]
+    result = CliRunner().invoke(
+        app,
+        [*base, "-b", "16", "-k", "8", "--skip", "okvqa=3", "--skip-default", "1", "--window", "web=6,okvqa=5",
+         "--exclude-self", "--community", "leiden"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    plan = BatchPlan.load(out)
+    assert plan.params["skip"] == {"okvqa": 3, "web": 1} and plan.params["window"] == {"okvqa": 5, "web": 6}
+    assert plan.params["count_self"] is False and plan.params["community"] == "leiden"
+    assert plan.skipped is not None and plan.skipped.nnz == 48 * 3 + 48 * 1
+    result = CliRunner().invoke(app, [*base, "-b", "16", "-k", "8", "--skip", "okvqa=3"])
+    assert isinstance(result.exception, ConfigError) and "missing web" in str(result.exception)
+    result = CliRunner().invoke(app, [*base, "-b", "16", "-k", "8", "--skip", "okvqa=x"])
+    assert isinstance(result.exception, ConfigError) and "SOURCE=INT" in str(result.exception)
+
+
+def test_paper_preset(app, tmp_path):
+    q, p = _embeddings(tmp_path)
+    data = _source_data(tmp_path)
+    out = tmp_path / "plan.parquet"
+    base = ["mine", "b3", str(data), "--query-emb", str(q), "--positive-emb", str(p), "-o", str(out)]
+    result = CliRunner().invoke(app, [*base, "--preset", "b3-paper", "-b", "16", "-k", "8"])
+    assert result.exit_code == 0, result.output
+    assert "p=70 for okvqa" in result.output
+    params = BatchPlan.load(out).params
+    assert params["skip"] == {"okvqa": 70, "web": 30} and params["window"] == 100
+    assert params["cluster_size"] == 8 and params["batch_size"] == 16  # explicit options win
+    assert params["count_self"] is True and params["preset"] == "b3-paper"
+    result = CliRunner().invoke(app, [*base, "--preset", "b3-paper"])  # K=32, |B|=1024 > 96 examples
+    assert isinstance(result.exception, ConfigError) and "larger than the data" in str(result.exception)

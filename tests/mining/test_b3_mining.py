@@ -51,15 +51,31 @@ def test_planted_groups_are_recovered(skip, window):
     assert all(v["seconds"] >= 0 and v["peak_rss_mb"] > 0 for v in stats["stages"].values())
 
 
-def test_skip_drops_the_top_ranks():
+@pytest.mark.parametrize(
+    ("count_self", "skip_twin", "keep_twin"),
+    [(True, 2, 1), (False, 1, 0)],  # paper count: the example itself is rank 0, its twin rank 1
+)
+def test_skip_drops_the_top_ranks(count_self, skip_twin, keep_twin):
     query, positive, labels = planted(groups=10, size=8)
     partner = twin_of(len(labels))
-    with_skip = mine_b3(query, positive, batch_size=8, cluster_size=8, skip=1, window=6, device="cpu")
-    no_skip = mine_b3(query, positive, batch_size=8, cluster_size=8, skip=0, window=7, device="cpu")
+    options = {"batch_size": 8, "cluster_size": 8, "device": "cpu", "count_self": count_self}
+    with_skip = mine_b3(query, positive, skip=skip_twin, window=6, **options)
+    no_skip = mine_b3(query, positive, skip=keep_twin, window=7, **options)
     rows = np.arange(len(labels))
-    assert not with_skip.window[rows, partner].any()  # the twin is everyone's rank 0: skipped
+    assert not with_skip.window[rows, partner].any()  # the twin is everyone's nearest other: skipped
+    assert with_skip.skipped[rows, partner].all()  # ... and recorded as a likely false negative
+    assert with_skip.skipped.sum(axis=1).tolist() == [1] * len(labels)
     assert no_skip.window[rows, partner].all()
+    assert no_skip.skipped.nnz == 0
     assert with_skip.stats["graph"]["mutual_edges"] == 10 * (28 - 4)  # per group: 8-clique minus 4 twin pairs
+    assert with_skip.params["count_self"] is count_self
+
+
+def test_paper_count_with_skip_zero_keeps_one_rank_less():
+    # [0, m) in the paper's ranking contains the example itself: m - 1 others remain.
+    query, positive, _ = planted(groups=10, size=8)
+    plan = mine_b3(query, positive, batch_size=8, cluster_size=8, skip=0, window=4, device="cpu")
+    assert plan.window.sum(axis=1).tolist() == [3] * len(query)
 
 
 def test_batches_are_far_harder_than_random():
@@ -149,3 +165,106 @@ def test_clear_errors():
         mine_b3(query, positive, batch_size=8, cluster_size=8, knn="annoy")
     with pytest.raises(DataError, match="mismatched lengths"):
         mine_b3(query, positive, batch_size=8, cluster_size=8, sources=["a"] * 3)
+
+
+def test_skip_and_window_per_source():
+    query, positive, labels = planted(groups=10, size=8)
+    partner = twin_of(len(labels))
+    q2, p2 = np.concatenate([query, query]), np.concatenate([positive, positive])
+    sources = ["web"] * len(query) + ["vqa"] * len(query)
+    options = {"batch_size": 8, "cluster_size": 8, "device": "cpu", "sources": sources}
+    plan = mine_b3(q2, p2, skip={"vqa": 2, "*": 1}, window={"web": 7, "vqa": 6}, **options)
+    n, rows = len(query), np.arange(len(query))
+    assert plan.window[rows, partner].all()  # web: p=1 skips only the example itself
+    assert not plan.window[n + rows, n + partner].any()  # vqa: p=2 also skips the twin
+    assert plan.skipped[n + rows, n + partner].all() and plan.skipped[:n].nnz == 0
+    assert plan.params["skip"] == {"vqa": 2, "web": 1} and plan.params["window"] == {"vqa": 6, "web": 7}
+    same = mine_b3(q2, p2, skip={"*": 1}, window=7, **options)
+    assert same.params["skip"] == 1
+    with pytest.raises(ConfigError, match="no source named qa"):
+        mine_b3(q2, p2, skip={"qa": 2, "*": 1}, **options)
+    with pytest.raises(ConfigError, match="missing web"):
+        mine_b3(q2, p2, skip={"vqa": 2}, **options)
+    with pytest.raises(ConfigError, match="skip must be an integer >= 0"):
+        mine_b3(q2, p2, skip={"vqa": -1, "*": 1}, **options)
+    with pytest.raises(ConfigError, match=r"no source named vqa \(sources: none\)"):
+        mine_b3(query, positive, batch_size=8, cluster_size=8, skip={"vqa": 2})
+    assert mine_b3(query, positive, batch_size=8, cluster_size=8, skip={"*": 2}).params["skip"] == 2
+
+
+def _label_data(pairs: int = 6, per_label: int = 8, dim: int = 32, seed: int = 0):
+    """Classification data: 2·pairs labels; labels 2t and 2t+1 are close (each other's top non-gold label).
+
+    Positives are the label texts (and the label's embedding); queries lie near their own label.
+    """
+    rng = np.random.default_rng(seed)
+    pair_centers = rng.normal(size=(pairs, dim))
+    label_emb = np.repeat(pair_centers, 2, axis=0) + 0.4 * rng.normal(size=(2 * pairs, dim))
+    labels = rng.permutation(np.repeat(np.arange(2 * pairs), per_label))
+    query = label_emb[labels] + 0.1 * rng.normal(size=(labels.size, dim))
+    positive = label_emb[labels]
+    return query.astype(np.float32), positive.astype(np.float32), labels
+
+
+def test_classification_sources_use_the_label_graph():
+    query, positive, labels = _label_data()
+    texts = [f"class {label}" for label in labels]
+    plan = mine_b3(
+        query, positive, batch_size=16, cluster_size=16, positive_texts=texts, classification=True,
+        label_fraction=1 / 12, window=3, device="cpu",
+    )  # fmt: skip
+    rows, cols = plan.neighbors.nonzero()
+    # Edges only between the two labels of a pair, never between examples of the same (gold) label.
+    assert rows.size == 6 * 2 * 8 * 8
+    assert (labels[rows] != labels[cols]).all() and (labels[rows] // 2 == labels[cols] // 2).all()
+    # Each cluster of 16 is one label pair (both labels, 8 examples each).
+    assert all(np.unique(labels[c] // 2).size == 1 and np.unique(labels[c]).size == 2 for c in plan.clusters)
+    # B3++ pool: the representative of the partner label; excluded: the representative of the own label.
+    pool_rows, pool_cols = plan.window.nonzero()
+    assert (labels[pool_cols] == (labels[pool_rows] ^ 1)).all() and np.bincount(pool_rows).max() == 1
+    skip_rows, skip_cols = plan.skipped.nonzero()
+    assert (labels[skip_cols] == labels[skip_rows]).all() and skip_rows.size == len(labels)
+    with pytest.raises(ConfigError, match="positive_texts"):
+        mine_b3(query, positive, batch_size=16, cluster_size=16, classification=True)
+
+
+def test_classification_only_for_the_named_sources():
+    query, positive, labels = _label_data()
+    retrieval_q, retrieval_p, retrieval_labels = planted(groups=6, size=16)
+    q = np.concatenate([query, retrieval_q])
+    p = np.concatenate([positive, retrieval_p])
+    sources = ["imagenet"] * len(query) + ["web"] * len(retrieval_q)
+    texts = [f"class {label}" for label in labels] + [f"doc {i}" for i in range(len(retrieval_q))]
+    plan = mine_b3(
+        q, p, batch_size=16, cluster_size=16, sources=sources, positive_texts=texts, classification=["imagenet"],
+        label_fraction=1 / 12, skip=1, window=15, device="cpu",
+    )  # fmt: skip
+    n = len(query)
+    web = [c for c in plan.clusters if c[0] >= n]
+    assert len(web) == 6 and all(np.unique(retrieval_labels[c - n]).size == 1 for c in web)
+    assert plan.params["classification"] == ["imagenet"]
+    with pytest.raises(ConfigError, match="classification: no source named cifar"):
+        mine_b3(
+            q,
+            p,
+            batch_size=16,
+            cluster_size=16,
+            sources=sources,
+            positive_texts=texts,
+            classification=["cifar"],
+        )
+
+
+@pytest.mark.parametrize("community", ["leiden", "louvain"])
+def test_community_methods_recover_planted_groups_with_exact_k(community):
+    query, positive, labels = planted(groups=20, size=8, extra=3)
+    plan = mine_b3(
+        query, positive, batch_size=16, cluster_size=8, skip=1, window=7, community=community, device="cpu"
+    )
+    assert plan.num_clusters == 20 and plan.remainder.size == 3
+    ids = np.concatenate([plan.clusters.reshape(-1), plan.remainder])
+    assert np.array_equal(np.sort(ids), np.arange(len(labels)))  # no duplicate, nothing dropped
+    assert all(np.unique(labels[c]).size == 1 for c in plan.clusters)
+    assert plan.stats["partition"]["within_edge_fraction"] == 1.0 and plan.params["community"] == community
+    with pytest.raises(ConfigError, match="unknown community"):
+        mine_b3(query, positive, batch_size=16, cluster_size=8, community="spectral")

@@ -178,3 +178,79 @@ def test_hard_negatives_follow_window_counts():
         plan.hard_negatives([0, 1], 7)
     with pytest.raises(ConfigError, match="store_window"):
         random_plan(4, 2, 0).hard_negatives([0, 1], 1)
+
+
+def _csr(n, pairs):
+    rows, cols = zip(*pairs) if pairs else ((), ())
+    return sp.csr_array((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
+
+
+def _exclusion_plan():
+    # 40 examples. Batch {0, 1}: both windows point heavily at 10..13 and lightly at 20..39; 10 and 11 are
+    # in member 1's top-p (its likely false negatives), 12 in member 0's. A member-only exclusion would
+    # draw 10-12 most often (weight 2 each).
+    n = 40
+    window = [(0, j) for j in (10, 11, 12, 13, *range(20, 40))] + [(1, j) for j in (10, 11, 12, 13)]
+    skipped = [(1, 10), (1, 11), (0, 12), (5, 13)]  # (5, 13): not a batch member's, so 13 stays allowed
+    plan = BatchPlan(
+        np.arange(n).reshape(20, 2), np.zeros(0, dtype=np.int64), n, {"cluster_size": 2, "skip": 2},
+        window=_csr(n, window), skipped=_csr(n, skipped),
+    )  # fmt: skip
+    return plan
+
+
+def test_hard_negatives_exclude_every_members_top_p_and_change_with_the_epoch():
+    plan = _exclusion_plan()
+    assert plan.excluded_negatives([0, 1]).tolist() == [0, 1, 10, 11, 12]
+    draws = [plan.hard_negatives([0, 1], 4, epoch=e) for e in range(200)]
+    flat = np.concatenate(draws)
+    assert not set(flat.tolist()) & {0, 1, 10, 11, 12}
+    assert all(len(set(d)) == 4 for d in draws)
+    # 13 has weight 2 of a total 2 + 20: it is drawn about twice as often as a weight-1 item.
+    counts = np.bincount(flat, minlength=40)
+    assert counts[13] > 1.5 * counts[20:].mean()  # inclusion about 0.33 vs 0.18
+    assert len({tuple(d) for d in draws}) > 150  # the epoch changes the draw
+    # More than the window holds: the fill never uses an excluded id either.
+    for epoch in range(20):
+        filled = plan.hard_negatives([0, 1], 30, epoch=epoch)
+        assert len(set(filled)) == 30 and not set(filled) & {0, 1, 10, 11, 12}
+    with pytest.raises(ConfigError, match="top-skip ranks"):
+        plan.hard_negatives([0, 1], 36)
+
+
+def test_skipped_survives_save_and_load(tmp_path):
+    plan = _exclusion_plan()
+    loaded = BatchPlan.load(plan.save(tmp_path / "p.parquet"))
+    assert (loaded.skipped != plan.skipped).nnz == 0
+    assert loaded.hard_negatives([0, 1], 4, epoch=7) == plan.hard_negatives([0, 1], 4, epoch=7)
+
+
+def test_plans_without_skipped_warn_and_exclude_members_only():
+    plan = _exclusion_plan()
+    old = BatchPlan(plan.clusters, plan.remainder, plan.num_examples, plan.params, window=plan.window)
+    with pytest.warns(UserWarning, match="no top-skip ranks"):
+        old.hard_negatives([0, 1], 4)
+
+
+def test_per_query_negatives_come_from_each_members_own_window():
+    n = 60
+    # Member 0's window is 10..19, member 1's 20..29, member 2's 30..39; 15 is member 2's likely false
+    # negative, 21 is member 1's own window item but also in member 0's top-p.
+    window = (
+        [(0, j) for j in range(10, 20)] + [(1, j) for j in range(20, 30)] + [(2, j) for j in range(30, 40)]
+    )
+    plan = BatchPlan(
+        np.arange(n).reshape(30, 2), np.zeros(0, dtype=np.int64), n, {"cluster_size": 2, "skip": 1},
+        window=_csr(n, window), skipped=_csr(n, [(2, 15), (0, 21)]),
+    )  # fmt: skip
+    for epoch in range(30):
+        ids = plan.per_query_negatives([2, 0, 1], 3, epoch=epoch)
+        assert len(ids) == 9 and len(set(ids)) == 9
+        assert set(ids[0:3]) <= set(range(30, 40))  # query-major, in batch order
+        assert set(ids[3:6]) <= set(range(10, 20)) - {15}
+        assert set(ids[6:9]) <= set(range(20, 30)) - {21}
+    assert plan.per_query_negatives([2, 0, 1], 3, epoch=0) != plan.per_query_negatives([2, 0, 1], 3, epoch=1)
+    # A window with too few items is topped up with other allowed examples.
+    ids = plan.per_query_negatives([0], 12, epoch=0)
+    assert set(ids[:10]) == set(range(10, 20))  # 15 is allowed now: member 2 is not in this batch
+    assert len(set(ids)) == 12 and 0 not in ids and 21 not in ids

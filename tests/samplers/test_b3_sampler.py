@@ -22,6 +22,10 @@ def _max_uncovered(plan: BatchPlan):
         if not sampler.full_batches_only:
             return 0
         groups = len(plan.source_names) if plan.has_sources and sampler.same_source is not False else 1
+        if sampler.splits_global:
+            # N mod K remainder + clusters that do not fill a global batch (per source); no world-size cut.
+            per_global = sampler.global_size // plan.cluster_size
+            return plan.remainder.size + groups * (per_global - 1) * plan.cluster_size
         per_batch = sampler.batch_size // plan.cluster_size
         # N mod K remainder + clusters that do not fill a batch (per source) + the world-size cut.
         leftover_clusters = groups * (per_batch - 1) * plan.cluster_size
@@ -111,10 +115,38 @@ def test_hard_negatives_through_the_sampler():
     sampler = B3BatchSampler(num_examples=N, batch_size=B, plan=PLAN, num_hard_negatives=3)
     batch = sampler.batches(0)[0]
     negatives = sampler.hard_negatives(batch)
-    assert len(negatives) == 3 and not set(negatives) & set(batch)
+    # h per example (the paper's count), not h for the whole batch.
+    assert len(negatives) == 3 * B and len(set(negatives)) == 3 * B
+    assert not set(negatives) & set(PLAN.excluded_negatives(batch).tolist())
     assert negatives == sampler.hard_negatives(list(reversed(batch)))
+    # The sampler's epoch reaches the draw: the same batch gets other negatives in another epoch.
+    assert sampler.hard_negatives(batch, epoch=1) != negatives
+    sampler.set_epoch(1)
+    assert sampler.hard_negatives(batch) == sampler.hard_negatives(batch, epoch=1)
     with pytest.raises(ConfigError, match="num_hard_negatives=0"):
         B3BatchSampler(num_examples=N, batch_size=B, plan=PLAN).hard_negatives(batch)
+
+
+def test_global_batches_are_the_single_process_batches_split_over_ranks():
+    world = 3
+    single = B3BatchSampler(num_examples=N, batch_size=B * world, plan=SOURCE_PLAN, num_hard_negatives=2)
+    split = B3BatchSampler(
+        num_examples=N, batch_size=B, plan=SOURCE_PLAN, num_hard_negatives=2, world_size=world
+    )
+    for epoch in (0, 1):
+        stream = split.batches(epoch)
+        assert len(stream) == len(split) == world * len(single.batches(epoch))
+        for g, whole in enumerate(single.batches(epoch)):
+            slices = stream[g * world : (g + 1) * world]
+            assert [i for part in slices for i in part] == whole  # rank r takes slice r
+            assert np.unique(SOURCES[whole]).size == 1  # one source per global batch
+            negatives = [split.hard_negatives(part, epoch=epoch) for part in slices]
+            assert all(len(n) == 2 * B for n in negatives)
+            assert [i for n in negatives for i in n] == single.hard_negatives(whole, epoch=epoch)
+    independent = B3BatchSampler(
+        num_examples=N, batch_size=B, plan=SOURCE_PLAN, world_size=world, global_batches=False
+    )
+    assert independent.batches(0) != split.batches(0)
 
 
 def test_errors():

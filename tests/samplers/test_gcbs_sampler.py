@@ -106,3 +106,18 @@ def test_errors():
         GCBSBatchSampler(
             num_examples=240, batch_size=8, query_emb=torch.from_numpy(nan), positive_emb=POSITIVE
         )
+
+
+def test_global_batches_are_one_contiguous_chunk_split_over_ranks():
+    options = dict(query_emb=QUERY, positive_emb=POSITIVE, target_degree=20, device="cpu", seed=3)
+    single = GCBSBatchSampler(num_examples=240, batch_size=80, **options)
+    split = GCBSBatchSampler(num_examples=240, batch_size=40, world_size=2, **options)
+    for epoch in (0, 1):
+        whole, stream = single.batches(epoch), split.batches(epoch)
+        assert len(stream) == len(split) == 2 * len(whole) == 6
+        assert [stream[2 * g] + stream[2 * g + 1] for g in range(len(whole))] == whole
+    # Topical: each global batch (both ranks' slices) comes from one contiguous stretch of the order.
+    purity = np.mean([np.bincount(TOPIC[b]).max() / len(b) for b in split.batches(0)])
+    assert purity > 0.9
+    legacy = GCBSBatchSampler(num_examples=240, batch_size=40, world_size=2, global_batches=False, **options)
+    assert len(legacy) == 6 and legacy.batches(0) != split.batches(0)

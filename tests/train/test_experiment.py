@@ -125,3 +125,21 @@ def test_check_matches_compares_mining_parameters(tmp_path):
     plan.check_matches(params={"window": 4, "seed": 0, "batch_size": 4})
     with pytest.raises(StaleCacheError, match=r"mined with other parameters \(window: 4 \(plan\) != 30"):
         plan.check_matches(params={"window": 30, "seed": 0})
+
+
+def test_sampler_options_are_part_of_the_cell_key():
+    from hardbatch.app.experiment import GridConfig, _sampler_options
+
+    config = GridConfig()
+    assert config.sampler_settings("gcbs", 64) == {"target_degree": 32}  # docs: batch / 2, not batch
+    from hardbatch.samplers import SamplerInputs
+
+    assert _sampler_options("b3pp", SamplerInputs(plan="PLAN"), 32, config) == {
+        "plan": "PLAN", "global_batches": True, "num_hard_negatives": 2,
+    }  # fmt: skip
+    more = GridConfig(hard_negatives=5)
+    assert more.cell_key("b3pp", 32, 0) != config.cell_key("b3pp", 32, 0)
+    assert more.cell_key("random-hn", 32, 0) != config.cell_key("random-hn", 32, 0)
+    assert more.cell_key("b3", 32, 0) == config.cell_key("b3", 32, 0)  # B3 has no hard negatives
+    assert more.cell_key("random", 32, 0) == config.cell_key("random", 32, 0)
+    assert config.cell_key("b3", 32, 0) != config.cell_key("b3pp", 32, 0)

@@ -14,7 +14,7 @@ SAMPLER_OPTIONS = {
     "topic": {"n_clusters": 4},
     "source": {},
     "gcbs": {"target_degree": 8},
-    # B3 mined lazily from teacher embeddings, with B3++ batch-level hard negatives.
+    # B3 mined lazily from teacher embeddings, with B3++ hard negatives (h per example).
     "b3": {
         "mine_options": {"cluster_size": 4, "skip": 1, "window": 8, "device": "cpu"},
         "num_hard_negatives": 2,
@@ -86,7 +86,8 @@ def test_every_sampler_trains_evaluates_and_saves(tmp_path, train_pairs, eval_pa
     # The final model loads with plain sentence-transformers and differs from the start.
     start, final = _weights(tiny_model_dir), _weights(run / "final")
     assert any(not torch.equal(start[k], final[k]) for k in start)
-    assert trainer.extras == ([2] * 4 if sampler == "b3" else [0] * 4)
+    # B3++: h = 2 hard negatives per example, so 2 · |B| = 16 extra key columns per step.
+    assert trainer.extras == ([2 * 8] * 4 if sampler == "b3" else [0] * 4)
 
 
 def test_gradient_cache_matches_direct_training(tmp_path, train_pairs, tiny_model_nodropout_dir):

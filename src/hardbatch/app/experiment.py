@@ -65,6 +65,11 @@ class GridConfig:
         skip: B3 rank-window start p.
         window: B3 rank-window width m.
         eval_batch_size: texts per forward pass when evaluating.
+        hard_negatives: h per example for the ``b3pp`` (B3++) and ``random-hn`` cells.
+
+    Sampler names are those of the registry plus ``b3pp`` (sampler b3 with ``hard_negatives`` per example).
+    Every cell's key includes its sampler options (:meth:`sampler_settings`), so a changed option is a new
+    cell.
     """
 
     work_dir: str = "hardbatch-experiment"
@@ -88,16 +93,27 @@ class GridConfig:
     skip: int = 3
     window: int = 30
     eval_batch_size: int = 64
+    hard_negatives: int = 2
 
     @property
     def seen(self) -> int:
         return self.pairs_seen or self.train_pairs
 
+    def sampler_settings(self, sampler: str, batch_size: int) -> dict[str, Any]:
+        """The scalar sampler options of a cell (what the trainer gets besides plans and embeddings)."""
+        settings = _CELLS.get(sampler, (sampler, None))[1]
+        return settings(self, batch_size) if settings else {}
+
     def cell_key(self, sampler: str, batch_size: int, seed: int) -> str:
-        """Hash of everything that defines one cell's result."""
+        """Hash of everything that defines one cell's result (settings and the cell's sampler options)."""
         shared = {
-            k: v for k, v in asdict(self).items() if k not in ("work_dir", "samplers", "batch_sizes", "seeds")
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("work_dir", "samplers", "batch_sizes", "seeds", "hard_negatives")
         }
+        options = self.sampler_settings(sampler, batch_size)
+        if options:  # cells without options keep their earlier keys
+            shared["sampler_options"] = options
         payload = json.dumps({"cell": [sampler, batch_size, seed], **shared}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -134,7 +150,7 @@ def run_grid(
             teacher=(embeddings.query, embeddings.positive),
         )
         for sampler in config.samplers:
-            options = _sampler_options(sampler, inputs, batch_size)
+            options = _sampler_options(sampler, inputs, batch_size, config)
             hardness.setdefault(sampler, {})[batch_size] = _hardness(
                 sampler, train, batch_size, options, embeddings, config.scale
             )
@@ -175,6 +191,7 @@ def _plan(config: GridConfig, embeddings: Any, train: Any, batch_size: int, work
         "skip": config.skip,
         "window": config.window,
         "seed": _PLAN_SEED,
+        "count_self": True,
     }
     if path.exists():
         # The teacher enters through the embeddings' hashes: a changed teacher never reuses a stale plan.
@@ -182,6 +199,8 @@ def _plan(config: GridConfig, embeddings: Any, train: Any, batch_size: int, work
         try:
             plan = BatchPlan.load(path)
             plan.check_matches(num_examples=len(train), expected_hash=expected, source=path, params=params)
+            if plan.skipped is None:  # mined before B3++ exclusions were stored
+                raise StaleCacheError(f"{path}: no likely-false-negative ranks stored")
             return plan
         except StaleCacheError:
             pass  # re-mined below and replaced atomically
@@ -202,18 +221,36 @@ def _plan(config: GridConfig, embeddings: Any, train: Any, batch_size: int, work
     return plan
 
 
-#: Grid options of samplers as a function of the batch size; samplers not listed take their defaults.
-_GRID_OPTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
-    # The samplers engineer's guidance: a target degree near the batch size keeps RCM batches local.
-    "gcbs": lambda batch_size: {"target_degree": batch_size},
-}
-
-
-def _sampler_options(sampler: str, inputs: Any, batch_size: int) -> dict[str, Any]:
+def _sampler_options(sampler: str, inputs: Any, batch_size: int, config: GridConfig) -> dict[str, Any]:
+    """The trainer's sampler options of a cell: its settings plus what the sampler takes from ``inputs``."""
     from hardbatch.samplers import resolve_inputs
 
-    grid = _GRID_OPTIONS.get(sampler)
-    return resolve_inputs(sampler, inputs, **(grid(batch_size) if grid else {}))
+    settings = config.sampler_settings(sampler, batch_size)
+    settings.pop("count_self", None)  # a mining option, already in the plan
+    return resolve_inputs(_sampler_name(sampler), inputs, **settings)
+
+
+def _sampler_name(sampler: str) -> str:
+    """Grid name → sampler registry name (``b3pp`` is sampler b3 with hard negatives)."""
+    return _CELLS.get(sampler, (sampler, None))[0]
+
+
+def _mined_settings(config: GridConfig, hard_negatives: bool) -> dict[str, Any]:
+    settings: dict[str, Any] = {"count_self": True, "global_batches": True}
+    if hard_negatives:
+        settings["num_hard_negatives"] = config.hard_negatives
+    return settings
+
+
+#: Grid cells that are not plain registry samplers with defaults: name → (registered sampler, settings of
+#: (config, batch size)). Settings are part of each cell's key.
+_CELLS: dict[str, tuple[str, Callable[[GridConfig, int], dict[str, Any]] | None]] = {
+    # docs/samplers.md: target_degree ≈ batch_size / 2 (= batch size collapses the graph).
+    "gcbs": ("gcbs", lambda config, batch_size: {"target_degree": max(1, batch_size // 2)}),
+    "b3": ("b3", lambda config, batch_size: _mined_settings(config, hard_negatives=False)),
+    "b3pp": ("b3", lambda config, batch_size: _mined_settings(config, hard_negatives=True)),
+    "random-hn": ("random-hn", lambda config, batch_size: _mined_settings(config, hard_negatives=True)),
+}
 
 
 def _hardness(
@@ -227,7 +264,9 @@ def _hardness(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        batches = build_sampler(sampler, train, batch_size, seed=0, world_size=1, **options).batches(0)
+        batches = build_sampler(
+            _sampler_name(sampler), train, batch_size, seed=0, world_size=1, **options
+        ).batches(0)
     summary = summarize_hardness(batch_hardness(embeddings.query, embeddings.positive, batches, scale=scale))
     return round(summary["neg_sim_mean"], 4)
 
@@ -261,7 +300,7 @@ def _run_cell(
             eval_data=test,
             output_dir=str(work / "runs" / name),
             model=config.model,
-            sampler=sampler,
+            sampler=_sampler_name(sampler),
             sampler_options=options,
             batch_size=batch_size,
             # Enough epochs for the step budget even if a sampler drops a few examples per epoch.

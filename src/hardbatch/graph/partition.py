@@ -27,11 +27,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from hardbatch.errors import ConfigError
+from hardbatch.errors import ConfigError, require
+
+#: Community detection choices of :func:`balanced_clusters`.
+COMMUNITY_METHODS = ("metis", "leiden", "louvain")
 
 __all__ = [
+    "COMMUNITY_METHODS",
     "ClusterPartition",
     "balanced_clusters",
+    "community_labels",
+    "community_parts",
     "cut_edges",
     "metis_parts",
     "repair_parts",
@@ -233,15 +239,116 @@ def repair_parts(
     return labels, moved
 
 
+def community_labels(graph: sp.sparray | sp.spmatrix, method: str, *, seed: int = 0) -> np.ndarray:
+    """Communities of an undirected graph, of whatever sizes the method finds (not balanced).
+
+    Args:
+        graph: (N, N) symmetric adjacency storing both directions of each edge.
+        method: ``"leiden"`` (igraph's Leiden, modularity objective; Traag et al. 2019) or ``"louvain"``
+            (networkit's parallel Louvain, PLM with refinement; Staudt & Meyerhenke 2016). Both come with
+            the ``graph`` extra.
+        seed: RNG seed of the method (networkit's PLM is multi-threaded; its result can still vary
+            slightly between runs with several threads).
+
+    Returns:
+        (N,) int64 community label of every node (isolated nodes get singleton communities).
+
+    Raises:
+        MissingExtraError: the ``graph`` extra is not installed.
+
+    Complexity: Leiden and Louvain are about O(E) per pass (a few passes), memory O(N + E).
+
+    Example:
+        >>> import numpy as np, scipy.sparse as sp
+        >>> two = sp.block_diag([np.ones((3, 3)) - np.eye(3)] * 2, format="csr")
+        >>> labels = community_labels(two, "leiden")
+        >>> len(set(labels[:3].tolist())), bool(labels[0] != labels[3])
+        (1, True)
+    """
+    csr = sp.csr_array(graph)
+    num_nodes = csr.shape[0]
+    upper = sp.triu(csr, k=1).tocoo()
+    edges = np.stack([upper.row, upper.col], axis=1).astype(np.int64)
+    if method == "leiden":
+        import random
+
+        igraph = require("igraph", "graph", "Leiden community detection")
+        igraph.set_random_number_generator(random.Random(int(seed)))
+        try:
+            g = igraph.Graph(n=num_nodes, edges=edges.tolist(), directed=False)
+            clustering = g.community_leiden(objective_function="modularity", n_iterations=-1)
+            labels = np.asarray(clustering.membership, dtype=np.int64)
+        finally:
+            igraph.set_random_number_generator(random)
+        return labels
+    if method == "louvain":
+        nk = require("networkit", "graph", "Louvain (PLM) community detection")
+        nk.engineering.setSeed(int(seed), False)
+        g = nk.Graph(num_nodes, weighted=False, directed=False)
+        if edges.size:
+            g.addEdges((edges[:, 0].astype(np.uint64), edges[:, 1].astype(np.uint64)))
+        algorithm = nk.community.PLM(g, refine=True)
+        algorithm.run()
+        return np.asarray(algorithm.getPartition().getVector(), dtype=np.int64)
+    raise ConfigError(f"unknown community method {method!r}; expected one of {', '.join(COMMUNITY_METHODS)}")
+
+
+def community_parts(
+    graph: sp.sparray | sp.spmatrix, cluster_size: int, method: str, *, seed: int = 0
+) -> np.ndarray:
+    """Part labels for the exact-K repair from communities of any size.
+
+    Communities larger than K are cut by METIS into about size / K parts (so a big community is split
+    along its own weakest edges); the nodes are then laid out community by community (largest first,
+    sub-parts kept together) and cut into consecutive chunks of K: chunk c is part c, the trailing
+    ``N mod K`` nodes are unassigned (-1). Small communities thus share a chunk with the next one.
+
+    Args:
+        graph: (N, N) symmetric adjacency.
+        cluster_size: K.
+        method: ``"leiden"`` or ``"louvain"`` (see :func:`community_labels`).
+        seed: seed of the community detection and of METIS.
+
+    Returns:
+        (N,) int64 part labels in ``[0, N // K)`` (each exactly K times) or -1.
+
+    Example:
+        >>> import numpy as np, scipy.sparse as sp
+        >>> parts = community_parts(sp.csr_array((10, 10), dtype=np.int8), 4, "leiden")
+        >>> np.bincount(parts[parts >= 0]).tolist(), int((parts < 0).sum())
+        ([4, 4], 2)
+    """
+    csr = sp.csr_array(graph)
+    num_nodes = csr.shape[0]
+    labels = community_labels(csr, method, seed=seed)
+    names, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    sub_part = np.zeros(num_nodes, dtype=np.int64)
+    for community in np.flatnonzero(sizes > cluster_size):
+        members = np.flatnonzero(inverse == community)
+        nparts = int(sizes[community] // cluster_size)
+        if nparts > 1:
+            sub_part[members] = metis_parts(csr[members][:, members], nparts, seed=seed)[0]
+    rank = np.empty(names.size, dtype=np.int64)
+    rank[np.lexsort((np.arange(names.size), -sizes))] = np.arange(names.size)
+    order = np.lexsort((np.arange(num_nodes), sub_part, rank[inverse]))
+    parts = np.full(num_nodes, -1, dtype=np.int64)
+    usable = num_nodes - num_nodes % cluster_size
+    parts[order[:usable]] = np.arange(usable) // cluster_size
+    return parts
+
+
 def balanced_clusters(
-    graph: sp.sparray | sp.spmatrix, cluster_size: int, *, seed: int = 0
+    graph: sp.sparray | sp.spmatrix, cluster_size: int, *, seed: int = 0, community: str = "metis"
 ) -> ClusterPartition:
-    """METIS into ``N // K`` parts, repaired to exactly K members each (see the module docstring).
+    """METIS (or Leiden / Louvain) into ``N // K`` parts, repaired to exactly K members each.
 
     Args:
         graph: (N, N) symmetric unweighted adjacency (both directions stored, no self-loops).
         cluster_size: K.
-        seed: METIS and repair seed.
+        seed: METIS / community detection and repair seed.
+        community: ``"metis"`` (balanced min-cut, the paper's choice), ``"leiden"`` or ``"louvain"``
+            (modularity communities of free sizes, packed by :func:`community_parts`); every method is
+            followed by the same exact-K repair (:func:`repair_parts`), so the output contract is the same.
 
     Returns:
         :class:`ClusterPartition` with clusters sorted by their smallest member, members sorted within a
@@ -262,8 +369,16 @@ def balanced_clusters(
             remainder=np.arange(num_nodes, dtype=np.int64),
             stats={"metis_cut": 0, "cut": 0, "moved": num_nodes, "within_edge_fraction": 0.0},
         )
-    parts, metis_cut = metis_parts(graph, num_parts, seed=seed)
-    sizes = np.bincount(parts, minlength=num_parts)
+    if community == "metis":
+        parts, metis_cut = metis_parts(graph, num_parts, seed=seed)
+    elif community in COMMUNITY_METHODS:
+        parts = community_parts(graph, cluster_size, community, seed=seed)
+        metis_cut = cut_edges(graph, parts)
+    else:
+        raise ConfigError(
+            f"unknown community method {community!r}; expected one of {', '.join(COMMUNITY_METHODS)}"
+        )
+    sizes = np.bincount(parts[parts >= 0], minlength=num_parts)
     labels, moved = repair_parts(parts, graph, cluster_size, seed=seed)
     member_order = np.lexsort((np.arange(num_nodes), labels))
     in_cluster = member_order[labels[member_order] >= 0]

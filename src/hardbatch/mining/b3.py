@@ -27,16 +27,17 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from hardbatch.errors import ConfigError
 from hardbatch.graph.knn import KnnResult, knn_recall
 from hardbatch.graph.knn import knn as run_knn
-from hardbatch.graph.partition import balanced_clusters
+from hardbatch.graph.partition import COMMUNITY_METHODS, balanced_clusters
 from hardbatch.graph.rank_window import filter_window, graph_stats, mutual_graph, rank_window, window_matrix
 from hardbatch.graph.similarity import as_tensor
 from hardbatch.ids import stable_ids
@@ -44,7 +45,10 @@ from hardbatch.mining.plan import BatchPlan, input_hashes
 from hardbatch.progress import StageTimer, peak_rss_mb
 from hardbatch.validation import check_batch_size, check_embeddings, check_same_length
 
-__all__ = ["cluster_hardness", "mine_b3"]
+__all__ = ["cluster_hardness", "effective_window", "mine_b3", "per_source_setting"]
+
+#: Key of a per-source mapping that applies to every source not named in it.
+DEFAULT_KEY = "*"
 
 _KNN_BACKENDS = ("exact", "hnsw", "ivf")
 
@@ -132,9 +136,8 @@ def _validate(
     positive_emb: Any,
     batch_size: int,
     cluster_size: int,
-    skip: int,
-    window: int,
     knn_backend: str,
+    community: str,
 ) -> int:
     check_embeddings(query_emb, "query embeddings")
     num_examples, dim = query_emb.shape
@@ -143,11 +146,80 @@ def _validate(
     if not isinstance(cluster_size, int | np.integer) or cluster_size < 1:
         raise ConfigError(f"cluster_size must be a positive integer, got {cluster_size!r}")
     check_batch_size(batch_size, num_examples, multiple_of=cluster_size)
-    if skip < 0 or window < 1:
-        raise ConfigError(f"need skip >= 0 and window >= 1, got skip={skip}, window={window}")
+    if community not in COMMUNITY_METHODS:
+        raise ConfigError(f"unknown community {community!r}; expected one of {', '.join(COMMUNITY_METHODS)}")
     if knn_backend not in _KNN_BACKENDS:
         raise ConfigError(f"unknown knn backend {knn_backend!r}; expected one of {', '.join(_KNN_BACKENDS)}")
     return num_examples
+
+
+def per_source_setting(
+    value: int | Mapping[str, int], name: str, source_names: list[str] | None, *, minimum: int
+) -> list[int]:
+    """Resolve an int or a ``{source: int}`` mapping into one value per source (in ``source_names`` order).
+
+    A mapping may hold the key ``"*"`` for every source it does not name; a source that is neither named
+    nor covered by ``"*"``, or a key that names no source, is an error (a typo must not silently fall back).
+
+    Args:
+        value: one value for every source, or a mapping source → value.
+        name: the option's name, for messages (``skip``, ``window``).
+        source_names: the sources (``None``: the data has none; a mapping then needs ``"*"``).
+        minimum: smallest allowed value.
+
+    Returns:
+        One int per source (one element without sources).
+
+    Raises:
+        ConfigError: unknown or missing sources, values below ``minimum``, non-integers.
+
+    Example:
+        >>> per_source_setting({"vqa": 70, "*": 30}, "skip", ["vqa", "web"], minimum=0)
+        [70, 30]
+    """
+    groups = source_names if source_names is not None else [None]
+    if isinstance(value, Mapping):
+        mapping = {str(k): v for k, v in value.items()}
+        known = set(source_names or [])
+        unknown = sorted(k for k in mapping if k != DEFAULT_KEY and k not in known)
+        if unknown:
+            raise ConfigError(
+                f"{name}: no source named {', '.join(unknown)} (sources: {', '.join(sorted(known)) or 'none'})"
+            )
+        missing = [g for g in groups if (g is None or g not in mapping) and DEFAULT_KEY not in mapping]
+        if missing:
+            where = "the data has no sources" if source_names is None else f"missing {', '.join(missing)}"
+            raise ConfigError(
+                f"{name}: give a value for every source or a default ('*' / --{name}-default); {where}"
+            )
+        values = [mapping[g] if g is not None and g in mapping else mapping[DEFAULT_KEY] for g in groups]
+    else:
+        values = [value] * len(groups)
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum:
+            raise ConfigError(f"{name} must be an integer >= {minimum}, got {v!r}")
+        out.append(int(v))
+    return out
+
+
+def effective_window(skip: int, window: int, count_self: bool) -> tuple[int, int]:
+    """Columns ``[start, start + width)`` of a neighbour list that *excludes* the example itself.
+
+    The paper and the official code rank every positive, the example's own included (normally at rank 0),
+    and keep ranks ``[p, p + m)``; so with ``count_self`` the skip p counts the example itself and the
+    window over the *other* examples starts one rank earlier (and, for p = 0, is one shorter because the
+    example's own rank 0 falls inside it and is dropped). Without ``count_self`` p counts other examples
+    only.
+
+    Example:
+        >>> effective_window(30, 100, True), effective_window(0, 100, True), effective_window(30, 100, False)
+        ((29, 100), (0, 99), (30, 100))
+    """
+    if not count_self:
+        return skip, window
+    start = max(skip - 1, 0)
+    return start, skip + window - 1 - start
 
 
 def mine_b3(
@@ -156,8 +228,9 @@ def mine_b3(
     *,
     batch_size: int,
     cluster_size: int = 32,
-    skip: int = 30,
-    window: int = 100,
+    skip: int | Mapping[str, int] = 30,
+    window: int | Mapping[str, int] = 100,
+    count_self: bool = True,
     seed: int = 0,
     knn: str = "exact",
     sources: Sequence[Any] | np.ndarray | None = None,
@@ -175,6 +248,9 @@ def mine_b3(
     store_neighbors: bool = True,
     dataset_hash: str | None = None,
     show_progress: bool | None = None,
+    classification: bool | Sequence[str] = False,
+    label_fraction: float = 0.3,
+    community: str = "metis",
 ) -> BatchPlan:
     """Mine B3 batches: clusters of exactly K mutual strong negatives under a teacher.
 
@@ -183,8 +259,12 @@ def mine_b3(
         positive_emb: (N, d) float teacher embeddings of the positives, aligned with the queries.
         batch_size: |B|, examples per batch; a multiple of ``cluster_size`` and <= N.
         cluster_size: K, examples per cluster (paper default 32).
-        skip: p, top teacher ranks ignored as likely false negatives (paper: 30; 70 for short answers).
-        window: m, ranks kept after the skipped ones (paper: 100).
+        skip: p, top teacher ranks ignored as likely false negatives (paper: 30 for retrieval and
+            grounding, 70 for VQA): an int, or a mapping source → int (key ``"*"``: every other source).
+        window: m, ranks kept after the skipped ones (paper: 100); an int or a mapping like ``skip``.
+        count_self: the paper's count: the example itself is rank 0 of the p skipped ranks, so p=30
+            skips the example and its 29 nearest others (see :func:`effective_window`). ``False``: p counts
+            other examples only (hardbatch before 0.2).
         seed: METIS, repair and per-epoch shuffle seed.
         knn: "exact" (chunked matmul, GPU when present), "hnsw" or "ivf" (faiss, approximate; recall
             against exact is measured on ``recall_sample`` rows and stored in the stats).
@@ -204,6 +284,16 @@ def mine_b3(
         store_neighbors: keep the mutual graph in the plan.
         dataset_hash: fingerprint of the dataset the embeddings came from (stored, checked on load).
         show_progress: progress bars (default: on unless ``HARDBATCH_PROGRESS=0``).
+        classification: sources whose positives are class labels (``True``: all examples). Their graph is
+            label-level, as in the official classification script: the teacher ranks the distinct labels
+            for each query, the gold label is filtered out (``skip`` is not used), and i → j for every j
+            whose label is among i's top ``label_fraction`` of labels; mutual edges as usual. Their B3++
+            pool (``window``) is one example per label of i's first ``window`` ranked labels. Needs
+            ``positive_texts`` (the label texts). Cost O(label_fraction · n²) edges for a source of n
+            examples: mine large classification sets in subsets (the official code uses 10k).
+        label_fraction: share of the distinct labels linked per example in classification sources.
+        community: ``"metis"`` (the paper), ``"leiden"`` or ``"louvain"``; each followed by the same
+            exact-K repair (:func:`hardbatch.graph.partition.balanced_clusters`).
 
     Returns:
         A :class:`~hardbatch.mining.plan.BatchPlan` with ``N // K`` clusters (per source), the remainder,
@@ -226,7 +316,7 @@ def mine_b3(
         >>> plan.num_clusters, len(plan.batches(epoch=0))
         (8, 4)
     """
-    num_examples = _validate(query_emb, positive_emb, batch_size, cluster_size, skip, window, knn)
+    num_examples = _validate(query_emb, positive_emb, batch_size, cluster_size, knn, community)
     for name, value in (
         ("absolute_margin", absolute_margin),
         ("relative_margin", relative_margin),
@@ -241,22 +331,63 @@ def mine_b3(
     codes, source_names = (None, None)
     if sources is not None:
         codes, source_names = _source_codes(sources, num_examples)
+    skips = per_source_setting(skip, "skip", source_names, minimum=0)
+    windows_m = per_source_setting(window, "window", source_names, minimum=1)
+    label_groups = _classification_groups(classification, source_names)
+    if any(label_groups) and positive_texts is None:
+        raise ConfigError("classification sources need positive_texts (their class labels)")
+    if not 0.0 < label_fraction <= 1.0:
+        raise ConfigError(f"label_fraction must be in (0, 1], got {label_fraction}")
     text_ids = _text_ids(positive_texts, num_examples) if positive_texts is not None else None
     groups = (
         [np.arange(num_examples)]
         if codes is None
         else [np.flatnonzero(codes == c) for c in range(len(source_names))]
     )
+    spans = [effective_window(p, m, count_self) for p, m in zip(skips, windows_m)]
 
-    width = window
+    width = max(max(w for _, w in spans), 1)
     windows = np.full((num_examples, width), -1, dtype=np.int32)
+    skipped_width = max(start + w for start, w in spans)
+    skipped_rows = np.full((num_examples, max(skipped_width, 1)), -1, dtype=np.int32)
+    label_graphs: list[sp.csr_array] = []
     recalls: list[float] = []
-    for ids in groups:
+    for group_index, ids in enumerate(groups):
         whole = len(groups) == 1
         q_part = query_emb if whole else _as_numpy(query_emb)[ids]
         p_part = positive_emb if whole else _as_numpy(positive_emb)[ids]
-        k = min(skip + window, len(ids) - 1)
-        if k <= skip:  # too few examples in this group for any rank past the skipped ones
+        if label_groups[group_index]:
+            with timer.stage("labels"):
+                local_window, local_skipped, local_graph = _label_window(
+                    q_part, p_part, text_ids[ids], label_fraction, windows_m[group_index], normalize
+                )
+            _put_rows(windows, ids, local_window)
+            _put_rows(skipped_rows, ids, local_skipped)
+            rows, cols = local_graph.nonzero()
+            label_graphs.append(
+                sp.csr_array(
+                    (np.ones(rows.size, dtype=np.int8), (ids[rows], ids[cols])), shape=(num_examples,) * 2
+                )
+            )
+            continue
+        group_skip, group_window = spans[group_index]
+        k = min(group_skip + group_window, len(ids) - 1)
+        if k <= group_skip:  # too few examples in this group for any rank past the skipped ones
+            if k > 0:
+                with timer.stage("knn"):
+                    result = _group_knn(
+                        q_part,
+                        p_part,
+                        k,
+                        knn,
+                        normalize,
+                        device,
+                        chunk_size,
+                        faiss_options,
+                        seed,
+                        show_progress,
+                    )
+                _put_rows(skipped_rows, ids, np.asarray(result.indices, dtype=np.int64))
             continue
         with timer.stage("knn"):
             result = _group_knn(
@@ -281,23 +412,38 @@ def mine_b3(
                 result,
                 q_part,
                 p_part,
-                skip,
-                window,
+                group_skip,
+                group_window,
                 normalize,
                 text_ids[ids] if text_ids is not None else None,
                 absolute_margin,
                 relative_margin,
                 max_score,
             )
-            # Local ids → example ids (-1 stays -1).
-            windows[ids, : local.shape[1]] = np.where(local >= 0, ids[np.maximum(local, 0)], -1)
+            _put_rows(windows, ids, local)
+            # Likely false negatives: the top ranks, and window candidates the filters dropped.
+            ranked = np.asarray(result.indices, dtype=np.int64)
+            top = ranked[:, :group_skip]
+            dropped = np.where(local < 0, ranked[:, group_skip : group_skip + local.shape[1]], -1)
+            _put_rows(skipped_rows, ids, np.concatenate([top, dropped], axis=1))
         del result
 
     with timer.stage("graph"):
-        directed = window_matrix(windows, num_examples)
+        directed_window = window_matrix(windows, num_examples)
+        if label_graphs:
+            retrieval_rows = windows.copy()
+            retrieval_rows[np.concatenate([g for g, lab in zip(groups, label_groups) if lab])] = -1
+            directed = window_matrix(retrieval_rows, num_examples)
+            for graph in label_graphs:
+                directed = directed + graph
+            directed = sp.csr_array(directed, dtype=np.int8)
+            directed.sort_indices()
+        else:
+            directed = directed_window
         mutual = mutual_graph(directed)
         g_stats = graph_stats(directed, mutual)
-    del windows
+        skipped = window_matrix(_unique_rows(skipped_rows), num_examples)
+    del windows, skipped_rows
     if directed.nnz == 0:
         warnings.warn(
             f"B3: the rank-window graph of {num_examples} examples has no edges (skip={skip}, "
@@ -307,7 +453,7 @@ def mine_b3(
 
     with timer.stage("partition"):
         clusters, remainder, cluster_codes, remainder_codes, p_stats = _partition_groups(
-            mutual, groups, cluster_size, seed, codes
+            mutual, groups, cluster_size, seed, codes, community
         )
 
     with timer.stage("hardness"):
@@ -322,8 +468,12 @@ def mine_b3(
         "method": "b3",
         "batch_size": int(batch_size),
         "cluster_size": int(cluster_size),
-        "skip": int(skip),
-        "window": int(window),
+        "skip": _setting_param(skips, source_names),
+        "window": _setting_param(windows_m, source_names),
+        "count_self": bool(count_self),
+        "community": community,
+        "classification": [n for n, lab in zip(source_names or ["*"], label_groups) if lab],
+        "label_fraction": float(label_fraction),
         "seed": int(seed),
         "knn": knn,
         "normalize": bool(normalize),
@@ -358,7 +508,8 @@ def mine_b3(
         remainder_sources=remainder_codes,
         source_names=source_names,
         neighbors=mutual if store_neighbors else None,
-        window=directed if store_window else None,
+        window=directed_window if store_window else None,
+        skipped=skipped if store_window else None,
     )
 
 
@@ -432,13 +583,18 @@ def _filtered_window(
 
 
 def _partition_groups(
-    mutual: Any, groups: list[np.ndarray], cluster_size: int, seed: int, codes: np.ndarray | None
+    mutual: Any,
+    groups: list[np.ndarray],
+    cluster_size: int,
+    seed: int,
+    codes: np.ndarray | None,
+    community: str = "metis",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, dict[str, float]]:
     clusters, remainders, cluster_codes, remainder_codes = [], [], [], []
     totals: dict[str, float] = {}
     for code, ids in enumerate(groups):
         sub = mutual if len(groups) == 1 else mutual[ids][:, ids]
-        part = balanced_clusters(sub, cluster_size, seed=seed)
+        part = balanced_clusters(sub, cluster_size, seed=seed, community=community)
         clusters.append(ids[part.clusters])
         remainders.append(ids[part.remainder])
         cluster_codes.append(np.full(len(part.clusters), code, dtype=np.int32))
@@ -457,3 +613,95 @@ def _partition_groups(
     if codes is None:
         return all_clusters, all_remainder, None, None, totals
     return all_clusters, all_remainder, np.concatenate(cluster_codes), np.concatenate(remainder_codes), totals
+
+
+def _put_rows(target: np.ndarray, ids: np.ndarray, local: np.ndarray) -> None:
+    """Write group-local neighbour ids (-1 = none) as example ids into ``target[ids, :width]``."""
+    local = np.asarray(local, dtype=np.int64)
+    width = min(local.shape[1], target.shape[1]) if local.ndim == 2 else 0
+    if width == 0:
+        return
+    local = local[:, :width]
+    target[ids, :width] = np.where(local >= 0, ids[np.maximum(local, 0)], -1)
+
+
+def _unique_rows(rows: np.ndarray) -> np.ndarray:
+    """Set repeated ids within a row to -1 (the CSR builder needs distinct ids per row)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.shape[1] < 2:
+        return rows
+    order = np.argsort(rows, axis=1, kind="stable")
+    sorted_rows = np.take_along_axis(rows, order, axis=1)
+    repeat = np.zeros_like(sorted_rows, dtype=bool)
+    repeat[:, 1:] = (sorted_rows[:, 1:] == sorted_rows[:, :-1]) & (sorted_rows[:, 1:] >= 0)
+    out = rows.copy()
+    np.put_along_axis(out, order, np.where(repeat, -1, sorted_rows), axis=1)
+    return out
+
+
+def _setting_param(values: list[int], source_names: list[str] | None) -> int | dict[str, int]:
+    if source_names is None or len(set(values)) == 1:
+        return int(values[0])
+    return dict(zip(source_names, values))
+
+
+def _classification_groups(
+    classification: bool | Sequence[str], source_names: list[str] | None
+) -> list[bool]:
+    groups = source_names if source_names is not None else ["*"]
+    if isinstance(classification, bool):
+        return [classification] * len(groups)
+    wanted = {str(name) for name in classification}
+    unknown = sorted(wanted - set(source_names or []))
+    if unknown:
+        raise ConfigError(
+            f"classification: no source named {', '.join(unknown)} "
+            f"(sources: {', '.join(source_names or []) or 'none'})"
+        )
+    return [name in wanted for name in groups]
+
+
+def _label_window(
+    query: Any,
+    positive: Any,
+    labels: np.ndarray,
+    fraction: float,
+    window: int,
+    normalize: bool,
+    chunk: int = 4096,
+) -> tuple[np.ndarray, np.ndarray, sp.csr_array]:
+    """Label-level B3 for one classification source (group-local ids).
+
+    Returns (window (n, w): one example per label of each query's first ``w`` non-gold labels; skipped
+    (n, 1): the example standing for the gold label; directed graph (n, n): i → every j whose label is
+    among i's top ``ceil(fraction · L)`` non-gold labels).
+    """
+    names, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    num_labels, n = names.size, len(labels)
+    top = min(max(1, math.ceil(fraction * num_labels)), num_labels - 1)
+    if top < 1:  # a single label: nothing to link
+        empty = sp.csr_array((n, n), dtype=np.int8)
+        return np.full((n, 1), -1), first[inverse][:, None], empty
+    cpu = torch.device("cpu")
+    label_emb = as_tensor(_as_numpy(positive)[first], cpu)
+    if normalize:
+        label_emb = torch.nn.functional.normalize(label_emb, dim=1)
+    ranked = np.empty((n, top), dtype=np.int64)
+    q_all = _as_numpy(query)
+    for start in range(0, n, chunk):
+        q = as_tensor(q_all[start : start + chunk], cpu)
+        if normalize:
+            q = torch.nn.functional.normalize(q, dim=1)
+        scores = q @ label_emb.T
+        gold = torch.as_tensor(inverse[start : start + len(q)])
+        scores[torch.arange(len(q)), gold] = -torch.inf  # "filter out the golden label"
+        ranked[start : start + len(q)] = torch.topk(scores, top, dim=1).indices.numpy()
+    rows = np.repeat(np.arange(n), top)
+    chosen = sp.csr_array(
+        (np.ones(rows.size, dtype=np.int8), (rows, ranked.reshape(-1))), shape=(n, num_labels)
+    )
+    onehot = sp.csr_array((np.ones(n, dtype=np.int8), (np.arange(n), inverse)), shape=(n, num_labels))
+    graph = sp.csr_array(chosen.astype(np.int32) @ onehot.T.astype(np.int32), dtype=np.int8)
+    graph.sort_indices()
+    pool = first[ranked[:, : min(window, top)]]
+    return pool, first[inverse][:, None], graph

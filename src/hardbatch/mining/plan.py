@@ -15,7 +15,9 @@ once per epoch.
 File format (Parquet, written atomically): one row per example, in example order, with columns
 ``cluster`` (int32, -1 = remainder), optional ``source`` (int32 code), optional ``neighbors``
 (list<int32>: the mutual rank-window graph METIS partitioned) and ``window`` (list<int32>: the filtered
-directed rank window, used by B3++ hard negatives and by ``hardbatch inspect``). Parameters, input hashes
+directed rank window, used by B3++ hard negatives and by ``hardbatch inspect``) and ``skipped``
+(list<int32>: each example's top-``skip`` teacher ranks and filtered candidates, its likely false
+negatives, never drawn as a hard negative). Parameters, input hashes
 and stage statistics are JSON in the schema metadata under ``hardbatch``.
 
 Complexity: ``batches(epoch)`` is O(N) time and memory; save/load are O(N + stored edges).
@@ -26,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -75,6 +78,7 @@ PLAN_FORMAT = "hardbatch.batch-plan/1"
 _METADATA_KEY = b"hardbatch"
 _SHUFFLE_SALT = 0xB3B3
 _NEGATIVE_SALT = 0xB3A5
+_PER_QUERY_SALT = 0xB35F
 
 
 def _csr_or_none(
@@ -105,6 +109,8 @@ class BatchPlan:
         source_names: name of each source code.
         neighbors: (N, N) sparse mutual rank-window graph (what METIS partitioned).
         window: (N, N) sparse directed rank window (row i → its candidates), for B3++ and inspection.
+        skipped: (N, N) sparse likely false negatives of each example (row i → its top-``skip`` teacher
+            ranks and the window candidates the filters dropped); never drawn as hard negatives.
 
     Example:
         >>> import numpy as np
@@ -124,6 +130,7 @@ class BatchPlan:
     source_names: list[str] | None = None
     neighbors: sp.csr_array | None = None
     window: sp.csr_array | None = None
+    skipped: sp.csr_array | None = None
 
     def __post_init__(self) -> None:
         self.num_examples = int(self.num_examples)
@@ -164,6 +171,8 @@ class BatchPlan:
                 self.source_names = [str(i) for i in range(count)]
         self.neighbors = _csr_or_none(self.neighbors, self.num_examples, "neighbors")
         self.window = _csr_or_none(self.window, self.num_examples, "window")
+        self.skipped = _csr_or_none(self.skipped, self.num_examples, "skipped")
+        self._warned_skipped = False
         self._fingerprint: str | None = None
 
     # ------------------------------------------------------------------ basic properties
@@ -297,54 +306,166 @@ class BatchPlan:
         return full + -(-tail // size)
 
     # ------------------------------------------------------------------ B3++ unified hard negatives
-    def hard_negatives(
-        self, batch: list[int] | np.ndarray, num_negatives: int, *, epoch: int = 0, seed: int | None = None
-    ) -> list[int]:
-        """B3++ "unified" hard negatives shared by every member of ``batch``.
+    def _negative_rng(
+        self, members: np.ndarray, epoch: int, seed: int | None, salt: int
+    ) -> np.random.Generator:
+        base = self.params["seed"] if seed is None else seed
+        key = zlib.crc32(members.tobytes())
+        return np.random.default_rng([int(base), int(epoch), salt, key])
 
-        Item j is drawn (without replacement) with probability ∝ the number of batch members whose rank
-        window contains j; the batch's own examples are never drawn. If fewer than ``num_negatives`` items
-        are in the windows, the rest are drawn uniformly from the other examples so the loss always sees
-        the same number of extra columns. The draw is a deterministic function of (seed, epoch, batch
-        contents), so every rank and a resumed run agree.
+    def excluded_negatives(self, batch: list[int] | np.ndarray) -> np.ndarray:
+        """Sorted ids that may never be a hard negative of ``batch``: its members and every member's
+        likely false negatives (its top-``skip`` teacher ranks and the candidates the filters dropped,
+        :attr:`skipped`).
 
         Args:
-            batch: example ids of the batch.
-            num_negatives: h, extra negatives for the whole batch.
-            epoch: epoch number (changes the draw).
-            seed: default: the plan's seed.
+            batch: example ids.
 
         Returns:
-            ``h`` example ids; use their *positive* texts as extra negatives (extra key columns).
-
-        Complexity: O(|B| · m) with window width m.
+            (E,) int64 sorted distinct ids.
         """
+        members = np.unique(np.asarray(batch, dtype=np.int64))
+        if self.skipped is None:
+            return members
+        return np.union1d(members, self.skipped[members].indices.astype(np.int64))
+
+    def _check_exclusion_data(self) -> None:
         if self.window is None:
             raise ConfigError(
                 "this plan stores no rank window; mine it with store_window=True for hard negatives"
             )
-        members = np.unique(np.asarray(batch, dtype=np.int64))
-        if num_negatives <= 0:
-            return []
-        if num_negatives > self.num_examples - members.size:
-            raise ConfigError(
-                f"{num_negatives} hard negatives requested but only {self.num_examples - members.size} "
-                "examples are outside the batch"
+        skip = self.params.get("skip", 0)
+        skips = skip.values() if isinstance(skip, Mapping) else [skip]
+        if self.skipped is None and max(map(int, skips), default=0) > 0 and not self._warned_skipped:
+            self._warned_skipped = True
+            warnings.warn(
+                "this plan stores no top-skip ranks (mined by an older hardbatch or with store_window=False); "
+                "hard negatives exclude only the batch members, not their likely false negatives. Re-mine "
+                "the plan to exclude them.",
+                stacklevel=3,
             )
-        base = self.params["seed"] if seed is None else seed
-        key = zlib.crc32(members.tobytes())
-        rng = np.random.default_rng([int(base), int(epoch), _NEGATIVE_SALT, key])
-        candidates, counts = np.unique(self.window[members].indices, return_counts=True)
-        outside = ~np.isin(candidates, members, assume_unique=True)
-        candidates, counts = candidates[outside], counts[outside]
-        if candidates.size >= num_negatives:
-            chosen = rng.choice(candidates, size=num_negatives, replace=False, p=counts / counts.sum())
+
+    def hard_negatives(
+        self, batch: list[int] | np.ndarray, count: int, *, epoch: int = 0, seed: int | None = None
+    ) -> list[int]:
+        """B3++ "unified" hard negatives shared by every member of ``batch`` (paper §3.2).
+
+        Item j is drawn (without replacement) with probability ∝ Count(S_B, j), the number of batch members
+        whose rank window [p, p + m) contains j. Never drawn: a batch member, or an item in *any* member's
+        top-p teacher ranks or dropped by the mining filters (a likely false negative of that member; see
+        :meth:`excluded_negatives`). This is stricter than the official code, which only nets such an item
+        a score of -1 per top-p appearance. If fewer than ``count`` items qualify, the rest are drawn
+        uniformly from the other non-excluded examples, so the loss always sees ``count`` extra columns.
+        The draw is a deterministic function of (seed, epoch, batch contents): every rank and a resumed
+        run agree, and a batch that recurs in another epoch gets other negatives.
+
+        Args:
+            batch: example ids of the batch.
+            count: total ids returned. The paper's B3++ draws h *per example*: ask for ``h · len(batch)``
+                (what :class:`~hardbatch.samplers.b3.B3BatchSampler` does).
+            epoch: epoch number (changes the draw).
+            seed: default: the plan's seed.
+
+        Returns:
+            ``count`` distinct example ids; use their *positive* texts as extra negatives (extra key columns
+            contrasted with every query of the batch).
+
+        Raises:
+            ConfigError: no rank window stored, or fewer than ``count`` examples outside the exclusion set.
+
+        Complexity: O(|B| · (p + m) + count) time with skip p and window m (expected; the uniform fill uses
+        rejection sampling and falls back to an O(N) set difference when most examples are excluded).
+        """
+        self._check_exclusion_data()
+        members = np.unique(np.asarray(batch, dtype=np.int64))
+        if count <= 0:
+            return []
+        excluded = self.excluded_negatives(members)
+        if count > self.num_examples - excluded.size:
+            raise ConfigError(
+                f"{count} hard negatives requested but only {self.num_examples - excluded.size} examples are "
+                f"outside the batch and its members' top-skip ranks"
+            )
+        rng = self._negative_rng(members, epoch, seed, _NEGATIVE_SALT)
+        candidates, counts = np.unique(self.window[members].indices.astype(np.int64), return_counts=True)
+        allowed = ~np.isin(candidates, excluded, assume_unique=True)
+        candidates, counts = candidates[allowed], counts[allowed]
+        if candidates.size >= count:
+            chosen = rng.choice(candidates, size=count, replace=False, p=counts / counts.sum())
             return chosen.astype(np.int64).tolist()
         # Too few window items: take them all, then fill uniformly from the examples not yet used.
-        excluded = np.union1d(members, candidates)
-        others = np.setdiff1d(np.arange(self.num_examples), excluded, assume_unique=True)
-        extra = rng.choice(others, size=num_negatives - candidates.size, replace=False)
-        return np.concatenate([candidates, extra]).astype(np.int64).tolist()
+        taken = np.union1d(excluded, candidates)
+        extra = self._uniform_outside(taken, count - candidates.size, rng)
+        return np.concatenate([candidates[rng.permutation(candidates.size)], extra]).astype(np.int64).tolist()
+
+    def per_query_negatives(
+        self, batch: list[int] | np.ndarray, per_query: int, *, epoch: int = 0, seed: int | None = None
+    ) -> list[int]:
+        """SFR-style hard negatives: ``per_query`` drawn uniformly from each member's own rank window.
+
+        The paper's ablation baseline "random batches + h hard negatives from S" (Table 2). Exclusions are
+        those of :meth:`hard_negatives` (batch members and every member's likely false negatives); a
+        negative is used once per batch. A member whose window has too few allowed items gets uniform
+        random examples instead.
+
+        Args:
+            batch: example ids, in batch order.
+            per_query: h.
+            epoch: epoch number (changes the draw).
+            seed: default: the plan's seed.
+
+        Returns:
+            ``h · len(batch)`` ids, query-major: ids ``[i·h, (i+1)·h)`` were drawn for ``batch[i]``.
+
+        Complexity: O(|B| · (p + m + h)) expected.
+        """
+        self._check_exclusion_data()
+        order = np.asarray(batch, dtype=np.int64)
+        if per_query <= 0 or order.size == 0:
+            return []
+        members = np.unique(order)
+        used = self.excluded_negatives(members)
+        if per_query * order.size > self.num_examples - used.size:
+            raise ConfigError(
+                f"{per_query * order.size} hard negatives requested but only "
+                f"{self.num_examples - used.size} examples are outside the batch and its members' top-skip ranks"
+            )
+        rng = self._negative_rng(members, epoch, seed, _PER_QUERY_SALT)
+        out: list[np.ndarray] = []
+        taken = set(used.tolist())
+        for member in order:
+            row = self.window.indices[self.window.indptr[member] : self.window.indptr[member + 1]]
+            row = np.asarray([j for j in row.tolist() if j not in taken], dtype=np.int64)
+            pick = row[rng.permutation(row.size)[:per_query]]
+            taken.update(pick.tolist())
+            if pick.size < per_query:
+                fill = self._uniform_outside(
+                    np.asarray(sorted(taken), dtype=np.int64), per_query - pick.size, rng
+                )
+                taken.update(fill.tolist())
+                pick = np.concatenate([pick, fill])
+            out.append(pick)
+        return np.concatenate(out).astype(np.int64).tolist()
+
+    def _uniform_outside(self, taken: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+        """``size`` distinct ids drawn uniformly from ``range(N)`` minus the sorted ``taken``."""
+        if size <= 0:
+            return np.zeros(0, dtype=np.int64)
+        free = self.num_examples - taken.size
+        if taken.size * 2 < self.num_examples:
+            chosen = np.zeros(0, dtype=np.int64)
+            for _ in range(64):  # rejection sampling: each round keeps >= half the draws in expectation
+                draws = rng.integers(self.num_examples, size=2 * (size - chosen.size) + 8)
+                draws = draws[~np.isin(draws, taken)]
+                chosen = np.concatenate([chosen, draws])
+                _, first = np.unique(chosen, return_index=True)
+                chosen = chosen[np.sort(first)]
+                if chosen.size >= size:
+                    return chosen[:size]
+        others = np.setdiff1d(np.arange(self.num_examples), taken, assume_unique=True)
+        if others.size < size:
+            raise ConfigError(f"{size} more negatives needed but only {free} examples are allowed")
+        return rng.choice(others, size=size, replace=False)
 
     # ------------------------------------------------------------------ staleness
     def check_matches(
@@ -422,7 +543,11 @@ class BatchPlan:
         codes = self.example_sources()
         if codes is not None:
             columns["source"] = pa.array(codes)
-        for name, matrix in (("neighbors", self.neighbors), ("window", self.window)):
+        for name, matrix in (
+            ("neighbors", self.neighbors),
+            ("window", self.window),
+            ("skipped", self.skipped),
+        ):
             if matrix is not None:
                 offsets = pa.array(matrix.indptr.astype(np.int32 if matrix.nnz < 2**31 else np.int64))
                 values = pa.array(matrix.indices.astype(np.int32))
@@ -513,6 +638,7 @@ class BatchPlan:
             source_names=meta.get("source_names"),
             neighbors=graph("neighbors"),
             window=graph("window"),
+            skipped=graph("skipped"),
         )
         plan.check_matches(num_examples=expected_num_examples, expected_hash=expected_hash, source=path)
         return plan

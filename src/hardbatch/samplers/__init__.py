@@ -24,6 +24,8 @@ topic     :class:`TopicBatchSampler` — each batch from one k-means topic (TAS-
 source    :class:`SourceBatchSampler` — each batch from one data source
 gcbs      :class:`GCBSBatchSampler` — GCBS: RCM order of the thresholded similarity graph
 b3        ``B3BatchSampler`` — B3: whole clusters of mutual hard negatives (loaded lazily)
+random-hn ``RandomHardNegativeBatchSampler`` — random batches + h negatives per query from
+          the B3 rank window (the paper's ablation baseline; loaded lazily)
 ========  ==========================================================================
 """
 
@@ -106,6 +108,7 @@ SAMPLERS: _SamplerRegistry = _SamplerRegistry(
         "source": SourceBatchSampler,
         "gcbs": GCBSBatchSampler,
         "b3": "hardbatch.samplers.b3:B3BatchSampler",
+        "random-hn": "hardbatch.samplers.random_hn:RandomHardNegativeBatchSampler",
     }
 )
 
@@ -164,4 +167,6 @@ def resolve_inputs(name: str, inputs: SamplerInputs, **options: Any) -> dict[str
 def __getattr__(name: str) -> Any:
     if name == "B3BatchSampler":
         return SAMPLERS["b3"]
+    if name == "RandomHardNegativeBatchSampler":
+        return SAMPLERS["random-hn"]
     raise AttributeError(f"module 'hardbatch.samplers' has no attribute {name!r}")

@@ -3,7 +3,15 @@
 Each batch is ``batch_size / K`` whole clusters of mutual hard negatives (B3, Thirukovalluru et al.,
 NeurIPS 2025). The clusters are mined once (``hardbatch mine b3`` or :func:`hardbatch.mining.mine_b3`)
 and regrouped into new batches every epoch with the sampler's seeded, epoch-dependent RNG, so every rank
-yields the same stream without communicating. Epoch handling, the world-size cut and resumption come from
+yields the same stream without communicating. Under data parallelism (``world_size`` P > 1) the sampler
+builds *global* batches of ``batch_size · P`` (``global_batches=True``, the paper's setting: one source per
+global batch) and yields each as P consecutive per-device slices, so one step trains on one global batch
+(see :mod:`hardbatch.samplers.global_batch`).
+
+B3++ (``num_hard_negatives`` = h): :meth:`B3BatchSampler.hard_negatives` returns h · |B| unified hard
+negatives per batch (h per example, as in the paper), drawn from the *global* batch's window counts and
+split over the ranks like the batch, excluding every member's likely false negatives, and re-drawn every
+epoch. Epoch handling, the world-size cut and resumption come from
 :class:`~hardbatch.samplers.base.HardBatchSampler`.
 
 Per-epoch cost: O(N) time and memory (cluster shuffle). Mining, when done lazily from embeddings, costs
@@ -13,7 +21,7 @@ what :func:`~hardbatch.mining.mine_b3` costs, once, on rank 0 (the plan is broad
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,6 +31,7 @@ from hardbatch.distributed import rank0_computes
 from hardbatch.errors import ConfigError
 from hardbatch.mining.plan import BatchPlan
 from hardbatch.samplers.base import HardBatchSampler
+from hardbatch.samplers.global_batch import split_global_batches
 
 if TYPE_CHECKING:
     from hardbatch.samplers.factory import SamplerFactory
@@ -49,7 +58,11 @@ class B3BatchSampler(HardBatchSampler):
         mine_options: keyword arguments of :func:`~hardbatch.mining.mine_b3` for lazy mining
             (``cluster_size``, ``skip``, ``window``, ``knn``, ``sources``...).
         same_source: keep every full batch within one source (default: the plan's setting).
-        num_hard_negatives: h for :meth:`hard_negatives` (B3++); 0 disables.
+        num_hard_negatives: h, B3++ hard negatives *per example* (:meth:`hard_negatives` returns h · |B|);
+            0 disables.
+        global_batches: with ``world_size`` P > 1, mine batches of ``batch_size · P`` and give each rank one
+            slice (the paper's global batch; default). ``False``: every rank gets its own independent
+            batch of ``batch_size`` (hardbatch before 0.2).
         expected_hash: hash the plan must carry (see :meth:`BatchPlan.check_matches`).
         num_examples: dataset size when no dataset is given.
         world_size: ranks consuming this stream (default: the process group's).
@@ -66,6 +79,8 @@ class B3BatchSampler(HardBatchSampler):
 
     rng_salt = 0xB3
     mixes_leftovers = True
+    #: Batches are made of whole clusters (the batch size must be a multiple of K).
+    whole_clusters = True
 
     def __init__(
         self,
@@ -85,6 +100,7 @@ class B3BatchSampler(HardBatchSampler):
         expected_hash: str | Mapping[str, str] | None = None,
         num_examples: int | None = None,
         world_size: int | None = None,
+        global_batches: bool = True,
     ) -> None:
         super().__init__(
             dataset,
@@ -98,6 +114,16 @@ class B3BatchSampler(HardBatchSampler):
         )
         self.same_source = same_source
         self.num_hard_negatives = int(num_hard_negatives)
+        if self.num_hard_negatives < 0:
+            raise ConfigError(f"num_hard_negatives must be >= 0, got {num_hard_negatives}")
+        self.global_batches = bool(global_batches)
+        if self.global_size > self.num_examples:
+            raise ConfigError(
+                f"the global batch {self.batch_size} × {self.world_size} ranks is larger than the data "
+                f"({self.num_examples} examples); use global_batches=False or a smaller batch size"
+            )
+        self._yielding_epoch: int | None = None
+        self._slices: tuple[int, dict[tuple[int, ...], tuple[list[int], int]]] | None = None
         self.mine_options = dict(mine_options or {})
         self._embeddings = None
         if plan is None:
@@ -117,7 +143,7 @@ class B3BatchSampler(HardBatchSampler):
                 )
             plan.check_matches(num_examples=self.num_examples, expected_hash=expected_hash)
             cluster_size = plan.cluster_size
-        if self.batch_size % cluster_size != 0:
+        if self.whole_clusters and self.batch_size % cluster_size != 0:
             raise ConfigError(
                 f"batch_size={self.batch_size} must be a multiple of the cluster size {cluster_size}"
             )
@@ -172,28 +198,98 @@ class B3BatchSampler(HardBatchSampler):
         return rank0_computes(lambda: mine_b3(*self._embeddings, **options))
 
     # ----------------------------------------------------------------- batches
+    @property
+    def splits_global(self) -> bool:
+        """Whether batches are global batches of ``batch_size · world_size`` split over the ranks."""
+        return self.global_batches and self.world_size > 1
+
+    @property
+    def global_size(self) -> int:
+        """Examples per optimiser step over all ranks."""
+        return self.batch_size * self.world_size
+
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        return self.plan.batches(
+        if not self.splits_global:
+            return self.plan.batches(
+                epoch,
+                batch_size=self.batch_size,
+                drop_last=self.full_batches_only,
+                same_source=self.same_source,
+                rng=self.rng(epoch),
+            )
+        full = self.plan.batches(
             epoch,
-            batch_size=self.batch_size,
-            drop_last=self.full_batches_only,
+            batch_size=self.global_size,
+            drop_last=True,
             same_source=self.same_source,
             rng=self.rng(epoch),
         )
+        per_device = split_global_batches(full, self.batch_size, self.world_size)
+        index = {}
+        for g, batch in enumerate(full):
+            for rank in range(self.world_size):
+                index[tuple(sorted(per_device[g * self.world_size + rank]))] = (batch, rank)
+        self._slices = (epoch, index)
+        return per_device
 
     def __len__(self) -> int:
+        if self.splits_global:
+            return self.world_size * self.plan.num_batches(
+                batch_size=self.global_size, drop_last=True, same_source=self.same_source
+            )
         count = self.plan.num_batches(
             batch_size=self.batch_size, drop_last=self.full_batches_only, same_source=self.same_source
         )
         return count - count % self.world_size if self.full_batches_only else count
 
-    def hard_negatives(self, batch: Sequence[int]) -> list[int]:
-        """B3++ unified hard negatives of ``batch`` (``num_hard_negatives`` example ids; see
-        :meth:`BatchPlan.hard_negatives`). Use their positive texts as extra negative columns. The draw
-        depends only on the seed and the batch's members, so a collator on any rank can call it."""
+    def hard_negatives(self, batch: Sequence[int], epoch: int | None = None) -> list[int]:
+        """B3++ unified hard negatives of ``batch``: ``num_hard_negatives · len(batch)`` example ids.
+
+        h per example, as in the paper: the draw is :meth:`BatchPlan.hard_negatives` over the batch's
+        members (under global batches: over the whole global batch, whose ``h · |G|`` negatives are split
+        over the ranks in the batch's slice order), excluding every member's likely false negatives, with
+        the epoch in the seed so the negatives change from epoch to epoch. Use their positive texts as
+        extra negative columns. The draw depends only on (seed, epoch, members), so a collator on any rank
+        can call it.
+
+        Args:
+            batch: the per-device batch, as yielded.
+            epoch: default: the epoch of the batch the sampler yielded last (so a collator called after
+                the epoch's final batch, when the sampler has already moved on, still gets its epoch),
+                else the current epoch.
+        """
         if self.num_hard_negatives <= 0:
             raise ConfigError("this sampler was built with num_hard_negatives=0")
-        return self.plan.hard_negatives(batch, self.num_hard_negatives, seed=self.seed)
+        if epoch is None:
+            epoch = self._yielding_epoch if self._yielding_epoch is not None else self.epoch
+        epoch = int(epoch)
+        h = self.num_hard_negatives
+        members, rank = self._global_batch_of(batch, epoch)
+        ids = self.plan.hard_negatives(members, h * len(members), epoch=epoch, seed=self.seed)
+        if rank is None:
+            return ids
+        share = h * len(batch)
+        return ids[rank * share : (rank + 1) * share]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in super().__iter__():
+            self._yielding_epoch = self.epoch
+            yield batch
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self._yielding_epoch = None
+
+    def _global_batch_of(self, batch: Sequence[int], epoch: int) -> tuple[list[int], int | None]:
+        """The global batch holding this per-device slice and the slice's rank (``None``: not global)."""
+        if not self.splits_global:
+            return list(batch), None
+        if self._slices is None or self._slices[0] != epoch:
+            self._epoch_batches(epoch)
+        found = self._slices[1].get(tuple(sorted(int(i) for i in batch)))  # type: ignore[index]
+        if found is None:
+            return list(batch), None
+        return found
 
     # ----------------------------------------------------------------- resumption / metadata
     def state_dict(self) -> dict[str, Any]:
@@ -215,6 +311,7 @@ class B3BatchSampler(HardBatchSampler):
             {
                 "same_source": self.same_source,
                 "num_hard_negatives": self.num_hard_negatives,
+                "global_batches": self.global_batches,
                 "plan": self._plan.fingerprint[:16] if self._plan is not None else "lazy",
             }
         )

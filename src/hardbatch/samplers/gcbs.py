@@ -42,6 +42,7 @@ from hardbatch.graph.threshold import DEFAULT_QUANTILE_SAMPLE
 from hardbatch.mining.gcbs import GRAPH_METHODS, GCBSResult, mine_gcbs
 from hardbatch.samplers._data import query_positive_texts
 from hardbatch.samplers.base import HardBatchSampler
+from hardbatch.samplers.global_batch import split_global_batches
 
 if TYPE_CHECKING:
     from hardbatch.samplers.inputs import SamplerInputs
@@ -110,6 +111,9 @@ class GCBSBatchSampler(HardBatchSampler):
         graph_method: ``"exact"`` similarity pass or ``"ivf"`` (faiss range search, approximate; for large N
             on a CPU). See :func:`hardbatch.mining.mine_gcbs`.
         nprobe: IVF lists searched per example with ``graph_method="ivf"``.
+        global_batches: with ``world_size`` P > 1, cut the RCM order into global batches of
+            ``batch_size · P`` (one contiguous chunk per optimiser step) and give each rank one slice
+            (default). ``False``: consecutive per-device chunks go to different ranks (before 0.2).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -147,6 +151,7 @@ class GCBSBatchSampler(HardBatchSampler):
         nprobe: int = 32,
         num_examples: int | None = None,
         world_size: int | None = None,
+        global_batches: bool = True,
     ) -> None:
         super().__init__(
             dataset,
@@ -181,6 +186,16 @@ class GCBSBatchSampler(HardBatchSampler):
             raise ConfigError(f"graph_method must be one of {GRAPH_METHODS}, got {graph_method!r}")
         self.graph_method = graph_method
         self.nprobe = int(nprobe)
+        self.global_batches = bool(global_batches)
+        if (
+            self.global_batches
+            and self.world_size > 1
+            and self.batch_size * self.world_size > self.num_examples
+        ):
+            raise ConfigError(
+                f"the global batch {self.batch_size} × {self.world_size} ranks is larger than the data "
+                f"({self.num_examples} examples); use global_batches=False or a smaller batch size"
+            )
         self._cache: tuple[int, list[list[int]]] | None = None
         #: Graph statistics and timings of every refresh, in order (``{"epoch", **stats, "seconds"}``).
         self.history: list[dict[str, Any]] = []
@@ -219,12 +234,13 @@ class GCBSBatchSampler(HardBatchSampler):
                 f"embed_fn returned {len(query_emb)} query and {len(positive_emb)} positive rows for a dataset "
                 f"of {self.num_examples} examples"
             )
-        offset = int(rng.integers(self.batch_size)) if self.random_offset else 0
+        chunk = self._chunk_size
+        offset = int(rng.integers(chunk)) if self.random_offset else 0
         offset = min(offset, self.num_examples - 1)
         result = mine_gcbs(
             query_emb,
             positive_emb,
-            self.batch_size,
+            chunk,
             quantile=self.quantile,
             target_degree=self.target_degree,
             offset=offset,
@@ -241,19 +257,35 @@ class GCBSBatchSampler(HardBatchSampler):
         self.history.append({"epoch": int(epoch), **result.stats, "seconds": result.seconds})
         return result
 
+    @property
+    def _chunk_size(self) -> int:
+        """Examples per contiguous chunk of the order: the global batch when split over the ranks."""
+        return self.batch_size * self.world_size if self.global_batches else self.batch_size
+
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         if self._cache is not None and self._cache[0] == epoch:
             return self._cache[1]
         rng = self.rng(epoch)
         result = self.refresh(epoch, rng)
         batches = [b.tolist() for b in result.batches]
+        chunk = self._chunk_size
         if self.shuffle_batches:
-            full = [b for b in batches if len(b) == self.batch_size]
-            short = [b for b in batches if len(b) != self.batch_size]
+            full = [b for b in batches if len(b) == chunk]
+            short = [b for b in batches if len(b) != chunk]
             batches = [full[i] for i in rng.permutation(len(full))] + short
+        if chunk != self.batch_size:
+            batches = split_global_batches(
+                [b for b in batches if len(b) == chunk], self.batch_size, self.world_size
+            )
         batches = self._broadcast(batches)
         self._cache = (epoch, batches)
         return batches
+
+    def __len__(self) -> int:
+        chunk = self._chunk_size
+        if chunk == self.batch_size:
+            return super().__len__()
+        return self.world_size * (self.num_examples // chunk)  # the order wraps around: every chunk is full
 
     def _broadcast(self, batches: list[list[int]]) -> list[list[int]]:
         return broadcast_from_rank0(batches) if self.sync_ranks else batches
@@ -278,6 +310,7 @@ class GCBSBatchSampler(HardBatchSampler):
             "target_degree": self.target_degree,
             "shuffle_batches": self.shuffle_batches,
             "random_offset": self.random_offset,
+            "global_batches": self.global_batches,
         }
 
 

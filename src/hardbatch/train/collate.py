@@ -7,8 +7,10 @@ the SentenceTransformer's own tokenizer (``model.tokenize``, which pads to the l
 * ``query``: ``b`` rows;
 * ``document``: ``b`` positives followed by the batch's extra key texts: the rows' own hard negatives
   (``h`` per row, query-major: those of query ``i`` are rows ``b + i*h ... b + i*h + h - 1``) or, for B3++,
-  the ``h`` negatives mined for the whole batch. Either way every query is contrasted with every
-  document, and the positive of query ``i`` is document ``i``.
+  the ``h · b`` unified negatives mined for the batch (h per example, as in the paper; under global batches
+  this rank's share of the global batch's ``h · b · P``), or for ``random-hn`` the ``h`` negatives of each
+  query's own rank window (query-major). Either way every query is contrasted with every document, and
+  the positive of query ``i`` is document ``i``.
 
 Queries and documents are padded separately because their lengths differ a lot (a docstring vs a function
 body); padding both to the longer would nearly double the query cost.
@@ -95,8 +97,8 @@ class PairCollator:
     def __call__(
         self, rows: Sequence[Mapping[str, Any]], batch_negatives: Sequence[str] | None = None
     ) -> TokenizedPairs:
-        """Tokenise ``rows``; ``batch_negatives`` (texts shared by the whole batch, e.g. B3++ mined
-        negatives) replaces the rows' own negatives when given.
+        """Tokenise ``rows``; ``batch_negatives`` (extra document texts contrasted with every query, e.g.
+        the ``h · b`` B3++ mined negatives) replaces the rows' own negatives when given.
         """
         if not rows:
             raise DataError("cannot collate an empty batch")

@@ -70,6 +70,9 @@ class TrainConfig:
             hardbatch's own outputs are replaced; other files are kept).
         write_report: write ``report.md`` and ``curves.png`` at the end.
         save_final: save the trained model to ``output_dir/final``.
+        preset: ``"b3-paper"`` or ``"b3pp-paper"``: the B3 paper's recipe (sampler b3, temperature 0.02,
+            K=32, p=30, m=100, global batch 1024, h=5 for B3++) for every setting left at its default;
+            see :mod:`hardbatch.mining.presets`.
     """
 
     data: Any
@@ -110,8 +113,15 @@ class TrainConfig:
     overwrite: bool = False
     write_report: bool = True
     save_final: bool = True
+    preset: str | None = None
 
     def __post_init__(self) -> None:
+        if self.preset is not None:
+            from dataclasses import fields
+
+            from hardbatch.mining.presets import apply_train_preset
+
+            apply_train_preset(self, {f.name: f.default for f in fields(self)})
         positive = {
             "batch_size": self.batch_size,
             "epochs": self.epochs,

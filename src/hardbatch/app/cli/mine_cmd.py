@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -30,8 +30,44 @@ def register(app: typer.Typer) -> None:
     app.add_typer(mine_app, name="mine")
 
 
+def parse_per_source(text: str, default: int | None, name: str) -> int | dict[str, int]:
+    """``"30"`` → 30; ``"web=30,vqa=70"`` (+ ``default``) → ``{"web": 30, "vqa": 70, "*": default}``.
+
+    Example:
+        >>> parse_per_source("web=30,vqa=70", 30, "skip")
+        {'web': 30, 'vqa': 70, '*': 30}
+    """
+    from hardbatch.errors import ConfigError
+
+    text = text.strip()
+    if "=" not in text:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ConfigError(f"--{name} expects an integer or SOURCE=INT,..., got {text!r}") from None
+        return value
+    mapping: dict[str, int] = {}
+    for item in text.split(","):
+        source, _, value = item.partition("=")
+        try:
+            mapping[source.strip()] = int(value)
+        except ValueError:
+            raise ConfigError(f"--{name}: {item!r} is not SOURCE=INT") from None
+    if default is not None:
+        mapping["*"] = int(default)
+    return mapping
+
+
+def _explicit(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given (command line, environment), not left at its default."""
+    source = ctx.get_parameter_source(name)
+    # By name: typer may ship its own copy of click's ParameterSource enum.
+    return getattr(source, "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")
+
+
 @mine_app.command("b3")
 def mine_b3_command(
+    ctx: typer.Context,
     data: Annotated[
         str | None,
         typer.Argument(
@@ -48,8 +84,57 @@ def mine_b3_command(
     ] = "default",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="|B|, a multiple of K.")] = 64,
     cluster_size: Annotated[int, typer.Option("--cluster-size", "-k", help="K, examples per cluster.")] = 32,
-    skip: Annotated[int, typer.Option("--skip", help="p: top teacher ranks skipped (false negatives).")] = 30,
-    window: Annotated[int, typer.Option("--window", help="m: ranks kept after the skipped ones.")] = 100,
+    skip: Annotated[
+        str,
+        typer.Option(
+            "--skip",
+            help="p: top teacher ranks skipped (likely false negatives); an integer or per source, "
+            "e.g. web=30,vqa=70 (with --skip-default for the other sources).",
+        ),
+    ] = "30",
+    skip_default: Annotated[
+        int | None, typer.Option("--skip-default", help="p of the sources --skip does not name.")
+    ] = None,
+    window: Annotated[
+        str, typer.Option("--window", help="m: ranks kept after the skipped ones; an integer or per source.")
+    ] = "100",
+    window_default: Annotated[
+        int | None, typer.Option("--window-default", help="m of the sources --window does not name.")
+    ] = None,
+    count_self: Annotated[
+        bool,
+        typer.Option(
+            "--count-self/--exclude-self",
+            help="p counts the example itself as rank 0 (the paper's count) / p counts other examples only.",
+        ),
+    ] = True,
+    classification: Annotated[
+        str | None,
+        typer.Option(
+            "--classification",
+            help="Sources whose positives are class labels (comma-separated, or 'all'): label-level graph.",
+        ),
+    ] = None,
+    label_fraction: Annotated[
+        float, typer.Option("--label-fraction", help="Classification: share of labels linked per example.")
+    ] = 0.3,
+    community: Annotated[
+        str, typer.Option("--community", help="metis (the paper) | leiden | louvain; then exact-K repair.")
+    ] = "metis",
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            "--preset",
+            help="b3-paper: K=32, p=30 (70 for VQA sources), m=100, batch 1024, for options not given.",
+        ),
+    ] = None,
+    vqa_sources: Annotated[
+        str | None,
+        typer.Option(
+            "--vqa-sources",
+            help="With --preset: sources mined with p=70 (comma-separated; default: names containing 'vqa').",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="METIS / repair / shuffle seed.")] = 0,
     knn: Annotated[str, typer.Option("--knn", help="exact | hnsw | ivf (faiss, approximate).")] = "exact",
     query_emb: QueryEmb = None,
@@ -108,15 +193,39 @@ def mine_b3_command(
     timings["embeddings"] = time.perf_counter() - step
 
     sources = dataset.sources if (dataset is not None and per_source) else None
-    texts = dataset.positives if (dataset is not None and filter_same_text) else None
+    texts = dataset.positives if (dataset is not None and (filter_same_text or classification)) else None
+    per_source_skip = parse_per_source(skip, skip_default, "skip")
+    per_source_window = parse_per_source(window, window_default, "window")
+    labels: Any = False
+    if classification:
+        labels = True if classification == "all" else [s.strip() for s in classification.split(",")]
+    if preset is not None:
+        from hardbatch.mining.presets import paper_skip
+        from hardbatch.mining.presets import preset as preset_settings
+        from hardbatch.mining.presets import vqa_sources as find_vqa
+
+        settings = preset_settings(preset)
+        names = sorted(set(sources)) if sources is not None else []
+        vqa = [v.strip() for v in vqa_sources.split(",")] if vqa_sources else find_vqa(names)
+        if vqa:
+            console.print(f"preset {preset}: p={settings['vqa_skip']} for {', '.join(vqa)}")
+        if not _explicit(ctx, "skip"):
+            per_source_skip = paper_skip(vqa, settings)
+        if not _explicit(ctx, "window"):
+            per_source_window = int(settings["window"])
+        if not _explicit(ctx, "cluster_size"):
+            cluster_size = int(settings["cluster_size"])
+        if not _explicit(ctx, "batch_size"):
+            batch_size = int(settings["global_batch"])
     step = time.perf_counter()
     plan = mine_b3(
         query,
         positive,
         batch_size=batch_size,
         cluster_size=cluster_size,
-        skip=skip,
-        window=window,
+        skip=per_source_skip,
+        window=per_source_window,
+        count_self=count_self,
         seed=seed,
         knn=knn,
         sources=sources,
@@ -128,7 +237,12 @@ def mine_b3_command(
         device=device,
         store_window=store_window,
         dataset_hash=dataset.fingerprint if dataset is not None else None,
+        classification=labels,
+        label_fraction=label_fraction,
+        community=community,
     )
+    if preset is not None:
+        plan.params["preset"] = preset
     plan.params["teacher"] = teacher if query_emb is None else "user embeddings"
     timings["mine"] = time.perf_counter() - step
     step = time.perf_counter()

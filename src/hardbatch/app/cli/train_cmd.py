@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="'default' (packaged all-MiniLM-L6-v2) or a local model folder.")
         ] = "default",
         sampler: Annotated[
-            str, typer.Option(help="Batch sampler: random, nodup, topic, source, gcbs, b3.")
+            str, typer.Option(help="Batch sampler: random, nodup, topic, source, gcbs, b3, random-hn.")
         ] = "random",
         batch_size: Annotated[
             int, typer.Option(help="Pairs per device and step (global batch = this × ranks).")
@@ -51,8 +51,19 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option(help="B3 batch plan from `hardbatch mine b3` (sampler b3).")
         ] = None,
         hard_negatives: Annotated[
-            int, typer.Option(help="B3++: hard negatives mined per batch from the plan (sampler b3).")
+            int,
+            typer.Option(
+                help="B3++: h hard negatives per example from the plan (sampler b3: h·|B| unified "
+                "negatives per batch; random-hn: h from each query's own window)."
+            ),
         ] = 0,
+        preset: Annotated[
+            str | None,
+            typer.Option(
+                help="b3-paper | b3pp-paper: the B3 paper's recipe (sampler b3, scale 50, K=32, p=30, m=100, "
+                "global batch 1024; h=5 for b3pp) for every option left at its default."
+            ),
+        ] = None,
         sampler_option: Annotated[
             list[str] | None,
             typer.Option("--sampler-option", help="Extra sampler argument KEY=VALUE (repeatable)."),
@@ -164,6 +175,7 @@ def register(app: typer.Typer) -> None:
             on_nonfinite=on_nonfinite,
             resume=resume,
             overwrite=overwrite,
+            preset=preset,
         )
         result = train(config)
         if int(os.environ.get("RANK", "0")) == 0:
