@@ -247,6 +247,7 @@ class Trainer:
             model = cfg.model.to(ctx.device)
         if cfg.max_seq_length is not None:
             model.max_seq_length = int(cfg.max_seq_length)
+        _prepare_image_text_model(model, self.train_data, cfg.freeze_tower)
         model.train()
         return model
 
@@ -589,6 +590,18 @@ def _default_eval_spec(data: Any) -> str | None:
     if isinstance(data, str) and data.startswith("codesearch:") and data.split(":", 1)[1] == "train":
         return "codesearch:dev"
     return None
+
+
+def _prepare_image_text_model(model: Any, data: Any, freeze: str | None) -> None:
+    """Check an image dataset meets a model that takes images; freeze the requested tower."""
+    if getattr(data, "has_images", False):
+        from hardbatch.embed.encode import check_takes_images
+
+        check_takes_images(model)
+    if freeze is not None:
+        from hardbatch.embed.clip import freeze_tower
+
+        freeze_tower(model, freeze)
 
 
 def _tokenizer_of(model: Any) -> Callable[[list[str]], dict[str, Any]]:
