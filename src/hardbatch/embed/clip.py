@@ -73,7 +73,7 @@ def make_tiny_clip(
             "intermediate_size": hidden_size * 2,
             "num_hidden_layers": num_layers,
             "num_attention_heads": heads,
-            "max_position_embeddings": max(64, max_seq_length),
+            "max_position_embeddings": max(512, max_seq_length),
             # CLIP pools at the first end-of-text token; with the BERT tokenizer that is [SEP].
             "eos_token_id": tokenizer.sep_token_id,
             "pad_token_id": tokenizer.pad_token_id,

@@ -589,6 +589,8 @@ def _load_dataset(spec: Any, limit: int | None, subset_seed: int, what: str) -> 
 def _default_eval_spec(data: Any) -> str | None:
     if isinstance(data, str) and data.startswith("codesearch:") and data.split(":", 1)[1] == "train":
         return "codesearch:dev"
+    if isinstance(data, str) and data.split("?", 1)[0] == "emoji:train":
+        return "emoji:test" + data[len("emoji:train") :]  # same build options, the held-out families
     return None
 
 
