@@ -53,6 +53,12 @@ def test_plain_hugging_face_directory_gets_normalised(clip, tmp_path):
     loaded = load_clip(tmp_path / "hf")
     assert type(list(loaded)[-1]).__name__ == "Normalize"
     np.testing.assert_allclose(loaded.encode(["thumbs up"]), clip.encode(["thumbs up"]), atol=1e-6)
+    # load_model (what train/evaluate/mine use for --model PATH) treats the folder the same way, and caps
+    # the token limit at the text tower's position table.
+    via_load_model = load_model(tmp_path / "hf", device="cpu", max_seq_length=1000)
+    assert type(list(via_load_model)[-1]).__name__ == "Normalize"
+    assert via_load_model.max_seq_length == backbone.config.text_config.max_position_embeddings
+    np.testing.assert_allclose(via_load_model.encode(["thumbs up"]), clip.encode(["thumbs up"]), atol=1e-6)
     with pytest.raises(ConfigError, match="never downloads"):
         load_clip(tmp_path / "missing")
 

@@ -140,7 +140,7 @@ def load_clip(path: str | os.PathLike[str], *, max_seq_length: int | None = None
     ensure_normalized(model)
     if max_seq_length is not None:
         model.max_seq_length = int(max_seq_length)
-    return model
+    return cap_max_seq_length(model)
 
 
 def ensure_normalized(model: Any) -> Any:
@@ -151,6 +151,18 @@ def ensure_normalized(model: Any) -> Any:
     modules = list(model)
     if not modules or not isinstance(modules[-1], Normalize):
         model.append(Normalize())
+    return model
+
+
+def cap_max_seq_length(model: Any) -> Any:
+    """Lower ``max_seq_length`` to the text tower's position table (77 for OpenAI CLIP): a longer cap,
+    e.g. the CLI's default 128, would index past the position embeddings on a long text."""
+    backbone = _clip_backbone(model)
+    config = getattr(getattr(backbone, "config", None), "text_config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    current = getattr(model, "max_seq_length", None)
+    if positions is not None and (current is None or current > positions):
+        model.max_seq_length = int(positions)
     return model
 
 

@@ -251,6 +251,7 @@ def _check_finite(vectors: np.ndarray, unique: list[str], texts: list[str], inve
     bad_unique = int(np.flatnonzero(~finite)[0])
     row = int(np.flatnonzero(inverse == bad_unique)[0])
     raise DataError(
-        f"the model produced NaN/inf embeddings, first for row {row} ({str(texts[row])[:60]!r}); "
+        f"the model produced NaN/inf embeddings, first for {'text' if type(texts[row]) is str else 'image'} "
+        f"row {row} ({str(texts[row])[:60]!r}); "
         "check the model weights and inputs"
     )

@@ -600,6 +600,10 @@ def _prepare_image_text_model(model: Any, data: Any, freeze: str | None) -> None
         from hardbatch.embed.encode import check_takes_images
 
         check_takes_images(model)
+    if "image" in getattr(model, "modalities", ()):
+        from hardbatch.embed.clip import cap_max_seq_length
+
+        cap_max_seq_length(model)  # after the configured max_seq_length (default 128 > CLIP's 77)
     if freeze is not None:
         from hardbatch.embed.clip import freeze_tower
 
