@@ -112,3 +112,14 @@ def test_broken_image_in_a_batch_names_row_and_field(tmp_path):
     collate = PairCollator(lambda values: {"n": len(values)})
     with pytest.raises(DataError, match=r"row id=pair-7: field 'positive': .*bad\.png"):
         collate(rows)
+
+
+def test_freezing_the_only_modality_is_a_config_error():
+    from hardbatch.errors import ConfigError
+    from hardbatch.train.collate import TokenizedPairs
+
+    features = {"input_ids": torch.ones(2, 3, dtype=torch.int64), "modality": "text"}
+    batch = TokenizedPairs(dict(features), dict(features), 2, 0)
+    runner = StepRunner(None, SimpleNamespace(freeze_tower="text", gradcache_chunk=None), None, None)
+    with pytest.raises(ConfigError, match="nothing to train"):
+        runner.step(batch)

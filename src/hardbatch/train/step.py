@@ -11,6 +11,10 @@ Two paths with the same loss and (up to float rounding) the same gradients:
   and one extra forward pass. Under DDP every chunk but the last runs inside ``no_sync()``.
 
 The model is wrapped by :class:`DualEncoder` so that DDP sees one forward call per backward.
+
+Image–text models: a column that mixes texts and images is embedded as one call per modality and put back
+in row order; with ``config.freeze_tower`` the frozen tower's inputs are embedded without autograd (and,
+with the gradient cache, without replay).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import torch
 
+from hardbatch.errors import ConfigError
 from hardbatch.train.collate import TokenizedPairs, assemble_column, column_groups
 
 __all__ = ["DualEncoder", "StepRunner"]
@@ -66,10 +71,15 @@ class StepRunner:
         """Accumulate the gradient of the batch's loss into ``.grad``; return the (local) loss value."""
         query_ids, key_ids = batch.query_ids, batch.key_ids
         groups = _Groups([batch.query, batch.document], self._frozen_modality())
+        if not groups.trained:
+            raise ConfigError(
+                f"freeze_tower={self._frozen_modality()!r} freezes every input of this batch (all "
+                f"{self._frozen_modality()}): nothing to train"
+            )
         if self.config.gradcache_chunk:
             return self._cached_step(groups, query_ids, key_ids)
         with self._autocast():
-            trained = self.encoder(*groups.trained) if groups.trained else ()
+            trained = self.encoder(*groups.trained)
             frozen = [self._frozen_embedding(f) for f in groups.frozen]
         query, document = groups.assemble(trained, frozen)
         loss = self.loss(query, document, query_ids, key_ids)
@@ -115,8 +125,6 @@ class StepRunner:
                 torch.cat([self._frozen_embedding(c) for c in split_batch(f, chunk_size)])
                 for f in groups.frozen
             ]
-        if not groups.trained:
-            raise RuntimeError("every input of the batch goes through a frozen tower: nothing to train")
 
         def loss_fn(*trained: torch.Tensor) -> torch.Tensor:
             query, document = groups.assemble(trained, frozen)

@@ -71,6 +71,7 @@ _RESUME_KEYS = (
     "max_train_pairs",
     "subset_seed",
     "max_seq_length",
+    "freeze_tower",
 )
 
 
