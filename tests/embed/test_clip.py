@@ -108,3 +108,10 @@ def test_freeze_either_tower():
 def test_freeze_needs_an_image_text_model(tiny_model):
     with pytest.raises(ConfigError, match="cannot find the text tower"):
         freeze_tower(tiny_model, "text")
+
+
+def test_token_cap_never_exceeds_the_position_table(clip):
+    # 700 tokens > the tiny CLIP's 512 positions: an uncapped max_seq_length=1000 would index past them.
+    long_text = "word " * 700
+    vectors = encode_texts([long_text], clip, max_seq_length=1000, show_progress=False)
+    assert vectors.shape == (1, 32) and np.isfinite(vectors).all()

@@ -166,6 +166,10 @@ def _temporary_max_seq_length(encoder: Any, max_seq_length: int | None) -> Itera
         return
     previous = encoder.max_seq_length
     encoder.max_seq_length = int(max_seq_length)
+    if "image" in getattr(encoder, "modalities", ()):
+        from hardbatch.embed.clip import cap_max_seq_length
+
+        cap_max_seq_length(encoder)  # never past a CLIP text tower's position table (77 for OpenAI CLIP)
     try:
         yield
     finally:
