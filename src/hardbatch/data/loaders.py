@@ -27,10 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hardbatch.data.images import (
+    ImageRef,
+    as_image,
+    check_image,
+    is_image_value,
+    looks_like_image_path,
+)
 from hardbatch.data.pairs import PairDataset
 from hardbatch.errors import ConfigError, DataError
 
-__all__ = ["CANONICAL_COLUMNS", "SUPPORTED_EXTENSIONS", "load_pairs", "read_table"]
+__all__ = ["CANONICAL_COLUMNS", "SUPPORTED_EXTENSIONS", "ImageOptions", "load_pairs", "read_table"]
 
 CANONICAL_COLUMNS = ("query", "positive", "negatives", "id", "source")
 SUPPORTED_EXTENSIONS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".pq")
@@ -62,6 +69,7 @@ class RawTable:
     locate: Callable[[int], str]
     text_cells: bool = False
     dataset_name: str = "pairs"
+    base_dir: Path | None = None  # folder relative image paths are resolved against (the data file's)
 
 
 # ---------------------------------------------------------------------------------------------- readers
@@ -107,7 +115,12 @@ def _read_jsonl(path: Path) -> RawTable:
         except ValueError as exc:
             raise DataError(f"{path}: line {number}: invalid JSON ({exc})") from exc
         locations.append(f"line {number}")
-    return _records_table(str(path), records, locations, path.stem)
+    return _with_base(_records_table(str(path), records, locations, path.stem), path)
+
+
+def _with_base(table: RawTable, path: Path) -> RawTable:
+    table.base_dir = path.resolve().parent
+    return table
 
 
 def _read_json(path: Path) -> RawTable:
@@ -119,7 +132,9 @@ def _read_json(path: Path) -> RawTable:
     except ValueError as exc:
         line = getattr(exc, "lineno", "?")
         raise DataError(f"{path}: line {line}: invalid JSON ({getattr(exc, 'msg', exc)})") from exc
-    return _records_table(str(path), records, [f"record {i}" for i in range(len(records))], path.stem)
+    return _with_base(
+        _records_table(str(path), records, [f"record {i}" for i in range(len(records))], path.stem), path
+    )
 
 
 def _read_csv(path: Path, delimiter: str) -> RawTable:
@@ -158,7 +173,8 @@ def _read_csv(path: Path, delimiter: str) -> RawTable:
         k = index[column]
         return [row[k] for row in rows]
 
-    return RawTable(str(path), header, get, len(rows), lambda i: f"line {lines[i]}", True, path.stem)
+    table = RawTable(str(path), header, get, len(rows), lambda i: f"line {lines[i]}", True, path.stem)
+    return _with_base(table, path)
 
 
 def _read_parquet(path: Path) -> RawTable:
@@ -185,6 +201,7 @@ def _read_parquet(path: Path) -> RawTable:
         lambda i: f"row {i}",
         False,
         name,
+        path.resolve().parent,
     )
 
 
@@ -200,7 +217,7 @@ def _read_hf(dataset: Any) -> RawTable:
         raise DataError(f"Hugging Face {kind} is not supported; pass a map-style datasets.Dataset")
     info_name = getattr(getattr(dataset, "info", None), "dataset_name", None) or "hf-dataset"
     label = f"Hugging Face dataset {info_name!r}"
-    plain = dataset.with_format(None)
+    plain = _undecoded_images(dataset.with_format(None))
 
     def get(column: str) -> list[Any]:
         # Only the columns we use are materialised; slicing honours select()/shuffle() indices.
@@ -215,6 +232,16 @@ def _read_hf(dataset: Any) -> RawTable:
         False,
         info_name,
     )
+
+
+def _undecoded_images(dataset: Any) -> Any:
+    """Cast ``Image`` feature columns to ``decode=False``: rows then hold ``{"bytes", "path"}`` dicts and
+    no image is decoded before a batch needs it (decoding the column would hold every image in memory)."""
+    features = getattr(dataset, "features", None) or {}
+    for column, feature in features.items():
+        if type(feature).__name__ == "Image" and getattr(feature, "decode", False):
+            dataset = dataset.cast_column(column, type(feature)(decode=False))
+    return dataset
 
 
 def read_table(spec: Any) -> RawTable:
@@ -359,7 +386,9 @@ def _negatives_from_list(value: Any, where: str, field: str, text_cells: bool) -
         return value
     if isinstance(value, str) or not isinstance(value, list | tuple):
         raise DataError(f"{where}: field '{field}' must be a list of strings, got {type(value).__name__}")
-    return [_text(item, where, f"{field}[{k}]") for k, item in enumerate(value)]
+    return [
+        item if is_image_value(item) else _text(item, where, f"{field}[{k}]") for k, item in enumerate(value)
+    ]
 
 
 def _negatives_column(table: RawTable, column: str) -> list[list[str]]:
@@ -379,12 +408,18 @@ def _negatives_column(table: RawTable, column: str) -> list[list[str]]:
     return out
 
 
-def _build(table: RawTable, column_map: Mapping[str, str] | None, drop_duplicates: bool) -> PairDataset:
+def _build(
+    table: RawTable,
+    column_map: Mapping[str, str] | None,
+    drop_duplicates: bool,
+    images: ImageOptions | None = None,
+) -> PairDataset:
     if table.num_rows == 0:
         raise DataError(f"{table.name}: empty dataset (no rows)")
+    images = images or ImageOptions()
     resolved = _resolve_columns(table, column_map)
-    queries = _text_column(table, resolved["query"][0])
-    positives = _text_column(table, resolved["positive"][0])
+    queries = _value_column(table, resolved["query"][0], "query", images)
+    positives = _value_column(table, resolved["positive"][0], "positive", images)
 
     negatives: list[list[str]] | None = None
     if "negatives" in resolved:
@@ -395,6 +430,7 @@ def _build(table: RawTable, column_map: Mapping[str, str] | None, drop_duplicate
             negatives = _negatives_column(table, sources[0])
         else:
             negatives = _negatives_from_columns(table, sources)
+        negatives = _image_negatives(table, negatives, sources, images)
 
     ids = _text_column(table, resolved["id"][0], allow_int=True) if "id" in resolved else None
     source_labels = (
@@ -447,7 +483,7 @@ def _negatives_from_columns(table: RawTable, columns: list[str]) -> list[list[st
             if isinstance(value, list | tuple) and not table.text_cells:
                 where = f"{table.name}: {table.locate(i)}"
                 gathered[i].extend(_negatives_from_list(value, where, column, False))
-            elif _is_text(value):
+            elif _is_text(value) or is_image_value(value):
                 gathered[i].append(value)
             else:
                 gathered[i].append(_text(value, f"{table.name}: {table.locate(i)}", column))
@@ -460,6 +496,8 @@ def load_pairs(
     *,
     column_map: Mapping[str, str] | None = None,
     drop_duplicates: bool = False,
+    image_columns: str | Sequence[str] = "auto",
+    check_images: str = "full",
 ) -> PairDataset:
     """Load and validate a pair dataset.
 
@@ -473,6 +511,12 @@ def load_pairs(
         column_map: ``{column in the data: canonical name}``, canonical names being ``query``, ``positive``,
             ``negatives``, ``id``, ``source`` (several columns may map to ``negatives``).
         drop_duplicates: drop rows whose exact (query, positive) pair occurred earlier (first one kept).
+        image_columns: canonical columns whose string cells are image paths (relative to the data file's
+            folder), or ``"auto"`` (a column whose every cell looks like an image path); image values that
+            are not strings (bytes, PIL images, Hugging Face ``Image`` features, ``{"image": path}``) are
+            recognised in any column. See :class:`ImageOptions` and :mod:`hardbatch.data.images`.
+        check_images: ``"full"`` (decode each image once to catch unreadable/truncated files, one at a
+            time), ``"exists"`` or ``"none"``.
 
     Returns:
         A validated :class:`PairDataset`.
@@ -480,7 +524,7 @@ def load_pairs(
     Raises:
         DataError: naming the file, the line (JSONL/CSV) or row (Parquet/HF), and the field, for a missing
             column, an empty or non-string text, a malformed ``negatives``, a duplicate id, an unreadable
-            file or an empty dataset.
+            file, a missing, empty, unreadable or truncated image, or an empty dataset.
 
     Example:
         >>> ds = load_pairs([{"question": "how to sort a list", "answer": "sorted(xs)"}],
@@ -498,4 +542,104 @@ def load_pairs(
         split, config = parse_codesearch_spec(spec)
         dataset = load_codesearch(split, config)
         return dataset.drop_duplicates() if drop_duplicates else dataset
-    return _build(read_table(spec), column_map, drop_duplicates)
+    if isinstance(spec, str) and spec.split(":", 1)[0] == "emoji":
+        from hardbatch.data.emoji import load_emoji, parse_emoji_spec
+
+        if column_map:
+            raise ConfigError("column_map does not apply to the built-in emoji dataset")
+        split, config = parse_emoji_spec(spec)
+        dataset = load_emoji(split, config)
+        return dataset.drop_duplicates() if drop_duplicates else dataset
+    images = ImageOptions(image_columns, check_images)
+    return _build(read_table(spec), column_map, drop_duplicates, images)
+
+
+# ---------------------------------------------------------------------------------------------- images
+@dataclass(frozen=True)
+class ImageOptions:
+    """How :func:`load_pairs` recognises and checks images (see :mod:`hardbatch.data.images`).
+
+    Attributes:
+        columns: canonical columns (``query``, ``positive``, ``negatives``) whose string cells are image
+            paths, or ``"auto"``: a column is a path column when every string cell in it looks like an
+            image path (one token ending in ``.png``, ``.jpg``, ...). Non-string image values (bytes, PIL
+            images, ``{"bytes", "path"}`` and ``{"image": ...}`` dicts) are images in any column.
+        check: ``"full"`` decodes each image once, one at a time, to catch unreadable and truncated files
+            (O(N) decoding time, O(1 image) memory); ``"exists"`` only checks files exist and are
+            non-empty; ``"none"`` checks nothing (a bad image then fails when its batch is built, naming
+            the row and field).
+    """
+
+    columns: str | tuple[str, ...] = "auto"
+    check: str = "full"
+
+    def __post_init__(self) -> None:
+        if self.check not in ("full", "exists", "none"):
+            raise ConfigError(f"check_images must be 'full', 'exists' or 'none', got {self.check!r}")
+        if self.columns != "auto":
+            columns = (self.columns,) if isinstance(self.columns, str) else tuple(self.columns)
+            for column in columns:
+                if column not in ("query", "positive", "negatives"):
+                    raise ConfigError(f"image_columns: {column!r} is not one of query, positive, negatives")
+            object.__setattr__(self, "columns", columns)
+
+    def path_column(self, canonical: str, strings: list[str]) -> bool:
+        if self.columns != "auto":
+            return canonical in self.columns
+        return (
+            bool(strings) and looks_like_image_path(strings[0]) and all(map(looks_like_image_path, strings))
+        )
+
+
+def _image_cell(
+    table: RawTable, row: int, field: str, value: Any, options: ImageOptions, path_ok: bool
+) -> ImageRef:
+    where = f"{table.name}: {table.locate(row)}"
+    try:
+        ref = as_image(value, table.base_dir, path_ok=path_ok)
+    except TypeError:
+        raise DataError(
+            f"{where}: field '{field}' must be a non-empty string or an image, got {type(value).__name__}"
+        ) from None
+    if options.check != "none":
+        check_image(ref, where, field, full=options.check == "full")
+    return ref
+
+
+def _value_column(table: RawTable, column: str, canonical: str, options: ImageOptions) -> list[Any]:
+    """A query/positive column: texts stay strings, image values become :class:`ImageRef`."""
+    values = table.get(column)
+    strings = [v for v in values if type(v) is str]
+    if options.path_column(canonical, strings):
+        for i, value in enumerate(values):
+            if isinstance(value, str) and (not value or value.isspace()):
+                _text(value, f"{table.name}: {table.locate(i)}", column)  # names the empty cell
+            values[i] = _image_cell(table, i, column, value, options, isinstance(value, str))
+        return values
+    if len(strings) == len(values):
+        for i, value in enumerate(values):
+            if not value or value.isspace():
+                _text(value, f"{table.name}: {table.locate(i)}", column)
+        return values
+    for i, value in enumerate(values):
+        if is_image_value(value):
+            values[i] = _image_cell(table, i, column, value, options, False)
+        elif type(value) is not str or not value or value.isspace():
+            values[i] = _text(value, f"{table.name}: {table.locate(i)}", column)
+    return values
+
+
+def _image_negatives(
+    table: RawTable, negatives: list[list[Any]], sources: list[str], options: ImageOptions
+) -> list[list[Any]]:
+    """Turn image values among the negatives into :class:`ImageRef` (paths: see :class:`ImageOptions`)."""
+    strings = [v for row in negatives for v in row if type(v) is str]
+    path_ok = options.path_column("negatives", strings)
+    if not path_ok and len(strings) == sum(map(len, negatives)):
+        return negatives
+    field = sources[0] if len(sources) == 1 else "negatives"
+    for i, row in enumerate(negatives):
+        for k, value in enumerate(row):
+            if path_ok or not isinstance(value, str):
+                row[k] = _image_cell(table, i, f"{field}[{k}]", value, options, path_ok)
+    return negatives

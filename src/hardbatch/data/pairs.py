@@ -2,7 +2,9 @@
 
 A :class:`PairDataset` holds aligned columns of ``(query, positive)`` texts plus optional hard negatives,
 ids and a source label per pair. It is a map-style ``torch.utils.data.Dataset`` and converts to a Hugging
-Face ``datasets.Dataset`` in the column layout sentence-transformers trainers expect.
+Face ``datasets.Dataset`` in the column layout sentence-transformers trainers expect. Any query, positive
+or negative may instead be an image, held as a lazy :class:`hardbatch.data.images.ImageRef` (decoded only
+when a batch needs it).
 
 Memory is O(total text length); every operation here is a single pass over the columns (O(N)).
 """
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hardbatch.data.images import ImageRef, value_token
 from hardbatch.errors import DataError, require
 from hardbatch.io import atomic_path, atomic_write, hash_texts
 
@@ -147,19 +150,26 @@ class PairDataset(torch.utils.data.Dataset):
 
     def _fingerprint_stream(self) -> Iterator[str]:
         # Section headers carry the column length so columns cannot bleed into each other.
+        # Images contribute their content hash (value_token), so a moved image folder keeps the fingerprint.
         yield f"queries:{len(self.queries)}"
-        yield from self.queries
+        yield from map(value_token, self.queries)
         yield f"positives:{len(self.positives)}"
-        yield from self.positives
+        yield from map(value_token, self.positives)
         if self.negatives is not None:
             yield f"negatives:{len(self.negatives)}"
             for negs in self.negatives:
-                yield json.dumps(negs, ensure_ascii=False)
+                yield json.dumps([value_token(v) for v in negs], ensure_ascii=False)
         yield f"ids:{len(self.ids)}"
         yield from self.ids
         if self.sources is not None:
             yield f"sources:{len(self.sources)}"
             yield from self.sources
+
+    @property
+    def has_images(self) -> bool:
+        """True when any query, positive or negative is an image (one O(N) scan)."""
+        columns = [self.queries, self.positives] + ([] if self.negatives is None else self.negatives)
+        return any(type(v) is ImageRef for column in columns for v in column)
 
     @property
     def max_negatives(self) -> int:
@@ -283,15 +293,17 @@ class PairDataset(torch.utils.data.Dataset):
         """
         target = Path(path)
         suffix = target.suffix.lower()
+        if self.has_images and suffix not in (".jsonl", ".ndjson", ".json"):
+            raise DataError(f"{target}: a dataset with images can be saved as .jsonl or .json only")
         if suffix in (".parquet", ".pq"):
             self._save_parquet(target, metadata or {})
         elif suffix in (".jsonl", ".ndjson"):
             with atomic_write(target) as handle:
                 for record in self:
-                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    handle.write(json.dumps(record, ensure_ascii=False, default=_image_json) + "\n")
         elif suffix == ".json":
             with atomic_write(target) as handle:
-                json.dump(self.to_records(), handle, ensure_ascii=False, indent=1)
+                json.dump(self.to_records(), handle, ensure_ascii=False, indent=1, default=_image_json)
                 handle.write("\n")
         elif suffix in (".csv", ".tsv"):
             self._save_csv(target, "\t" if suffix == ".tsv" else ",")
@@ -349,10 +361,22 @@ class PairDataset(torch.utils.data.Dataset):
 
 
 def _check_text(value: Any, where: str, field: str) -> None:
-    """Raise a DataError naming ``where`` (file + line/row) and ``field`` unless value is non-empty text."""
+    """Raise a DataError naming ``where`` (file + line/row) and ``field`` unless value is non-empty text
+    or an :class:`~hardbatch.data.images.ImageRef` (images are checked by the loaders)."""
+    if type(value) is ImageRef:
+        return
     if not isinstance(value, str):
         raise DataError(
             f"{where}: field '{field}' must be a string, got {type(value).__name__} {value!r:.60}"
         )
     if not value.strip():
         raise DataError(f"{where}: field '{field}' is empty")
+
+
+def _image_json(value: Any) -> Any:
+    """JSON for an image cell: ``{"image": "<absolute path>"}`` (what the loaders read back)."""
+    if type(value) is ImageRef and value.path is not None:
+        return {"image": str(value.path.resolve())}
+    if type(value) is ImageRef:
+        raise DataError(f"cannot save {value.describe()} as JSON; write the images to files first")
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,4 +1,7 @@
-"""Encode texts with a sentence-transformers model into a float32 matrix, optionally cached on disk.
+"""Encode texts (and images) with a sentence-transformers model into a float32 matrix, optionally cached.
+
+Any value may be an :class:`~hardbatch.data.images.ImageRef` when the model takes images (a CLIP-style
+model): images are decoded batch by batch, so memory holds one batch of pixels at a time.
 
 Texts are deduplicated and encoded longest first, in batches of ``batch_size``: padding inside a batch is
 then minimal (faster), and an out-of-memory error shows up on the first batch rather than at the end.
@@ -18,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from hardbatch.data.images import ImageRef, value_token
 from hardbatch.embed.cache import cache_key, read_cache, save_embeddings
 from hardbatch.embed.fingerprint import model_fingerprint
 from hardbatch.embed.models import load_model
@@ -25,7 +29,7 @@ from hardbatch.errors import ConfigError, DataError
 from hardbatch.io import hash_texts
 from hardbatch.progress import progress
 
-__all__ = ["encode_texts", "encode_with_loader", "resolve_encoder"]
+__all__ = ["check_takes_images", "encode_texts", "encode_with_loader", "resolve_encoder"]
 
 
 def encode_texts(
@@ -108,7 +112,9 @@ def encode_with_loader(
     if cache_path is not None:
         if model_info is None:
             raise ConfigError("model_info is required to cache embeddings")
-        key = cache_key(model_info, hash_texts(texts), len(texts), max_seq_length, normalize)
+        key = cache_key(
+            model_info, hash_texts(map(value_token, texts)), len(texts), max_seq_length, normalize
+        )
         cached = read_cache(cache_path, key, on_stale=on_stale)
         if cached is not None:
             return cached
@@ -143,8 +149,8 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     if not texts:
         raise DataError("no texts to encode")
     for row, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise DataError(f"texts: row {row} is {type(text).__name__}, expected a string")
+        if not isinstance(text, str) and type(text) is not ImageRef:
+            raise DataError(f"texts: row {row} is {type(text).__name__}, expected a string or an ImageRef")
     return texts
 
 
@@ -160,6 +166,10 @@ def _temporary_max_seq_length(encoder: Any, max_seq_length: int | None) -> Itera
         return
     previous = encoder.max_seq_length
     encoder.max_seq_length = int(max_seq_length)
+    if "image" in getattr(encoder, "modalities", ()):
+        from hardbatch.embed.clip import cap_max_seq_length
+
+        cap_max_seq_length(encoder)  # never past a CLIP text tower's position table (77 for OpenAI CLIP)
     try:
         yield
     finally:
@@ -186,13 +196,21 @@ def _encode_unique(
         (first_row.setdefault(t, len(first_row)) for t in texts), dtype=np.int64, count=len(texts)
     )
     unique = list(first_row)
-    longest_first = sorted(range(len(unique)), key=lambda i: -len(unique[i]))
-    batches = [longest_first[start : start + batch_size] for start in range(0, len(unique), batch_size)]
+    # Texts longest first, then images: every batch holds one modality (a CLIP-style model embeds a
+    # text batch and an image batch with different towers, and cannot take a mixed list).
+    texts_first = [i for i in range(len(unique)) if type(unique[i]) is str]
+    images = [i for i in range(len(unique)) if type(unique[i]) is not str]
+    texts_first.sort(key=lambda i: -len(unique[i]))
+    batches = [texts_first[start : start + batch_size] for start in range(0, len(texts_first), batch_size)]
+    batches += [images[start : start + batch_size] for start in range(0, len(images), batch_size)]
+    what = "texts" if not images else ("images" if not texts_first else "texts and images")
+    if images:
+        check_takes_images(encoder)
 
     result: np.ndarray | None = None
-    for batch in progress(batches, f"encoding {len(unique):,} texts", show=show):
+    for batch in progress(batches, f"encoding {len(unique):,} {what}", show=show):
         vectors = encoder.encode(
-            [unique[i] for i in batch],
+            [_model_input(unique[i], i, inverse) for i in batch],
             batch_size=len(batch),
             show_progress_bar=False,
             convert_to_numpy=True,
@@ -209,6 +227,27 @@ def _encode_unique(
     return result if len(unique) == len(texts) else result[inverse]
 
 
+def check_takes_images(model: Any) -> None:
+    """Raise a ConfigError unless ``model`` (a SentenceTransformer) has an image modality."""
+    modalities = getattr(model, "modalities", ["text"])
+    if "image" not in modalities and "message" not in modalities:
+        raise ConfigError(
+            f"the data holds images but the model takes only {', '.join(map(str, modalities))}; use an "
+            "image-text model (hardbatch.embed.make_tiny_clip(), a sentence-transformers CLIP, OpenCLIP)"
+        )
+
+
+def _model_input(value: Any, unique_row: int, inverse: np.ndarray) -> Any:
+    """A text as is; an image decoded now (only this batch's images are in memory)."""
+    if type(value) is str:
+        return value
+    try:
+        return value.load()
+    except DataError as exc:
+        row = int(np.flatnonzero(inverse == unique_row)[0])
+        raise DataError(f"row {row}: {exc}") from None
+
+
 def _check_finite(vectors: np.ndarray, unique: list[str], texts: list[str], inverse: np.ndarray) -> None:
     finite = np.isfinite(vectors).all(axis=1)
     if finite.all():
@@ -216,6 +255,7 @@ def _check_finite(vectors: np.ndarray, unique: list[str], texts: list[str], inve
     bad_unique = int(np.flatnonzero(~finite)[0])
     row = int(np.flatnonzero(inverse == bad_unique)[0])
     raise DataError(
-        f"the model produced NaN/inf embeddings, first for text row {row} ({texts[row][:60]!r}); "
+        f"the model produced NaN/inf embeddings, first for {'text' if type(texts[row]) is str else 'image'} "
+        f"row {row} ({str(texts[row])[:60]!r}); "
         "check the model weights and inputs"
     )

@@ -52,6 +52,12 @@ def load_model(
     st = SentenceTransformer(str(path), device=device, local_files_only=True)
     if max_seq_length is not None:
         st.max_seq_length = int(max_seq_length)
+    if "image" in getattr(st, "modalities", ()):
+        # An image-text checkpoint (e.g. a plain Hugging Face CLIP folder): unit-norm outputs and a token
+        # cap within its position table, as hardbatch.embed.clip.load_clip gives.
+        from hardbatch.embed.clip import cap_max_seq_length, ensure_normalized
+
+        cap_max_seq_length(ensure_normalized(st))
     return st
 
 

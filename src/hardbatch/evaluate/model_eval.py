@@ -1,5 +1,9 @@
 """Evaluate a sentence-transformers model on a pair dataset: queries retrieve among the positives.
 
+Queries, positives and negatives may be images (:class:`~hardbatch.data.images.ImageRef`) for an
+image–text model; then the reverse direction (positives retrieve queries: image→text on a text→image set)
+is scored too, under ``reverse_*`` keys.
+
 The corpus is every *distinct* positive text of the split (optionally plus the hard negatives). Texts are
 deduplicated, so when several pairs share a positive text that single corpus entry is relevant to each of
 their queries; a hard negative whose text equals some pair's positive is that same entry.
@@ -15,6 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import numpy as np
@@ -24,9 +29,18 @@ from hardbatch.embed.fingerprint import model_fingerprint
 from hardbatch.errors import ConfigError
 from hardbatch.evaluate.metrics import RetrievalResult, retrieval_scores
 
-__all__ = ["CORPUS_CHOICES", "RetrievalTask", "evaluate_model", "evaluate_texts", "retrieval_task"]
+__all__ = [
+    "CORPUS_CHOICES",
+    "DIRECTIONS",
+    "RetrievalTask",
+    "direction_tasks",
+    "evaluate_model",
+    "evaluate_texts",
+    "retrieval_task",
+]
 
 CORPUS_CHOICES = ("positives", "all")
+DIRECTIONS = ("auto", "forward", "both")
 
 
 @dataclass
@@ -153,6 +167,7 @@ def evaluate_model(
     device: str | None = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
     show_progress: bool | None = None,
+    directions: str = "auto",
 ) -> dict[str, float]:
     """Retrieval metrics of ``model`` on ``dataset``: each query against all distinct positives.
 
@@ -167,9 +182,12 @@ def evaluate_model(
         device: "auto" or a torch device.
         cache_dir: optional embedding cache directory.
         show_progress: progress bars.
+        directions: ``"auto"`` (default: also the reverse direction when the data holds images),
+            ``"forward"`` or ``"both"``; see :func:`direction_tasks`.
 
     Returns:
-        ``{"ndcg@10": ..., "mrr@10": ..., "recall@1": ..., "recall@10": ..., "recall@100": ..., "map@100": ...}``.
+        ``{"ndcg@10": ..., "mrr@10": ..., "recall@1": ..., "recall@10": ..., "recall@100": ..., "map@100": ...}``,
+        plus the same keys prefixed ``reverse_`` for the reverse direction (positives retrieve queries).
 
     Example:
         >>> from types import SimpleNamespace
@@ -178,18 +196,47 @@ def evaluate_model(
         >>> sorted(evaluate_model(make_tiny_model(), pairs, show_progress=False))[:2]
         ['map@100', 'mrr@10']
     """
-    task = retrieval_task(dataset, corpus)
-    result, _ = evaluate_texts(
-        model,
-        task.queries,
-        task.corpus,
-        task.relevant,
-        batch_size=batch_size,
-        max_seq_length=max_seq_length,
-        ks=ks,
-        chunk_size=chunk_size,
-        device=device,
-        cache_dir=cache_dir,
-        show_progress=show_progress,
-    )
-    return result.metrics
+    metrics: dict[str, float] = {}
+    for prefix, task in direction_tasks(dataset, corpus, directions):
+        result, _ = evaluate_texts(
+            model,
+            task.queries,
+            task.corpus,
+            task.relevant,
+            batch_size=batch_size,
+            max_seq_length=max_seq_length,
+            ks=ks,
+            chunk_size=chunk_size,
+            device=device,
+            cache_dir=None if cache_dir is None else Path(cache_dir) / (prefix.rstrip("_") or "."),
+            show_progress=show_progress,
+        )
+        metrics.update({prefix + name: value for name, value in result.metrics.items()})
+    return metrics
+
+
+def direction_tasks(
+    dataset: Any, corpus: Literal["positives", "all"] = "positives", directions: str = "auto"
+) -> list[tuple[str, RetrievalTask]]:
+    """The retrieval tasks to score: ``[("", forward)]`` or ``[("", forward), ("reverse_", reverse)]``.
+
+    Forward: queries retrieve among the distinct positives. Reverse: each positive retrieves among the
+    distinct queries (image→text on a text→image set). ``directions``: ``"forward"``, ``"both"`` or
+    ``"auto"`` (both when the dataset holds images, so an image–text model is scored both ways).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> tasks = direction_tasks(SimpleNamespace(queries=["a", "b"], positives=["x", "x"]), directions="both")
+        >>> [(p, t.queries, t.corpus, t.relevant.tolist()) for p, t in tasks]
+        [('', ['a', 'b'], ['x'], [0, 0]), ('reverse_', ['x', 'x'], ['a', 'b'], [0, 1])]
+    """
+    if directions not in DIRECTIONS:
+        raise ConfigError(f"directions must be one of {', '.join(DIRECTIONS)}, got {directions!r}")
+    tasks = [("", retrieval_task(dataset, corpus))]
+    both = directions == "both" or (directions == "auto" and bool(getattr(dataset, "has_images", False)))
+    if both:
+        if corpus != "positives":
+            raise ConfigError("the reverse direction scores against the queries; use corpus='positives'")
+        swapped = SimpleNamespace(queries=list(dataset.positives), positives=list(dataset.queries))
+        tasks.append(("reverse_", retrieval_task(swapped)))
+    return tasks

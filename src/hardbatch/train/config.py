@@ -32,7 +32,10 @@ class TrainConfig:
             without a plan) when ``sampler_options`` gives none; default: the starting model (GCBS without
             a teacher re-embeds with the model being trained before every epoch).
         gradcache_chunk: if set, embed the batch in chunks of this many texts with gradient caching, so
-            memory depends on the chunk, not the batch size; the loss and gradients are unchanged.
+            memory depends on the chunk, not the batch size; the loss and gradients are unchanged (works
+            through both towers of an image–text model).
+        freeze_tower: ``"text"`` or ``"image"`` freezes that tower of an image–text model (LiT-style:
+            e.g. train an image tower against a frozen text tower); None trains everything.
         epochs: passes over the sampler's batches.
         max_steps: stop after this many optimiser steps (the schedule is sized for it).
         lr: peak learning rate of AdamW.
@@ -84,6 +87,7 @@ class TrainConfig:
     sampler_options: dict[str, Any] = field(default_factory=dict)
     teacher: Any = None
     gradcache_chunk: int | None = None
+    freeze_tower: str | None = None
     epochs: int = 1
     max_steps: int | None = None
     lr: float = 2e-5
@@ -162,6 +166,8 @@ class TrainConfig:
             raise ConfigError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.on_nonfinite not in NONFINITE_ACTIONS:
             raise ConfigError(f"on_nonfinite must be one of {NONFINITE_ACTIONS}, got {self.on_nonfinite!r}")
+        if self.freeze_tower not in (None, "text", "image"):
+            raise ConfigError(f"freeze_tower must be 'text', 'image' or None, got {self.freeze_tower!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 

@@ -333,6 +333,7 @@ class Trainer:
             model = cfg.model.to(ctx.device)
         if cfg.max_seq_length is not None:
             model.max_seq_length = int(cfg.max_seq_length)
+        _prepare_image_text_model(model, self.train_data, cfg.freeze_tower)
         model.train()
         return model
 
@@ -738,7 +739,25 @@ def _load_dataset(spec: Any, limit: int | None, subset_seed: int, what: str) -> 
 def _default_eval_spec(data: Any) -> str | None:
     if isinstance(data, str) and data.startswith("codesearch:") and data.split(":", 1)[1] == "train":
         return "codesearch:dev"
+    if isinstance(data, str) and data.split("?", 1)[0] == "emoji:train":
+        return "emoji:test" + data[len("emoji:train") :]  # same build options, the held-out families
     return None
+
+
+def _prepare_image_text_model(model: Any, data: Any, freeze: str | None) -> None:
+    """Check an image dataset meets a model that takes images; freeze the requested tower."""
+    if getattr(data, "has_images", False):
+        from hardbatch.embed.encode import check_takes_images
+
+        check_takes_images(model)
+    if "image" in getattr(model, "modalities", ()):
+        from hardbatch.embed.clip import cap_max_seq_length
+
+        cap_max_seq_length(model)  # after the configured max_seq_length (default 128 > CLIP's 77)
+    if freeze is not None:
+        from hardbatch.embed.clip import freeze_tower
+
+        freeze_tower(model, freeze)
 
 
 def _tokenizer_of(model: Any) -> Callable[[list[str]], dict[str, Any]]:

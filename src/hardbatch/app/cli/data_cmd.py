@@ -46,7 +46,10 @@ MAP_HELP = "Column mapping COLUMN=CANONICAL (canonical: query, positive, negativ
 @data_app.command("validate")
 def validate(
     file: Annotated[
-        str, typer.Argument(help="A .jsonl/.json/.csv/.tsv/.parquet pair file (or codesearch:<split>).")
+        str,
+        typer.Argument(
+            help="A .jsonl/.json/.csv/.tsv/.parquet pair file (or codesearch:<split>, emoji:<split>)."
+        ),
     ],
     map_: Annotated[list[str] | None, typer.Option("--map", "-m", help=MAP_HELP)] = None,
     drop_duplicates: Annotated[
@@ -78,9 +81,15 @@ def validate(
     table.add_row("ids", "auto (row-<i>)" if auto_ids else "from data")
     if dataset.sources is not None:
         table.add_row("sources", str(len(set(dataset.sources))))
-    mean_q = sum(map(len, dataset.queries)) / len(dataset)
-    mean_p = sum(map(len, dataset.positives)) / len(dataset)
-    table.add_row("mean characters (query / positive)", f"{mean_q:.0f} / {mean_p:.0f}")
+    texts_q = [v for v in dataset.queries if type(v) is str]
+    texts_p = [v for v in dataset.positives if type(v) is str]
+    mean_q = sum(map(len, texts_q)) / max(1, len(texts_q))
+    mean_p = sum(map(len, texts_p)) / max(1, len(texts_p))
+    table.add_row("mean characters of texts (query / positive)", f"{mean_q:.0f} / {mean_p:.0f}")
+    if len(texts_q) < len(dataset) or len(texts_p) < len(dataset) or dataset.has_images:
+        images_q, images_p = len(dataset) - len(texts_q), len(dataset) - len(texts_p)
+        table.add_row("images (query / positive / negatives)", f"{images_q} / {images_p} / "
+                      f"{sum(type(v) is not str for row in dataset.negatives or [] for v in row)}")  # fmt: skip
     table.add_row("fingerprint", dataset.fingerprint[:16])
     table.add_row("seconds", f"{seconds:.2f}")
     console.print(table)

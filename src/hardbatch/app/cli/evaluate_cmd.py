@@ -51,37 +51,61 @@ def evaluate(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the metrics as JSON here.")
     ] = None,
+    directions: Annotated[
+        str,
+        typer.Option(
+            "--directions",
+            help="'auto' (both for image data: text→image and image→text), 'forward' or 'both'; "
+            "the reverse direction's metrics are prefixed reverse_.",
+        ),
+    ] = "auto",
 ) -> None:
     """Each query retrieves among all distinct positives; prints nDCG@10, MRR@10, Recall@1/10/100, MAP@100."""
     from hardbatch import __version__
     from hardbatch.data import load_pairs
     from hardbatch.embed import model_fingerprint
-    from hardbatch.evaluate import evaluate_texts, retrieval_task
+    from hardbatch.evaluate.model_eval import direction_tasks, evaluate_texts
     from hardbatch.io import write_json
 
     started = time.perf_counter()
     dataset = load_pairs(data)
-    task = retrieval_task(dataset, corpus)  # type: ignore[arg-type]
+    tasks = direction_tasks(dataset, corpus, directions)  # type: ignore[arg-type]
     loaded = time.perf_counter()
-    result, seconds = evaluate_texts(
-        model,
-        task.queries,
-        task.corpus,
-        task.relevant,
-        batch_size=batch_size,
-        max_seq_length=max_seq_length,
-        chunk_size=chunk_size,
-        device=device,
-        cache_dir=cache_dir,
-    )
-    seconds = {"load_data": loaded - started, **seconds, "total": time.perf_counter() - started}
+    seconds = {"load_data": loaded - started}
+    metrics: dict[str, float] = {}
+    forward = None
+    if isinstance(model, str) and len(tasks) > 1:
+        from hardbatch.embed.encode import resolve_encoder
 
-    table = Table(title=f"{model} on {data}: {result.num_queries:,} queries, {result.num_corpus:,} documents")
-    table.add_column("metric", style="bold")
-    table.add_column("value", justify="right")
-    for name, value in result.metrics.items():
-        table.add_row(name, f"{value:.4f}")
-    console.print(table)
+        loaded_model = resolve_encoder(model, device)[0]  # one load for both directions
+    else:
+        loaded_model = model
+    for prefix, task in tasks:
+        result, spent = evaluate_texts(
+            loaded_model,
+            task.queries,
+            task.corpus,
+            task.relevant,
+            batch_size=batch_size,
+            max_seq_length=max_seq_length,
+            chunk_size=chunk_size,
+            device=device,
+            cache_dir=None if cache_dir is None else cache_dir / (prefix.rstrip("_") or "."),
+        )
+        for stage, value in spent.items():
+            seconds[prefix + stage] = value
+        forward = result if not prefix else forward
+        metrics.update({prefix + name: value for name, value in result.metrics.items()})
+        title = "reverse: positives retrieve queries" if prefix else "queries retrieve positives"
+        table = Table(
+            title=f"{model} on {data} ({title}): {result.num_queries:,} queries, {result.num_corpus:,} documents"
+        )
+        table.add_column("metric", style="bold")
+        table.add_column("value", justify="right")
+        for name, value in result.metrics.items():
+            table.add_row(prefix + name, f"{value:.4f}")
+        console.print(table)
+    seconds["total"] = time.perf_counter() - started
     console.print(
         "seconds: " + ", ".join(f"{stage} {value:.1f}" for stage, value in seconds.items()),
         highlight=False,
@@ -90,7 +114,8 @@ def evaluate(
         write_json(
             output,
             {
-                "metrics": result.metrics,
+                "metrics": metrics,
+                "directions": [prefix.rstrip("_") or "forward" for prefix, _ in tasks],
                 "model": {"name": model, **model_fingerprint(model)},
                 "data": {
                     "spec": data,
@@ -99,9 +124,9 @@ def evaluate(
                     "pairs": len(dataset),
                 },
                 "corpus": corpus,
-                "num_queries": result.num_queries,
-                "num_corpus": result.num_corpus,
-                "num_skipped_queries": result.num_skipped,
+                "num_queries": forward.num_queries,
+                "num_corpus": forward.num_corpus,
+                "num_skipped_queries": forward.num_skipped,
                 "params": {
                     "batch_size": batch_size,
                     "max_seq_length": max_seq_length,

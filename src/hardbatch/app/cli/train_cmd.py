@@ -33,7 +33,11 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_command(
         data: Annotated[
-            str, typer.Argument(help="Training pairs: a .jsonl/.json/.csv/.parquet file or codesearch:train.")
+            str,
+            typer.Argument(
+                help="Training pairs: a .jsonl/.json/.csv/.parquet file (texts or images), codesearch:train "
+                "or emoji:train."
+            ),
         ],
         output_dir: Annotated[
             Path, typer.Option("--output-dir", "-o", help="Run folder (metrics, checkpoints, final model).")
@@ -79,6 +83,10 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 help="Gradient cache: embed in chunks of this many texts (memory independent of batch size)."
             ),
+        ] = None,
+        freeze_tower: Annotated[
+            str | None,
+            typer.Option(help="Image-text models: freeze the 'text' or 'image' tower (LiT-style)."),
         ] = None,
         epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
         max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimiser steps.")] = None,
@@ -152,6 +160,7 @@ def register(app: typer.Typer) -> None:
             sampler_options=options,
             teacher=teacher,
             gradcache_chunk=gradcache_chunk,
+            freeze_tower=freeze_tower,
             epochs=epochs,
             max_steps=max_steps,
             lr=lr,
