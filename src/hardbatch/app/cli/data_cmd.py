@@ -48,7 +48,7 @@ def validate(
     file: Annotated[
         str, typer.Argument(help="A .jsonl/.json/.csv/.tsv/.parquet pair file (or codesearch:<split>).")
     ],
-    map_: Annotated[list[str] | None, typer.Option("--map", "-m", help=MAP_HELP)] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help=MAP_HELP)] = None,
     drop_duplicates: Annotated[
         bool, typer.Option("--drop-duplicates", help="Drop exact duplicate pairs first.")
     ] = False,
@@ -94,7 +94,7 @@ def convert(
     target: Annotated[
         Path, typer.Argument(help="Output file; format from the extension (.parquet/.jsonl/.json/.csv).")
     ],
-    map_: Annotated[list[str] | None, typer.Option("--map", "-m", help=MAP_HELP)] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help=MAP_HELP)] = None,
     drop_duplicates: Annotated[
         bool, typer.Option("--drop-duplicates", help="Drop exact duplicate pairs.")
     ] = False,
@@ -111,7 +111,7 @@ def convert(
 @data_app.command("codesearch")
 def codesearch(
     out_dir: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output directory (default: the hardbatch cache).")
+        Path | None, typer.Option("--output", "-o", help="Output directory (default: the hardbatch cache).")
     ] = None,
     packages: str = typer.Option(
         None, "--packages", "-p", help="Comma-separated packages ('stdlib', import names or directories)."

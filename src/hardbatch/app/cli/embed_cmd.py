@@ -22,7 +22,7 @@ def embed(
         str, typer.Argument(help="Pair data: a .jsonl/.json/.csv/.parquet file or codesearch:<split>.")
     ],
     out_dir: Annotated[
-        Path, typer.Option("--out", "-o", help="Output directory for query.npy / positive.npy.")
+        Path, typer.Option("--output", "-o", help="Output directory for query.npy / positive.npy.")
     ],
     model: Annotated[
         str,

@@ -1,4 +1,4 @@
-"""``hardbatch evaluate --model M --data SPEC``: retrieval metrics of a model on a pair dataset."""
+"""``hardbatch evaluate DATA -m MODEL [-o metrics.json]``: retrieval metrics of a model on a pair dataset."""
 
 from __future__ import annotations
 
@@ -20,9 +20,7 @@ def register(app: typer.Typer) -> None:
 def evaluate(
     data: Annotated[
         str,
-        typer.Option(
-            "--data", "-d", help="Pair data: a .jsonl/.json/.csv/.parquet file or codesearch:<split>."
-        ),
+        typer.Argument(help="Pair data: a .jsonl/.json/.csv/.parquet file or codesearch:<split>."),
     ],
     model: Annotated[
         str,

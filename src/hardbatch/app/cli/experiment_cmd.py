@@ -12,7 +12,7 @@ def register(app: typer.Typer) -> None:
     @app.command("experiment")
     def experiment_command(
         output_dir: Annotated[
-            Path, typer.Option("--output-dir", "-o", help="Cells, plans and the summary go here.")
+            Path, typer.Option("--output", "-o", help="Cells, plans and the summary go here.")
         ] = Path("hardbatch-experiment"),
         samplers: Annotated[
             str, typer.Option(help="Comma-separated sampler names.")
@@ -26,7 +26,9 @@ def register(app: typer.Typer) -> None:
         ] = None,
         max_seq_length: Annotated[int, typer.Option(help="Token cap.")] = 64,
         lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
-        model: Annotated[str, typer.Option(help="Starting model (and teacher).")] = "default",
+        model: Annotated[
+            str, typer.Option("--model", "-m", help="Starting model (and teacher).")
+        ] = "default",
         train_data: Annotated[str, typer.Option(help="Training pairs spec.")] = "codesearch:train",
         test_data: Annotated[str, typer.Option(help="Test pairs spec.")] = "codesearch:test",
     ) -> None:

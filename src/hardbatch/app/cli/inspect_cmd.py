@@ -1,6 +1,6 @@
 """``hardbatch inspect``: compare batching strategies side by side on the same data, under a teacher.
 
-    hardbatch inspect --data DATA [--plan PLAN.parquet] [--sampler random --sampler topic --sampler gcbs ...]
+    hardbatch inspect DATA [--plan PLAN.parquet] [--sampler random --sampler topic --sampler gcbs ...]
         --teacher default --batch-size 64 -o DIR
 
 For every strategy (each ``--sampler`` over the registry, and each ``--plan`` file) one epoch of batches is
@@ -156,10 +156,10 @@ def _parse_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
 def inspect_command(
     data: Annotated[
         str,
-        typer.Option("--data", "-d", help="Pair data (.jsonl/.json/.csv/.parquet or codesearch:<split>)."),
+        typer.Argument(help="Pair data (.jsonl/.json/.csv/.parquet or codesearch:<split>)."),
     ],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output directory (inspect.json, inspect.png).")
+        Path, typer.Option("--output", "-o", help="Output directory (inspect.json, inspect.png).")
     ] = Path("inspect"),
     sampler: Annotated[
         list[str] | None,

@@ -39,7 +39,7 @@ def mine_b3_command(
             "--query-emb and --positive-emb are given."
         ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output batch plan (.parquet).")] = Path(
+    out: Annotated[Path, typer.Option("--output", "-o", help="Output batch plan (.parquet).")] = Path(
         "plan.parquet"
     ),
     teacher: Annotated[
@@ -183,7 +183,7 @@ def mine_gcbs_command(
     data: Annotated[
         str, typer.Argument(help="Pair data (.jsonl/.json/.csv/.parquet or codesearch:<split>).")
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output batch plan (.parquet).")] = Path(
+    out: Annotated[Path, typer.Option("--output", "-o", help="Output batch plan (.parquet).")] = Path(
         "gcbs.parquet"
     ),
     teacher: Annotated[
