@@ -101,13 +101,13 @@ def load_embedding_array(
     label = name
     if isinstance(value, str | os.PathLike):
         path = Path(value)
-        if not path.exists():
-            raise FileNotFoundError(f"{name}: file not found: {path}")
+        if not path.is_file():
+            raise DataError(f"{name}: file not found: {path}")
         label = str(path)
         try:
-            value = np.load(path, mmap_mode="r")
-        except ValueError as exc:
-            raise DataError(f"{path}: not a .npy array ({exc})") from exc
+            value = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:  # an empty/truncated file raises EOFError
+            raise DataError(f"{path}: not a readable .npy array ({exc or type(exc).__name__})") from exc
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().float().numpy()
     array = np.asarray(value)

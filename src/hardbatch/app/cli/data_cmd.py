@@ -100,8 +100,10 @@ def convert(
     ] = False,
 ) -> None:
     """Validate a pair file and write it in another format (atomically)."""
+    from hardbatch.app.cli.output import check_output_file
     from hardbatch.data import load_pairs
 
+    check_output_file(target, "TARGET")
     started = time.perf_counter()
     dataset = load_pairs(source, column_map=_parse_map(map_), drop_duplicates=drop_duplicates)
     path = dataset.save(target)

@@ -33,8 +33,10 @@ def register(app: typer.Typer) -> None:
         """Run the whole pipeline on built-in data: mine B3 batches, train B3 vs random, compare."""
         from rich.console import Console
 
+        from hardbatch.app.cli.output import check_output_dir
         from hardbatch.app.demo import DemoConfig, run_demo
 
+        check_output_dir(output_dir)
         console = Console()
         config = DemoConfig.tiny_config(str(output_dir)) if tiny else DemoConfig(output_dir=str(output_dir))
         overrides = {

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hardbatch.app.cli.output import check_output_dir
+
 console = Console()
 
 
@@ -48,6 +50,7 @@ def embed(
     from hardbatch.data import load_pairs
     from hardbatch.embed import embed_pairs, sidecar_path
 
+    check_output_dir(out_dir)
     started = time.perf_counter()
     dataset = load_pairs(data)
     loaded = time.perf_counter()

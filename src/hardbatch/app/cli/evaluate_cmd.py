@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hardbatch.app.cli.output import check_output_file
+
 console = Console()
 
 
@@ -57,6 +59,8 @@ def evaluate(
     from hardbatch.evaluate import evaluate_texts, retrieval_task
     from hardbatch.io import write_json
 
+    if output is not None:
+        check_output_file(output)  # before embedding everything
     started = time.perf_counter()
     dataset = load_pairs(data)
     task = retrieval_task(dataset, corpus)  # type: ignore[arg-type]

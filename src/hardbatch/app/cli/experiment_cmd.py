@@ -35,8 +35,10 @@ def register(app: typer.Typer) -> None:
         """Fine-tune with each sampler at each batch size (equal training pairs) and compare retrieval quality."""
         from rich.console import Console
 
+        from hardbatch.app.cli.output import check_output_dir
         from hardbatch.app.experiment import GridConfig, format_grid, run_grid, write_grid_outputs
 
+        check_output_dir(output_dir)
         console = Console()
         config = GridConfig(
             work_dir=str(output_dir),

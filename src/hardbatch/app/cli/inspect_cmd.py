@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hardbatch.app.cli.output import check_output_dir
 from hardbatch.app.cli.teacher import EmbDir, PositiveEmb, QueryEmb, TeacherMaxSeqLength, teacher_embeddings
 
 console = Console()
@@ -194,6 +195,7 @@ def inspect_command(
     from hardbatch.evaluate.hardness import compare_batchings, plot_comparison
     from hardbatch.io import write_json
 
+    check_output_dir(out)
     started = time.perf_counter()
     names = list(sampler or [])
     if not names and not plan:

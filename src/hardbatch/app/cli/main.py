@@ -2,8 +2,10 @@
 
 Each command group lives in its own module under ``hardbatch.app.cli`` and exposes ``register(app)``. Heavy
 libraries (torch, sentence-transformers) are imported inside the commands so ``--help`` stays fast.
-Errors that a user caused (:class:`hardbatch.errors.HardbatchError`, missing extras, missing files) are
-printed as one red line and exit with status 2; ``--debug`` shows the traceback instead.
+Errors that a user caused (:class:`hardbatch.errors.HardbatchError`, missing extras, missing files, and
+operating-system errors such as a read-only folder, a file where a folder is expected or a full disk) are
+printed as one red line and exit with status 2; ``--debug`` shows the traceback instead. A broken internal
+invariant (``RuntimeError``, ``AssertionError``, ``TypeError``...) keeps its traceback.
 """
 
 from __future__ import annotations
@@ -65,20 +67,59 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"hardbatch.app.cli.{_name}").register(app)
 
 
+def os_error_message(exc: OSError) -> str:
+    """One line for an operating-system error: what failed, on which path, and what to do.
+
+    Example:
+        >>> import errno
+        >>> os_error_message(OSError(errno.ENOSPC, "No space left on device", "runs/a/plan.parquet"))
+        'cannot write runs/a/plan.parquet: No space left on device (free some space or choose another -o/--output)'
+    """
+    import errno
+
+    path = exc.filename if exc.filename is not None else None
+    reason = exc.strerror or str(exc)
+    hints = {
+        errno.ENOSPC: "free some space or choose another -o/--output",
+        errno.EDQUOT: "free some space or choose another -o/--output",
+        errno.EROFS: "choose another -o/--output",
+        errno.EACCES: "check the permissions or choose another path",
+        errno.EPERM: "check the permissions or choose another path",
+        errno.ENOTDIR: "a file stands where a folder is expected",
+        errno.EISDIR: "a folder stands where a file is expected",
+    }
+    verb = "cannot write" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "cannot use"
+    where = f"{verb} {path}: " if path else ""
+    hint = hints.get(exc.errno)
+    return f"{where}{reason}" + (f" ({hint})" if hint else "")
+
+
 def run() -> None:
     """Entry point: run the app, turning user errors into one readable line."""
     from hardbatch.errors import HardbatchError, MissingExtraError
+
+    def fail(message: str) -> None:
+        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+        sys.exit(2)
 
     try:
         app(standalone_mode=False)
     except (HardbatchError, MissingExtraError, FileNotFoundError) as exc:
         if _state["debug"]:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        fail(_escape(str(exc)))
+    except OSError as exc:  # read-only folder, a file where a folder is expected, disk full, ...
+        if _state["debug"]:
+            raise
+        fail(_escape(os_error_message(exc)))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
+    except typer.Abort as exc:
+        # click turns any EOFError into Abort ("aborted", as if Ctrl-D): a truncated file is an error.
+        if isinstance(exc.__cause__, EOFError) and not isinstance(exc.__cause__, KeyboardInterrupt):
+            if _state["debug"]:
+                raise exc.__cause__ from None
+            fail(_escape(f"unexpected end of a file ({exc.__cause__ or 'EOFError'}); --debug shows where"))
         err_console.print("aborted")
         sys.exit(130)
     except SystemExit:
@@ -89,6 +130,12 @@ def run() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 
 import typer
 
+from hardbatch.app.cli.output import check_output_dir
 from hardbatch.errors import ConfigError
 
 __all__ = ["build_config", "parse_options", "register"]
@@ -221,6 +222,7 @@ def train_command(ctx: typer.Context, **values: Any) -> None:
         if getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")
     }
     config = build_config(values, given, values.pop("config_file"))
+    check_output_dir(config.output_dir)
     result = train(config)
     if int(os.environ.get("RANK", "0")) == 0:
         print_summary(result)
