@@ -210,6 +210,14 @@ CASES = [
          lambda t, m: ["mine", "b3", _pairs(t), "--query-emb", _emb(t, 5), "--positive-emb", _emb(t, 5, "p.npy"),
                        "-o", t / "p.parquet"],
          "q.npy"),
+    Case("unknown inspect --option key",
+         lambda t, m: ["inspect", _pairs(t), "-s", "gcbs", "--option", "gcbs.bogus=1", "-o", t / "i"],
+         "--option gcbs.bogus: not an option of sampler 'gcbs'",
+         forbid=["hardbatch.app.cli.inspect_cmd.teacher_embeddings"]),
+    Case("experiment with a bad --batch-sizes", lambda t, m: ["experiment", "-o", t / "e", "--batch-sizes", "32,x"],
+         "--batch-sizes expects comma-separated integers, got '32,x'", forbid=["hardbatch.app.experiment.run_grid"]),
+    Case("plan that does not exist", lambda t, m: _train(t, m, "-s", "b3", "--plan", t / "none.parquet", "-b", "4"),
+         "none.parquet: batch plan not found"),
 ]  # fmt: skip
 
 

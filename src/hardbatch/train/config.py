@@ -11,7 +11,7 @@ from typing import Any
 
 from hardbatch.errors import ConfigError
 
-__all__ = ["PRECISIONS", "TrainConfig", "field_help"]
+__all__ = ["PRECISIONS", "TrainConfig", "check_sampler_options", "field_help"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -148,7 +148,7 @@ class TrainConfig:
         if not isinstance(self.sampler_options, dict):
             raise ConfigError(f"sampler_options must be a mapping, got {type(self.sampler_options).__name__}")
         if self.sampler_options:  # only then: SAMPLERS["b3"] imports the B3 module
-            _check_sampler_options(self.sampler, SAMPLERS[self.sampler], self.sampler_options)
+            check_sampler_options(self.sampler, self.sampler_options)
         if self.plan is not None and self.sampler != "b3":
             raise ConfigError(
                 f"--plan is read by --sampler b3 only (got --sampler {self.sampler}); a plan from "
@@ -228,16 +228,36 @@ def field_help() -> dict[str, str]:
     return out
 
 
-def _check_sampler_options(name: str, cls: type, options: dict[str, Any]) -> None:
-    """Unknown sampler keyword arguments are a user error naming the accepted ones (not a TypeError)."""
-    parameters = inspect.signature(cls.__init__).parameters
+def check_sampler_options(name: str, options: dict[str, Any], option: str = "--sampler-option") -> None:
+    """Unknown sampler keyword arguments are a user error naming the accepted ones (not a TypeError).
+
+    Args:
+        name: a registered sampler name.
+        options: keyword arguments meant for its constructor.
+        option: how the user gave them, for the message (``--sampler-option``, ``--option gcbs.``).
+
+    Raises:
+        ConfigError: a key the sampler's constructor does not take.
+
+    Example:
+        >>> check_sampler_options("gcbs", {"target_degree": 8})
+        >>> check_sampler_options("random", {"target_degree": 8})
+        Traceback (most recent call last):
+        ...
+        hardbatch.errors.ConfigError: --sampler-option target_degree: not an option of sampler 'random'; ...
+    """
+    from hardbatch.samplers import SAMPLERS
+
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    parameters = inspect.signature(SAMPLERS[name].__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return
     accepted = [p for p in parameters if p not in ("self", "dataset", "batch_size")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(
-            f"--sampler-option {', '.join(unknown)}: not an option of sampler {name!r}; "
+            f"{option}{'' if option.endswith('.') else ' '}{', '.join(unknown)}: not an option of sampler {name!r}; "
             f"it accepts {', '.join(accepted)}"
         )
 

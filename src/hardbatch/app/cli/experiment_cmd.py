@@ -8,6 +8,16 @@ from typing import Annotated
 import typer
 
 
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    """``"32,64"`` → ``(32, 64)``; anything else is a one-line error naming the option."""
+    from hardbatch.errors import ConfigError
+
+    try:
+        return tuple(int(item) for item in text.split(",") if item.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{option} expects comma-separated integers, got {text!r}") from exc
+
+
 def register(app: typer.Typer) -> None:
     @app.command("experiment")
     def experiment_command(
@@ -46,8 +56,8 @@ def register(app: typer.Typer) -> None:
             test_data=test_data,
             model=model,
             samplers=tuple(s for s in samplers.split(",") if s),
-            batch_sizes=tuple(int(b) for b in batch_sizes.split(",") if b),
-            seeds=tuple(int(s) for s in seeds.split(",") if s),
+            batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
+            seeds=_int_list(seeds, "--seeds"),
             train_pairs=train_pairs,
             test_pairs=test_pairs or None,
             pairs_seen=pairs_seen,

@@ -194,8 +194,11 @@ def inspect_command(
     from hardbatch.errors import ConfigError
     from hardbatch.evaluate.hardness import compare_batchings, plot_comparison
     from hardbatch.io import write_json
+    from hardbatch.train.config import check_sampler_options
 
     check_output_dir(out)
+    for name, given in _parse_options(option).items():  # before loading or embedding anything
+        check_sampler_options(name, given, option=f"--option {name}.")
     started = time.perf_counter()
     names = list(sampler or [])
     if not names and not plan:
@@ -208,8 +211,9 @@ def inspect_command(
         max_seq_length=max_seq_length,
     )  # fmt: skip
     query, positive = teacher_emb.query, teacher_emb.positive
+    options = _parse_options(option)
     batchings, groups, details = build_strategy_batches(
-        names, dataset, batch_size, query, positive, seed=seed, epoch=epoch, options=_parse_options(option)
+        names, dataset, batch_size, query, positive, seed=seed, epoch=epoch, options=options
     )
     pairs = {}
     for path in plan or []:
