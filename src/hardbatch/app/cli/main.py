@@ -104,7 +104,7 @@ def run() -> None:
 
     try:
         app(standalone_mode=False)
-    except (HardbatchError, MissingExtraError, FileNotFoundError) as exc:
+    except (HardbatchError, MissingExtraError) as exc:
         if _state["debug"]:
             raise
         fail(_escape(str(exc)))
