@@ -7,6 +7,10 @@ field, typed by the field's annotation, defaulting to the field's default, docum
 entry in the class docstring. A new field is a new option; nothing here restates them. ``--config FILE``
 reads a JSON object of fields (for example a previous run's ``config.json``); flags given on the command
 line override it.
+
+Adding an option: add the field (with its ``Args:`` entry) to ``TrainConfig``; only an option that is not a
+field (a shortcut into ``sampler_options`` such as ``--hard-negatives``) is written here, in
+``_parameters``'s ``extra`` list and in :func:`build_config`.
 """
 
 from __future__ import annotations
@@ -147,7 +151,6 @@ def _parameters() -> list[inspect.Parameter]:
                 None,
                 "--config",
                 help="JSON object of TrainConfig fields (e.g. a run's config.json); flags override it.",
-                exists=False,
             ),
         ),
     ]
