@@ -32,3 +32,24 @@ def test_every_command_follows_the_option_conventions():
             data = next(param for param in command.params if param.name == "data")
             assert data.param_type_name == "argument", f"{name}: DATA must be positional"
     assert {"train", "evaluate", "inspect", "embed", "mine b3", "mine gcbs", "demo", "experiment"} <= seen
+
+
+def test_old_spellings_still_work_with_a_note(tmp_path, cli, monkeypatch):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"query": "q", "positive": "p"}\n')
+    a_file = tmp_path / "a-file.txt"
+    a_file.write_text("x")
+    code, _, err = cli("--quiet", "inspect", "--data", pairs, "--out", a_file)
+    assert code == 2 and "a-file.txt: is a file, not a folder" in err  # reached the output check: parsed
+    assert "note: --out is now -o/--output" in err and "note: --data DATA is now the positional" in err
+
+    seen = {}
+
+    def fake_train(config):
+        seen["config"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr("hardbatch.train.trainer.train", fake_train)
+    code, _, err = cli("train", pairs, "--output-dir", tmp_path / "run", "--max-steps", "1")
+    assert code == 0, err
+    assert seen["config"].output_dir == str(tmp_path / "run") and "--output-dir is now" in err

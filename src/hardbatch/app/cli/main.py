@@ -94,9 +94,70 @@ def os_error_message(exc: OSError) -> str:
     return f"{where}{reason}" + (f" ({hint})" if hint else "")
 
 
+# Spellings from before the one-convention CLI, still accepted with a note: command → old → new (None: the
+# value becomes the positional DATA argument).
+LEGACY_SPELLINGS: dict[str, dict[str, str | None]] = {
+    "mine b3": {"--out": "--output"},
+    "mine gcbs": {"--out": "--output"},
+    "embed": {"--out": "--output"},
+    "data codesearch": {"--out": "--output"},
+    "data validate": {"-m": "--map"},
+    "data convert": {"-m": "--map"},
+    "inspect": {"--out": "--output", "--data": None, "-d": None},
+    "evaluate": {"--data": None, "-d": None},
+    "train": {"--output-dir": "--output"},
+    "demo": {"--output-dir": "--output"},
+    "experiment": {"--output-dir": "--output"},
+}
+
+
+def modernise_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Rewrite old option spellings (``--out``, ``--output-dir``, ``--data X``) to today's.
+
+    Returns:
+        ``(argv, notes)``: the rewritten arguments and one note per rewritten spelling.
+
+    Example:
+        >>> modernise_argv(["-q", "evaluate", "--data", "pairs.jsonl", "--out", "x"])[0]
+        ['-q', 'evaluate', 'pairs.jsonl', '--out', 'x']
+        >>> modernise_argv(["mine", "b3", "d.jsonl", "--out=p.parquet"])
+        (['mine', 'b3', 'd.jsonl', '--output=p.parquet'], ['--out is now -o/--output'])
+    """
+    start = 0
+    while start < len(argv) and argv[start].startswith("-"):
+        start += 1  # global options (--debug, --quiet)
+    words = argv[start : start + 2]
+    key = " ".join(words) if words[:1] in (["mine"], ["data"]) else " ".join(words[:1])
+    table = LEGACY_SPELLINGS.get(key)
+    if not table:
+        return argv, []
+    out, notes = list(argv[: start + len(key.split())]), []
+    for token in argv[len(out) :]:
+        if token == "--":
+            table = {}  # everything after -- is positional
+        name, eq, value = token.partition("=")
+        if name not in table:
+            out.append(token)
+            continue
+        new = table[name]
+        if new is None:
+            notes.append(f"{name} DATA is now the positional DATA argument")
+            if eq:
+                out.append(value)
+        else:
+            short = {"--output": "-o/--output"}.get(new, new)
+            notes.append(f"{name} is now {short}")
+            out.append(new + eq + value)
+    return out, sorted(set(notes))
+
+
 def run() -> None:
     """Entry point: run the app, turning user errors into one readable line."""
     from hardbatch.errors import HardbatchError, MissingExtraError
+
+    sys.argv[1:], notes = modernise_argv(sys.argv[1:])
+    for note in notes:
+        err_console.print(f"note: {note}", highlight=False, markup=False)
 
     def fail(message: str) -> None:
         err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
