@@ -218,6 +218,12 @@ CASES = [
          "--batch-sizes expects comma-separated integers, got '32,x'", forbid=["hardbatch.app.experiment.run_grid"]),
     Case("plan that does not exist", lambda t, m: _train(t, m, "-s", "b3", "--plan", t / "none.parquet", "-b", "4"),
          "none.parquet: batch plan not found"),
+    Case("--sampler-option for a setting the trainer owns", lambda t, m: _train(t, m, "--sampler-option", "seed=3"),
+         "--sampler-option seed: not a sampler option here; it is set by --seed"),
+    Case("IVF with --nprobe 0",
+         lambda t, m: ["mine", "gcbs", _pairs(t), "--query-emb", _emb(t), "--positive-emb", _emb(t, name="p.npy"),
+                       "-b", "8", "--graph-method", "ivf", "--nprobe", "0", "-o", t / "g.parquet"],
+         "nprobe must be a positive integer, got 0"),
 ]  # fmt: skip
 
 

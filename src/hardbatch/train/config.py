@@ -147,6 +147,10 @@ class TrainConfig:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not isinstance(self.sampler_options, dict):
             raise ConfigError(f"sampler_options must be a mapping, got {type(self.sampler_options).__name__}")
+        # The trainer passes these itself; given again they would be a TypeError deep in build_sampler.
+        for key, where in {"seed": "--seed", "world_size": "the number of processes (torchrun)"}.items():
+            if key in self.sampler_options:
+                raise ConfigError(f"--sampler-option {key}: not a sampler option here; it is set by {where}")
         if self.sampler_options:  # only then: SAMPLERS["b3"] imports the B3 module
             check_sampler_options(self.sampler, self.sampler_options)
         if self.plan is not None and self.sampler != "b3":
