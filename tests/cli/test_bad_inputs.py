@@ -114,6 +114,15 @@ def _disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "fsync", full)
 
 
+def _no_faiss(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hardbatch.errors import MissingExtraError
+
+    def missing(*args, **kwargs):
+        raise MissingExtraError("faiss", "faiss", "approximate kNN (--knn hnsw)")
+
+    monkeypatch.setattr("hardbatch.app.cli.mine_cmd.teacher_embeddings", missing)
+
+
 def _train(tmp: Path, model: Path, *extra) -> list:
     return ["train", _pairs(tmp), "-o", tmp / "run", "-m", model, "-b", "8", "--eval-data", "none",
             "--device", "cpu", *extra]  # fmt: skip
@@ -224,6 +233,9 @@ CASES = [
          lambda t, m: ["mine", "gcbs", _pairs(t), "--query-emb", _emb(t), "--positive-emb", _emb(t, name="p.npy"),
                        "-b", "8", "--graph-method", "ivf", "--nprobe", "0", "-o", t / "g.parquet"],
          "nprobe must be a positive integer, got 0"),
+    # rich markup must not eat the extra's name in brackets
+    Case("a missing optional extra", lambda t, m: ["mine", "b3", _pairs(t), "-o", t / "p.parquet"],
+         "pip install 'hardbatch[faiss]'", patch=_no_faiss),
 ]  # fmt: skip
 
 
