@@ -53,3 +53,20 @@ def test_old_spellings_still_work_with_a_note(tmp_path, cli, monkeypatch):
     code, _, err = cli("train", pairs, "--output-dir", tmp_path / "run", "--max-steps", "1")
     assert code == 0, err
     assert seen["config"].output_dir == str(tmp_path / "run") and "--output-dir is now" in err
+
+
+def test_building_the_cli_imports_no_torch():
+    """``train``'s options come from TrainConfig without importing the trainer (``--help`` stays fast)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, typer\n"
+        "from hardbatch.app.cli.main import app\n"
+        "typer.main.get_command(app)\n"
+        "print(sorted(m for m in ('torch', 'sentence_transformers') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
