@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument("--target-degree", type=float, default=None)
     parser.add_argument("--methods", default="exact,ivf", help="graph methods to run, side by side")
     parser.add_argument("--nprobe", type=int, default=32)
-    parser.add_argument("--out", default=str(RESULTS / "gcbs"))
+    parser.add_argument("-o", "--output", "--out", dest="out", default=str(RESULTS / "gcbs"))
     args = parser.parse_args()
     os.environ.setdefault("HARDBATCH_PROGRESS", "0")
     from hardbatch.samplers import RandomBatchSampler

@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument(
         "--embed-only", action="store_true", help="only compute (cache) the teacher embeddings"
     )
-    parser.add_argument("--out", default=str(RESULTS / "hardness"))
+    parser.add_argument("-o", "--output", "--out", dest="out", default=str(RESULTS / "hardness"))
     args = parser.parse_args()
 
     import torch

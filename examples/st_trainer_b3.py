@@ -23,7 +23,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny random model and data (seconds)")
-    parser.add_argument("--output-dir", default=None)
+    parser.add_argument("-o", "--output", default=None, help="output folder (default: a temporary one)")
     args = parser.parse_args(argv)
 
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from hardbatch.mining import mine_b3
     from hardbatch.samplers import B3BatchSampler
 
-    out = Path(args.output_dir or tempfile.mkdtemp(prefix="hardbatch-st-"))
+    out = Path(args.output or tempfile.mkdtemp(prefix="hardbatch-st-"))
     packages = "json,email,csv,logging,argparse,asyncio,http,xml" if args.tiny else "stdlib,numpy,scipy"
     train = load_pairs(f"codesearch:train?packages={packages}")
     test = load_pairs(f"codesearch:test?packages={packages}")

@@ -8,19 +8,32 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
 __all__ = ["stable_ids"]
 
 
-def stable_ids(items: Iterable[str | bytes]) -> np.ndarray:
+def _as_bytes(item: Any) -> bytes:
+    if isinstance(item, str):
+        return item.encode("utf-8")
+    if isinstance(item, bytes):
+        return item
+    key = getattr(item, "key", None)  # content-addressed values (hardbatch.data.images.ImageRef)
+    if isinstance(key, str):
+        return b"key:" + key.encode("ascii")
+    raise TypeError(f"stable_ids takes texts, bytes or values with a content key, got {type(item).__name__}")
+
+
+def stable_ids(items: Iterable[Any]) -> np.ndarray:
     """63-bit ids (blake2b of the UTF-8 bytes), one per item; non-negative int64.
 
     Collisions are negligible (probability about n² / 2⁶⁴). O(total text length).
 
     Args:
-        items: texts (``str``, hashed as UTF-8) or raw ``bytes``.
+        items: texts (``str``, hashed as UTF-8), raw ``bytes``, or values with a string ``key`` naming their
+            content (images: :class:`hardbatch.data.images.ImageRef`, equal content → equal id).
 
     Returns:
         (n,) int64 array.
@@ -31,11 +44,7 @@ def stable_ids(items: Iterable[str | bytes]) -> np.ndarray:
         (True, False)
     """
     values = [
-        int.from_bytes(
-            hashlib.blake2b(item.encode("utf-8") if isinstance(item, str) else item, digest_size=8).digest(),
-            "little",
-        )
-        >> 1
+        int.from_bytes(hashlib.blake2b(_as_bytes(item), digest_size=8).digest(), "little") >> 1
         for item in items
     ]
     return np.asarray(values, dtype=np.int64).reshape(-1)

@@ -55,6 +55,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.close(fd)
         yield tmp_path
         os.replace(tmp_path, target)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        if exc.filename is None and exc.errno is not None:  # write()/fsync() errors (disk full) name no file
+            raise type(exc)(exc.errno, exc.strerror, str(target)) from exc
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

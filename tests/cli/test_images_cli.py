@@ -42,7 +42,7 @@ def test_mine_train_evaluate_on_emoji_with_tiny_clip(workspace):
     run = tmp / "run"
     _invoke(["train", TRAIN, "--model", model, "--sampler", "b3", "--plan", plan, "--eval-data", TEST,
              "--batch-size", "8", "--gradcache-chunk", "4", "--symmetric", "--lr", "1e-3", "--device", "cpu",
-             "--max-seq-length", "32", "--output-dir", run])  # fmt: skip
+             "--max-seq-length", "32", "--output", run])  # fmt: skip
     result = json.loads((run / "result.json").read_text())
     assert result["steps"] == 48 // 8
     metrics = result["metrics"]
@@ -50,7 +50,7 @@ def test_mine_train_evaluate_on_emoji_with_tiny_clip(workspace):
     assert result["eval_data"] == "emoji-test"
 
     out = tmp / "metrics.json"
-    output = _invoke(["evaluate", "--data", TEST, "--model", run / "final", "--device", "cpu", "-o", out])
+    output = _invoke(["evaluate", TEST, "--model", run / "final", "--device", "cpu", "-o", out])
     assert "reverse" in output
     written = json.loads(out.read_text())
     assert written["directions"] == ["forward", "reverse"]

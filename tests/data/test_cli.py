@@ -29,7 +29,7 @@ def test_validate_with_column_map(tmp_path):
     path = tmp_path / "qa.csv"
     path.write_text("question,answer\nhow are you,fine thanks\n", encoding="utf-8")
     result = runner.invoke(
-        app, ["data", "validate", str(path), "--map", "question=query", "-m", "answer=positive"]
+        app, ["data", "validate", str(path), "--map", "question=query", "--map", "answer=positive"]
     )
     assert result.exit_code == 0, result.output
 

@@ -25,7 +25,7 @@ def pairs_file(tmp_path):
 
 def test_evaluate_command_prints_table_and_writes_json(pairs_file, tiny_model_dir, tmp_path):
     out = tmp_path / "metrics.json"
-    args = ["--quiet", "evaluate", "--model", str(tiny_model_dir), "--data", str(pairs_file)]
+    args = ["--quiet", "evaluate", str(pairs_file), "--model", str(tiny_model_dir)]
     result = CliRunner().invoke(app, [*args, "--max-seq-length", "32", "--batch-size", "4", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "ndcg@10" in result.output and "7 queries" in result.output
@@ -42,6 +42,6 @@ def test_evaluate_command_prints_table_and_writes_json(pairs_file, tiny_model_di
 def test_evaluate_command_reports_bad_data(tmp_path, tiny_model_dir):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "q", "positive": ""}\n')
-    result = CliRunner().invoke(app, ["evaluate", "--model", str(tiny_model_dir), "--data", str(bad)])
+    result = CliRunner().invoke(app, ["evaluate", str(bad), "--model", str(tiny_model_dir)])
     assert result.exit_code != 0
     assert isinstance(result.exception, DataError) and "bad.jsonl" in str(result.exception)

@@ -148,7 +148,7 @@ def test_stale_plans_are_detected(tmp_path):
 
 
 def test_bad_files(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DataError, match=r"missing\.parquet: batch plan not found"):
         BatchPlan.load(tmp_path / "missing.parquet")
     garbage = tmp_path / "garbage.parquet"
     garbage.write_text("not parquet")

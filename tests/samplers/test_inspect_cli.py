@@ -41,7 +41,7 @@ def test_mine_gcbs_then_inspect_every_strategy(tmp_path):
 
     assert BatchPlan.load(ivf_plan).params["graph_method"] == "ivf"
     out = tmp_path / "inspect"
-    args = ["inspect", "--data", str(data), "-o", str(out), "-b", "16", "--plan", str(plan), "--option",
+    args = ["inspect", str(data), "-o", str(out), "-b", "16", "--plan", str(plan), "--option",
             "gcbs.target_degree=16", "--option", "topic.n_clusters=8", "--option", "b3.mine_options={\"cluster_size\": 8, \"skip\": 0, \"window\": 8}", *emb]  # fmt: skip
     for name in ("random", "nodup", "topic", "source", "gcbs", "b3"):
         args += ["--sampler", name]
@@ -63,7 +63,7 @@ def test_mine_gcbs_then_inspect_every_strategy(tmp_path):
 
 def test_inspect_reports_bad_input_in_one_line(tmp_path):
     data, q, _ = _write_data(tmp_path)
-    result = CliRunner().invoke(app, ["inspect", "--data", str(data), "--query-emb", str(q)])
+    result = CliRunner().invoke(app, ["inspect", str(data), "--query-emb", str(q)])
     assert result.exit_code != 0
     assert "both --query-emb and --positive-emb" in str(result.exception) + result.output
 
@@ -80,7 +80,6 @@ def test_inspect_refuses_a_plan_mined_on_other_data_of_the_same_size(tmp_path):
     other.write_text(data.read_text().replace("answer", "reply"))
     args = [
         "inspect",
-        "--data",
         str(other),
         "-o",
         str(tmp_path / "out"),

@@ -12,6 +12,6 @@ def test_st_trainer_example_runs(tmp_path):
     spec = importlib.util.spec_from_file_location("st_trainer_b3", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    metrics = module.main(["--tiny", "--output-dir", str(tmp_path)])
+    metrics = module.main(["--tiny", "--output", str(tmp_path)])
     assert set(metrics) >= {"ndcg@10", "mrr@10"}
     assert (tmp_path / "final" / "modules.json").exists()

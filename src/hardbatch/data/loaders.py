@@ -104,6 +104,31 @@ def _records_table(name: str, records: list[Any], locations: list[str], dataset_
     return RawTable(name, list(names), get, len(records), locations.__getitem__, False, dataset_name)
 
 
+# JSON may spell a UTF-16 surrogate as an escape; alone (not in a high+low pair) it decodes to a str that
+# cannot be encoded as UTF-8, so hashing or saving the text would fail far from the file. Only lines with
+# such an escape are checked, so normal files pay nothing.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _check_unicode(value: Any, where: str, field: str | None = None) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            code = ord(value[exc.start])
+            named = f"field '{field}'" if field is not None else "a value"
+            raise DataError(
+                f"{where}: {named} holds a lone surrogate \\u{code:04x}, which is not valid Unicode text"
+            ) from exc
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key, where, field)
+            _check_unicode(item, where, key if field is None else field)
+    elif isinstance(value, list):
+        for item in value:
+            _check_unicode(item, where, field)
+
+
 def _read_jsonl(path: Path) -> RawTable:
     text = _read_text(path)
     records, locations = [], []
@@ -111,9 +136,14 @@ def _read_jsonl(path: Path) -> RawTable:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError as exc:
             raise DataError(f"{path}: line {number}: invalid JSON ({exc})") from exc
+        except RecursionError as exc:
+            raise DataError(f"{path}: line {number}: JSON nested too deeply") from exc
+        if _SURROGATE_ESCAPE.search(line):
+            _check_unicode(record, f"{path}: line {number}")
+        records.append(record)
         locations.append(f"line {number}")
     return _with_base(_records_table(str(path), records, locations, path.stem), path)
 
@@ -132,6 +162,11 @@ def _read_json(path: Path) -> RawTable:
     except ValueError as exc:
         line = getattr(exc, "lineno", "?")
         raise DataError(f"{path}: line {line}: invalid JSON ({getattr(exc, 'msg', exc)})") from exc
+    except RecursionError as exc:
+        raise DataError(f"{path}: JSON nested too deeply") from exc
+    if _SURROGATE_ESCAPE.search(text) and isinstance(records, list):
+        for i, record in enumerate(records):
+            _check_unicode(record, f"{path}: record {i}")
     return _with_base(
         _records_table(str(path), records, [f"record {i}" for i in range(len(records))], path.stem), path
     )

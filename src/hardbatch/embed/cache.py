@@ -70,7 +70,8 @@ def load_embeddings(
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npy file ({exc})") from exc
+        # An empty or truncated file raises EOFError, whose message may be empty.
+        raise DataError(f"{path}: not a readable .npy file ({exc or type(exc).__name__})") from exc
     check_embeddings(array, str(path), rows=rows, dim=dim)
     if array.dtype != np.float32:
         array = np.asarray(array, dtype=np.float32)

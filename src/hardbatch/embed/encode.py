@@ -221,7 +221,8 @@ def _encode_unique(
         if result is None:
             result = np.empty((len(unique), vectors.shape[1]), dtype=np.float32)
         result[batch] = vectors
-    assert result is not None
+    if result is None:
+        raise DataError("nothing to encode: the list of texts is empty")
     _check_finite(result, unique, texts, inverse)
     # Every text gets the vector of its first occurrence; skip the copy when nothing repeats.
     return result if len(unique) == len(texts) else result[inverse]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hardbatch.errors import ConfigError
+from hardbatch.errors import ConfigError, DataError
 
 __all__ = ["DEFAULT_MODEL", "load_model", "make_tiny_model", "resolve_model_path"]
 
@@ -28,7 +28,29 @@ def resolve_model_path(model: str | os.PathLike[str]) -> Path:
             f"model '{model}' is not a local directory; hardbatch never downloads models. "
             "Use --model default (packaged all-MiniLM-L6-v2) or a path to a saved model"
         )
+    if not path.is_dir():
+        raise ConfigError(f"model '{model}' is a file; give the model's folder (the one with config.json)")
+    if not any(path.iterdir()):
+        raise ConfigError(f"model '{model}' is an empty folder, not a saved model")
+    if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
+        raise ConfigError(
+            f"model '{model}' has no config.json or modules.json: not a sentence-transformers or "
+            "Hugging Face model folder"
+        )
     return path
+
+
+def _is_load_error(exc: BaseException) -> bool:
+    """Errors that loading a broken model folder raises (bad JSON, missing or truncated weights)."""
+    import pickle
+
+    if isinstance(exc, OSError | ValueError | KeyError | EOFError | pickle.UnpicklingError):
+        return True
+    # safetensors' SafetensorError and torch's truncated-archive errors carry no common base class.
+    return type(exc).__name__ == "SafetensorError" or (
+        isinstance(exc, RuntimeError)
+        and any(w in str(exc) for w in ("zip archive", "size mismatch", "storage"))
+    )
 
 
 def load_model(
@@ -36,7 +58,12 @@ def load_model(
     device: str | None = None,
     max_seq_length: int | None = None,
 ):
-    """Load a SentenceTransformer from a local path (offline), optionally capping its sequence length."""
+    """Load a SentenceTransformer from a local path (offline), optionally capping its sequence length.
+
+    Raises:
+        ConfigError: ``model`` is not an existing folder, is a file, is empty or holds no model.
+        DataError: the folder holds a broken model (invalid config JSON, missing or truncated weights).
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
@@ -49,7 +76,13 @@ def load_model(
 
         hf_logging.disable_progress_bar()
     path = resolve_model_path(model)
-    st = SentenceTransformer(str(path), device=device, local_files_only=True)
+    try:
+        st = SentenceTransformer(str(path), device=device, local_files_only=True)
+    except Exception as exc:
+        if not _is_load_error(exc):
+            raise
+        reason = " ".join(str(exc).split())[:300]
+        raise DataError(f"model '{model}': cannot load it ({type(exc).__name__}: {reason})") from exc
     if max_seq_length is not None:
         st.max_seq_length = int(max_seq_length)
     if "image" in getattr(st, "modalities", ()):

@@ -222,6 +222,8 @@ def mine_gcbs(
     q = _resolve_quantile(quantile, target_degree, n)
     if graph_method not in GRAPH_METHODS:
         raise ConfigError(f"graph_method must be one of {GRAPH_METHODS}, got {graph_method!r}")
+    if isinstance(nprobe, bool) or not isinstance(nprobe, int) or nprobe < 1:
+        raise ConfigError(f"nprobe must be a positive integer, got {nprobe!r}")  # faiss asserts otherwise
     timer = StageTimer()
     dev = resolve_device(device)
     with timer.stage("normalize"):

@@ -584,7 +584,7 @@ class BatchPlan:
 
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"batch plan not found: {path}")
+            raise DataError(f"{path}: batch plan not found")
         try:
             table = pq.read_table(path)
         except Exception as exc:  # pyarrow raises several types for a corrupt/non-Parquet file

@@ -185,6 +185,8 @@ class GCBSBatchSampler(HardBatchSampler):
         if graph_method not in GRAPH_METHODS:
             raise ConfigError(f"graph_method must be one of {GRAPH_METHODS}, got {graph_method!r}")
         self.graph_method = graph_method
+        if isinstance(nprobe, bool) or int(nprobe) != nprobe or nprobe < 1:
+            raise ConfigError(f"nprobe must be a positive integer, got {nprobe!r}")  # faiss asserts otherwise
         self.nprobe = int(nprobe)
         self.global_batches = bool(global_batches)
         if (

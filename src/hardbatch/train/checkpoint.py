@@ -24,6 +24,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ __all__ = [
     "CHECKPOINT_DIR",
     "Checkpoint",
     "capture_rng_state",
+    "checkpoint_problem",
     "latest_checkpoint",
     "list_checkpoints",
     "load_trainer_state",
@@ -124,9 +126,76 @@ def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Checkpoint]:
 
 
 def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Checkpoint | None:
-    """The newest complete checkpoint of ``run_dir``, or ``None``."""
+    """The newest intact checkpoint of ``run_dir``, or ``None`` when there is none.
+
+    A checkpoint whose files were truncated after it was written (a disk that filled up under a copy, a
+    partial rsync) is skipped with a warning, and the previous one is used.
+
+    Raises:
+        DataError: checkpoints exist but none is intact (resuming would silently start afresh).
+    """
     checkpoints = list_checkpoints(run_dir)
-    return checkpoints[-1] if checkpoints else None
+    skipped = []
+    for checkpoint in reversed(checkpoints):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            if skipped:
+                warnings.warn(
+                    f"skipped damaged checkpoint(s) {'; '.join(skipped)}; resuming from {checkpoint.path.name}",
+                    stacklevel=2,
+                )
+            return checkpoint
+        skipped.append(f"{checkpoint.path.name} ({problem})")
+    if skipped:
+        raise DataError(f"{run_dir}: no intact checkpoint to resume from: {'; '.join(skipped)}")
+    return None
+
+
+def checkpoint_problem(checkpoint: Checkpoint) -> str | None:
+    """Why a checkpoint's files are damaged (truncated state or weights), or ``None`` when intact.
+
+    Checks the framing only (zip directory of a ``torch.save`` file, header and data length of each
+    ``.safetensors`` file, JSON syntax), not the values: O(number of files), no tensor is read.
+    """
+    paths = [checkpoint.state_path, *sorted(checkpoint.model_path.rglob("*.safetensors"))]
+    for path in paths:
+        problem = _file_problem(path)
+        if problem is not None:
+            return f"{path.relative_to(checkpoint.path)}: {problem}"
+    return None
+
+
+def _file_problem(path: Path) -> str | None:
+    import json
+    import struct
+    import zipfile
+
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if path.suffix == ".safetensors":
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                return "truncated"
+            (length,) = struct.unpack("<Q", head)
+            if 8 + length > size:
+                return "truncated"
+            try:
+                header = json.loads(handle.read(length))
+            except ValueError:
+                return "unreadable header"
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        return "truncated" if 8 + length + max(ends, default=0) > size else None
+    if path.suffix == ".json":
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return "invalid JSON"
+        return None
+    if path.suffix == ".pt" and not zipfile.is_zipfile(path):
+        return "truncated"  # torch.save writes a zip archive; its directory sits at the end of the file
+    return None
 
 
 def replace_dir_atomically(tmp_dir: Path, target: Path) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import inspect
+import re
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from hardbatch.errors import ConfigError
 
-__all__ = ["NONFINITE_ACTIONS", "PRECISIONS", "TrainConfig"]
+__all__ = ["NONFINITE_ACTIONS", "PRECISIONS", "TrainConfig", "check_sampler_options", "field_help"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 NONFINITE_ACTIONS = ("stop", "skip")
@@ -170,6 +174,58 @@ class TrainConfig:
             raise ConfigError(f"freeze_tower must be 'text', 'image' or None, got {self.freeze_tower!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not isinstance(self.sampler_options, dict):
+            raise ConfigError(f"sampler_options must be a mapping, got {type(self.sampler_options).__name__}")
+        # The trainer passes these itself; given again they would be a TypeError deep in build_sampler.
+        for key, where in {"seed": "--seed", "world_size": "the number of processes (torchrun)"}.items():
+            if key in self.sampler_options:
+                raise ConfigError(f"--sampler-option {key}: not a sampler option here; it is set by {where}")
+        if self.sampler_options:  # only then: SAMPLERS["b3"] imports the B3 module
+            check_sampler_options(self.sampler, self.sampler_options)
+        if self.plan is not None and self.sampler != "b3":
+            raise ConfigError(
+                f"--plan is read by --sampler b3 only (got --sampler {self.sampler}); a plan from "
+                "`hardbatch mine gcbs` or `mine b3` trains with --sampler b3 --plan PLAN"
+            )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        """Build a config from a JSON-like mapping (a ``--config`` file, or a run's ``config.json``).
+
+        Values are checked against the field types, so a wrong type names the file and the field.
+
+        Args:
+            values: field name → value; unknown names are an error.
+            source: where the values come from, for messages (e.g. the file path).
+
+        Raises:
+            ConfigError: unknown field, a value of the wrong type, or a missing ``data``/``output_dir``.
+
+        Example:
+            >>> TrainConfig.from_dict({"data": "pairs.jsonl", "output_dir": "runs/a", "lr": 1e-4}).lr
+            0.0001
+        """
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"{source}: expected a JSON object of TrainConfig fields, got {type(values).__name__}"
+            )
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}"
+            )
+        hints = typing.get_type_hints(cls)
+        for name, value in values.items():
+            if not _matches(value, hints[name]):
+                raise ConfigError(
+                    f"{source}: field {name!r} must be {_type_name(hints[name])}, got {value!r}"
+                )
+        missing = [f.name for f in known.values() if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in missing if values.get(name) is None]
+        if missing:
+            raise ConfigError(f"{source}: missing required field(s) {', '.join(missing)}")
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view (datasets and model objects are replaced by a description)."""
@@ -178,6 +234,90 @@ class TrainConfig:
             out[key] = describe(getattr(self, key))
         out["sampler_options"] = {k: describe(v) for k, v in self.sampler_options.items()}
         return out
+
+
+def field_help() -> dict[str, str]:
+    """Field name → its one-paragraph description from the ``Args:`` section of :class:`TrainConfig`.
+
+    The CLI builds ``hardbatch train``'s option help from this, so every option is documented once.
+
+    Example:
+        >>> field_help()["lr"]
+        'peak learning rate of AdamW.'
+    """
+    doc = inspect.getdoc(TrainConfig) or ""
+    args = doc.split("Args:", 1)[1] if "Args:" in doc else ""
+    out: dict[str, str] = {}
+    name = None
+    for line in args.splitlines():
+        match = re.match(r"^    (\w+): (.*)$", line)
+        if match:
+            name = match.group(1)
+            out[name] = match.group(2).strip()
+        elif name is not None and line.startswith("        "):
+            out[name] += " " + line.strip()
+        elif line.strip():
+            break
+    return out
+
+
+def check_sampler_options(name: str, options: dict[str, Any], option: str = "--sampler-option") -> None:
+    """Unknown sampler keyword arguments are a user error naming the accepted ones (not a TypeError).
+
+    Args:
+        name: a registered sampler name.
+        options: keyword arguments meant for its constructor.
+        option: how the user gave them, for the message (``--sampler-option``, ``--option gcbs.``).
+
+    Raises:
+        ConfigError: a key the sampler's constructor does not take.
+
+    Example:
+        >>> check_sampler_options("gcbs", {"target_degree": 8})
+        >>> check_sampler_options("random", {"target_degree": 8})
+        Traceback (most recent call last):
+        ...
+        hardbatch.errors.ConfigError: --sampler-option target_degree: not an option of sampler 'random'; ...
+    """
+    from hardbatch.samplers import SAMPLERS
+
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    parameters = inspect.signature(SAMPLERS[name].__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [p for p in parameters if p not in ("self", "dataset", "batch_size")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"{option}{'' if option.endswith('.') else ' '}{', '.join(unknown)}: not an option of sampler {name!r}; "
+            f"it accepts {', '.join(accepted)}"
+        )
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field annotation (int for float is fine; bool is not an int)."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    base = origin or hint
+    return isinstance(base, type) and isinstance(value, base)
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return getattr(typing.get_origin(hint) or hint, "__name__", str(hint))
 
 
 def describe(value: Any) -> Any:

@@ -51,7 +51,7 @@ def validate(
             help="A .jsonl/.json/.csv/.tsv/.parquet pair file (or codesearch:<split>, emoji:<split>)."
         ),
     ],
-    map_: Annotated[list[str] | None, typer.Option("--map", "-m", help=MAP_HELP)] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help=MAP_HELP)] = None,
     drop_duplicates: Annotated[
         bool, typer.Option("--drop-duplicates", help="Drop exact duplicate pairs first.")
     ] = False,
@@ -103,14 +103,16 @@ def convert(
     target: Annotated[
         Path, typer.Argument(help="Output file; format from the extension (.parquet/.jsonl/.json/.csv).")
     ],
-    map_: Annotated[list[str] | None, typer.Option("--map", "-m", help=MAP_HELP)] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help=MAP_HELP)] = None,
     drop_duplicates: Annotated[
         bool, typer.Option("--drop-duplicates", help="Drop exact duplicate pairs.")
     ] = False,
 ) -> None:
     """Validate a pair file and write it in another format (atomically)."""
+    from hardbatch.app.cli.output import check_output_file
     from hardbatch.data import load_pairs
 
+    check_output_file(target, "TARGET")
     started = time.perf_counter()
     dataset = load_pairs(source, column_map=_parse_map(map_), drop_duplicates=drop_duplicates)
     path = dataset.save(target)
@@ -120,7 +122,7 @@ def convert(
 @data_app.command("codesearch")
 def codesearch(
     out_dir: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output directory (default: the hardbatch cache).")
+        Path | None, typer.Option("--output", "-o", help="Output directory (default: the hardbatch cache).")
     ] = None,
     packages: str = typer.Option(
         None, "--packages", "-p", help="Comma-separated packages ('stdlib', import names or directories)."

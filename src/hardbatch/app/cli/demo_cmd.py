@@ -11,7 +11,7 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo_command(
-        output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the demo writes.")] = Path(
+        output_dir: Annotated[Path, typer.Option("--output", "-o", help="Where the demo writes.")] = Path(
             "hardbatch-demo"
         ),
         train_pairs: Annotated[int | None, typer.Option(help="Training pairs (default 768).")] = None,
@@ -23,8 +23,9 @@ def register(app: typer.Typer) -> None:
         max_seq_length: Annotated[int | None, typer.Option(help="Token cap (default 64).")] = None,
         seed: Annotated[int, typer.Option(help="Seed of subsets, samplers and training.")] = 0,
         model: Annotated[
-            str, typer.Option(help="Starting model and teacher ('default': all-MiniLM-L6-v2).")
-        ] = ("default"),
+            str,
+            typer.Option("--model", "-m", help="Starting model and teacher ('default': all-MiniLM-L6-v2)."),
+        ] = "default",
         tiny: Annotated[
             bool, typer.Option("--tiny", help="Seconds-long smoke run: random tiny model, ~100 pairs.")
         ] = False,
@@ -32,8 +33,10 @@ def register(app: typer.Typer) -> None:
         """Run the whole pipeline on built-in data: mine B3 batches, train B3 vs random, compare."""
         from rich.console import Console
 
+        from hardbatch.app.cli.output import check_output_dir
         from hardbatch.app.demo import DemoConfig, run_demo
 
+        check_output_dir(output_dir)
         console = Console()
         config = DemoConfig.tiny_config(str(output_dir)) if tiny else DemoConfig(output_dir=str(output_dir))
         overrides = {

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hardbatch.app.cli.output import check_output_dir
+
 console = Console()
 
 
@@ -22,7 +24,7 @@ def embed(
         str, typer.Argument(help="Pair data: a .jsonl/.json/.csv/.parquet file or codesearch:<split>.")
     ],
     out_dir: Annotated[
-        Path, typer.Option("--out", "-o", help="Output directory for query.npy / positive.npy.")
+        Path, typer.Option("--output", "-o", help="Output directory for query.npy / positive.npy.")
     ],
     model: Annotated[
         str,
@@ -48,6 +50,7 @@ def embed(
     from hardbatch.data import load_pairs
     from hardbatch.embed import embed_pairs, sidecar_path
 
+    check_output_dir(out_dir)
     started = time.perf_counter()
     dataset = load_pairs(data)
     loaded = time.perf_counter()

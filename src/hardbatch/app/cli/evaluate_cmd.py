@@ -1,4 +1,4 @@
-"""``hardbatch evaluate --model M --data SPEC``: retrieval metrics of a model on a pair dataset."""
+"""``hardbatch evaluate DATA -m MODEL [-o metrics.json]``: retrieval metrics of a model on a pair dataset."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hardbatch.app.cli.output import check_output_file
+
 console = Console()
 
 
@@ -20,9 +22,7 @@ def register(app: typer.Typer) -> None:
 def evaluate(
     data: Annotated[
         str,
-        typer.Option(
-            "--data", "-d", help="Pair data: a .jsonl/.json/.csv/.parquet file or codesearch:<split>."
-        ),
+        typer.Argument(help="Pair data: a .jsonl/.json/.csv/.parquet file or codesearch:<split>."),
     ],
     model: Annotated[
         str,
@@ -67,6 +67,8 @@ def evaluate(
     from hardbatch.evaluate.model_eval import direction_tasks, evaluate_texts
     from hardbatch.io import write_json
 
+    if output is not None:
+        check_output_file(output)  # before embedding everything
     started = time.perf_counter()
     dataset = load_pairs(data)
     tasks = direction_tasks(dataset, corpus, directions)  # type: ignore[arg-type]

@@ -8,11 +8,21 @@ from typing import Annotated
 import typer
 
 
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    """``"32,64"`` → ``(32, 64)``; anything else is a one-line error naming the option."""
+    from hardbatch.errors import ConfigError
+
+    try:
+        return tuple(int(item) for item in text.split(",") if item.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{option} expects comma-separated integers, got {text!r}") from exc
+
+
 def register(app: typer.Typer) -> None:
     @app.command("experiment")
     def experiment_command(
         output_dir: Annotated[
-            Path, typer.Option("--output-dir", "-o", help="Cells, plans and the summary go here.")
+            Path, typer.Option("--output", "-o", help="Cells, plans and the summary go here.")
         ] = Path("hardbatch-experiment"),
         samplers: Annotated[
             str, typer.Option(help="Comma-separated sampler names.")
@@ -26,15 +36,19 @@ def register(app: typer.Typer) -> None:
         ] = None,
         max_seq_length: Annotated[int, typer.Option(help="Token cap.")] = 64,
         lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
-        model: Annotated[str, typer.Option(help="Starting model (and teacher).")] = "default",
+        model: Annotated[
+            str, typer.Option("--model", "-m", help="Starting model (and teacher).")
+        ] = "default",
         train_data: Annotated[str, typer.Option(help="Training pairs spec.")] = "codesearch:train",
         test_data: Annotated[str, typer.Option(help="Test pairs spec.")] = "codesearch:test",
     ) -> None:
         """Fine-tune with each sampler at each batch size (equal training pairs) and compare retrieval quality."""
         from rich.console import Console
 
+        from hardbatch.app.cli.output import check_output_dir
         from hardbatch.app.experiment import GridConfig, format_grid, run_grid, write_grid_outputs
 
+        check_output_dir(output_dir)
         console = Console()
         config = GridConfig(
             work_dir=str(output_dir),
@@ -42,8 +56,8 @@ def register(app: typer.Typer) -> None:
             test_data=test_data,
             model=model,
             samplers=tuple(s for s in samplers.split(",") if s),
-            batch_sizes=tuple(int(b) for b in batch_sizes.split(",") if b),
-            seeds=tuple(int(s) for s in seeds.split(",") if s),
+            batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
+            seeds=_int_list(seeds, "--seeds"),
             train_pairs=train_pairs,
             test_pairs=test_pairs or None,
             pairs_seen=pairs_seen,

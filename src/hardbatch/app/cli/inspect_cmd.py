@@ -1,6 +1,6 @@
 """``hardbatch inspect``: compare batching strategies side by side on the same data, under a teacher.
 
-    hardbatch inspect --data DATA [--plan PLAN.parquet] [--sampler random --sampler topic --sampler gcbs ...]
+    hardbatch inspect DATA [--plan PLAN.parquet] [--sampler random --sampler topic --sampler gcbs ...]
         --teacher default --batch-size 64 -o DIR
 
 For every strategy (each ``--sampler`` over the registry, and each ``--plan`` file) one epoch of batches is
@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hardbatch.app.cli.output import check_output_dir
 from hardbatch.app.cli.teacher import EmbDir, PositiveEmb, QueryEmb, TeacherMaxSeqLength, teacher_embeddings
 
 console = Console()
@@ -148,10 +149,10 @@ def _parse_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
 def inspect_command(
     data: Annotated[
         str,
-        typer.Option("--data", "-d", help="Pair data (.jsonl/.json/.csv/.parquet or codesearch:<split>)."),
+        typer.Argument(help="Pair data (.jsonl/.json/.csv/.parquet or codesearch:<split>)."),
     ],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output directory (inspect.json, inspect.png).")
+        Path, typer.Option("--output", "-o", help="Output directory (inspect.json, inspect.png).")
     ] = Path("inspect"),
     sampler: Annotated[
         list[str] | None,
@@ -185,7 +186,11 @@ def inspect_command(
     from hardbatch.errors import ConfigError
     from hardbatch.evaluate.hardness import compare_batchings, plot_comparison
     from hardbatch.io import write_json
+    from hardbatch.train.config import check_sampler_options
 
+    check_output_dir(out)
+    for name, given in _parse_options(option).items():  # before loading or embedding anything
+        check_sampler_options(name, given, option=f"--option {name}.")
     started = time.perf_counter()
     names = list(sampler or [])
     if not names and not plan:
@@ -198,8 +203,9 @@ def inspect_command(
         max_seq_length=max_seq_length,
     )  # fmt: skip
     query, positive = teacher_emb.query, teacher_emb.positive
+    options = _parse_options(option)
     batchings, groups, details = build_strategy_batches(
-        names, dataset, batch_size, query, positive, seed=seed, epoch=epoch, options=_parse_options(option)
+        names, dataset, batch_size, query, positive, seed=seed, epoch=epoch, options=options
     )
     pairs = {}
     for path in plan or []:

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hardbatch.app.cli.output import check_output_file
 from hardbatch.app.cli.teacher import EmbDir, PositiveEmb, QueryEmb, TeacherMaxSeqLength, teacher_embeddings
 
 console = Console()
@@ -75,7 +76,7 @@ def mine_b3_command(
             "--query-emb and --positive-emb are given."
         ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output batch plan (.parquet).")] = Path(
+    out: Annotated[Path, typer.Option("--output", "-o", help="Output batch plan (.parquet).")] = Path(
         "plan.parquet"
     ),
     teacher: Annotated[
@@ -173,6 +174,7 @@ def mine_b3_command(
     from hardbatch.errors import ConfigError
     from hardbatch.mining import mine_b3
 
+    check_output_file(out)  # before minutes of embedding and mining
     started = time.perf_counter()
     timings: dict[str, float] = {}
     if (query_emb is None) != (positive_emb is None):
@@ -297,7 +299,7 @@ def mine_gcbs_command(
     data: Annotated[
         str, typer.Argument(help="Pair data (.jsonl/.json/.csv/.parquet or codesearch:<split>).")
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output batch plan (.parquet).")] = Path(
+    out: Annotated[Path, typer.Option("--output", "-o", help="Output batch plan (.parquet).")] = Path(
         "gcbs.parquet"
     ),
     teacher: Annotated[
@@ -330,6 +332,7 @@ def mine_gcbs_command(
     from hardbatch.data import load_pairs
     from hardbatch.mining.gcbs import mine_gcbs
 
+    check_output_file(out)
     started = time.perf_counter()
     dataset = load_pairs(data)
     teacher_emb = teacher_embeddings(

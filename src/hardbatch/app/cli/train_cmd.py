@@ -1,22 +1,60 @@
 """``hardbatch train``: fine-tune a sentence-transformers model with a hardbatch sampler and the tiled loss.
 
 Also runs under ``torchrun --nproc-per-node P -m hardbatch train ...`` (gloo on CPU, NCCL on GPU).
+
+The options are generated from :class:`hardbatch.train.TrainConfig`: one ``--kebab-case`` option per
+field, typed by the field's annotation, defaulting to the field's default, documented by the field's
+entry in the class docstring. A new field is a new option; nothing here restates them. ``--config FILE``
+reads a JSON object of fields (for example a previous run's ``config.json``); flags given on the command
+line override it.
+
+Adding an option: add the field (with its ``Args:`` entry) to ``TrainConfig``; only an option that is not a
+field (a shortcut into ``sampler_options`` such as ``--hard-negatives``) is written here, in
+``_parameters``'s ``extra`` list and in :func:`build_config`.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import re
+import types
+import typing
+from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
+from hardbatch.app.cli.output import check_output_dir
 from hardbatch.errors import ConfigError
+
+__all__ = ["build_config", "parse_options", "register"]
+
+# How fields appear on the command line, where that differs from `--field-name` (CLI conventions:
+# data positional, -o/--output, -m/--model, -t/--teacher, -b/--batch-size, -s/--sampler everywhere).
+OPTION_NAMES: dict[str, tuple[str, ...]] = {
+    "output_dir": ("--output", "-o"),
+    "model": ("--model", "-m"),
+    "teacher": ("--teacher", "-t"),
+    "batch_size": ("--batch-size", "-b"),
+    "sampler": ("--sampler", "-s"),
+}
+# Fields typed ``Any`` in the library (they also take objects) are strings on the command line.
+CLI_TYPES: dict[str, Any] = {"data": str | None, "model": str, "teacher": str | None, "eval_data": str | None}
+POSITIONAL = "data"
+# Fields with a hand-written CLI form: ``--sampler-option KEY=VALUE`` (repeatable) builds the dict.
+CUSTOM = {"sampler_options"}
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:
-    """``["k=v", ...]`` → dict; values are parsed as JSON when possible (numbers, booleans), else strings."""
+    """``["k=v", ...]`` → dict; values are parsed as JSON when possible (numbers, booleans), else strings.
+
+    Example:
+        >>> parse_options(["quantile=0.99", "graph_method=ivf"])
+        {'quantile': 0.99, 'graph_method': 'ivf'}
+    """
     options: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:
@@ -29,166 +67,176 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
     return options
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("train")
-    def train_command(
-        data: Annotated[
-            str,
-            typer.Argument(
-                help="Training pairs: a .jsonl/.json/.csv/.parquet file (texts or images), codesearch:train "
-                "or emoji:train."
-            ),
-        ],
-        output_dir: Annotated[
-            Path, typer.Option("--output-dir", "-o", help="Run folder (metrics, checkpoints, final model).")
-        ],
-        model: Annotated[
-            str, typer.Option(help="'default' (packaged all-MiniLM-L6-v2) or a local model folder.")
-        ] = "default",
-        sampler: Annotated[
-            str, typer.Option(help="Batch sampler: random, nodup, topic, source, gcbs, b3, random-hn.")
-        ] = "random",
-        batch_size: Annotated[
-            int, typer.Option(help="Pairs per device and step (global batch = this × ranks).")
-        ] = 64,
-        plan: Annotated[
-            Path | None, typer.Option(help="B3 batch plan from `hardbatch mine b3` (sampler b3).")
-        ] = None,
-        hard_negatives: Annotated[
-            int,
-            typer.Option(
-                help="B3++: h hard negatives per example from the plan (sampler b3: h·|B| unified "
-                "negatives per batch; random-hn: h from each query's own window)."
-            ),
-        ] = 0,
-        preset: Annotated[
-            str | None,
-            typer.Option(
-                help="b3-paper | b3pp-paper: the B3 paper's recipe (sampler b3, scale 50, K=32, p=30, m=100, "
-                "global batch 1024; h=5 for b3pp) for every option left at its default."
-            ),
-        ] = None,
-        sampler_option: Annotated[
+def _help(text: str) -> str:
+    """Docstring reST → plain help text."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
+    return text[:1].upper() + text[1:]
+
+
+def _nullable(base: type) -> Any:
+    def parse(value: Any) -> Any:
+        if not isinstance(value, str):  # the default, already typed
+            return value
+        if value.lower() in ("none", "null"):
+            return None
+        return base(value)
+
+    parse.__name__ = f"{base.__name__}_or_none"
+    return parse
+
+
+def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return (args[0] if len(args) == 1 else Any), True
+    return hint, False
+
+
+def _metavar(base: Any) -> str:
+    return {int: "INTEGER", float: "FLOAT", str: "TEXT"}.get(base, "TEXT")
+
+
+def _parameters() -> list[inspect.Parameter]:
+    """One typer parameter per TrainConfig field, then the CLI-only ones."""
+    from hardbatch.train.config import TrainConfig, field_help
+
+    docs = field_help()
+    hints = typing.get_type_hints(TrainConfig)
+    params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)]
+    for f in fields(TrainConfig):
+        if f.name in CUSTOM:
+            continue
+        hint = CLI_TYPES.get(f.name, hints[f.name])
+        base, optional = _unwrap_optional(hint)
+        default = f.default if f.default is not MISSING else None
+        help_text = _help(docs.get(f.name, ""))
+        if f.name == POSITIONAL:
+            info = typer.Argument(None, help=help_text + " Optional with --config.", show_default=False)
+            annotation: Any = str | None
+        elif base is bool:
+            name = f.name.replace("_", "-")
+            info = typer.Option(default, f"--{name}/--no-{name}", help=help_text)
+            annotation = bool
+        else:
+            names = OPTION_NAMES.get(f.name, (f"--{f.name.replace('_', '-')}",))
+            kwargs: dict[str, Any] = {"help": help_text}
+            if optional:
+                kwargs.update(parser=_nullable(base), metavar=f"{_metavar(base)}|none")
+                if f.default is not MISSING and f.default is not None:
+                    kwargs["help"] += " 'none' unsets it."
+            info = typer.Option(default, *names, **kwargs)
+            annotation = base if not optional else Any
+        params.append(
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
+        )
+    extra = [
+        (
+            "sampler_option",
             list[str] | None,
-            typer.Option("--sampler-option", help="Extra sampler argument KEY=VALUE (repeatable)."),
-        ] = None,
-        teacher: Annotated[
-            str | None,
-            typer.Option(
-                help="Model that embeds the pairs for topic/gcbs/b3 without --plan (default: --model)."
-            ),
-        ] = None,
-        gradcache_chunk: Annotated[
+            typer.Option(None, "--sampler-option", help="Extra sampler argument KEY=VALUE (repeatable)."),
+        ),
+        (
+            "hard_negatives",
             int | None,
             typer.Option(
-                help="Gradient cache: embed in chunks of this many texts (memory independent of batch size)."
+                None,
+                "--hard-negatives",
+                help="B3++: h hard negatives per example from the plan (sampler b3: h·|B| unified "
+                "negatives per batch; random-hn: h from each query's own window).",
             ),
-        ] = None,
-        freeze_tower: Annotated[
-            str | None,
-            typer.Option(help="Image-text models: freeze the 'text' or 'image' tower (LiT-style)."),
-        ] = None,
-        epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
-        max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimiser steps.")] = None,
-        lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 2e-5,
-        weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
-        warmup_ratio: Annotated[float, typer.Option(help="Fraction of steps with linear warm-up.")] = 0.1,
-        max_seq_length: Annotated[int | None, typer.Option(help="Truncate texts to this many tokens.")] = 128,
-        seed: Annotated[int, typer.Option(help="Seed of the sampler, dropout and subsets.")] = 0,
-        scale: Annotated[float, typer.Option(help="Inverse temperature of the InfoNCE loss.")] = 20.0,
-        symmetric: Annotated[
-            bool, typer.Option("--symmetric/--no-symmetric", help="Two-way (CLIP) loss.")
-        ] = False,
-        num_negatives: Annotated[
-            int | None, typer.Option(help="Hard negatives per query from the data (default: all; 0: none).")
-        ] = None,
-        eval_data: Annotated[
-            str | None,
+        ),
+        (
+            "config_file",
+            Path | None,
             typer.Option(
-                help="Evaluation pairs ('auto': codesearch:dev for codesearch:train; 'none' disables)."
+                None,
+                "--config",
+                help="JSON object of TrainConfig fields (e.g. a run's config.json); flags override it.",
             ),
-        ] = "auto",
-        eval_every: Annotated[
-            int | None, typer.Option(help="Also evaluate every N steps (always at epoch ends).")
-        ] = None,
-        eval_batch_size: Annotated[int, typer.Option(help="Texts per forward pass during evaluation.")] = 64,
-        max_train_pairs: Annotated[
-            int | None, typer.Option(help="Train on a fixed random subset of this size.")
-        ] = None,
-        max_eval_pairs: Annotated[
-            int | None, typer.Option(help="Evaluate on a fixed random subset of this size.")
-        ] = None,
-        save_every: Annotated[
-            int | None, typer.Option(help="Checkpoint every N steps (always at epoch ends).")
-        ] = None,
-        keep_checkpoints: Annotated[int, typer.Option(help="Checkpoints to keep.")] = 2,
-        log_every: Annotated[int, typer.Option(help="Write a training record every N steps.")] = 10,
-        resume: Annotated[
-            bool, typer.Option("--resume", help="Continue from the newest checkpoint in --output-dir.")
-        ] = False,
-        overwrite: Annotated[
-            bool,
-            typer.Option(
-                "--overwrite",
-                help="Start afresh in a non-empty --output-dir (only hardbatch's own outputs are replaced).",
-            ),
-        ] = False,
-        on_nonfinite: Annotated[
-            str,
-            typer.Option(
-                help="A non-finite loss or gradient: stop (error, nothing saved) or skip (drop that update)."
-            ),
-        ] = "stop",
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-        precision: Annotated[
-            str, typer.Option(help="auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16.")
-        ] = "auto",
-    ) -> None:
-        """Fine-tune a model on (query, positive) pairs with a hardbatch sampler and the tiled InfoNCE loss."""
-        from hardbatch.train import TrainConfig, train
-
-        options = parse_options(sampler_option)
-        if hard_negatives:
-            options["num_hard_negatives"] = hard_negatives
-        config = TrainConfig(
-            data=data,
-            output_dir=str(output_dir),
-            model=model,
-            sampler=sampler,
-            batch_size=batch_size,
-            plan=str(plan) if plan is not None else None,
-            sampler_options=options,
-            teacher=teacher,
-            gradcache_chunk=gradcache_chunk,
-            freeze_tower=freeze_tower,
-            epochs=epochs,
-            max_steps=max_steps,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_ratio=warmup_ratio,
-            max_seq_length=max_seq_length,
-            seed=seed,
-            scale=scale,
-            symmetric=symmetric,
-            num_negatives=num_negatives,
-            eval_data=None if eval_data in (None, "none", "") else eval_data,
-            eval_every=eval_every,
-            eval_batch_size=eval_batch_size,
-            max_train_pairs=max_train_pairs,
-            max_eval_pairs=max_eval_pairs,
-            save_every=save_every,
-            keep_checkpoints=keep_checkpoints,
-            log_every=log_every,
-            device=device,
-            precision=precision,
-            on_nonfinite=on_nonfinite,
-            resume=resume,
-            overwrite=overwrite,
-            preset=preset,
+        ),
+    ]
+    for name, annotation, info in extra:
+        params.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
         )
-        result = train(config)
-        if int(os.environ.get("RANK", "0")) == 0:
-            print_summary(result)
+    return params
+
+
+def build_config(values: dict[str, Any], given: set[str], config_file: Path | None) -> Any:
+    """Defaults < ``--config`` file < flags given on the command line → a validated ``TrainConfig``.
+
+    Args:
+        values: every parameter typer parsed (field names, plus ``sampler_option`` and ``hard_negatives``).
+        given: the names whose value came from the command line (not a default).
+        config_file: the ``--config`` JSON file, if any.
+
+    Raises:
+        ConfigError: an unreadable or invalid config file, or a missing DATA / --output.
+    """
+    from hardbatch.train import TrainConfig
+
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        merged.update(_read_config(config_file))
+    field_names = {f.name for f in fields(TrainConfig)} - CUSTOM
+    for name in field_names:
+        if name in given or name not in merged:
+            merged[name] = values[name]
+    options = dict(merged.get("sampler_options") or {})
+    options.update(parse_options(values.get("sampler_option")))
+    if values.get("hard_negatives") is not None:
+        options["num_hard_negatives"] = values["hard_negatives"]
+    merged["sampler_options"] = options
+    if merged.get("eval_data") == "":
+        merged["eval_data"] = None
+    if merged.get("data") is None:
+        raise ConfigError("give DATA (training pairs) or a --config file with 'data'")
+    if merged.get("output_dir") is None:
+        raise ConfigError("give -o/--output (the run folder) or a --config file with 'output_dir'")
+    merged["output_dir"] = str(merged["output_dir"])
+    return TrainConfig.from_dict(merged, source=str(config_file) if config_file else "command line")
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    from hardbatch.errors import DataError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"--config {path}: no such file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path}: cannot read ({exc})") from exc
+    try:
+        values = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"--config {path}: invalid JSON ({exc})") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object of TrainConfig fields")
+    return values
+
+
+def train_command(ctx: typer.Context, **values: Any) -> None:
+    """Fine-tune a model on (query, positive) pairs with a hardbatch sampler and the tiled InfoNCE loss."""
+    from hardbatch.train import train
+
+    given = {
+        name
+        for name in values
+        # typer bundles its own click: compare the enum by name, not by identity.
+        if getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")
+    }
+    config = build_config(values, given, values.pop("config_file"))
+    check_output_dir(config.output_dir)
+    result = train(config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print_summary(result)
+
+
+train_command.__signature__ = inspect.Signature(_parameters())  # type: ignore[attr-defined]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)
 
 
 def print_summary(result: Any) -> None:
