@@ -66,3 +66,21 @@ def test_inspect_reports_bad_input_in_one_line(tmp_path):
     result = CliRunner().invoke(app, ["inspect", "--data", str(data), "--query-emb", str(q)])
     assert result.exit_code != 0
     assert "both --query-emb and --positive-emb" in str(result.exception) + result.output
+
+
+def test_inspect_reports_false_negatives_with_b3pp_columns(tmp_path):
+    data, q, p = _write_data(tmp_path)
+    out = tmp_path / "inspect"
+    mine = '{"cluster_size": 8, "skip": 1, "window": 8}'
+    args = ["inspect", "--data", str(data), "-o", str(out), "-b", "16", "--k", "0", "--query-emb", str(q),
+            "--positive-emb", str(p), "--sampler", "random", "--sampler", "b3", "--sampler", "random-hn",
+            "--option", f"b3.mine_options={mine}", "--option", "b3.num_hard_negatives=1",
+            "--option", f"random-hn.mine_options={mine}", "--option", "random-hn.num_hard_negatives=1"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "inspect.json").read_text())["strategies"]
+    for name in ("b3", "random-hn"):
+        fn = report[name]["false_negatives"]
+        assert fn["extra_pairs"] == report[name]["rows"] * 16  # h = 1 per example: 16 columns per batch
+        assert 0.0 <= fn["extra_above_positive"] <= 1.0 and "duplicate_text" in fn
+    assert "extra_pairs" not in report["random"]["false_negatives"]
