@@ -153,6 +153,8 @@ def evaluate_model(
     device: str | None = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
     show_progress: bool | None = None,
+    query_prompt: str | None = None,
+    document_prompt: str | None = None,
 ) -> dict[str, float]:
     """Retrieval metrics of ``model`` on ``dataset``: each query against all distinct positives.
 
@@ -167,6 +169,9 @@ def evaluate_model(
         device: "auto" or a torch device.
         cache_dir: optional embedding cache directory.
         show_progress: progress bars.
+        query_prompt: prompt prepended to the queries (default: the model's ``prompts["query"]``; see
+            :mod:`hardbatch.embed.prompts`).
+        document_prompt: prompt prepended to the corpus (default: the model's ``"document"`` prompt).
 
     Returns:
         ``{"ndcg@10": ..., "mrr@10": ..., "recall@1": ..., "recall@10": ..., "recall@100": ..., "map@100": ...}``.
@@ -178,11 +183,14 @@ def evaluate_model(
         >>> sorted(evaluate_model(make_tiny_model(), pairs, show_progress=False))[:2]
         ['map@100', 'mrr@10']
     """
+    from hardbatch.embed.prompts import model_prompts, with_prompt
+
     task = retrieval_task(dataset, corpus)
+    prompts = model_prompts(model, query_prompt, document_prompt)
     result, _ = evaluate_texts(
         model,
-        task.queries,
-        task.corpus,
+        with_prompt(task.queries, prompts[0]),
+        with_prompt(task.corpus, prompts[1]),
         task.relevant,
         batch_size=batch_size,
         max_seq_length=max_seq_length,

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from hardbatch.embed.prompts import with_prompt
 from hardbatch.errors import DataError
 from hardbatch.losses.layouts import text_ids
 
@@ -75,6 +76,9 @@ class PairCollator:
         mask_duplicates: attach text ids so the loss masks duplicate documents (see :class:`TokenizedPairs`).
         num_negatives: hard negatives per query to use; ``None`` uses as many as every row of the batch
             has (0 when the data has none), ``0`` ignores the data's negatives.
+        query_prompt: text prepended to every query (sentence-transformers' prompt convention; see
+            :mod:`hardbatch.embed.prompts`).
+        document_prompt: text prepended to every document (positives and negatives).
 
     Example:
         >>> from hardbatch.embed.models import make_tiny_model
@@ -89,10 +93,14 @@ class PairCollator:
         tokenize: Callable[[list[str]], Features],
         num_negatives: int | None = None,
         mask_duplicates: bool = True,
+        query_prompt: str = "",
+        document_prompt: str = "",
     ) -> None:
         self.tokenize = tokenize
         self.num_negatives = num_negatives
         self.mask_duplicates = mask_duplicates
+        self.query_prompt = query_prompt
+        self.document_prompt = document_prompt
 
     def __call__(
         self, rows: Sequence[Mapping[str, Any]], batch_negatives: Sequence[str] | None = None
@@ -109,7 +117,12 @@ class PairCollator:
         else:
             extra = [text for per_query in self._row_negatives(rows) for text in per_query]
         documents = positives + extra
-        batch = TokenizedPairs(self.tokenize(queries), self.tokenize(documents), len(rows), len(extra))
+        batch = TokenizedPairs(
+            self.tokenize(with_prompt(queries, self.query_prompt)),
+            self.tokenize(with_prompt(documents, self.document_prompt)),
+            len(rows),
+            len(extra),
+        )
         if self.mask_duplicates:
             batch.query_ids = text_ids(positives)
             batch.key_ids = text_ids(documents)

@@ -64,6 +64,10 @@ class TrainConfig:
         preset: ``"b3-paper"`` or ``"b3pp-paper"``: the B3 paper's recipe (sampler b3, temperature 0.02,
             K=32, p=30, m=100, global batch 1024, h=5 for B3++) for every setting left at its default;
             see :mod:`hardbatch.mining.presets`.
+        query_prompt: instruction prompt prepended to every query in training and evaluation, stored on the
+            model as ``prompts["query"]`` (so the saved model and a teacher built from it use it too);
+            ``None``: the model's own (sentence-transformers' ``prompts`` convention), ``""``: none.
+        document_prompt: the same for documents (positives and negatives), ``prompts["document"]``.
     """
 
     data: Any
@@ -103,6 +107,8 @@ class TrainConfig:
     write_report: bool = True
     save_final: bool = True
     preset: str | None = None
+    query_prompt: str | None = None
+    document_prompt: str | None = None
 
     def __post_init__(self) -> None:
         if self.preset is not None:

@@ -183,7 +183,12 @@ class Trainer:
         self.optimizer = _adamw(self.model, cfg.lr, cfg.weight_decay)
         warmup = warmup_steps_for(self.total_steps, cfg.warmup_ratio)
         self.scheduler = warmup_linear_schedule(self.optimizer, self.total_steps, warmup)
-        self.collator = PairCollator(_tokenizer_of(self.model), cfg.num_negatives, cfg.mask_duplicates)
+        from hardbatch.embed.prompts import model_prompts
+
+        query_prompt, document_prompt = model_prompts(self.model)
+        self.collator = PairCollator(
+            _tokenizer_of(self.model), cfg.num_negatives, cfg.mask_duplicates, query_prompt, document_prompt
+        )
         self.runner = StepRunner(self._wrap_model(ctx), cfg, ctx, self._autocast_dtype(ctx))
         if checkpoint is not None:
             self._restore(checkpoint, ctx)
@@ -247,6 +252,10 @@ class Trainer:
             model = cfg.model.to(ctx.device)
         if cfg.max_seq_length is not None:
             model.max_seq_length = int(cfg.max_seq_length)
+        if cfg.query_prompt is not None or cfg.document_prompt is not None:
+            from hardbatch.embed.prompts import set_model_prompts
+
+            set_model_prompts(model, cfg.query_prompt, cfg.document_prompt)
         model.train()
         return model
 
@@ -528,6 +537,7 @@ class Trainer:
                 "train_seconds": round(self.state.seconds, 2),
                 "seconds_per_step": round(self.state.seconds / max(1, self.state.step), 4),
                 "device": str(ctx.device),
+                "prompts": dict(zip(("query", "document"), _prompts_in_use(self.model))),
                 "final_model": str(final) if final is not None else None,
                 "metrics": metrics,
             }
@@ -589,6 +599,12 @@ def _default_eval_spec(data: Any) -> str | None:
     if isinstance(data, str) and data.startswith("codesearch:") and data.split(":", 1)[1] == "train":
         return "codesearch:dev"
     return None
+
+
+def _prompts_in_use(model: Any) -> tuple[str, str]:
+    from hardbatch.embed.prompts import model_prompts
+
+    return model_prompts(model)
 
 
 def _tokenizer_of(model: Any) -> Callable[[list[str]], dict[str, Any]]:

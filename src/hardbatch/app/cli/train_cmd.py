@@ -64,6 +64,16 @@ def register(app: typer.Typer) -> None:
                 "global batch 1024; h=5 for b3pp) for every option left at its default."
             ),
         ] = None,
+        query_prompt: Annotated[
+            str | None,
+            typer.Option(
+                help="Instruction prompt prepended to queries (training, evaluation; saved on the model)."
+            ),
+        ] = None,
+        document_prompt: Annotated[
+            str | None,
+            typer.Option(help="Instruction prompt prepended to documents (positives and negatives)."),
+        ] = None,
         sampler_option: Annotated[
             list[str] | None,
             typer.Option("--sampler-option", help="Extra sampler argument KEY=VALUE (repeatable)."),
@@ -165,6 +175,8 @@ def register(app: typer.Typer) -> None:
             resume=resume,
             overwrite=overwrite,
             preset=preset,
+            query_prompt=query_prompt,
+            document_prompt=document_prompt,
         )
         result = train(config)
         if int(os.environ.get("RANK", "0")) == 0:
