@@ -86,7 +86,8 @@ def test_every_sampler_trains_evaluates_and_saves(tmp_path, train_pairs, eval_pa
     # The final model loads with plain sentence-transformers and differs from the start.
     start, final = _weights(tiny_model_dir), _weights(run / "final")
     assert any(not torch.equal(start[k], final[k]) for k in start)
-    assert trainer.extras == ([2] * 4 if sampler == "b3" else [0] * 4)
+    # B3++: h = 2 negatives per example, 2 × 8 extra document columns per batch.
+    assert trainer.extras == ([2 * 8] * 4 if sampler == "b3" else [0] * 4)
 
 
 def test_gradient_cache_matches_direct_training(tmp_path, train_pairs, tiny_model_nodropout_dir):
