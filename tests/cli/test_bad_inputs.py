@@ -197,7 +197,7 @@ CASES = [
     Case("unknown --sampler-option key", lambda t, m: _train(t, m, "-s", "gcbs", "--sampler-option", "target_degre=8"),
          "--sampler-option target_degre: not an option of sampler 'gcbs'; it accepts"),
     Case("GCBS plan given to --sampler gcbs", lambda t, m: _train(t, m, "-s", "gcbs", "--plan", t / "gcbs.parquet"),
-         "--plan is read by --sampler b3 only"),
+         "--plan is read by --sampler b3, random-hn only"),
     Case("empty .npy via --sampler-option",
          lambda t, m: _train(t, m, "-s", "topic", "--sampler-option", f"query_emb={_write(t, 'e.npy', '')}"),
          "e.npy: not a readable .npy file"),

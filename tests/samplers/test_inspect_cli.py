@@ -94,3 +94,21 @@ def test_inspect_refuses_a_plan_mined_on_other_data_of_the_same_size(tmp_path):
 
     assert isinstance(result.exception, StaleCacheError), result.output
     assert "gcbs.parquet is stale: its dataset hash" in str(result.exception)
+
+
+def test_inspect_reports_false_negatives_with_b3pp_columns(tmp_path):
+    data, q, p = _write_data(tmp_path)
+    out = tmp_path / "inspect"
+    mine = '{"cluster_size": 8, "skip": 1, "window": 8}'
+    args = ["inspect", str(data), "-o", str(out), "-b", "16", "--k", "0", "--query-emb", str(q),
+            "--positive-emb", str(p), "--sampler", "random", "--sampler", "b3", "--sampler", "random-hn",
+            "--option", f"b3.mine_options={mine}", "--option", "b3.num_hard_negatives=1",
+            "--option", f"random-hn.mine_options={mine}", "--option", "random-hn.num_hard_negatives=1"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "inspect.json").read_text())["strategies"]
+    for name in ("b3", "random-hn"):
+        fn = report[name]["false_negatives"]
+        assert fn["extra_pairs"] == report[name]["rows"] * 16  # h = 1 per example: 16 columns per batch
+        assert 0.0 <= fn["extra_above_positive"] <= 1.0 and "duplicate_text" in fn
+    assert "extra_pairs" not in report["random"]["false_negatives"]

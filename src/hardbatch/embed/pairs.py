@@ -57,6 +57,8 @@ def embed_pairs(
     device: str | None = "auto",
     show_progress: bool | None = None,
     on_stale: Literal["rebuild", "error"] = "rebuild",
+    query_prompt: str | None = None,
+    document_prompt: str | None = None,
 ) -> PairEmbeddings:
     """Encode ``dataset.queries`` and ``dataset.positives`` into ``out_dir`` (reusing valid caches).
 
@@ -68,6 +70,9 @@ def embed_pairs(
         out_dir: output directory (created).
         batch_size, max_seq_length, normalize, device, show_progress, on_stale: as for
             :func:`~hardbatch.embed.encode.encode_texts`.
+        query_prompt: prompt prepended to the queries (default: the model's ``prompts["query"]``, see
+            :mod:`hardbatch.embed.prompts`; ``""``: none). Part of the cache key (through the texts).
+        document_prompt: prompt prepended to the positives (default: the model's ``"document"`` prompt).
 
     Returns:
         :class:`PairEmbeddings` with both (N, d) float32 arrays and their paths.
@@ -93,8 +98,14 @@ def embed_pairs(
             loaded.append(resolve_encoder(model, device))
         return loaded[0]
 
+    from hardbatch.embed.prompts import model_prompts, with_prompt
+
+    prompts = model_prompts(model, query_prompt, document_prompt)
     arrays = {}
-    for column, texts in (("query", dataset.queries), ("positive", dataset.positives)):
+    for column, texts in (
+        ("query", with_prompt(dataset.queries, prompts[0])),
+        ("positive", with_prompt(dataset.positives, prompts[1])),
+    ):
         arrays[column] = encode_with_loader(
             texts,
             get_encoder,

@@ -298,6 +298,8 @@ def compare_batchings(
     scale: float = 20.0,
     seed: int = 0,
     device: str | torch.device | None = "auto",
+    texts: Sequence[str] | None = None,
+    extras: dict[str, Sequence[Sequence[int]]] | None = None,
 ) -> dict[str, Any]:
     """Side-by-side hardness of several batchings of the same data, each against random batches of equal sizes.
 
@@ -312,6 +314,12 @@ def compare_batchings(
         scale: InfoNCE inverse temperature.
         seed: seed of the random reference batches.
         device: device of the neighbour search.
+        texts: (N,) positive texts; with them every strategy (and its random reference) also gets
+            ``false_negatives`` (:func:`hardbatch.evaluate.false_negatives.false_negative_stats`: the share
+            of in-batch negatives the teacher scores above the query's own positive, and of exact duplicate
+            texts).
+        extras: strategy name → per batch, the ids of its extra negative columns (B3++), included in the
+            false-negative statistics.
 
     Returns:
         ``{"num_examples", "k", "strategies": {name: {summary metrics, "random": {...},
@@ -345,12 +353,22 @@ def compare_batchings(
             entry["random_own_pair_coverage"] = pair_coverage(*pairs[name], reference, n)
         if groups and name in groups:
             entry["groups"] = group_stats(groups[name], batches)
+        if texts is not None or (extras and name in extras):
+            from hardbatch.evaluate.false_negatives import false_negative_stats
+
+            extra = extras.get(name) if extras else None
+            entry["false_negatives"] = false_negative_stats(
+                query_emb, positive_emb, batches, texts=texts, extra=extra
+            )
+            entry["random"]["false_negatives"] = false_negative_stats(
+                query_emb, positive_emb, reference, texts=texts
+            )
         report["strategies"][name] = entry
     return report
 
 
 def plot_comparison(report: dict[str, Any], path: str | Any) -> None:
-    """Six-panel PNG of a :func:`compare_batchings` report (matplotlib, Agg backend; written atomically)."""
+    """Eight-panel PNG of a :func:`compare_batchings` report (matplotlib, Agg backend; written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -362,7 +380,7 @@ def plot_comparison(report: dict[str, Any], path: str | Any) -> None:
     entries = [report["strategies"][n] for n in names]
     centres = (np.asarray(report["hist_bins"][:-1]) + np.asarray(report["hist_bins"][1:])) / 2
     colors = plt.get_cmap("tab10")(np.arange(len(names)) % 10)
-    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    fig, axes = plt.subplots(2, 4, figsize=(21, 9))
     for ax, key, title in (
         (axes[0, 0], "hist_neg_mean", "mean in-batch negative similarity (per query)"),
         (axes[0, 1], "hist_hardest_neg", "hardest in-batch negative similarity (per query)"),
@@ -414,6 +432,19 @@ def plot_comparison(report: dict[str, Any], path: str | Any) -> None:
     ax.set_title("distinct clusters / sources per batch")
     ax.set_xlabel("groups in a batch")
     if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    for ax, key, title in (
+        (axes[0, 3], "above_positive", "in-batch negatives above the positive (teacher)"),
+        (axes[1, 3], "duplicate_text", "in-batch negatives with the positive's exact text"),
+    ):
+        fn = [e.get("false_negatives", {}) for e in entries]
+        ax.bar(x - 0.3, [f.get(key, np.nan) for f in fn], 0.3, color=colors, label="in batch")
+        ax.bar(x, [f.get(f"extra_{key}", np.nan) for f in fn], 0.3, color=colors, alpha=0.5, hatch="//",
+               label="extra (B3++) columns")  # fmt: skip
+        ax.bar(x + 0.3, [e["random"].get("false_negatives", {}).get(key, np.nan) for e in entries], 0.3,
+               color="0.7", label="random reference")  # fmt: skip
+        ax.set_xticks(x, names, rotation=25, ha="right")
+        ax.set_title(title + " (false-negative proxy)", fontsize=9)
         ax.legend(fontsize=8)
     fig.suptitle(f"Batch hardness under the teacher — N={report['num_examples']}")
     fig.tight_layout()

@@ -168,6 +168,8 @@ def evaluate_model(
     cache_dir: str | os.PathLike[str] | None = None,
     show_progress: bool | None = None,
     directions: str = "auto",
+    query_prompt: str | None = None,
+    document_prompt: str | None = None,
 ) -> dict[str, float]:
     """Retrieval metrics of ``model`` on ``dataset``: each query against all distinct positives.
 
@@ -184,6 +186,9 @@ def evaluate_model(
         show_progress: progress bars.
         directions: ``"auto"`` (default: also the reverse direction when the data holds images),
             ``"forward"`` or ``"both"``; see :func:`direction_tasks`.
+        query_prompt: prompt prepended to the queries (default: the model's ``prompts["query"]``; see
+            :mod:`hardbatch.embed.prompts`).
+        document_prompt: prompt prepended to the corpus (default: the model's ``"document"`` prompt).
 
     Returns:
         ``{"ndcg@10": ..., "mrr@10": ..., "recall@1": ..., "recall@10": ..., "recall@100": ..., "map@100": ...}``,
@@ -196,12 +201,18 @@ def evaluate_model(
         >>> sorted(evaluate_model(make_tiny_model(), pairs, show_progress=False))[:2]
         ['map@100', 'mrr@10']
     """
+    from hardbatch.embed.prompts import model_prompts, with_prompt
+
+    query_prompt, document_prompt = model_prompts(model, query_prompt, document_prompt)
     metrics: dict[str, float] = {}
     for prefix, task in direction_tasks(dataset, corpus, directions):
+        # Each side is embedded as in training: the query side with the query prompt, the other with the
+        # document prompt, whichever of them is the retrieval query in this direction.
+        reverse = bool(prefix)
         result, _ = evaluate_texts(
             model,
-            task.queries,
-            task.corpus,
+            with_prompt(task.queries, document_prompt if reverse else query_prompt),
+            with_prompt(task.corpus, query_prompt if reverse else document_prompt),
             task.relevant,
             batch_size=batch_size,
             max_seq_length=max_seq_length,

@@ -14,7 +14,7 @@ stage          time                                  memory
 =============  ====================================  =======================================
 kNN exact      O(N² · d) (chunked matmul + topk)     O(chunk · N + N · (p + m))
 kNN hnsw       O(N · log N · d · ef)                 O(N · (d + M) + N · (p + m))
-graph          O(N · m · log(N · m))                 O(N · m)
+graph          O(N · m · log(N · m))                 O(N · (p + m)) (window + skipped)
 partition      METIS ≈ O(N · m); repair O(N log N)   O(N · m)
 hardness       O(N · K · d)                          O(chunk · K²)
 =============  ====================================  =======================================
@@ -442,7 +442,8 @@ def mine_b3(
             directed = directed_window
         mutual = mutual_graph(directed)
         g_stats = graph_stats(directed, mutual)
-        skipped = window_matrix(_unique_rows(skipped_rows), num_examples)
+        # Distinct per row already: top ranks and window ranks of one kNN row never repeat an id.
+        skipped = window_matrix(skipped_rows, num_examples)
     del windows, skipped_rows
     if directed.nnz == 0:
         warnings.warn(
@@ -623,20 +624,6 @@ def _put_rows(target: np.ndarray, ids: np.ndarray, local: np.ndarray) -> None:
         return
     local = local[:, :width]
     target[ids, :width] = np.where(local >= 0, ids[np.maximum(local, 0)], -1)
-
-
-def _unique_rows(rows: np.ndarray) -> np.ndarray:
-    """Set repeated ids within a row to -1 (the CSR builder needs distinct ids per row)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if rows.shape[1] < 2:
-        return rows
-    order = np.argsort(rows, axis=1, kind="stable")
-    sorted_rows = np.take_along_axis(rows, order, axis=1)
-    repeat = np.zeros_like(sorted_rows, dtype=bool)
-    repeat[:, 1:] = (sorted_rows[:, 1:] == sorted_rows[:, :-1]) & (sorted_rows[:, 1:] >= 0)
-    out = rows.copy()
-    np.put_along_axis(out, order, np.where(repeat, -1, sorted_rows), axis=1)
-    return out
 
 
 def _setting_param(values: list[int], source_names: list[str] | None) -> int | dict[str, int]:

@@ -59,7 +59,7 @@ class B3BatchSampler(HardBatchSampler):
             (``cluster_size``, ``skip``, ``window``, ``knn``, ``sources``...).
         same_source: keep every full batch within one source (default: the plan's setting).
         num_hard_negatives: h, B3++ hard negatives *per example* (:meth:`hard_negatives` returns h · |B|);
-            0 disables.
+            0 (the default) disables.
         global_batches: with ``world_size`` P > 1, mine batches of ``batch_size · P`` and give each rank one
             slice (the paper's global batch; default). ``False``: every rank gets its own independent
             batch of ``batch_size`` (hardbatch before 0.2).
@@ -79,8 +79,12 @@ class B3BatchSampler(HardBatchSampler):
 
     rng_salt = 0xB3
     mixes_leftovers = True
+    uses_plan = True
     #: Batches are made of whole clusters (the batch size must be a multiple of K).
     whole_clusters = True
+    #: h when ``num_hard_negatives`` is not given, and the smallest h accepted.
+    default_hard_negatives = 0
+    min_hard_negatives = 0
 
     def __init__(
         self,
@@ -96,7 +100,7 @@ class B3BatchSampler(HardBatchSampler):
         positive_emb: np.ndarray | torch.Tensor | None = None,
         mine_options: Mapping[str, Any] | None = None,
         same_source: bool | None = None,
-        num_hard_negatives: int = 0,
+        num_hard_negatives: int | None = None,
         expected_hash: str | Mapping[str, str] | None = None,
         num_examples: int | None = None,
         world_size: int | None = None,
@@ -113,9 +117,13 @@ class B3BatchSampler(HardBatchSampler):
             world_size=world_size,
         )
         self.same_source = same_source
+        if num_hard_negatives is None:
+            num_hard_negatives = self.default_hard_negatives
         self.num_hard_negatives = int(num_hard_negatives)
-        if self.num_hard_negatives < 0:
-            raise ConfigError(f"num_hard_negatives must be >= 0, got {num_hard_negatives}")
+        if self.num_hard_negatives < self.min_hard_negatives:
+            raise ConfigError(
+                f"{type(self).__name__} needs num_hard_negatives >= {self.min_hard_negatives}, got {num_hard_negatives}"
+            )
         self.global_batches = bool(global_batches)
         if self.global_size > self.num_examples:
             raise ConfigError(

@@ -72,6 +72,8 @@ class HardBatchSampler(DefaultBatchSampler):
     #: With ``drop_last=False`` the left-overs are packed into batches that do not follow the sampler's
     #: scheme (B3's mixed batches); comparisons of batch quality should then drop them.
     mixes_leftovers: bool = False
+    #: The sampler batches from a mined :class:`~hardbatch.mining.plan.BatchPlan` (``train --plan``).
+    uses_plan: bool = False
 
     def __init__(
         self,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hardbatch.errors import ConfigError
 from hardbatch.samplers.b3 import B3BatchSampler
 from hardbatch.samplers.global_batch import split_global_batches
 
@@ -48,11 +47,8 @@ class RandomHardNegativeBatchSampler(B3BatchSampler):
     rng_salt = 0x5A1F
     whole_clusters = False
     mixes_leftovers = False
-
-    def __init__(self, *args, num_hard_negatives: int = 5, **kwargs) -> None:
-        super().__init__(*args, num_hard_negatives=num_hard_negatives, **kwargs)
-        if self.num_hard_negatives < 1:
-            raise ConfigError("RandomHardNegativeBatchSampler needs num_hard_negatives >= 1")
+    default_hard_negatives = 5  # the paper's h
+    min_hard_negatives = 1
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         order = self.rng(epoch).permutation(self.num_examples).tolist()

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from hardbatch.data.images import ImageRef, value_token
+from hardbatch.embed.prompts import with_prompt
 from hardbatch.errors import DataError
 from hardbatch.losses.layouts import text_ids
 
@@ -90,6 +91,9 @@ class PairCollator:
         mask_duplicates: attach text ids so the loss masks duplicate documents (see :class:`TokenizedPairs`).
         num_negatives: hard negatives per query to use; ``None`` uses as many as every row of the batch
             has (0 when the data has none), ``0`` ignores the data's negatives.
+        query_prompt: text prepended to every query (sentence-transformers' prompt convention; see
+            :mod:`hardbatch.embed.prompts`).
+        document_prompt: text prepended to every document (positives and negatives).
 
     Example:
         >>> from hardbatch.embed.models import make_tiny_model
@@ -104,10 +108,14 @@ class PairCollator:
         tokenize: Callable[[list[str]], Features],
         num_negatives: int | None = None,
         mask_duplicates: bool = True,
+        query_prompt: str = "",
+        document_prompt: str = "",
     ) -> None:
         self.tokenize = tokenize
         self.num_negatives = num_negatives
         self.mask_duplicates = mask_duplicates
+        self.query_prompt = query_prompt
+        self.document_prompt = document_prompt
 
     def __call__(
         self, rows: Sequence[Mapping[str, Any]], batch_negatives: Sequence[str] | None = None
@@ -132,8 +140,10 @@ class PairCollator:
             ]
         documents = positives + extra
         ids = [row.get("id", "?") for row in rows]
-        query_features = self._features(queries, [(i, "query") for i in ids])
-        document_features = self._features(documents, [(i, "positive") for i in ids] + extra_where)
+        query_features = self._features(with_prompt(queries, self.query_prompt), [(i, "query") for i in ids])
+        document_features = self._features(
+            with_prompt(documents, self.document_prompt), [(i, "positive") for i in ids] + extra_where
+        )
         batch = TokenizedPairs(query_features, document_features, len(rows), len(extra))
         if self.mask_duplicates:
             batch.query_ids = text_ids([value_token(v) for v in positives])

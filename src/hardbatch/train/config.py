@@ -80,6 +80,10 @@ class TrainConfig:
         preset: ``"b3-paper"`` or ``"b3pp-paper"``: the B3 paper's recipe (sampler b3, temperature 0.02,
             K=32, p=30, m=100, global batch 1024, h=5 for B3++) for every setting left at its default;
             see :mod:`hardbatch.mining.presets`.
+        query_prompt: instruction prompt prepended to every query in training and evaluation, stored on the
+            model as ``prompts["query"]`` (so the saved model and a teacher built from it use it too);
+            ``None``: the model's own (sentence-transformers' ``prompts`` convention), ``""``: none.
+        document_prompt: the same for documents (positives and negatives), ``prompts["document"]``.
     """
 
     data: Any
@@ -122,6 +126,8 @@ class TrainConfig:
     write_report: bool = True
     save_final: bool = True
     preset: str | None = None
+    query_prompt: str | None = None
+    document_prompt: str | None = None
 
     def __post_init__(self) -> None:
         if self.preset is not None:
@@ -182,11 +188,15 @@ class TrainConfig:
                 raise ConfigError(f"--sampler-option {key}: not a sampler option here; it is set by {where}")
         if self.sampler_options:  # only then: SAMPLERS["b3"] imports the B3 module
             check_sampler_options(self.sampler, self.sampler_options)
-        if self.plan is not None and self.sampler != "b3":
-            raise ConfigError(
-                f"--plan is read by --sampler b3 only (got --sampler {self.sampler}); a plan from "
-                "`hardbatch mine gcbs` or `mine b3` trains with --sampler b3 --plan PLAN"
-            )
+        if self.plan is not None:
+            from hardbatch.samplers import SAMPLERS
+
+            if self.sampler in SAMPLERS and not SAMPLERS[self.sampler].uses_plan:
+                takers = ", ".join(name for name in SAMPLERS if SAMPLERS[name].uses_plan)
+                raise ConfigError(
+                    f"--plan is read by --sampler {takers} only (got --sampler {self.sampler}); a plan from "
+                    "`hardbatch mine gcbs` or `mine b3` trains with --sampler b3 --plan PLAN"
+                )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:

@@ -210,7 +210,12 @@ class Trainer:
         self.optimizer = _adamw(self.model, cfg.lr, cfg.weight_decay)
         warmup = warmup_steps_for(self.total_steps, cfg.warmup_ratio)
         self.scheduler = warmup_linear_schedule(self.optimizer, self.total_steps, warmup)
-        self.collator = PairCollator(_tokenizer_of(self.model), cfg.num_negatives, cfg.mask_duplicates)
+        from hardbatch.embed.prompts import model_prompts
+
+        query_prompt, document_prompt = model_prompts(self.model)
+        self.collator = PairCollator(
+            _tokenizer_of(self.model), cfg.num_negatives, cfg.mask_duplicates, query_prompt, document_prompt
+        )
         self.runner = StepRunner(self._wrap_model(ctx), cfg, ctx, self._autocast_dtype(ctx))
         self._resume_sampler_state: dict[str, Any] | None = None
         if checkpoint is not None:
@@ -334,6 +339,10 @@ class Trainer:
         if cfg.max_seq_length is not None:
             model.max_seq_length = int(cfg.max_seq_length)
         _prepare_image_text_model(model, self.train_data, cfg.freeze_tower)
+        if cfg.query_prompt is not None or cfg.document_prompt is not None:
+            from hardbatch.embed.prompts import set_model_prompts
+
+            set_model_prompts(model, cfg.query_prompt, cfg.document_prompt)
         model.train()
         return model
 
@@ -691,6 +700,7 @@ class Trainer:
                 "train_seconds": round(self.state.seconds, 2),
                 "seconds_per_step": round(self.state.seconds / max(1, self.state.step), 4),
                 "device": str(ctx.device),
+                "prompts": dict(zip(("query", "document"), _prompts_in_use(self.model))),
                 "final_model": str(final) if final is not None else None,
                 "metrics": metrics,
                 "train_fingerprint": getattr(self.train_data, "fingerprint", None),
@@ -758,6 +768,12 @@ def _prepare_image_text_model(model: Any, data: Any, freeze: str | None) -> None
         from hardbatch.embed.clip import freeze_tower
 
         freeze_tower(model, freeze)
+
+
+def _prompts_in_use(model: Any) -> tuple[str, str]:
+    from hardbatch.embed.prompts import model_prompts
+
+    return model_prompts(model)
 
 
 def _tokenizer_of(model: Any) -> Callable[[list[str]], dict[str, Any]]:

@@ -44,12 +44,16 @@ def build_strategy_batches(
     seed: int = 0,
     epoch: int = 0,
     options: dict[str, dict[str, Any]] | None = None,
+    extras: dict[str, list[list[int]]] | None = None,
 ) -> tuple[dict[str, list[list[int]]], dict[str, Any], dict[str, Any]]:
     """One epoch of batches from every named sampler, built over the same data and teacher embeddings.
 
     Each sampler is built from the same :class:`~hardbatch.samplers.SamplerInputs` (the data, the teacher
     embeddings as a fixed teacher, one process) plus its own ``options[name]``. Short batches are kept
     unless the sampler would pack its left-overs into batches outside its scheme (B3's mixed batches).
+
+    ``extras``, when given, receives name → per batch the sampler's extra negative columns (B3++ with
+    ``num_hard_negatives``, ``random-hn``), for the false-negative diagnostics.
 
     Returns:
         ``(batchings, groups, details)``: name → batches; name → (N,) group labels where the sampler groups
@@ -79,6 +83,8 @@ def build_strategy_batches(
         details[name] = {"config": sampler.get_config_dict()}
         if hasattr(sampler, "group_labels"):
             groups[name] = np.asarray(sampler.group_labels())
+        if extras is not None and int(getattr(sampler, "num_hard_negatives", 0) or 0) > 0:
+            extras[name] = [sampler.hard_negatives(batch, epoch=epoch) for batch in batchings[name]]
         if getattr(sampler, "last_stats", None):
             details[name]["gcbs"] = {k: v for k, v in sampler.last_stats.items() if k != "seconds"}
     return batchings, groups, details
@@ -107,6 +113,7 @@ def _print_table(report: dict[str, Any]) -> None:
     for column in (
         "strategy", "batches", "neg sim mean (rand)", "neg p90", "hardest neg (rand)", "InfoNCE (rand)",
         "recall@1 (rand)", f"top-{report['k']} pairs in batch (rand)", "own pairs in batch", "groups/batch",
+        "FN: above pos (rand)", "FN: dup text", "FN: extra above pos",
     ):  # fmt: skip
         table.add_column(column, justify="right" if column != "strategy" else "left")
     for name, e in report["strategies"].items():
@@ -122,8 +129,21 @@ def _print_table(report: dict[str, Any]) -> None:
             f"{e.get('knn_pair_coverage', float('nan')):.3f} ({e.get('random_knn_pair_coverage', float('nan')):.4f})",
             f"{e['own_pair_coverage']:.3f} ({e['random_own_pair_coverage']:.4f})" if "own_pair_coverage" in e else "-",
             f"{e['groups']['groups_per_batch_mean']:.1f}" if "groups" in e else "-",
+            *_false_negative_cells(e),
         )  # fmt: skip
     console.print(table)
+
+
+def _false_negative_cells(entry: dict[str, Any]) -> list[str]:
+    fn = entry.get("false_negatives")
+    if not fn:
+        return ["-", "-", "-"]
+    rand = entry["random"].get("false_negatives", {})
+    return [
+        f"{fn['above_positive']:.4f} ({rand.get('above_positive', float('nan')):.4f})",
+        f"{fn['duplicate_text']:.4f}" if "duplicate_text" in fn else "-",
+        f"{fn['extra_above_positive']:.4f}" if "extra_above_positive" in fn else "-",
+    ]
 
 
 def _parse_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
@@ -134,7 +154,7 @@ def _parse_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
 
     parsed: dict[str, dict[str, Any]] = {}
     for item in items or []:
-        match = re.fullmatch(r"([a-z0-9_]+)\.([A-Za-z_][A-Za-z0-9_]*)=(.*)", item)
+        match = re.fullmatch(r"([a-z0-9_-]+)\.([A-Za-z_][A-Za-z0-9_]*)=(.*)", item)
         if not match:
             raise ConfigError(f"--option {item!r}: expected SAMPLER.NAME=VALUE, e.g. gcbs.target_degree=64")
         sampler, key, raw = match.groups()
@@ -157,7 +177,9 @@ def inspect_command(
     sampler: Annotated[
         list[str] | None,
         typer.Option(
-            "--sampler", "-s", help="Sampler to compare (repeat): random, nodup, topic, source, gcbs, b3."
+            "--sampler",
+            "-s",
+            help="Sampler to compare (repeat): random, nodup, topic, source, gcbs, b3, random-hn.",
         ),
     ] = None,
     plan: Annotated[
@@ -203,10 +225,11 @@ def inspect_command(
         max_seq_length=max_seq_length,
     )  # fmt: skip
     query, positive = teacher_emb.query, teacher_emb.positive
-    options = _parse_options(option)
+    extras: dict[str, list[list[int]]] = {}
     batchings, groups, details = build_strategy_batches(
-        names, dataset, batch_size, query, positive, seed=seed, epoch=epoch, options=options
-    )
+        names, dataset, batch_size, query, positive, seed=seed, epoch=epoch, options=_parse_options(option),
+        extras=extras,
+    )  # fmt: skip
     pairs = {}
     for path in plan or []:
         label = f"plan:{path.stem}"
@@ -217,8 +240,9 @@ def inspect_command(
         if plan_pairs is not None:
             pairs[label] = plan_pairs
     report = compare_batchings(
-        query, positive, batchings, k=k, pairs=pairs, groups=groups, scale=scale, seed=seed
-    )
+        query, positive, batchings, k=k, pairs=pairs, groups=groups, scale=scale, seed=seed,
+        texts=list(dataset.positives), extras=extras,
+    )  # fmt: skip
     report.update(
         data=data, teacher=teacher if query_emb is None else str(query_emb), batch_size=batch_size, epoch=epoch,
         seed=seed, details=details,

@@ -129,6 +129,19 @@ def mine_b3_command(
             help="b3-paper: K=32, p=30 (70 for VQA sources), m=100, batch 1024, for options not given.",
         ),
     ] = None,
+    query_prompt: Annotated[
+        str | None,
+        typer.Option(
+            "--query-prompt", help="Teacher prompt for queries (default: the teacher's 'query' prompt)."
+        ),
+    ] = None,
+    document_prompt: Annotated[
+        str | None,
+        typer.Option(
+            "--document-prompt",
+            help="Teacher prompt for positives (default: the teacher's 'document' prompt).",
+        ),
+    ] = None,
     vqa_sources: Annotated[
         str | None,
         typer.Option(
@@ -189,6 +202,7 @@ def mine_b3_command(
     teacher_emb = teacher_embeddings(
         dataset, teacher, query_emb=query_emb, positive_emb=positive_emb, emb_dir=emb_dir,
         max_seq_length=max_seq_length, batch_size=embed_batch_size, device=device,
+        query_prompt=query_prompt, document_prompt=document_prompt,
     )  # fmt: skip
     query, positive = teacher_emb.query, teacher_emb.positive
     emb_paths = (teacher_emb.query_path, teacher_emb.positive_path)
@@ -246,6 +260,11 @@ def mine_b3_command(
     if preset is not None:
         plan.params["preset"] = preset
     plan.params["teacher"] = teacher if query_emb is None else "user embeddings"
+    if query_emb is None:
+        from hardbatch.embed.prompts import model_prompts
+
+        prompts = model_prompts(teacher, query_prompt, document_prompt)
+        plan.params["prompts"] = {"query": prompts[0], "document": prompts[1]}
     timings["mine"] = time.perf_counter() - step
     step = time.perf_counter()
     path = plan.save(out)

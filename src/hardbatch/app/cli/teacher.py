@@ -69,6 +69,8 @@ def teacher_embeddings(
     max_seq_length: int | None,
     batch_size: int = 64,
     device: str = "auto",
+    query_prompt: str | None = None,
+    document_prompt: str | None = None,
 ) -> TeacherEmbeddings:
     """Load ``--query-emb``/``--positive-emb``, or encode ``dataset`` with ``teacher`` (cached).
 
@@ -94,6 +96,7 @@ def teacher_embeddings(
     name = f"{dataset.fingerprint[:16]}-{teacher_slug(teacher)}{suffix}"
     target = emb_dir or default_cache_dir() / "embeddings" / name
     pair = embed_pairs(
-        dataset, teacher, target, batch_size=batch_size, max_seq_length=max_seq_length, device=device
-    )
+        dataset, teacher, target, batch_size=batch_size, max_seq_length=max_seq_length, device=device,
+        query_prompt=query_prompt, document_prompt=document_prompt,
+    )  # fmt: skip
     return TeacherEmbeddings(pair.query, pair.positive, pair.query_path, pair.positive_path)
