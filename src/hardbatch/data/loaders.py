@@ -81,6 +81,25 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: line {line}: not valid UTF-8 text ({exc.reason})") from exc
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _check_surrogates(name: str, text: str, records: list[Any], locations: list[str]) -> None:
+    """JSON's ``"\\ud800"`` escape decodes to a lone surrogate, which is not text (cannot be encoded or
+    tokenised). Only when the raw text holds such an escape (valid pairs too) are the records re-encoded."""
+    if not _SURROGATE_ESCAPE.search(text):
+        return
+    for record, where in zip(records, locations):
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = exc.object[exc.start]
+            raise DataError(
+                f"{name}: {where}: contains a lone surrogate (\\u{ord(bad):04x} escape), which is not valid "
+                "Unicode text"
+            ) from None
+
+
 def _records_table(name: str, records: list[Any], locations: list[str], dataset_name: str) -> RawTable:
     names: dict[str, None] = {}
     for record, where in zip(records, locations):
@@ -106,7 +125,10 @@ def _read_jsonl(path: Path) -> RawTable:
             records.append(json.loads(line))
         except ValueError as exc:
             raise DataError(f"{path}: line {number}: invalid JSON ({exc})") from exc
+        except RecursionError as exc:
+            raise DataError(f"{path}: line {number}: JSON nested too deeply") from exc
         locations.append(f"line {number}")
+    _check_surrogates(str(path), text, records, locations)
     return _records_table(str(path), records, locations, path.stem)
 
 
@@ -119,7 +141,11 @@ def _read_json(path: Path) -> RawTable:
     except ValueError as exc:
         line = getattr(exc, "lineno", "?")
         raise DataError(f"{path}: line {line}: invalid JSON ({getattr(exc, 'msg', exc)})") from exc
-    return _records_table(str(path), records, [f"record {i}" for i in range(len(records))], path.stem)
+    except RecursionError as exc:
+        raise DataError(f"{path}: JSON nested too deeply") from exc
+    locations = [f"record {i}" for i in range(len(records))] if isinstance(records, list) else []
+    _check_surrogates(str(path), text, records if isinstance(records, list) else [], locations)
+    return _records_table(str(path), records, locations, path.stem)
 
 
 def _read_csv(path: Path, delimiter: str) -> RawTable:
@@ -301,10 +327,16 @@ def _resolve_columns(table: RawTable, column_map: Mapping[str, str] | None) -> d
     for required in ("query", "positive"):
         if required not in resolved:
             raise DataError(
-                f"{table.name}: missing column '{required}' (columns: {', '.join(table.column_names) or 'none'}); "
+                f"{table.name}: missing column '{required}' (columns: {_shown_names(table.column_names)}); "
                 "rename it or pass column_map={'<your column>': '" + required + "'}"
             )
     return resolved
+
+
+def _shown_names(names: list[Any]) -> str:
+    """Column names for a one-line message (a name with a newline or other control character is quoted)."""
+    shown = [n if isinstance(n, str) and n.isprintable() else repr(n) for n in names]
+    return ", ".join(shown) or "none"
 
 
 # ---------------------------------------------------------------------------------------------- validation
