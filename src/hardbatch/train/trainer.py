@@ -248,7 +248,7 @@ class Trainer:
     def _decide_run_dir(self) -> dict[str, Any]:
         cfg, root = self.config, self.output_dir
         marked, ours, foreign = is_marked(root), own_outputs(root), foreign_entries(root)
-        found = latest_checkpoint(root) if cfg.resume and not cfg.overwrite else None
+        found = _newest_readable_checkpoint(root) if cfg.resume and not cfg.overwrite else None
         if found is not None and (marked or "metrics.jsonl" in ours):  # older runs carry no marker
             write_marker(root)
             return {"checkpoint": (found.step, str(found.path))}
@@ -751,6 +751,21 @@ def load_result(run_dir: str | Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- helpers
+def _newest_readable_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The newest checkpoint whose trainer state loads; a truncated or refused newer one is skipped."""
+    from hardbatch.errors import DataError
+    from hardbatch.train.checkpoint import list_checkpoints
+
+    for checkpoint in reversed(list_checkpoints(run_dir)):
+        try:
+            load_trainer_state(checkpoint)
+        except DataError as error:
+            logger.warning("skipping checkpoint %s: %s", checkpoint.path, error)
+            continue
+        return checkpoint
+    return None
+
+
 def _seed_everything(seed: int, rank: int) -> None:
     random.seed(seed + rank)
     np.random.seed((seed + rank) % 2**32)
