@@ -277,12 +277,14 @@ class Trainer:
     def _nothing_to_do(self, finished: dict[str, Any]) -> TrainResult:
         """``--resume`` of a finished run: check it was made with these settings and return its result."""
         where = f"{self.output_dir} (finished run)"
+        recorded = {  # result.json files written before fingerprints were recorded carry none
+            name: finished[key]
+            for name, key in (("training data", "train_fingerprint"), ("evaluation data", "eval_fingerprint"))
+            if key in finished
+        }
         self._check_settings(
             finished.get("config", {}),
-            {
-                "training data": finished.get("train_fingerprint", "?"),
-                "evaluation data": finished.get("eval_fingerprint", "?"),
-            },
+            recorded,
             where,
             advice="pass --overwrite to train again",
         )
