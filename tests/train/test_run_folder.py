@@ -209,3 +209,14 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, 
     assert (run / "final" / "model.safetensors").read_bytes() == (
         reference.final_model / "model.safetensors"
     ).read_bytes()
+
+
+def test_sampler_options_are_described_by_content_for_the_resume_check():
+    import numpy as np
+
+    from hardbatch.train.config import describe
+
+    a, b = np.ones((4, 2), np.float32), np.zeros((4, 2), np.float32)
+    assert describe({"query_emb": a}) == describe({"query_emb": a.copy()})
+    assert describe({"query_emb": a}) != describe({"query_emb": b})  # same shape, other teacher
+    assert describe({"mine_options": {"window": 8}}) != describe({"mine_options": {"window": 30}})
