@@ -48,8 +48,9 @@ def test_mine_b3_refuses_all_zero_embeddings_and_an_empty_window():
     with pytest.raises(DataError, match="query embeddings: row 0 is all zeros"):
         mine_b3(zeros, zeros, batch_size=4, cluster_size=2, skip=0, window=4, device="cpu")
     emb = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
-    with pytest.warns(UserWarning, match=r"graph of 16 examples has no edges \(skip=15"):
-        mine_b3(emb, emb, batch_size=4, cluster_size=2, skip=15, window=4, device="cpu", show_progress=False)
+    # The paper's count: the example itself is rank 0 of the skipped 16, so nothing is left to link.
+    with pytest.warns(UserWarning, match=r"graph of 16 examples has no edges \(skip=16"):
+        mine_b3(emb, emb, batch_size=4, cluster_size=2, skip=16, window=4, device="cpu", show_progress=False)
     with pytest.raises(ConfigError, match="absolute_margin must be a finite number, got nan"):
         mine_b3(emb, emb, batch_size=4, cluster_size=2, skip=0, window=4, device="cpu",
                 absolute_margin=float("nan"))  # fmt: skip

@@ -184,3 +184,39 @@ def test_a_plan_mined_on_other_data_is_refused(tmp_path, train_pairs, tiny_model
     config = _config(tmp_path / "run", train_pairs, tiny_model_dir, sampler="b3", plan=str(path))
     with pytest.raises(StaleCacheError, match=r"plan .*plan\.parquet is stale: its dataset hash"):
         Trainer(config).fit()
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, train_pairs, tiny_model_dir):
+    class Stop(RuntimeError):
+        pass
+
+    def stop_at_3(trainer, state):
+        if state.step == 3:
+            raise Stop
+
+    run = tmp_path / "run"
+    reference = train(_config(tmp_path / "reference", train_pairs, tiny_model_dir, save_every=1))
+    with pytest.raises(Stop):
+        train(_config(run, train_pairs, tiny_model_dir, save_every=1), callbacks=[stop_at_3])
+    state = run / "checkpoints" / "step-00000003" / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:100])  # the newest checkpoint is torn
+    resumed = []
+    result = train(
+        _config(run, train_pairs, tiny_model_dir, save_every=1, resume=True),
+        callbacks=[lambda trainer, st: resumed.append(st.step)],
+    )
+    assert resumed[0] == 3 and result.steps == 4  # resumed from step 2, so step 3 was trained again
+    assert (run / "final" / "model.safetensors").read_bytes() == (
+        reference.final_model / "model.safetensors"
+    ).read_bytes()
+
+
+def test_sampler_options_are_described_by_content_for_the_resume_check():
+    import numpy as np
+
+    from hardbatch.train.config import describe
+
+    a, b = np.ones((4, 2), np.float32), np.zeros((4, 2), np.float32)
+    assert describe({"query_emb": a}) == describe({"query_emb": a.copy()})
+    assert describe({"query_emb": a}) != describe({"query_emb": b})  # same shape, other teacher
+    assert describe({"mine_options": {"window": 8}}) != describe({"mine_options": {"window": 30}})

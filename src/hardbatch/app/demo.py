@@ -345,28 +345,32 @@ def _plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_h, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
+    from hardbatch.colors import legend_outside, strategy_color
+
+    fig, (ax_h, ax_m) = plt.subplots(1, 2, figsize=(12.5, 4), layout="constrained")
     keys = ["neg_sim_mean", "hardest_neg_sim_mean"]
     x = np.arange(len(keys))
     for offset, name in ((-0.2, "random"), (0.2, "b3")):
-        ax_h.bar(x + offset, [hardness[name][k] for k in keys], width=0.4, label=_LABELS[name][2:])
+        ax_h.bar(x + offset, [hardness[name][k] for k in keys], width=0.4, label=_LABELS[name][2:],
+                 color=strategy_color(name))  # fmt: skip
     ax_h.set_xticks(x, ["mean negative", "hardest negative"])
     ax_h.set_ylabel("teacher cosine similarity")
     ax_h.set_title(f"in-batch negatives (batch {config.batch_size})")
-    ax_h.legend()
+    legend_outside(ax_h)
     names = ["frozen", "random", "b3"]
     keys = ["ndcg@10", "mrr@10"]
     x = np.arange(len(keys))
     for i, name in enumerate(names):
         values = [metrics[name][k] for k in keys]
-        bars = ax_m.bar(x + (i - 1) * 0.27, values, width=0.27, label=_LABELS[name])
+        bars = ax_m.bar(
+            x + (i - 1) * 0.27, values, width=0.27, label=_LABELS[name], color=strategy_color(name)
+        )
         ax_m.bar_label(bars, fmt="%.3f", fontsize=7)
     ax_m.set_xticks(x, keys)
     low = min(metrics[n][k] for n in names for k in keys)
     ax_m.set_ylim(max(0.0, low - 0.1), None)
     ax_m.set_title("codesearch test retrieval")
-    ax_m.legend(loc="lower right")
-    fig.tight_layout()
+    legend_outside(ax_m)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

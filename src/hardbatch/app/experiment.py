@@ -481,8 +481,10 @@ def _plot_grid(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from hardbatch.colors import legend_outside, strategy_color
+
     cells = summary["cells"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
     for sampler in summary["config"]["samplers"]:
         points = sorted(
             (c["batch_size"], c["ndcg@10"]["mean"], c["ndcg@10"]["std"] or 0.0)
@@ -491,13 +493,13 @@ def _plot_grid(summary: dict[str, Any], path: Path) -> None:
         )
         if points:
             xs, ys, es = zip(*points)
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=sampler)
-    ax.axhline(summary["frozen"]["ndcg@10"], color="gray", linestyle="--", label="frozen")
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=sampler, color=strategy_color(sampler))
+    frozen = strategy_color("frozen")
+    ax.axhline(summary["frozen"]["ndcg@10"], color=frozen, linestyle="--", label="frozen")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size (equal training pairs seen)")
     ax.set_ylabel("nDCG@10 (codesearch test)")
-    ax.legend()
-    fig.tight_layout()
+    legend_outside(ax)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

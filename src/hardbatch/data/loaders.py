@@ -363,10 +363,16 @@ def _resolve_columns(table: RawTable, column_map: Mapping[str, str] | None) -> d
     for required in ("query", "positive"):
         if required not in resolved:
             raise DataError(
-                f"{table.name}: missing column '{required}' (columns: {', '.join(table.column_names) or 'none'}); "
+                f"{table.name}: missing column '{required}' (columns: {_shown_names(table.column_names)}); "
                 "rename it or pass column_map={'<your column>': '" + required + "'}"
             )
     return resolved
+
+
+def _shown_names(names: list[Any]) -> str:
+    """Column names for a one-line message (a name with a newline or other control character is quoted)."""
+    shown = [n if isinstance(n, str) and n.isprintable() else repr(n) for n in names]
+    return ", ".join(shown) or "none"
 
 
 # ---------------------------------------------------------------------------------------------- validation

@@ -374,41 +374,47 @@ def plot_comparison(report: dict[str, Any], path: str | Any) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from hardbatch.colors import legend_outside, strategy_color
     from hardbatch.io import atomic_path
 
     names = list(report["strategies"])
     entries = [report["strategies"][n] for n in names]
     centres = (np.asarray(report["hist_bins"][:-1]) + np.asarray(report["hist_bins"][1:])) / 2
-    colors = plt.get_cmap("tab10")(np.arange(len(names)) % 10)
-    fig, axes = plt.subplots(2, 4, figsize=(21, 9))
+    colors = [strategy_color(name) for name in names]
+    reference = strategy_color("random")
+    fig, axes = plt.subplots(2, 4, figsize=(24, 9), layout="constrained")
     for ax, key, title in (
         (axes[0, 0], "hist_neg_mean", "mean in-batch negative similarity (per query)"),
         (axes[0, 1], "hist_hardest_neg", "hardest in-batch negative similarity (per query)"),
     ):
         random_hist = np.asarray(entries[0]["random"][key], dtype=float)
-        ax.plot(centres, random_hist / max(1, random_hist.sum()), "k--", label="random reference")
+        ax.plot(
+            centres, random_hist / max(1, random_hist.sum()), "--", color=reference, label="random reference"
+        )
         for name, entry, color in zip(names, entries, colors):
             hist = np.asarray(entry[key], dtype=float)
             ax.plot(centres, hist / max(1, hist.sum()), color=color, label=name)
         ax.set_title(title)
         ax.set_xlabel("cosine similarity (teacher)")
-        ax.legend(fontsize=8)
+        legend_outside(ax)
     x = np.arange(len(names))
     for ax, key, title in (
         (axes[0, 2], "infonce", "in-batch InfoNCE (higher = harder)"),
         (axes[1, 0], "recall@1", "in-batch recall@1 (lower = harder)"),
     ):
-        ax.bar(x - 0.2, [e.get(key, np.nan) for e in entries], 0.4, color=colors, label="strategy")
+        # Each strategy's bar in its own colour (named by the tick label), next to its random reference.
+        ax.bar(x - 0.2, [e.get(key, np.nan) for e in entries], 0.4, color=colors)
         ax.bar(
             x + 0.2,
             [e["random"].get(key, np.nan) for e in entries],
             0.4,
-            color="0.7",
+            color=reference,
+            alpha=0.45,
             label="random reference",
         )
         ax.set_xticks(x, names, rotation=25, ha="right")
         ax.set_title(title)
-        ax.legend(fontsize=8)
+        legend_outside(ax)
     ax = axes[1, 1]
     if report.get("k"):
         ax.bar(
@@ -416,13 +422,12 @@ def plot_comparison(report: dict[str, Any], path: str | Any) -> None:
             [e.get("knn_pair_coverage", np.nan) for e in entries],
             0.4,
             color=colors,
-            label="strategy",
         )
-        ax.bar(x + 0.2, [e.get("random_knn_pair_coverage", np.nan) for e in entries], 0.4, color="0.7",
-               label="random reference")  # fmt: skip
+        ax.bar(x + 0.2, [e.get("random_knn_pair_coverage", np.nan) for e in entries], 0.4, color=reference,
+               alpha=0.45, label="random reference")  # fmt: skip
         ax.set_yscale("log")
         ax.set_xticks(x, names, rotation=25, ha="right")
-        ax.legend(fontsize=8)
+        legend_outside(ax)
     ax.set_title(f"teacher top-{report.get('k')} pairs inside one batch")
     ax = axes[1, 2]
     for name, entry, color in zip(names, entries, colors):
@@ -432,7 +437,7 @@ def plot_comparison(report: dict[str, Any], path: str | Any) -> None:
     ax.set_title("distinct clusters / sources per batch")
     ax.set_xlabel("groups in a batch")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+        legend_outside(ax)
     for ax, key, title in (
         (axes[0, 3], "above_positive", "in-batch negatives above the positive (teacher)"),
         (axes[1, 3], "duplicate_text", "in-batch negatives with the positive's exact text"),
@@ -440,14 +445,13 @@ def plot_comparison(report: dict[str, Any], path: str | Any) -> None:
         fn = [e.get("false_negatives", {}) for e in entries]
         ax.bar(x - 0.3, [f.get(key, np.nan) for f in fn], 0.3, color=colors, label="in batch")
         ax.bar(x, [f.get(f"extra_{key}", np.nan) for f in fn], 0.3, color=colors, alpha=0.5, hatch="//",
-               label="extra (B3++) columns")  # fmt: skip
+               label="extra hard-negative columns")  # fmt: skip
         ax.bar(x + 0.3, [e["random"].get("false_negatives", {}).get(key, np.nan) for e in entries], 0.3,
-               color="0.7", label="random reference")  # fmt: skip
+               color=reference, alpha=0.4, label="random reference")  # fmt: skip
         ax.set_xticks(x, names, rotation=25, ha="right")
         ax.set_title(title + " (false-negative proxy)", fontsize=9)
-        ax.legend(fontsize=8)
+        legend_outside(ax)
     fig.suptitle(f"Batch hardness under the teacher — N={report['num_examples']}")
-    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)

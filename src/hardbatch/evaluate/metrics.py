@@ -133,8 +133,9 @@ def retrieval_scores(
         [0.5, 1.0]
     """
     cutoffs = _check_ks(ks if ks is not None else DEFAULT_KS)
-    check_embeddings(query_emb, "query embeddings")
-    check_embeddings(corpus_emb, "corpus embeddings", dim=query_emb.shape[1])
+    # A zero row is well defined here (it scores 0 against everything); mining refuses it instead.
+    check_embeddings(query_emb, "query embeddings", allow_zero_rows=True)
+    check_embeddings(corpus_emb, "corpus embeddings", dim=query_emb.shape[1], allow_zero_rows=True)
     num_queries, num_corpus = len(query_emb), len(corpus_emb)
     grades = relevance_matrix(relevant, num_queries, num_corpus)
     num_relevant = np.diff(grades.indptr)

@@ -348,15 +348,35 @@ def describe(value: Any) -> Any:
         return f"<{type(value).__name__} {name} {fingerprint[:12]}>"
     shape = getattr(value, "shape", None)
     if shape is not None:
-        from hardbatch.io import hash_array
-
-        try:
-            import numpy as np
-
-            digest = hash_array(np.asarray(value.detach().cpu() if hasattr(value, "detach") else value))
-            return f"<{type(value).__name__} shape={tuple(shape)} {digest[:12]}>"
-        except (TypeError, ValueError):
+        digest = _array_digest(value)
+        if digest is None:
             return f"<{type(value).__name__} shape={tuple(shape)}>"
+        return f"<{type(value).__name__} shape={tuple(shape)} {digest[:12]}>"
     if hasattr(value, "__fspath__"):
         return str(value)
     return f"<{type(value).__name__}>"
+
+
+_DIGESTS: dict[int, tuple[Any, str]] = {}
+
+
+def _array_digest(value: Any) -> str | None:
+    """Content hash of an array or tensor, computed once per object (O(N · d) the first time): the config
+    is described at every checkpoint, and re-reading a memory-mapped embedding file each time would cost."""
+    import contextlib
+    import weakref
+
+    import numpy as np
+
+    from hardbatch.io import hash_array
+
+    cached = _DIGESTS.get(id(value))
+    if cached is not None and cached[0]() is value:
+        return cached[1]
+    try:
+        digest = hash_array(np.asarray(value.detach().cpu() if hasattr(value, "detach") else value))
+    except (TypeError, ValueError):
+        return None
+    with contextlib.suppress(TypeError):  # not weak-referenceable: hashed again next time
+        _DIGESTS[id(value)] = (weakref.ref(value), digest)
+    return digest

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hardbatch.errors import ConfigError
-from hardbatch.io import read_json, write_json
+from hardbatch.io import write_json
 
 __all__ = [
     "LOCK_FILE",
@@ -33,7 +33,6 @@ __all__ = [
     "RunDirLock",
     "foreign_entries",
     "is_marked",
-    "marker_info",
     "own_outputs",
     "remove_outputs",
     "write_marker",
@@ -116,10 +115,6 @@ def write_marker(run_dir: Path) -> None:
     """Mark ``run_dir`` as a hardbatch run folder (idempotent)."""
     if not is_marked(run_dir):
         write_json(run_dir / MARKER_FILE, {"format": _MARKER_FORMAT, "written_by": "hardbatch train"})
-
-
-def marker_info(run_dir: Path) -> dict[str, Any]:
-    return read_json(run_dir / MARKER_FILE) if is_marked(run_dir) else {}
 
 
 def foreign_entries(run_dir: Path) -> list[str]:

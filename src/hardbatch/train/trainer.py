@@ -250,7 +250,7 @@ class Trainer:
     def _decide_run_dir(self) -> dict[str, Any]:
         cfg, root = self.config, self.output_dir
         marked, ours, foreign = is_marked(root), own_outputs(root), foreign_entries(root)
-        found = latest_checkpoint(root) if cfg.resume and not cfg.overwrite else None
+        found = _newest_readable_checkpoint(root) if cfg.resume and not cfg.overwrite else None
         if found is not None and (marked or "metrics.jsonl" in ours):  # older runs carry no marker
             write_marker(root)
             return {"checkpoint": (found.step, str(found.path))}
@@ -279,12 +279,14 @@ class Trainer:
     def _nothing_to_do(self, finished: dict[str, Any]) -> TrainResult:
         """``--resume`` of a finished run: check it was made with these settings and return its result."""
         where = f"{self.output_dir} (finished run)"
+        recorded = {  # result.json files written before fingerprints were recorded carry none
+            name: finished[key]
+            for name, key in (("training data", "train_fingerprint"), ("evaluation data", "eval_fingerprint"))
+            if key in finished
+        }
         self._check_settings(
             finished.get("config", {}),
-            {
-                "training data": finished.get("train_fingerprint", "?"),
-                "evaluation data": finished.get("eval_fingerprint", "?"),
-            },
+            recorded,
             where,
             advice="pass --overwrite to train again",
         )
@@ -729,6 +731,21 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResul
 
 
 # ---------------------------------------------------------------------- helpers
+def _newest_readable_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The newest checkpoint whose trainer state loads; a truncated or refused newer one is skipped."""
+    from hardbatch.errors import DataError
+    from hardbatch.train.checkpoint import list_checkpoints
+
+    for checkpoint in reversed(list_checkpoints(run_dir)):
+        try:
+            load_trainer_state(checkpoint)
+        except DataError as error:
+            logger.warning("skipping checkpoint %s: %s", checkpoint.path, error)
+            continue
+        return checkpoint
+    return None
+
+
 def _seed_everything(seed: int, rank: int) -> None:
     random.seed(seed + rank)
     np.random.seed((seed + rank) % 2**32)
