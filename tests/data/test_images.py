@@ -221,3 +221,16 @@ def test_cli_validate_counts_images(image_dir):
     result = CliRunner().invoke(app, ["data", "validate", str(bad)])
     assert isinstance(result.exception, DataError)
     assert "line 1: field 'positive': image file not found" in str(result.exception)
+
+
+def test_to_hf_gives_image_features_and_loads_back(image_dir):
+    datasets = pytest.importorskip("datasets")
+    rows = [{"query": "red", "positive": "img/red.png"}, {"query": "blue", "positive": "img/blue.png"}]
+    original = load_pairs(_jsonl(image_dir / "p.jsonl", rows))
+    hf = original.to_hf()
+    assert isinstance(hf.features["positive"], datasets.Image)
+    assert hf[1]["positive"].getpixel((0, 0)) == (0, 0, 255)  # datasets decodes on access
+    assert load_pairs(hf).fingerprint == original.fingerprint
+    mixed = PairDataset(["q1", "q2"], [original.positives[0], "text"])
+    with pytest.raises(DataError, match="mixes texts and images"):
+        mixed.to_hf()
