@@ -51,6 +51,50 @@ def machine() -> dict:
     }
 
 
+def make_lit(seed: int):
+    """LiT-style student: the packaged all-MiniLM-L6-v2 as a frozen text backbone (its pooler and a new
+    text projection stay trainable) and a tiny random ViT image tower, as a Hugging Face
+    ``VisionTextDualEncoderModel`` that sentence-transformers loads like a CLIP."""
+    import tempfile as _tempfile
+
+    import torch
+    import transformers
+    from transformers import AutoTokenizer, BertModel, CLIPVisionConfig, CLIPVisionModel
+
+    from hardbatch.embed import load_clip
+    from hardbatch.embed.models import DEFAULT_MODEL, resolve_model_path
+
+    path = str(resolve_model_path(DEFAULT_MODEL))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vision = CLIPVisionModel(
+            CLIPVisionConfig(
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                image_size=32,
+                patch_size=8,
+            )
+        )
+        model = transformers.VisionTextDualEncoderModel(
+            vision_model=vision, text_model=BertModel.from_pretrained(path), config=None
+        )
+    size = {"shortest_edge": 32}
+    processor = transformers.VisionTextDualEncoderProcessor(
+        image_processor=transformers.CLIPImageProcessorPil(size=size, crop_size={"height": 32, "width": 32}),
+        tokenizer=AutoTokenizer.from_pretrained(path),
+    )
+    with _tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        st = load_clip(tmp, max_seq_length=32)
+    backbone = st[0].model
+    for name, param in backbone.text_model.named_parameters():
+        param.requires_grad_(name.startswith("pooler."))
+    return st
+
+
 def train_run(data, eval_data, model, sampler, plan, args, seed, out, save_final=False):
     from hardbatch.train import TrainConfig, train
 
@@ -94,7 +138,9 @@ def main() -> None:
     parser.add_argument(
         "--max-pairs", type=int, default=None, help="Per split (whole families); default all."
     )
-    parser.add_argument("--out", default=str(RESULTS / "emoji"))
+    parser.add_argument(
+        "--model", choices=("tiny", "lit"), default="tiny", help="tiny CLIP, or LiT (frozen MiniLM text)."
+    )
     args = parser.parse_args()
 
     import torch
@@ -106,6 +152,7 @@ def main() -> None:
     # One thread: a tiny model gains nothing from two, and two threads collapse on a loaded shared machine.
     torch.set_num_threads(1)
     info = machine()
+    build = (lambda seed: make_tiny_clip(seed=seed)) if args.model == "tiny" else make_lit
     options = f"image_size={args.image_size}" + (f"&max_pairs={args.max_pairs}" if args.max_pairs else "")
     train_data = load_pairs(f"emoji:train?{options}")
     test_data = load_pairs(f"emoji:test?{options}")
@@ -114,7 +161,7 @@ def main() -> None:
     rows: list[dict] = []
 
     teacher_result, teacher_seconds = train_run(
-        train_data, test_data, make_tiny_clip(seed=100), "random", None, args, 100, work / "teacher", True
+        train_data, test_data, build(100), "random", None, args, 100, work / "teacher", True
     )
     teacher_model = load_model(teacher_result.final_model, device="cpu")
     rows.append({"run": "teacher (random batches)", "seed": 100, "steps": teacher_result.steps,
@@ -144,7 +191,7 @@ def main() -> None:
             result, seconds = train_run(
                 train_data,
                 test_data,
-                make_tiny_clip(seed=seed),
+                build(seed),
                 sampler,
                 plan_path if sampler == "b3" else None,
                 args,
@@ -183,8 +230,9 @@ def main() -> None:
         "summary": summary,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "emoji.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "emoji.md").write_text(markdown(result))
+    stem = "emoji" if args.model == "tiny" else "emoji_lit"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))
 
 
@@ -192,21 +240,34 @@ def markdown(result: dict) -> str:
     out = io.StringIO()
     m = result["machine"]
     p = result["params"]
-    out.write("# Images: random vs B3 batches on emoji (tiny CLIP, CPU)\n\n")
+    lit = p.get("model") == "lit"
+    title = "LiT: frozen MiniLM text backbone + tiny ViT" if lit else "tiny CLIP"
+    out.write(f"# Images: random vs B3 batches on emoji ({title}, CPU)\n\n")
     out.write(
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']}; load average {m['load_average_start']} at "
         f"start, {m['load_average_end']} at end (shared machine: times are only comparable within this run).\n\n"
         f"Data: emoji:train {result['data']['train']} pairs, emoji:test {result['data']['test']} pairs "
-        f"(held-out families), images {p['image_size']}×{p['image_size']}. Model: `make_tiny_clip()` "
-        f"(random init, ~1M parameters), CLIP loss (symmetric), scale {p['scale']}, AdamW lr {p['lr']}, "
-        f"batch {p['batch_size']}, {p['epochs']} epochs. Teacher for B3: the tiny CLIP trained with random "
+        f"(held-out families), images {p['image_size']}×{p['image_size']}. Model: "
+        + (
+            "`make_lit()` in this script (all-MiniLM-L6-v2 frozen except its pooler, a new text projection, "
+            "a random 2-layer ViT of width 64)"
+            if lit
+            else "`make_tiny_clip()` (random init, ~1M parameters)"
+        )
+        + f", CLIP loss (symmetric), scale {p['scale']}, AdamW lr {p['lr']}, "
+        f"batch {p['batch_size']}, {p['epochs']} epochs. Teacher for B3: the same model trained with random "
         f"batches (seed 100); B3 K={p['cluster_size']}, p={p['skip']}, m={p['window']}.\n\n"
     )
     out.write(
         f"Chance level: recall@10 ≈ {10 / result['data']['test']:.4f} (10 of {result['data']['test']} test "
-        "images or names). This is a pipeline check at toy scale, not a quality result: the models are "
-        "random-initialised and tiny, the test families are unseen, and the B3 teacher is itself a weak "
-        "tiny model; read the B3-vs-random gap only within this run and against the seed spread.\n\n"
+        "images or names). This is a pipeline check at toy scale, not a quality result: "
+        + (
+            "the image tower is random-initialised and tiny"
+            if lit
+            else "the models are random-initialised and tiny"
+        )
+        + ", the test families are unseen, and the B3 teacher is the same small model trained briefly; read "
+        "the B3-vs-random gap only within this run and against the seed spread.\n\n"
     )
     out.write("| run | seed | seconds | " + " | ".join(METRICS) + " |\n")
     out.write("|---|---:|---:|" + "---:|" * len(METRICS) + "\n")
@@ -224,7 +285,8 @@ def markdown(result: dict) -> str:
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:2] == ["--markdown-only"]:  # re-render emoji.md from emoji.json
-        (RESULTS / "emoji.md").write_text(markdown(json.loads((RESULTS / "emoji.json").read_text())))
+    if sys.argv[1:2] == ["--markdown-only"]:  # re-render <stem>.md from <stem>.json
+        stem = sys.argv[2] if len(sys.argv) > 2 else "emoji"
+        (RESULTS / f"{stem}.md").write_text(markdown(json.loads((RESULTS / f"{stem}.json").read_text())))
     else:
         main()

@@ -205,3 +205,32 @@ def test_value_token_separates_images_from_texts():
     assert value_token(ref).startswith("\x00image:") and value_token(ref) != value_token(as_image(b"other"))
     with pytest.raises(TypeError):
         value_token(3)
+
+
+def test_cli_validate_counts_images(image_dir):
+    from typer.testing import CliRunner
+
+    from hardbatch.app.cli.main import app
+
+    rows = [{"query": "red", "positive": "img/red.png"}, {"query": "blue", "positive": "img/blue.png"}]
+    data = _jsonl(image_dir / "v.jsonl", rows)
+    result = CliRunner().invoke(app, ["data", "validate", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "images (query / positive / negatives)" in result.output and "0 / 2 / 0" in result.output
+    bad = _jsonl(image_dir / "bad.jsonl", [{"query": "q", "positive": "img/missing.png"}])
+    result = CliRunner().invoke(app, ["data", "validate", str(bad)])
+    assert isinstance(result.exception, DataError)
+    assert "line 1: field 'positive': image file not found" in str(result.exception)
+
+
+def test_to_hf_gives_image_features_and_loads_back(image_dir):
+    datasets = pytest.importorskip("datasets")
+    rows = [{"query": "red", "positive": "img/red.png"}, {"query": "blue", "positive": "img/blue.png"}]
+    original = load_pairs(_jsonl(image_dir / "p.jsonl", rows))
+    hf = original.to_hf()
+    assert isinstance(hf.features["positive"], datasets.Image)
+    assert hf[1]["positive"].getpixel((0, 0)) == (0, 0, 255)  # datasets decodes on access
+    assert load_pairs(hf).fingerprint == original.fingerprint
+    mixed = PairDataset(["q1", "q2"], [original.positives[0], "text"])
+    with pytest.raises(DataError, match="mixes texts and images"):
+        mixed.to_hf()

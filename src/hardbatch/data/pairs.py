@@ -241,7 +241,8 @@ class PairDataset(torch.utils.data.Dataset):
     def to_hf(self, num_negatives: int | None = None, extra_columns: bool = False):
         """Convert to a ``datasets.Dataset`` with columns ``query, positive[, negative_1, ...]``.
 
-        That is the column layout sentence-transformers losses take (anchor, positive, negatives). ids and
+        That is the column layout sentence-transformers losses take (anchor, positive, negatives); a column of
+        images becomes a ``datasets.Image`` feature (files referenced, decoded on access). ids and
         sources are left out by default because a sentence-transformers trainer feeds every column to the
         loss; pass ``extra_columns=True`` to append ``id`` (and ``source``).
 
@@ -278,7 +279,23 @@ class PairDataset(torch.utils.data.Dataset):
             columns["id"] = self.ids
             if self.sources is not None:
                 columns["source"] = self.sources
-        return datasets.Dataset.from_dict(columns)
+        image_columns = [name for name, values in columns.items() if any(type(v) is ImageRef for v in values)]
+        if not image_columns:
+            return datasets.Dataset.from_dict(columns)
+        # Image columns become datasets.Image features, undecoded until a row is read.
+        features = {}
+        for name in image_columns:
+            values = columns[name]
+            if not all(type(v) is ImageRef for v in values):
+                raise DataError(
+                    f"{self.name}: column '{name}' mixes texts and images; a datasets column has one type"
+                )
+            columns[name] = [_image_feature(v) for v in values]
+            features[name] = datasets.Image()
+        table = datasets.Dataset.from_dict(columns)
+        for name, feature in features.items():
+            table = table.cast_column(name, feature)
+        return table
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
@@ -380,3 +397,16 @@ def _image_json(value: Any) -> Any:
     if type(value) is ImageRef:
         raise DataError(f"cannot save {value.describe()} as JSON; write the images to files first")
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _image_feature(ref: ImageRef) -> dict[str, Any]:
+    """``{"bytes", "path"}`` for a ``datasets.Image`` column (a file is referenced, not copied)."""
+    if ref.path is not None:
+        return {"bytes": None, "path": str(ref.path)}
+    if ref.data is not None:
+        return {"bytes": ref.data, "path": None}
+    import io
+
+    buffer = io.BytesIO()
+    ref.image.save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}

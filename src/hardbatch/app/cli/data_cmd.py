@@ -85,7 +85,7 @@ def validate(
     texts_p = [v for v in dataset.positives if type(v) is str]
     mean_q = sum(map(len, texts_q)) / max(1, len(texts_q))
     mean_p = sum(map(len, texts_p)) / max(1, len(texts_p))
-    table.add_row("mean characters of texts (query / positive)", f"{mean_q:.0f} / {mean_p:.0f}")
+    table.add_row("mean characters (query / positive)", f"{mean_q:.0f} / {mean_p:.0f}")
     if len(texts_q) < len(dataset) or len(texts_p) < len(dataset) or dataset.has_images:
         images_q, images_p = len(dataset) - len(texts_q), len(dataset) - len(texts_p)
         table.add_row("images (query / positive / negatives)", f"{images_q} / {images_p} / "
