@@ -7,11 +7,14 @@ backward. The backward pass recomputes each tile once and forms the gradient of 
 Complexity (b queries, n keys, d dims, W ranks each holding b and n of them):
     time   8·b·n·d FLOPs per rank against W·n keys (forward 2, backward 6), ≈4·b·n exponentials;
            Inf-CL executes 20·b²·d for the symmetric loss.
-    memory O((b + W·n)·d) for inputs, gathered keys and fp32 gradient accumulators, O(b + W·n) LSE vectors,
+    memory distributed="gather": O((b + W·n)·d) for inputs, gathered keys and fp32 gradient accumulators,
+           O(b + W·n) LSE vectors; distributed="ring": O((b + n)·d) and O(b + n), independent of W;
            plus O(tile_b·tile_n) scratch. The b × n matrix is never allocated.
-    comms  forward: all-gather of keys (W·n·d) and two all-reduces of the column LSE (W·n);
-           backward: all-reduce of the column gradient weights (W·n), reduce-scatter of key gradients
-           (W·n·d, fp32) and one scalar all-reduce for the scale.
+    comms  gather: forward all-gather of keys (W·n·d) and two all-reduces of the column LSE (W·n);
+           backward all-reduce of the column gradient weights (W·n), reduce-scatter of key gradients
+           (W·n·d, fp32) and one scalar all-reduce for the scale. ring (hardbatch.losses.ring): W − 1 P2P
+           key-block hops per pass overlapped with the tiles, W hops of the travelling column LSE
+           (forward) and fp32 key gradient (backward), one scalar all-reduce.
 
 References:
     Cheng et al., "Breaking the Memory Barrier: Near Infinite Batch Size Scaling for Contrastive Loss"
