@@ -34,7 +34,10 @@ def _peak_mb() -> float:
     raise RuntimeError("VmHWM not available (Linux only)")
 
 
-def _worker(rank: int, world: int, init_file: str, cfg: dict, out_file: str) -> None:
+def _worker(
+    rank: int, world: int, init_file: str, cfg: dict, loss_name: str, mode: str, out_file: str
+) -> None:
+    """One fresh process per rank and (loss, mode): VmHWM is a high-water mark, it never goes back down."""
     import torch
     import torch.distributed as dist
 
@@ -46,40 +49,30 @@ def _worker(rank: int, world: int, init_file: str, cfg: dict, out_file: str) -> 
     b, n, d = cfg["b"], cfg["n"], cfg["dim"]
     q = torch.nn.functional.normalize(torch.randn(b, d, generator=gen), dim=-1)
     k = torch.nn.functional.normalize(torch.randn(n, d, generator=gen), dim=-1)
-    rows = []
-    for loss_name in LOSSES:
-        for mode in MODES:
 
-            def run(q_in, k_in, mode=mode, loss_name=loss_name):
-                if loss_name == "info_nce":
-                    return info_nce(q_in, k_in, scale=20.0, group=dist.group.WORLD, distributed=mode)
-                return sigmoid_loss(q_in, k_in, 10.0, -10.0, group=dist.group.WORLD, distributed=mode)
+    def run(q_in, k_in):
+        if loss_name == "info_nce":
+            return info_nce(q_in, k_in, scale=20.0, group=dist.group.WORLD, distributed=mode)
+        return sigmoid_loss(q_in, k_in, 10.0, -10.0, group=dist.group.WORLD, distributed=mode)
 
-            warm_q, warm_k = q[:8].clone().requires_grad_(), k[:16].clone().requires_grad_()
-            run(warm_q, warm_k).backward()
-            qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
-            dist.barrier()
-            base = _peak_mb()
-            start = time.perf_counter()
-            run(qq, kk).backward()
-            seconds = time.perf_counter() - start
-            rows.append(
-                {"loss": loss_name, "mode": mode, "seconds": seconds, "extra_peak_mb": _peak_mb() - base}
-            )
-            del qq, kk
-    gathered = [None] * world
-    dist.all_gather_object(gathered, rows)
+    warm_q, warm_k = q[:8].clone().requires_grad_(), k[:16].clone().requires_grad_()
+    run(warm_q, warm_k).backward()
+    qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
+    dist.barrier()
+    base = _peak_mb()
+    start = time.perf_counter()
+    run(qq, kk).backward()
+    row = {"seconds": time.perf_counter() - start, "extra_peak_mb": _peak_mb() - base}
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, row)
     if rank == 0:
-        merged = []
-        for i, row in enumerate(rows):
-            merged.append(
-                {
-                    **row,
-                    "world": world,
-                    "seconds": max(g[i]["seconds"] for g in gathered),
-                    "extra_peak_mb": max(g[i]["extra_peak_mb"] for g in gathered),
-                }
-            )
+        merged = {
+            "loss": loss_name,
+            "mode": mode,
+            "world": world,
+            "seconds": max(g["seconds"] for g in gathered),
+            "extra_peak_mb": max(g["extra_peak_mb"] for g in gathered),
+        }
         Path(out_file).write_text(json.dumps(merged))
     dist.destroy_process_group()
 
@@ -101,10 +94,14 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     rows = []
     for world in worlds:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "rows.json")
-            mp.spawn(_worker, args=(world, os.path.join(tmp, "rdv"), cfg, out), nprocs=world, join=True)
-            rows += json.loads(Path(out).read_text())
+        for loss_name in LOSSES:
+            for mode in MODES:
+                with tempfile.TemporaryDirectory() as tmp:
+                    out = os.path.join(tmp, "row.json")
+                    spawn_args = (world, os.path.join(tmp, "rdv"), cfg, loss_name, mode, out)
+                    mp.spawn(_worker, args=spawn_args, nprocs=world, join=True)
+                    rows.append(json.loads(Path(out).read_text()))
+                    print(json.dumps(rows[-1]), flush=True)
     report = {
         "benchmark": "loss_distributed",
         "machine": {

@@ -134,6 +134,22 @@ def _check_modes(group, world, rank):
         info_nce(q, k, labels, group=group, distributed="allgather")
 
 
+def _check_bf16_ring_equals_gather(group, rank):
+    """bf16 key blocks travel the ring as bf16; results equal the gather path's (same fp32 tile math)."""
+    gen = torch.Generator().manual_seed(100 + rank)
+    q, k = torch.randn(5, DIM, generator=gen).bfloat16(), torch.randn(7, DIM, generator=gen).bfloat16()
+    results = []
+    for mode in ("gather", "ring"):
+        qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
+        loss = info_nce(qq, kk, scale=5.0, group=group, distributed=mode)
+        loss = loss + sigmoid_loss(qq, kk, 3.0, -1.0, group=group, distributed=mode)
+        loss.backward()
+        assert qq.grad.dtype == kk.grad.dtype == torch.bfloat16
+        results.append((loss.detach().float(), qq.grad.float(), kk.grad.float()))
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
+
+
 def _check_auto_rule(group, world):
     plan = ring_module.plan_distributed(group, "auto", 4, 6, 8, False, 4, torch.device("cpu"))
     assert plan.mode == "gather" and plan.key_rows == (6,) * world
@@ -156,6 +172,7 @@ def _worker(rank: int, world: int, init_file: str) -> None:
         for group, size, local_rank in ((dist.group.WORLD, world, rank), (pairs[rank // 2], 2, rank % 2)):
             _check_modes(group, size, local_rank)
             _check_auto_rule(group, size)
+            _check_bf16_ring_equals_gather(group, local_rank)
     finally:
         dist.destroy_process_group()
 

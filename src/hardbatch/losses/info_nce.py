@@ -41,7 +41,7 @@ from hardbatch.losses.distributed import (
     reduce_scatter_rows,
 )
 from hardbatch.losses.inputs import check_loss_inputs, parse_tile_size
-from hardbatch.losses.ring import Ring, circulate, plan_distributed
+from hardbatch.losses.ring import Ring, add_into, circulate, logaddexp_into, plan_distributed
 
 __all__ = ["BACKENDS", "info_nce", "resolve_backend"]
 
@@ -272,7 +272,7 @@ def _ring_forward(
             positive.append(pos)
         return col
 
-    merge = torch.logaddexp if plan.symmetric else None
+    merge = logaddexp_into if plan.symmetric else None
     col_lse = circulate(Ring(plan.group), plan.key_rows, [key, key_ids], block, merge)
     return row_lse, col_lse, positive[0]
 
@@ -319,7 +319,7 @@ def _ring_backward(
         d_scale = d_scale + ds
         return dk
 
-    d_key = circulate(Ring(plan.group), plan.key_rows, [key, key_ids, col_lse, g_col], block, torch.add)
+    d_key = circulate(Ring(plan.group), plan.key_rows, [key, key_ids, col_lse, g_col], block, add_into)
     assert d_key is not None
     return d_query, d_key, d_scale
 

@@ -34,7 +34,9 @@ __all__ = [
     "GATHER_MAX_BYTES",
     "DistributedPlan",
     "Ring",
+    "add_into",
     "circulate",
+    "logaddexp_into",
     "plan_distributed",
     "shard_table",
 ]
@@ -139,6 +141,16 @@ class Ring:
         return dist.batch_isend_irecv(ops)
 
 
+def add_into(received: torch.Tensor, contribution: torch.Tensor) -> torch.Tensor:
+    """Carry merge for sums (key gradients): adds in place into this rank's fresh contribution."""
+    return contribution.add_(received)
+
+
+def logaddexp_into(received: torch.Tensor, contribution: torch.Tensor) -> torch.Tensor:
+    """Carry merge for log-sum-exps (column LSE), in place into this rank's fresh contribution."""
+    return torch.logaddexp(received, contribution, out=contribution)
+
+
 def _wait(works: list[Any] | None) -> None:
     for work in works or ():
         work.wait()
@@ -164,7 +176,8 @@ def circulate(
             ``None`` on every rank.
         compute: ``compute(step, blocks_of_source)``; step 0 is the rank's own blocks. Returns this rank's
             contribution to the carry of that block (or None without ``merge``).
-        merge: ``merge(carry_received, contribution)`` → the carry sent on; None: nothing is carried.
+        merge: ``merge(carry_received, contribution)`` → the carry sent on (may overwrite the contribution,
+            e.g. :func:`add_into`); None: nothing is carried.
 
     Returns:
         With ``merge``: the complete carry of this rank's own blocks (merged on all W ranks); else None.

@@ -29,7 +29,7 @@ from hardbatch.errors import ConfigError
 from hardbatch.losses import sigmoid_tiled
 from hardbatch.losses.distributed import all_gather_rows, group_world_size, reduce_scatter_rows
 from hardbatch.losses.inputs import check_loss_inputs, parse_tile_size
-from hardbatch.losses.ring import Ring, circulate, plan_distributed
+from hardbatch.losses.ring import Ring, add_into, circulate, plan_distributed
 from hardbatch.losses.tiled import DEFAULT_TILE_CPU, DEFAULT_TILE_CUDA
 
 __all__ = ["sigmoid_loss"]
@@ -149,7 +149,7 @@ class _SigmoidLoss(torch.autograd.Function):
                 totals[1] += db
                 return dk
 
-            d_key = circulate(Ring(plan.group), plan.key_rows, [keys, key_ids], block_grad, torch.add)
+            d_key = circulate(Ring(plan.group), plan.key_rows, [keys, key_ids], block_grad, add_into)
             d_scale, d_bias = totals[0], totals[1]
         else:
             d_query, d_keys, d_scale, d_bias = sigmoid_tiled.sigmoid_backward(
