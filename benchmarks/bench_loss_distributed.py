@@ -1,10 +1,11 @@
 """Benchmark: per-rank memory and time of distributed info_nce / sigmoid_loss, gather vs ring (gloo, CPU).
 
 For every world size W, W processes (torch.multiprocessing + gloo on this machine) each hold b queries and
-n keys (n − b of them hard negatives) of dimension d, fp32, and run one loss fwd + bwd per mode. Reported
-per rank (max over ranks): the peak RSS above the RSS before the call (VmHWM, after a warm-up in the same
-mode) and the wall time. The gathered mode holds W·n·d keys + W·n·d fp32 key gradients per rank, so its
-memory grows with W; the ring holds a constant number of key blocks. On one shared CPU machine the
+n keys (n − b of them hard negatives) of dimension d, fp32, and run one loss fwd + bwd, in a fresh process
+group per (loss, mode). Reported per rank (max over ranks): the peak RSS above the RSS before the call
+(VmHWM, after a warm-up in the same mode; glibc's mmap threshold is fixed at 64 KiB so that freed tensors
+leave the RSS) and the wall time. The gathered mode holds W·n·d keys + W·n·d fp32 key gradients per rank,
+so its memory grows with W; the ring holds a constant number of key blocks. On one shared CPU machine the
 processes compete for the cores: times are only comparable within one run (ring / gather ratio).
 
 Usage: python benchmarks/bench_loss_distributed.py [--worlds 2,4,8] [--b 64] [--n 4096] [--dim 512] [--smoke]
@@ -91,6 +92,10 @@ def main() -> None:
     cfg = {"b": 8, "n": 64, "dim": 16} if args.smoke else {"b": args.b, "n": args.n, "dim": args.dim}
     worlds = [2] if args.smoke else [int(w) for w in args.worlds.split(",")]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # A fixed mmap threshold makes glibc return every freed tensor above 64 KiB to the OS at once, so the RSS
+    # high-water mark follows the live tensors instead of heap fragmentation (glibc's dynamic threshold
+    # would otherwise serve later 8 MiB blocks from the heap and keep freed ones resident).
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
     load_start = os.getloadavg()[0]
     rows = []
     for world in worlds:

@@ -9,8 +9,8 @@ each rank merges its contribution into the carry it received and sends it on; af
 back at the block's owner, complete. The carry of step s is in flight during the computation of step
 s + 1.
 
-Per-rank memory: own inputs + 2 key blocks (+ ids, + carried vectors) + 2 carries = O((b + n_max)·d),
-independent of W. Communication per rank and pass: (W − 1) key blocks (input dtype) + W carries
+Per-rank memory: own inputs + 2 key blocks (+ ids, + carried vectors) + at most 3 carries (this rank's
+contribution, the one arriving, the one departing) = O((b + n_max)·d), independent of W. Communication per rank and pass: (W − 1) key blocks (input dtype) + W carries
 (fp32), the same volume as all-gather + reduce-scatter, spread over W steps.
 
 Local sizes may differ between ranks (the sizes are exchanged once, O(W) integers); the feature
