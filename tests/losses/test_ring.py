@@ -3,7 +3,8 @@
 One spawn of 4 processes covers 4 ranks (world group) and 2 ranks (subgroups {0, 1} and {2, 3}). Every
 case is compared with ONE process on the concatenated batch (the materialising references), at awkward
 local sizes: odd b, unequal b and n per rank (ring only), hard-negative key columns, a false-negative id
-mask with cross-rank collisions and queries sharing a positive.
+mask with cross-rank collisions and queries sharing a positive; plus bf16 blocks on the wire and a DDP
+encoder trained through the ring losses (learnable SigmoidLoss included).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from hardbatch.errors import ConfigError
-from hardbatch.losses import info_nce, reference_info_nce, reference_sigmoid_loss, sigmoid_loss
+from hardbatch.losses import SigmoidLoss, info_nce, reference_info_nce, reference_sigmoid_loss, sigmoid_loss
 from hardbatch.losses import ring as ring_module
 
 pytestmark = pytest.mark.distributed
@@ -164,6 +165,28 @@ def _check_auto_rule(group, world):
         ring_module.GATHER_MAX_BYTES = previous
 
 
+def _check_ddp_ring(group, world, rank):
+    """DDP encoder + ring losses (learnable SigmoidLoss too) = single-process parameter gradients."""
+    torch.manual_seed(3)
+    encoder = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, DIM))
+    reference = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, DIM))
+    reference.load_state_dict(encoder.state_dict())
+    loss_mod, ref_mod = SigmoidLoss(group=group, distributed="ring"), SigmoidLoss()
+    gen = torch.Generator().manual_seed(11)
+    x_query, x_key = torch.randn(world * 3, 6, generator=gen), torch.randn(world * 3, 6, generator=gen)
+    rows = slice(rank * 3, (rank + 1) * 3)
+    ddp = torch.nn.parallel.DistributedDataParallel(encoder, process_group=group)
+    q, k = ddp(x_query[rows]), ddp(x_key[rows])
+    loss = info_nce(q, k, scale=4.0, group=group, distributed="ring") + loss_mod(q, k)
+    loss.backward()
+    q_ref, k_ref = reference(x_query), reference(x_key)
+    (info_nce(q_ref, k_ref, scale=4.0) + ref_mod(q_ref, k_ref)).backward()
+    for got, want in zip(encoder.parameters(), reference.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-6)
+    for got, want in zip(loss_mod.parameters(), ref_mod.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-6)
+
+
 def _worker(rank: int, world: int, init_file: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -173,6 +196,7 @@ def _worker(rank: int, world: int, init_file: str) -> None:
             _check_modes(group, size, local_rank)
             _check_auto_rule(group, size)
             _check_bf16_ring_equals_gather(group, local_rank)
+            _check_ddp_ring(group, size, local_rank)
     finally:
         dist.destroy_process_group()
 
