@@ -395,8 +395,7 @@ def info_nce(
             None reads ``$HARDBATCH_LOSS_BACKEND``.
         distributed: under ``group``: ``"gather"`` (all-gather the keys, reduce-scatter their gradients:
             O(W·n·d) per rank, equal shards), ``"ring"`` (key blocks travel rank to rank with P2P sends
-            overlapped with the tiles: O((b + n)·d) per rank whatever W, unequal shards allowed; tiles run
-            on the torch backend) or ``"auto"`` (gather while shards are equal and
+            overlapped with the tiles: O((b + n)·d) per rank whatever W, unequal shards allowed) or ``"auto"`` (gather while shards are equal and
             W·n·d·(itemsize + 4) bytes ≤ ``hardbatch.losses.ring.GATHER_MAX_BYTES`` = 1 GiB, else ring).
 
     Returns:
@@ -434,11 +433,6 @@ def info_nce(
             query.device,
         )
         world, rank, mode, key_rows = dplan.world, dplan.rank, dplan.mode, dplan.key_rows
-        if mode == "ring" and name != "torch":
-            # The ring hands the kernels key blocks without positives (labels −1), which only the
-            # torch tile backend accepts.
-            kernels = tiled
-            tile_b, tile_n = parse_tile_size(tile_size, _default_tile("torch", query.device))
     elif distributed not in ("auto", "gather", "ring"):
         raise ConfigError(f"distributed: expected one of ('auto', 'gather', 'ring'), got {distributed!r}")
     plan = _Plan(
