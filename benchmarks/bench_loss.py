@@ -8,6 +8,9 @@ and its gradients w.r.t. queries and keys (fwd + bwd) on unit-norm fp32 embeddin
 * ``reference``       : :func:`hardbatch.losses.reference_info_nce`, symmetric, full logit matrix + autograd.
 * ``st_mnrl``         : sentence-transformers ``MultipleNegativesRankingLoss`` (query → doc).
 * ``st_mnrl_sym``     : MNRL with ``directions=(query_to_doc, doc_to_query), partition_mode=per_direction``.
+* ``sigmoid``         : :func:`hardbatch.losses.sigmoid_loss` (SigLIP, scale 10, bias −10), tiled.
+* ``sigmoid_reference``: :func:`hardbatch.losses.reference_sigmoid_loss`, full logit matrix + autograd
+  (the naive SigLIP loss, as OpenCLIP's ``SigLipLoss`` computes it on one device).
 
 Each (method, b) runs in a fresh subprocess, so its peak RSS is its own; "extra peak MB" is the peak above
 the RSS after the embeddings exist (the memory the loss needs). Time is the best of ``--reps`` fwd+bwd runs
@@ -22,7 +25,8 @@ for info_nce. With a CUDA device the script also times info_nce (Triton when ins
 on the GPU with CUDA events and ``max_memory_allocated``; without one it records why that part was skipped.
 
 Usage: python benchmarks/bench_loss.py [--sizes 1024,4096,16384] [--dim 384] [--reps 2] [--smoke]
-Writes benchmarks/results/loss_cpu.json and loss_cpu.md (not with --smoke) and prints the table.
+       [--methods info_nce,sigmoid,...] [--name loss_cpu]
+Writes benchmarks/results/<name>.json and <name>.md (default loss_cpu; not with --smoke) and prints the table.
 """
 
 from __future__ import annotations
@@ -37,9 +41,12 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = ("info_nce", "info_nce_rows", "reference", "st_mnrl", "st_mnrl_sym")
-NAIVE = {"reference", "st_mnrl", "st_mnrl_sym"}
+METHODS = ("info_nce", "info_nce_rows", "reference", "st_mnrl", "st_mnrl_sym", "sigmoid", "sigmoid_reference")
+NAIVE = {"reference", "st_mnrl", "st_mnrl_sym", "sigmoid_reference"}
 SCALE = 20.0
+# Each tiled method and the naive method it is compared with (time and memory ratios).
+PEERS = {"st_mnrl": "info_nce_rows", "sigmoid_reference": "sigmoid"}
+TILED = {"info_nce", "info_nce_rows", "sigmoid"}
 
 
 def useful_flops(b: int, n: int, d: int) -> int:
@@ -59,8 +66,12 @@ def make_embeddings(b: int, d: int, seed: int = 0):
 
 def build_method(method: str):
     """Return ``f(query, key) -> loss`` for a method name (imports happen here, outside the timing)."""
-    from hardbatch.losses import info_nce, reference_info_nce
+    from hardbatch.losses import info_nce, reference_info_nce, reference_sigmoid_loss, sigmoid_loss
 
+    if method == "sigmoid":
+        return lambda q, k: sigmoid_loss(q, k, 10.0, -10.0)
+    if method == "sigmoid_reference":
+        return lambda q, k: reference_sigmoid_loss(q, k, 10.0, -10.0)
     if method == "info_nce":
         return lambda q, k: info_nce(q, k, scale=SCALE, symmetric=True)
     if method == "info_nce_rows":
@@ -179,6 +190,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--naive-max-gb", type=float, default=3.0)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, check the script, write nothing")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of methods")
+    parser.add_argument("--name", default="loss_cpu", help="results file stem under benchmarks/results/")
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -188,9 +201,13 @@ def main() -> None:
     sizes = [256, 512] if args.smoke else [int(s) for s in args.sizes.split(",")]
     dim = 32 if args.smoke else args.dim
     load_start = os.getloadavg()[0]
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
     rows = []
     for b in sizes:
-        for method in METHODS:
+        for method in methods:
             row = {"b": b, "n": b, "d": dim, "method": method}
             naive_gb = 6 * b * b * 4 / 2**30
             if method in NAIVE and naive_gb > args.naive_max_gb:
@@ -225,8 +242,8 @@ def main() -> None:
         from hardbatch.io import atomic_write, write_json
 
         RESULTS.mkdir(parents=True, exist_ok=True)
-        write_json(RESULTS / "loss_cpu.json", report)
-        with atomic_write(RESULTS / "loss_cpu.md") as handle:
+        write_json(RESULTS / f"{args.name}.json", report)
+        with atomic_write(RESULTS / f"{args.name}.md") as handle:
             handle.write(table)
 
 
@@ -234,13 +251,8 @@ def _add_ratios(rows: list[dict]) -> None:
     """time(peer) / time(info_nce) and memory(peer) / memory(info_nce); peers: symmetric vs info_nce, one-way vs rows."""
     by_key = {(r["b"], r["method"]): r for r in rows}
     for row in rows:
-        ours = by_key.get((row["b"], "info_nce_rows" if row["method"] == "st_mnrl" else "info_nce"))
-        if (
-            row["method"].startswith("info_nce")
-            or ours is None
-            or "seconds" not in row
-            or "seconds" not in ours
-        ):
+        ours = by_key.get((row["b"], PEERS.get(row["method"], "info_nce")))
+        if row["method"] in TILED or ours is None or "seconds" not in row or "seconds" not in ours:
             continue
         row["time_vs_info_nce"] = row["seconds"] / ours["seconds"]
         row["memory_vs_info_nce"] = row["extra_peak_mb"] / max(ours["extra_peak_mb"], 1.0)
@@ -253,16 +265,15 @@ def _fmt(value: float | None, digits: int) -> str:
 def _markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
-        "# InfoNCE / CLIP loss on CPU: tiled info_nce vs materialised reference vs sentence-transformers MNRL",
+        "# Losses on CPU: tiled info_nce / sigmoid_loss vs materialised references vs sentence-transformers MNRL",
         "",
         f"Machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']}, threads {m['threads']}; load average "
         f"{m['load_average_start']} at start, {m['load_average_end']} at end (shared machine: compare ratios).",
         "",
         "fp32, n = b keys, d = {d}, scale 20, fwd + bwd (gradients w.r.t. queries and keys). GFLOP/s counts the "
         "useful work 8·b·n·d for every method. Ratios: peer / info_nce (symmetric methods vs `info_nce`, "
-        "one-way `st_mnrl` vs `info_nce_rows`); > 1 means info_nce is faster / smaller.".format(
-            d=report["params"]["dim"]
-        ),
+        "one-way `st_mnrl` vs `info_nce_rows`, `sigmoid_reference` vs `sigmoid` (SigLIP, scale 10, bias −10)); "
+        "> 1 means the tiled loss is faster / smaller.".format(d=report["params"]["dim"]),
         "",
         "| b | method | seconds | GFLOP/s | extra peak RSS MB | time ratio | memory ratio | loss |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",

@@ -5,6 +5,8 @@ Public API:
     stacked_keys, stacked_labels, grouped_keys, grouped_labels, text_ids key layouts and false-negative ids
     GradCache, cached_loss (module ``hardbatch.losses.gradcache``)       gradient caching for any encoder
     HardbatchInfoNCELoss                                                 sentence-transformers trainer loss
+    sigmoid_loss, reference_sigmoid_loss, SigmoidLoss                   the sigmoid (SigLIP) loss
+    HardbatchSigmoidLoss                                                 its sentence-transformers loss
 
 The Triton kernels (``hardbatch.losses.triton_kernels``) are imported lazily, only when a CUDA tensor
 reaches :func:`info_nce` with Triton installed; the sentence-transformers adapter and the gradient cache
@@ -17,25 +19,32 @@ from hardbatch._lazy import lazy_getattr
 from hardbatch.losses.info_nce import BACKENDS, info_nce, resolve_backend
 from hardbatch.losses.layouts import grouped_keys, grouped_labels, stacked_keys, stacked_labels, text_ids
 from hardbatch.losses.module import InfoNCELoss
-from hardbatch.losses.reference import reference_info_nce
+from hardbatch.losses.reference import reference_info_nce, reference_sigmoid_loss
+from hardbatch.losses.sigmoid import sigmoid_loss
+from hardbatch.losses.sigmoid_module import SigmoidLoss
 
 _LAZY = {
     "GradCache": "hardbatch.losses.gradcache",
     "cached_loss": "hardbatch.losses.gradcache",
     "HardbatchInfoNCELoss": "hardbatch.losses.sentence_transformers",
+    "HardbatchSigmoidLoss": "hardbatch.losses.sentence_transformers_sigmoid",
 }
 
 __all__ = [
     "BACKENDS",
     "GradCache",
     "HardbatchInfoNCELoss",
+    "HardbatchSigmoidLoss",
     "InfoNCELoss",
+    "SigmoidLoss",
     "cached_loss",
     "grouped_keys",
     "grouped_labels",
     "info_nce",
     "reference_info_nce",
+    "reference_sigmoid_loss",
     "resolve_backend",
+    "sigmoid_loss",
     "stacked_keys",
     "stacked_labels",
     "text_ids",

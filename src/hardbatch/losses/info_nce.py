@@ -7,11 +7,14 @@ backward. The backward pass recomputes each tile once and forms the gradient of 
 Complexity (b queries, n keys, d dims, W ranks each holding b and n of them):
     time   8·b·n·d FLOPs per rank against W·n keys (forward 2, backward 6), ≈4·b·n exponentials;
            Inf-CL executes 20·b²·d for the symmetric loss.
-    memory O((b + W·n)·d) for inputs, gathered keys and fp32 gradient accumulators, O(b + W·n) LSE vectors,
+    memory distributed="gather": O((b + W·n)·d) for inputs, gathered keys and fp32 gradient accumulators,
+           O(b + W·n) LSE vectors; distributed="ring": O((b + n)·d) and O(b + n), independent of W;
            plus O(tile_b·tile_n) scratch. The b × n matrix is never allocated.
-    comms  forward: all-gather of keys (W·n·d) and two all-reduces of the column LSE (W·n);
-           backward: all-reduce of the column gradient weights (W·n), reduce-scatter of key gradients
-           (W·n·d, fp32) and one scalar all-reduce for the scale.
+    comms  gather: forward all-gather of keys (W·n·d) and two all-reduces of the column LSE (W·n);
+           backward all-reduce of the column gradient weights (W·n), reduce-scatter of key gradients
+           (W·n·d, fp32) and one scalar all-reduce for the scale. ring (hardbatch.losses.ring): W − 1 P2P
+           key-block hops per pass overlapped with the tiles, W hops of the travelling column LSE
+           (forward) and fp32 key gradient (backward), one scalar all-reduce.
 
 References:
     Cheng et al., "Breaking the Memory Barrier: Near Infinite Batch Size Scaling for Contrastive Loss"
@@ -34,12 +37,11 @@ from hardbatch.losses import tiled
 from hardbatch.losses.distributed import (
     all_gather_rows,
     all_reduce_lse,
-    check_equal_shards,
-    group_rank,
     group_world_size,
     reduce_scatter_rows,
 )
 from hardbatch.losses.inputs import check_loss_inputs, parse_tile_size
+from hardbatch.losses.ring import Ring, add_into, circulate, logaddexp_into, plan_distributed
 
 __all__ = ["BACKENDS", "info_nce", "resolve_backend"]
 
@@ -102,6 +104,8 @@ class _Plan:
     world: int
     rank: int
     duplicate_labels: bool
+    mode: str = "local"  # "local" | "gather" | "ring"
+    key_rows: tuple[int, ...] = ()
 
 
 def _per_row_weights(grad: torch.Tensor, plan: _Plan, rows: int) -> torch.Tensor:
@@ -131,24 +135,27 @@ class _FusedInfoNCE(torch.autograd.Function):
         scale32 = scale.detach().to(torch.float32).reshape(())
         query, key = query.detach(), key.detach()
         keys, key_ids_all, global_labels = key, key_ids, labels
-        if plan.world > 1:
+        if plan.mode == "gather":
             keys = all_gather_rows(key, plan.group)
             key_ids_all = None if key_ids is None else all_gather_rows(key_ids, plan.group)
             global_labels = labels + plan.rank * key.shape[0]
-        row_lse, col_lse, positive = plan.kernels.fused_lse_forward(
-            query,
-            keys,
-            scale32,
-            global_labels,
-            query_ids,
-            key_ids_all,
-            plan.symmetric,
-            plan.tile_b,
-            plan.tile_n,
-        )
+        if plan.mode == "ring":
+            row_lse, col_lse, positive = _ring_forward(query, key, scale32, labels, query_ids, key_ids, plan)
+        else:
+            row_lse, col_lse, positive = plan.kernels.fused_lse_forward(
+                query,
+                keys,
+                scale32,
+                global_labels,
+                query_ids,
+                key_ids_all,
+                plan.symmetric,
+                plan.tile_b,
+                plan.tile_n,
+            )
         per_row = row_lse - positive
         if plan.symmetric:
-            if plan.world > 1:
+            if plan.mode == "gather":
                 # Each rank saw only its queries: merge the partial column LSEs into the global ones.
                 col_lse = all_reduce_lse(col_lse, plan.group)
             per_row = 0.5 * (per_row + col_lse[global_labels] - positive)
@@ -175,29 +182,44 @@ class _FusedInfoNCE(torch.autograd.Function):
             g_row = g_term = 0.5 * per_row
             g_col = torch.zeros(keys.shape[0], dtype=torch.float32, device=keys.device)
             g_col.index_add_(0, global_labels, g_term)
-            if plan.world > 1:
+            if plan.mode == "gather":
                 # Every rank's queries touch every positive column: share the column weights.
                 torch.distributed.all_reduce(g_col, group=None if plan.group is True else plan.group)
-        d_query, d_keys, d_scale = plan.kernels.fused_backward(
-            query,
-            keys,
-            scale32,
-            global_labels,
-            query_ids,
-            ctx.key_ids_all,
-            row_lse,
-            col_lse,
-            g_row,
-            g_col,
-            plan.tile_b,
-            plan.tile_n,
-        )
+        if plan.mode == "ring":
+            d_query, d_keys, d_scale = _ring_backward(
+                query,
+                keys,
+                scale32,
+                global_labels,
+                query_ids,
+                ctx.key_ids_all,
+                row_lse,
+                col_lse,
+                g_row,
+                g_col,
+                plan,
+            )
+        else:
+            d_query, d_keys, d_scale = plan.kernels.fused_backward(
+                query,
+                keys,
+                scale32,
+                global_labels,
+                query_ids,
+                ctx.key_ids_all,
+                row_lse,
+                col_lse,
+                g_row,
+                g_col,
+                plan.tile_b,
+                plan.tile_n,
+            )
         if plan.symmetric and plan.duplicate_labels:
             d_query, d_keys, d_scale = _correct_shared_positives(
                 query, keys, scale32, global_labels, g_col, g_term, d_query, d_keys, d_scale
             )
         if plan.world > 1:
-            d_key = reduce_scatter_rows(d_keys, plan.group)
+            d_key = reduce_scatter_rows(d_keys, plan.group) if plan.mode == "gather" else d_keys
             d_scale = d_scale.reshape(1).clone()
             torch.distributed.all_reduce(d_scale, group=None if plan.group is True else plan.group)
             d_scale = d_scale.reshape(()) / plan.world
@@ -213,6 +235,93 @@ class _FusedInfoNCE(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _ring_forward(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scale32: torch.Tensor,
+    labels: torch.Tensor,
+    query_ids: torch.Tensor | None,
+    key_ids: torch.Tensor | None,
+    plan: _Plan,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Row LSE, own keys' global column LSE and positive logits with key blocks travelling the ring.
+
+    Each rank merges its block's row LSE online; the partial column LSE of a block travels with it
+    (a carry, merged with logaddexp) and returns complete to the block's owner after W hops.
+    """
+    row_lse = torch.full((query.shape[0],), float("-inf"), dtype=torch.float32, device=query.device)
+    no_positive = torch.full_like(labels, -1)  # foreign blocks hold no positive of this rank's queries
+    positive: list[torch.Tensor] = []
+
+    def block(step: int, blocks: list[torch.Tensor | None]) -> torch.Tensor | None:
+        row, col, pos = plan.kernels.fused_lse_forward(
+            query,
+            blocks[0],
+            scale32,
+            labels if step == 0 else no_positive,
+            query_ids,
+            blocks[1],
+            plan.symmetric,
+            plan.tile_b,
+            plan.tile_n,
+        )
+        torch.logaddexp(row_lse, row, out=row_lse)
+        if step == 0:
+            positive.append(pos)
+        return col
+
+    merge = logaddexp_into if plan.symmetric else None
+    col_lse = circulate(Ring(plan.group), plan.key_rows, [key, key_ids], block, merge)
+    return row_lse, col_lse, positive[0]
+
+
+def _ring_backward(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scale32: torch.Tensor,
+    labels: torch.Tensor,
+    query_ids: torch.Tensor | None,
+    key_ids: torch.Tensor | None,
+    row_lse: torch.Tensor,
+    col_lse: torch.Tensor | None,
+    g_row: torch.Tensor,
+    g_col: torch.Tensor | None,
+    plan: _Plan,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused backward over all ranks' key blocks; each block's key gradient travels back to its owner.
+
+    A block travels with its ids, its global column LSE and its column gradient weights (all O(n)), so
+    every rank can form both directions' gradient for its queries against it.
+    """
+    d_query = torch.zeros(query.shape, dtype=torch.float32, device=query.device)
+    d_scale = torch.zeros((), dtype=torch.float32, device=query.device)
+    no_positive = torch.full_like(labels, -1)
+
+    def block(step: int, blocks: list[torch.Tensor | None]) -> torch.Tensor:
+        nonlocal d_scale
+        dq, dk, ds = plan.kernels.fused_backward(
+            query,
+            blocks[0],
+            scale32,
+            labels if step == 0 else no_positive,
+            query_ids,
+            blocks[1],
+            row_lse,
+            blocks[2],
+            g_row,
+            blocks[3],
+            plan.tile_b,
+            plan.tile_n,
+        )
+        d_query.add_(dq)
+        d_scale = d_scale + ds
+        return dk
+
+    d_key = circulate(Ring(plan.group), plan.key_rows, [key, key_ids, col_lse, g_col], block, add_into)
+    assert d_key is not None
+    return d_query, d_key, d_scale
 
 
 def _correct_shared_positives(
@@ -254,6 +363,7 @@ def info_nce(
     group: Any = None,
     reduction: str = "mean",
     backend: str | None = None,
+    distributed: str = "auto",
 ) -> torch.Tensor:
     """Exact InfoNCE (``symmetric=False``) or CLIP loss (``symmetric=True``) without a b × n matrix.
 
@@ -279,10 +389,14 @@ def info_nce(
         tile_size: ``int`` or ``(tile_b, tile_n)``; default 1024 × 1024 on CPU, 4096² for torch on CUDA, the
             Triton kernel's own default on the Triton backend. Scratch memory is 3 · tile_b · tile_n · 4 bytes.
         group: a ``torch.distributed`` process group (or ``True`` for the default group). Each rank passes
-            its local rows; all ranks' keys are the negatives. Shards must have equal sizes.
+            its local rows; all ranks' keys are the negatives.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-query (b,) losses).
         backend: ``"auto"`` (Triton for CUDA tensors when installed), ``"torch"`` or ``"triton"``;
             None reads ``$HARDBATCH_LOSS_BACKEND``.
+        distributed: under ``group``: ``"gather"`` (all-gather the keys, reduce-scatter their gradients:
+            O(W·n·d) per rank, equal shards), ``"ring"`` (key blocks travel rank to rank with P2P sends
+            overlapped with the tiles: O((b + n)·d) per rank whatever W, unequal shards allowed) or ``"auto"`` (gather while shards are equal and
+            W·n·d·(itemsize + 4) bytes ≤ ``hardbatch.losses.ring.GATHER_MAX_BYTES`` = 1 GiB, else ring).
 
     Returns:
         Scalar loss (or (b,) losses) in the promoted input dtype; gradients come back in each input's dtype.
@@ -306,20 +420,21 @@ def info_nce(
     checked = check_loss_inputs(query, key, labels, scale, query_ids, key_ids, reduction)
     name, kernels = resolve_backend(backend, query.device, query)
     tile_b, tile_n = parse_tile_size(tile_size, _default_tile(name, query.device))
-    world, rank = 1, 0
-    if group is not None:
-        world, rank = group_world_size(group), group_rank(group)
-    if world > 1:
-        check_equal_shards(
+    world, rank, mode, key_rows = 1, 0, "local", (key.shape[0],)
+    if group is not None and group_world_size(group) > 1:
+        dplan = plan_distributed(
             group,
-            {
-                "queries": query.shape[0],
-                "keys": key.shape[0],
-                "dim": query.shape[1],
-                "ids": int(query_ids is not None),
-            },
+            distributed,
+            query.shape[0],
+            key.shape[0],
+            query.shape[1],
+            query_ids is not None,
+            key.element_size(),
             query.device,
         )
+        world, rank, mode, key_rows = dplan.world, dplan.rank, dplan.mode, dplan.key_rows
+    elif distributed not in ("auto", "gather", "ring"):
+        raise ConfigError(f"distributed: expected one of ('auto', 'gather', 'ring'), got {distributed!r}")
     plan = _Plan(
         symmetric=bool(symmetric),
         reduction=reduction,
@@ -330,6 +445,8 @@ def info_nce(
         world=world,
         rank=rank,
         duplicate_labels=checked.duplicate_labels,
+        mode=mode,
+        key_rows=key_rows,
     )
     return _FusedInfoNCE.apply(
         query, key, checked.scale, checked.labels, checked.query_ids, checked.key_ids, plan

@@ -21,7 +21,7 @@ from hardbatch.losses.distributed import (
 )
 from hardbatch.losses.inputs import check_loss_inputs
 
-__all__ = ["reference_info_nce"]
+__all__ = ["reference_info_nce", "reference_sigmoid_loss"]
 
 
 def _reduce(per_row: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -88,3 +88,45 @@ def reference_info_nce(
         column_lse = torch.logsumexp(logits[:, global_labels[local]], dim=0)
         per_row = 0.5 * (per_row + column_lse - positive)
     return _reduce(per_row, reduction).to(out_dtype)
+
+
+def reference_sigmoid_loss(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scale: float | torch.Tensor,
+    bias: float | torch.Tensor,
+    *,
+    labels: torch.Tensor | None = None,
+    query_ids: torch.Tensor | None = None,
+    key_ids: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Sigmoid (SigLIP) loss from the full logit matrix; ground truth for :func:`sigmoid_loss` (one process).
+
+    Computes in the dtype of ``query`` / ``key`` promoted with fp32 (pass float64 tensors for a float64
+    reference). Memory O(b·n).
+
+    Args: see :func:`hardbatch.losses.sigmoid_loss`.
+
+    Returns:
+        Scalar (``mean``/``sum``) or (b,) per-query losses.
+
+    Example:
+        >>> q, k = torch.randn(4, 8), torch.randn(6, 8)
+        >>> float(reference_sigmoid_loss(q, k, 1.0, 0.0)) > 0
+        True
+    """
+    checked = check_loss_inputs(query, key, labels, scale, query_ids, key_ids, reduction)
+    dtype = torch.promote_types(torch.promote_types(query.dtype, key.dtype), torch.float32)
+    scale_t = checked.scale
+    bias_t = bias if isinstance(bias, torch.Tensor) else torch.tensor(float(bias), device=query.device)
+    logits = scale_t.to(dtype) * (query.to(dtype) @ key.to(dtype).T) + bias_t.to(dtype)
+    rows = torch.arange(query.shape[0], device=query.device)
+    sign = -torch.ones_like(logits)
+    sign[rows, checked.labels] = 1.0
+    pair_loss = -torch.nn.functional.logsigmoid(sign * logits)
+    if checked.query_ids is not None:
+        masked = checked.query_ids[:, None] == checked.key_ids[None, :]
+        masked[rows, checked.labels] = False
+        pair_loss = pair_loss.masked_fill(masked, 0.0)
+    return _reduce(pair_loss.sum(1), reduction)

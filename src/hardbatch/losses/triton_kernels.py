@@ -630,9 +630,11 @@ def _check_inputs(
         raise ConfigError(f"scale must be a scalar; got shape {tuple(torch.as_tensor(scale).shape)}")
     if b > 0:
         low, high = (int(v) for v in torch.aminmax(labels))
-        if low < 0 or high >= n:
-            bad = int(((labels < 0) | (labels >= n)).nonzero()[0, 0])
-            raise ConfigError(f"labels[{bad}] = {int(labels[bad])} is not a key index in [0, {n})")
+        # −1: "no positive among these keys" (a foreign key block of the distributed ring); the kernels
+        # already treat it like a padding row's label (never equal to a column index).
+        if low < -1 or high >= n:
+            bad = int(((labels < -1) | (labels >= n)).nonzero()[0, 0])
+            raise ConfigError(f"labels[{bad}] = {int(labels[bad])} is not a key index in [0, {n}) or -1")
 
 
 def _require_supported(q: torch.Tensor) -> None:
@@ -746,7 +748,8 @@ def fused_lse_forward(
         q: ``(b, d)`` queries, fp32/bf16/fp16, CUDA (or CPU under ``TRITON_INTERPRET=1``); any strides.
         k: ``(n, d)`` keys, same dtype and device as ``q``.
         scale: logit scale, 0-dim (or 1-element) tensor; read in fp32.
-        labels: ``(b,)`` int64 (or int32) index of each query's positive key in ``[0, n)``.
+        labels: ``(b,)`` int64 (or int32) index of each query's positive key in ``[0, n)``, or −1 for a
+            query with no positive among these keys (``pos_logit`` is then undefined for that row).
         q_ids: ``(b,)`` int64 group ids or ``None``; with ``k_ids`` masks pairs of equal id that are not
             the positive (``S = -inf`` there).
         k_ids: ``(n,)`` int64 group ids or ``None``.
