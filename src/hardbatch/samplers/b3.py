@@ -90,11 +90,7 @@ class B3BatchSampler(HardBatchSampler):
         self,
         dataset: Sequence[Any] | None = None,
         batch_size: int = 32,
-        drop_last: bool = True,
-        valid_label_columns: list[str] | None = None,
-        generator: torch.Generator | None = None,
-        seed: int = 0,
-        *,
+        *args: Any,
         plan: BatchPlan | str | os.PathLike[str] | None = None,
         query_emb: np.ndarray | torch.Tensor | None = None,
         positive_emb: np.ndarray | torch.Tensor | None = None,
@@ -102,20 +98,10 @@ class B3BatchSampler(HardBatchSampler):
         same_source: bool | None = None,
         num_hard_negatives: int | None = None,
         expected_hash: str | Mapping[str, str] | None = None,
-        num_examples: int | None = None,
-        world_size: int | None = None,
         global_batches: bool = True,
+        **base: Any,
     ) -> None:
-        super().__init__(
-            dataset,
-            batch_size,
-            drop_last,
-            valid_label_columns,
-            generator,
-            seed,
-            num_examples=num_examples,
-            world_size=world_size,
-        )
+        super().__init__(dataset, batch_size, *args, **base)
         self.same_source = same_source
         if num_hard_negatives is None:
             num_hard_negatives = self.default_hard_negatives

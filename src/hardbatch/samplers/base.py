@@ -26,6 +26,7 @@ It subclasses sentence-transformers' ``DefaultBatchSampler`` so any hardbatch sa
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -122,6 +123,26 @@ class HardBatchSampler(DefaultBatchSampler):
             Keyword arguments for ``cls(...)``, beyond the shared ones of :meth:`SamplerInputs.base_kwargs`.
         """
         return {}
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """The keyword arguments the constructor takes, its own and its bases' (for checks and messages).
+
+        Subclasses pass the shared arguments on with ``*args, **base``; this walks the class hierarchy so
+        those count too.
+        """
+        names: list[str] = []
+        skipped = {"self", "dataset", "batch_size"}
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is not None:
+                for parameter in inspect.signature(init).parameters.values():
+                    variadic = parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+                    if not variadic and parameter.name not in skipped and parameter.name not in names:
+                        names.append(parameter.name)
+            if klass is HardBatchSampler:
+                break
+        return names
 
     @classmethod
     def from_inputs(cls, inputs: SamplerInputs, batch_size: int, **options: Any) -> HardBatchSampler:

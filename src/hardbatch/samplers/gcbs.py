@@ -130,11 +130,7 @@ class GCBSBatchSampler(HardBatchSampler):
         self,
         dataset: Sequence[Any] | None = None,
         batch_size: int = 32,
-        drop_last: bool = True,
-        valid_label_columns: list[str] | None = None,
-        generator: torch.Generator | None = None,
-        seed: int = 0,
-        *,
+        *args: Any,
         embed_fn: EmbedFn | None = None,
         query_emb: np.ndarray | torch.Tensor | str | os.PathLike[str] | None = None,
         positive_emb: np.ndarray | torch.Tensor | str | os.PathLike[str] | None = None,
@@ -149,20 +145,10 @@ class GCBSBatchSampler(HardBatchSampler):
         collapse_fraction: float = 0.9,
         graph_method: str = "exact",
         nprobe: int = 32,
-        num_examples: int | None = None,
-        world_size: int | None = None,
         global_batches: bool = True,
+        **base: Any,
     ) -> None:
-        super().__init__(
-            dataset,
-            batch_size,
-            drop_last,
-            valid_label_columns,
-            generator,
-            seed,
-            num_examples=num_examples,
-            world_size=world_size,
-        )
+        super().__init__(dataset, batch_size, *args, **base)
         fixed = query_emb is not None or positive_emb is not None
         if (embed_fn is None) == (not fixed) or (fixed and (query_emb is None or positive_emb is None)):
             raise ConfigError("GCBSBatchSampler needs either embed_fn or both query_emb and positive_emb")

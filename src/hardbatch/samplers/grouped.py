@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from hardbatch.errors import ConfigError
 from hardbatch.samplers.base import HardBatchSampler
@@ -47,25 +46,11 @@ class GroupedBatchSampler(HardBatchSampler):
         self,
         dataset: Sequence[Any] | None = None,
         batch_size: int = 32,
-        drop_last: bool = True,
-        valid_label_columns: list[str] | None = None,
-        generator: torch.Generator | None = None,
-        seed: int = 0,
-        *,
+        *args: Any,
         leftover: Leftover = "mix",
-        num_examples: int | None = None,
-        world_size: int | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(
-            dataset,
-            batch_size,
-            drop_last,
-            valid_label_columns,
-            generator,
-            seed,
-            num_examples=num_examples,
-            world_size=world_size,
-        )
+        super().__init__(dataset, batch_size, *args, **base)
         if leftover not in ("drop", "mix"):
             raise ConfigError(f"leftover must be 'drop' or 'mix', got {leftover!r}")
         self.leftover = leftover

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from hardbatch.errors import ConfigError
 from hardbatch.samplers._data import dataset_sources
@@ -51,28 +50,13 @@ class SourceBatchSampler(GroupedBatchSampler):
         self,
         dataset: Sequence[Any] | None = None,
         batch_size: int = 32,
-        drop_last: bool = True,
-        valid_label_columns: list[str] | None = None,
-        generator: torch.Generator | None = None,
-        seed: int = 0,
-        *,
+        *args: Any,
         sources: Sequence[str] | np.ndarray | None = None,
         column: str = "source",
         leftover: Leftover = "drop",
-        num_examples: int | None = None,
-        world_size: int | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(
-            dataset,
-            batch_size,
-            drop_last,
-            valid_label_columns,
-            generator,
-            seed,
-            leftover=leftover,
-            num_examples=num_examples,
-            world_size=world_size,
-        )
+        super().__init__(dataset, batch_size, *args, leftover=leftover, **base)
         if sources is None:
             sources = dataset_sources(dataset, column)
         if sources is None:

@@ -124,30 +124,15 @@ class TopicBatchSampler(GroupedBatchSampler):
         self,
         dataset: Sequence[Any] | None = None,
         batch_size: int = 32,
-        drop_last: bool = True,
-        valid_label_columns: list[str] | None = None,
-        generator: torch.Generator | None = None,
-        seed: int = 0,
-        *,
+        *args: Any,
         query_emb: np.ndarray | torch.Tensor | str | os.PathLike[str] | None = None,
         labels: np.ndarray | Sequence[int] | None = None,
         n_clusters: int | None = None,
         backend: Backend = "auto",
         leftover: Leftover = "mix",
-        num_examples: int | None = None,
-        world_size: int | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(
-            dataset,
-            batch_size,
-            drop_last,
-            valid_label_columns,
-            generator,
-            seed,
-            leftover=leftover,
-            num_examples=num_examples,
-            world_size=world_size,
-        )
+        super().__init__(dataset, batch_size, *args, leftover=leftover, **base)
         if (query_emb is None) == (labels is None):
             raise ConfigError("TopicBatchSampler needs exactly one of query_emb or labels")
         self._labels = None if labels is None else np.asarray(labels, dtype=np.int64)

@@ -293,10 +293,14 @@ def check_sampler_options(name: str, options: dict[str, Any], option: str = "--s
 
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-    parameters = inspect.signature(SAMPLERS[name].__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    accepted = [p for p in parameters if p not in ("self", "dataset", "batch_size")]
+    cls = SAMPLERS[name]
+    if hasattr(cls, "option_names"):
+        accepted = cls.option_names()
+    else:  # a registered class outside the HardBatchSampler family
+        parameters = inspect.signature(cls.__init__).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return
+        accepted = [p for p in parameters if p not in ("self", "dataset", "batch_size")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(
