@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "build" / "mutation"
 RESULTS = ROOT / "benchmarks" / "results"
 NOTES = ROOT / "benchmarks" / "mutation_notes.json"
+PRELOAD = ROOT / "benchmarks" / "mutation_preload.txt"
 
 # group -> (modules to mutate, tests that should kill their mutants)
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
@@ -99,8 +100,15 @@ def _mutmut_section(modules: list[str], tests: list[str]) -> str:
         f"only_mutate = {toml_list(modules)}\n"
         f"pytest_add_cli_args_test_selection = {toml_list(tests)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-m", "not distributed"]\n'
-        # torch is not fork-safe once its thread pools exist: fork workers from a clean server process.
+        # torch is not fork-safe once its thread pools exist: fork workers from a clean server process
+        # that has imported the heavy libraries once (otherwise every mutant pays their import).
         'process_isolation = "forkserver"\n'
+        'forkserver_warmup = "import"\n'
+        f"preload_modules_file = {json.dumps(str(PRELOAD))}\n"
+        # A loaded 2-core machine makes tests several times slower than during mutmut's timing run:
+        # timeouts at (measured + 20 s) x 5 wall time (x 10 CPU time).
+        "timeout_constant = 20.0\n"
+        "timeout_multiplier = 5.0\n"
         "use_git_change_detection = false\n"
     )
 
