@@ -31,6 +31,10 @@ PROPERTY_TESTS := tests/samplers/test_sampler_properties.py tests/samplers/test_
 test-slow: $(STAMP)
 	HYPOTHESIS_PROFILE=slow $(BIN)/python -m pytest -q -m "not distributed" $(PROPERTY_TESTS)
 
+# Mutation testing of the core modules (mutmut, ~30 min on 2 cores); report: benchmarks/results/mutation.md.
+mutation: $(STAMP)
+	$(BIN)/python benchmarks/mutation.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
