@@ -18,6 +18,7 @@ Usage::
 
     python benchmarks/mutation.py                    # every group
     python benchmarks/mutation.py --groups collate   # one group
+    python benchmarks/mutation.py --groups collate --survivors-only   # re-test the survivors after new tests
 """
 
 from __future__ import annotations
@@ -145,12 +146,26 @@ def _results(work: Path) -> dict[str, str]:
     return found
 
 
-def run_group(group: str, max_children: int, timeout: float) -> dict:
+def _refresh_tests(work: Path) -> None:
+    """Copy the current tests into an existing work dir (and its mutants/ copy) for a re-run."""
+    for target in (work / "tests", work / "mutants" / "tests"):
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(ROOT / "tests", target, ignore=shutil.ignore_patterns("__pycache__", ".hypothesis"))
+
+
+def run_group(group: str, max_children: int, timeout: float, survivors_only: bool = False) -> dict:
     modules, tests = GROUPS[group]
-    work = _prepare(group, modules, tests)
+    work = WORK / group
+    names: list[str] = []
+    if survivors_only and (work / "mutants").is_dir():
+        # Re-test only the previous survivors against the current tests (after adding tests for them).
+        names = [n for n, status in _results(work).items() if status in ("survived", "no tests", "timeout")]
+        _refresh_tests(work)
+    else:
+        work = _prepare(group, modules, tests)
     started = time.perf_counter()
     try:
-        proc = _mutmut(work, "run", "--max-children", str(max_children), timeout=timeout)
+        proc = _mutmut(work, "run", "--max-children", str(max_children), *names, timeout=timeout)
         tail = (proc.stdout + proc.stderr)[-3000:]
         timed_out = False
     except subprocess.TimeoutExpired as exc:
@@ -252,11 +267,16 @@ def main() -> None:
     parser.add_argument("--groups", nargs="*", default=list(GROUPS), choices=list(GROUPS))
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per group")
+    parser.add_argument(
+        "--survivors-only",
+        action="store_true",
+        help="re-test only the last run's survivors with the current tests",
+    )
     args = parser.parse_args()
     runs = []
     for group in args.groups:
         print(f"mutating {group} ...", flush=True)
-        run = run_group(group, args.max_children, args.timeout)
+        run = run_group(group, args.max_children, args.timeout, args.survivors_only)
         print(f"  {run['counts']} in {run['seconds']:.0f} s", flush=True)
         runs.append(run)
         write_report(runs)

@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from hardbatch.errors import DataError
 from hardbatch.train.collate import PairCollator
 
 ROWS = [
@@ -52,3 +54,49 @@ def test_batch_negatives_are_appended_in_their_given_order():
     # Text ids follow the texts: the mined "p1" is query 1's positive again.
     assert batch.query_ids.tolist() == batch.key_ids[:3].tolist()
     assert batch.key_ids[4] == batch.query_ids[1] and len(set(batch.key_ids.tolist())) == 5
+
+
+def test_one_negative_per_row():
+    vocab = _Vocabulary()
+    batch = PairCollator(vocab, num_negatives=1)(ROWS)
+    assert vocab.texts(batch.document) == ["p0", "p1", "p2", "n0a", "n1a", "n2a"]
+
+
+def test_to_moves_every_tensor_and_keeps_every_field():
+    batch = PairCollator(_Vocabulary(), num_negatives=2)(ROWS, batch_negatives=None)
+    batch.query["text_keys"] = ["q"]  # non-tensor values pass through
+    moved = batch.to("meta")  # a device other than the CPU, available everywhere
+    for features in (moved.query, moved.document):
+        assert all(v.device.type == "meta" for v in features.values() if isinstance(v, torch.Tensor))
+    assert moved.query["text_keys"] == ["q"]
+    assert moved.query["input_ids"].shape == batch.query["input_ids"].shape
+    assert moved.document["input_ids"].shape == batch.document["input_ids"].shape
+    assert (moved.num_queries, moved.num_extra) == (3, 6)
+    assert torch.equal(moved.query_ids, batch.query_ids) and torch.equal(moved.key_ids, batch.key_ids)
+
+
+def test_slice_features_slices_row_tensors_only():
+    from hardbatch.train.collate import slice_features
+
+    features = {"input_ids": torch.arange(4), "scale": torch.tensor(2.0), "names": ["a", "b", "c", "d"]}
+    part = slice_features(features, 1, 3)
+    assert part["input_ids"].tolist() == [1, 2]
+    assert part["scale"].item() == 2.0 and part["scale"].dim() == 0  # 0-dim: passed through
+    assert part["names"] == ["a", "b", "c", "d"]
+
+
+def test_error_messages_name_the_row_and_the_fix():
+    vocab = _Vocabulary()
+    with pytest.raises(DataError, match=r"^cannot collate an empty batch$"):
+        PairCollator(vocab)([])
+    with pytest.raises(DataError) as info:
+        PairCollator(vocab)([{"query": "q", "positive": 3, "id": "r7"}])
+    assert str(info.value) == "row id=r7: field 'positive' must be a non-empty string"
+    with pytest.raises(DataError) as info:
+        PairCollator(vocab)([{"query": "", "positive": "p"}])
+    assert str(info.value) == "row id=?: field 'query' must be a non-empty string"
+    with pytest.raises(DataError) as info:
+        PairCollator(vocab, num_negatives=4)(ROWS)
+    assert str(info.value) == (
+        "row id=a: has 3 negatives, 4 are needed (set num_negatives lower or fix the data)"
+    )
