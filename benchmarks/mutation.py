@@ -48,7 +48,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "step": (
         ["src/hardbatch/train/step.py"],
-        ["tests/train/test_learns.py"],
+        ["tests/train/test_learns.py", "tests/train/test_step_runner.py"],
     ),
     "rank_window": (
         ["src/hardbatch/graph/rank_window.py"],
