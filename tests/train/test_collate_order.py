@@ -100,3 +100,5 @@ def test_error_messages_name_the_row_and_the_fix():
     assert str(info.value) == (
         "row id=a: has 3 negatives, 4 are needed (set num_negatives lower or fix the data)"
     )
+    with pytest.raises(DataError, match=r"^row id=\?: has 0 negatives, 1 are needed"):
+        PairCollator(vocab, num_negatives=1)([{"query": "q", "positive": "p", "negatives": []}])
