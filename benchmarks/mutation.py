@@ -230,6 +230,8 @@ def write_report(runs: list[dict]) -> None:
             f"| {run['group']}{flag} | {mods} | {c['killed']} | {c['survived']} | {c['timeout']} | "
             f"{c['no tests']} | {other} | {run['seconds'] / 60:.1f} |"
         )
+    if notes.get("_history"):
+        lines += ["", "## History", "", *notes["_history"]]
     for run in runs:
         lines += ["", f"## {run['group']}", "", "Tests: " + ", ".join(f"`{t}`" for t in run["tests"]), ""]
         if not run["survivors"]:
