@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-slow mutation lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Every hypothesis property with the "slow" profile (>= 200 examples each, no per-test CI caps).
+PROPERTY_TESTS := tests/samplers/test_sampler_properties.py tests/samplers/test_nodup_duplicates.py \
+	tests/samplers/test_b3_sampler.py tests/graph/test_partition.py tests/graph/test_rank_window.py \
+	tests/mining/test_plan.py tests/losses/test_triton_interpret.py
+test-slow: $(STAMP)
+	HYPOTHESIS_PROFILE=slow $(BIN)/python -m pytest -q -m "not distributed" $(PROPERTY_TESTS)
+
+# Mutation testing of the core modules (mutmut, ~30 min on 2 cores); report: benchmarks/results/mutation.md.
+mutation: $(STAMP)
+	$(BIN)/python benchmarks/mutation.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

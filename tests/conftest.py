@@ -10,8 +10,12 @@ os.environ.setdefault("HARDBATCH_PROGRESS", "0")
 import pytest
 from hypothesis import settings
 
+# Hypothesis profiles: "ci" (default) keeps the whole suite within minutes; "slow" (``make test-slow``,
+# HYPOTHESIS_PROFILE=slow) runs every property with >= 200 examples and ignores the per-test CI caps
+# (see tests/samplers/properties.py).
 settings.register_profile("ci", max_examples=30, deadline=None)
-settings.load_profile("ci")
+settings.register_profile("slow", max_examples=250, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 import hardbatch.embed.encode as encode_module
-from hardbatch.embed import encode_texts
 from hardbatch.errors import ConfigError
-from hardbatch.evaluate import HardbatchRetrievalEvaluator, evaluate_model, retrieval_metrics, retrieval_task
+from hardbatch.evaluate import HardbatchRetrievalEvaluator, evaluate_model, retrieval_task
 
 PAIRS = SimpleNamespace(
     name="toy",
@@ -55,17 +54,11 @@ def test_retrieval_task_deduplicates_positives_and_adds_negatives():
         retrieval_task(PAIRS, corpus="negatives")
 
 
-def test_evaluate_model_equals_metrics_on_its_own_embeddings(tiny_model, tmp_path, monkeypatch):
+def test_evaluate_model_reuses_its_embedding_cache(tiny_model, tmp_path, monkeypatch):
+    # The metric values themselves are checked against hand-computed ranks in test_known_ranks.py.
     metrics = evaluate_model(tiny_model, PAIRS, batch_size=4, show_progress=False, cache_dir=tmp_path)
-    task = retrieval_task(PAIRS)
-    queries = encode_texts(task.queries, tiny_model, show_progress=False)
-    corpus = encode_texts(task.corpus, tiny_model, show_progress=False)
-    expected = retrieval_metrics(queries, corpus, task.relevant, device="cpu")
-    assert metrics.keys() == expected.keys()
-    for name in metrics:
-        assert metrics[name] == pytest.approx(expected[name], abs=1e-6)
-    assert metrics["recall@100"] == 1.0  # every relevant document is within a 5-document corpus
-
+    assert set(metrics) == {"ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "map@100"}
+    assert (tmp_path / "queries.npy").exists() and (tmp_path / "corpus.npy").exists()
     monkeypatch.setattr(encode_module, "resolve_encoder", lambda *a, **k: pytest.fail("cache not reused"))
     assert evaluate_model(tiny_model, PAIRS, show_progress=False, cache_dir=tmp_path) == metrics
 

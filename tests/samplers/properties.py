@@ -29,6 +29,7 @@ world size (1-3), ``drop_last``, epoch and a resume point, and checks:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -41,6 +42,14 @@ from hardbatch.samplers.base import HardBatchSampler
 __all__ = ["MakeSampler", "base_remainder", "check_sampler_properties"]
 
 MakeSampler = Callable[..., HardBatchSampler]
+
+
+def _examples(ci_cap: int | None) -> int:
+    """The profile's example count, capped at ``ci_cap`` except under the ``slow`` profile (make test-slow)."""
+    profile = settings().max_examples
+    if ci_cap is None or os.environ.get("HYPOTHESIS_PROFILE") == "slow":
+        return profile
+    return min(ci_cap, profile)
 
 
 def base_remainder(sampler: HardBatchSampler) -> int:
@@ -87,10 +96,13 @@ def check_sampler_properties(
     world_sizes: tuple[int, ...] = (1, 2, 3),
     max_examples: int | None = None,
 ) -> None:
-    """Run the property suite on ``make_sampler(seed=, world_size=, drop_last=)`` (see the module docstring)."""
+    """Run the property suite on ``make_sampler(seed=, world_size=, drop_last=)`` (see the module docstring).
+
+    ``max_examples`` caps the examples of an expensive sampler in CI; the ``slow`` profile ignores it.
+    """
 
     @settings(
-        max_examples=max_examples or settings().max_examples,
+        max_examples=_examples(max_examples),
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
         database=None,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from properties import planted_embeddings
 
-from hardbatch.errors import ConfigError, HardbatchError
+from hardbatch.errors import ConfigError, DataError, HardbatchError
 from hardbatch.samplers import GCBSBatchSampler, model_embed_fn
 
 QUERY, POSITIVE, TOPIC = planted_embeddings(num_topics=6, per_topic=40, dim=16, noise=0.2, seed=4)
@@ -100,7 +100,7 @@ def test_errors():
     bad = GCBSBatchSampler(num_examples=240, batch_size=8, embed_fn=lambda e: (QUERY[:10], POSITIVE[:10]))
     with pytest.raises(HardbatchError, match="embed_fn returned 10"):
         bad.batches(0)
-    with pytest.raises(Exception, match="row 3"):
+    with pytest.raises(DataError, match="row 3"):
         nan = QUERY.copy()
         nan[3] = np.nan
         GCBSBatchSampler(
