@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["DEFAULT_TILE_CPU", "DEFAULT_TILE_CUDA", "fused_backward", "fused_lse_forward"]
+from hardbatch.device import fast_bf16_matmul
+
+__all__ = ["DEFAULT_TILE_CPU", "DEFAULT_TILE_CUDA", "fused_backward", "fused_lse_forward", "tile_dtype"]
 
 # 1024 × 1024 fp32 tiles (4 MiB each) keep one query tile, one key tile and the logit tile in L2/L3 on
 # typical CPUs while giving the BLAS matmul enough work per call; measured in benchmarks/bench_loss.py.
@@ -36,6 +38,51 @@ DEFAULT_TILE_CPU = (1024, 1024)
 DEFAULT_TILE_CUDA = (4096, 4096)
 
 _NEG_INF = float("-inf")
+
+
+def tile_dtype(q: torch.Tensor, k: torch.Tensor) -> torch.dtype:
+    """dtype of the tiles' matmuls: bf16 for bf16 inputs where bf16 matmul is fast, else fp32 (upcast).
+
+    Everything after the matmul (scale, masks, exp, log-sum-exp, gradient weights, accumulators) is fp32
+    either way; see :func:`hardbatch.device.fast_bf16_matmul` for the capability test.
+    """
+    if q.dtype == k.dtype == torch.bfloat16 and fast_bf16_matmul(q.device):
+        return torch.bfloat16
+    return torch.float32
+
+
+def _exact_positives(
+    q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor, rows: int = 4096
+) -> torch.Tensor:
+    """(b,) fp32 ``scale · q_i · k_labels[i]`` from fp32 products, O(rows·d) scratch."""
+    out = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
+    for start in range(0, q.shape[0], rows):
+        stop = min(start + rows, q.shape[0])
+        pairs = q[start:stop].to(torch.float32) * k[labels[start:stop]].to(torch.float32)
+        out[start:stop] = pairs.sum(1)
+    return out.mul_(scale)
+
+
+def _low_precision_logits(
+    out: torch.Tensor,
+    product: torch.Tensor,
+    q_tile: torch.Tensor,
+    k_tile: torch.Tensor,
+    scale_cell: torch.Tensor,
+    exact_positive: torch.Tensor,
+    local_label: torch.Tensor,
+    inside: torch.Tensor,
+) -> None:
+    """fp32 logits ``out`` of a tile from a bf16 matmul (``product`` is bf16 scratch of the same shape).
+
+    The product is rounded to bf16 (≈ 2⁻⁹ relative): harmless for the many small negative logits, but the
+    positives dominate the loss and its gradient, so their entries are replaced by fp32 dot products.
+    """
+    torch.mm(q_tile, k_tile.T, out=product)
+    # scale_cell is (1, 1), not 0-dim, so the product is promoted and multiplied in fp32.
+    torch.mul(product, scale_cell, out=out)
+    current = out.gather(1, local_label[:, None]).squeeze(1)
+    out.scatter_(1, local_label[:, None], torch.where(inside, exact_positive, current)[:, None])
 
 
 def _tile_buffer(storage: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -132,15 +179,32 @@ def fused_lse_forward(
     tile_cells = min(tile_b, b) * min(tile_n, n)
     logit_store = torch.empty(tile_cells, dtype=torch.float32, device=device)
     work_store = torch.empty(tile_cells, dtype=torch.float32, device=device)
+    low = tile_dtype(q, k) != torch.float32
+    if low:
+        product_store = torch.empty(tile_cells, dtype=q.dtype, device=device)
+        exact = _exact_positives(q, k, labels, scale32)
     for r0 in range(0, b, tile_b):
         r1 = min(r0 + tile_b, b)
-        q_tile = _scaled_query_tile(q, r0, r1, scale32)
+        q_tile = q[r0:r1] if low else _scaled_query_tile(q, r0, r1, scale32)
         row_labels = labels[r0:r1]
         for c0 in range(0, n, tile_n):
             c1 = min(c0 + tile_n, n)
             logits = _tile_buffer(logit_store, r1 - r0, c1 - c0)
-            torch.mm(q_tile, k[c0:c1].to(torch.float32).T, out=logits)
             local_label, inside = _positive_position(row_labels, c0, c1 - c0)
+            if low:
+                product = _tile_buffer(product_store, r1 - r0, c1 - c0)
+                _low_precision_logits(
+                    logits,
+                    product,
+                    q_tile,
+                    k[c0:c1],
+                    scale32.reshape(1, 1),
+                    exact[r0:r1],
+                    local_label,
+                    inside,
+                )
+            else:
+                torch.mm(q_tile, k[c0:c1].to(torch.float32).T, out=logits)
             _mask_tile(
                 logits,
                 None if q_ids is None else q_ids[r0:r1],
@@ -206,6 +270,11 @@ def fused_backward(
     tile_cells = min(tile_b, b) * min(tile_n, n)
     logit_store = torch.empty(tile_cells, dtype=torch.float32, device=device)
     grad_store = torch.empty(tile_cells, dtype=torch.float32, device=device)
+    low = tile_dtype(q, k) != torch.float32
+    if low:
+        # bf16 scratch: the matmul product, then the gradient tile rounded for the two gradient matmuls.
+        product_store = torch.empty(tile_cells, dtype=q.dtype, device=device)
+        exact = _exact_positives(q, k, labels, scale32)
     # Key tiles without any positive column (hard-negative tiles) have g_col == 0: skip their column
     # softmax (it is multiplied by exactly 0). Checked on CPU only, where it costs no device sync.
     col_active = [
@@ -214,16 +283,22 @@ def fused_backward(
     ]
     for r0 in range(0, b, tile_b):
         r1 = min(r0 + tile_b, b)
-        q_tile = _scaled_query_tile(q, r0, r1, scale32)
+        q_tile = q[r0:r1] if low else _scaled_query_tile(q, r0, r1, scale32)
         row_labels = labels[r0:r1]
         row_shift = row_lse[r0:r1, None]
         row_weight = g_row[r0:r1]
         for tile_index, c0 in enumerate(range(0, n, tile_n)):
             c1 = min(c0 + tile_n, n)
-            k_tile = k[c0:c1].to(torch.float32)
+            k_tile = k[c0:c1] if low else k[c0:c1].to(torch.float32)
             logits = _tile_buffer(logit_store, r1 - r0, c1 - c0)
-            torch.mm(q_tile, k_tile.T, out=logits)
             local_label, inside = _positive_position(row_labels, c0, c1 - c0)
+            if low:
+                product = _tile_buffer(product_store, r1 - r0, c1 - c0)
+                _low_precision_logits(
+                    logits, product, q_tile, k_tile, scale32.reshape(1, 1), exact[r0:r1], local_label, inside
+                )
+            else:
+                torch.mm(q_tile, k_tile.T, out=logits)
             _mask_tile(
                 logits,
                 None if q_ids is None else q_ids[r0:r1],
@@ -243,7 +318,14 @@ def fused_backward(
                 positive_weight = row_weight + col_weight[local_label]
             # −δ terms of both directions, only for rows whose positive lies in this key tile.
             grad.scatter_add_(1, local_label[:, None], -(positive_weight * inside)[:, None])
-            dq_raw[r0:r1].addmm_(grad, k_tile)
-            dk[c0:c1].addmm_(grad.T, q_tile)
+            if low:
+                grad_low = product.copy_(grad)
+                dq_raw[r0:r1].add_(torch.mm(grad_low, k_tile))
+                dk[c0:c1].add_(torch.mm(grad_low.T, q_tile))
+            else:
+                dq_raw[r0:r1].addmm_(grad, k_tile)
+                dk[c0:c1].addmm_(grad.T, q_tile)
     dscale = (dq_raw * q.to(torch.float32)).sum()
+    if low:
+        dk.mul_(scale32)  # the bf16 query tiles are unscaled
     return dq_raw.mul_(scale32), dk, dscale
