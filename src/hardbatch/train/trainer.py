@@ -37,6 +37,7 @@ import torch
 
 from hardbatch.errors import ConfigError
 from hardbatch.io import read_json, write_json
+from hardbatch.losses.module import clamp_logit_scales
 from hardbatch.train.checkpoint import (
     Checkpoint,
     capture_rng_state,
@@ -379,6 +380,8 @@ class Trainer:
         if self.config.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
+        # A learnable logit scale is clamped on the parameter after the step (OpenCLIP), never in forward.
+        clamp_logit_scales(self.model)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return self.ctx.mean(loss)
