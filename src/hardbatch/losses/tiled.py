@@ -215,10 +215,68 @@ def fused_lse_forward(
             positive = logits.gather(1, local_label[:, None]).squeeze(1)
             pos_logit[r0:r1] = torch.where(inside, positive, pos_logit[r0:r1])
             work = _tile_buffer(work_store, r1 - r0, c1 - c0)
-            torch.logaddexp(row_lse[r0:r1], _lse_along(logits, 1, work), out=row_lse[r0:r1])
+            row_part, col_part = _tile_lses(logits, work, col_lse is not None)
+            torch.logaddexp(row_lse[r0:r1], row_part, out=row_lse[r0:r1])
             if col_lse is not None:
-                torch.logaddexp(col_lse[c0:c1], _lse_along(logits, 0, work), out=col_lse[c0:c1])
+                torch.logaddexp(col_lse[c0:c1], col_part, out=col_lse[c0:c1])
     return row_lse, col_lse, pos_logit
+
+
+# A column whose rescaled sum falls below this may have lost terms to underflow in the weights
+# exp(row_max_i − M); such (rare) columns are recomputed exactly. Above it, the lost terms (each
+# < e^-87 relative to e^M) are below fp32 resolution.
+_COL_SUM_FLOOR = 1e-20
+
+
+def _tile_lses(
+    logits: torch.Tensor, work: torch.Tensor, compute_col: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Row and column log-sum-exp of one fp32 logit tile from ONE exponential pass.
+
+    ``E = exp(S − row_max)`` gives the row sums directly; the column sums are ``Σ_i e^{row_max_i − M} E_ij``
+    (a matrix-vector product, M = the tile's largest row max), which replaces a second max / subtract / exp
+    pass over the tile.
+    """
+    row_max = _finite_floor(logits.amax(dim=1))
+    torch.sub(logits, row_max[:, None], out=work)
+    work.exp_()
+    row_part = work.sum(dim=1).log_().add_(row_max)
+    if not compute_col:
+        return row_part, None
+    if logits.device.type != "cpu":
+        # The underflow check below would cost a device sync per tile: keep the second pass there.
+        return row_part, _lse_along(logits, 0, work)
+    top = row_max.max()
+    col_sum = torch.mv(work.T, (row_max - top).exp_())
+    col_part = col_sum.log().add_(top)
+    lost = col_sum < _COL_SUM_FLOOR
+    if bool(lost.any()):
+        col_part = torch.where(lost, torch.logsumexp(logits, dim=0), col_part)
+    return row_part, col_part
+
+
+# exp(R − c_j) stays far from fp32 overflow (e^88) below this gap; larger gaps take the two-exp path.
+_MAX_SHIFT_GAP = 60.0
+
+
+def _column_weights(
+    row_lse: torch.Tensor, col_lse: torch.Tensor, col_weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``u_i = e^{r_i − R}``, ``v_j = g_col_j · e^{R − c_j}`` (R = max r_i) so that exp(S − c_j) = P_ij·u_i·v_j/g_col_j.
+
+    Returns None (use two exponential passes) off CPU, where the overflow check would need a device sync,
+    or when some active column's LSE lies more than ``_MAX_SHIFT_GAP`` below R (e.g. a fully masked column).
+    Rows with r_i ≪ R underflow in u_i only where their column-softmax terms are below e^-(103 − gap).
+    """
+    if row_lse.device.type != "cpu":
+        return None
+    top = row_lse.max()
+    active = col_weight != 0
+    gap = torch.where(active, top - col_lse, torch.zeros_like(col_lse))
+    if bool(gap.max() > _MAX_SHIFT_GAP):
+        return None
+    v = torch.where(active, col_weight * gap.exp(), torch.zeros_like(col_weight))
+    return (row_lse - top).exp(), v
 
 
 @torch.no_grad()
@@ -308,14 +366,23 @@ def fused_backward(
             )
             grad = _tile_buffer(grad_store, r1 - r0, c1 - c0)
             torch.sub(logits, row_shift, out=grad)
-            grad.exp_().mul_(row_weight[:, None])
+            grad.exp_()
             positive_weight = row_weight
             if col_active[tile_index] and g_col is not None and col_lse is not None:
                 col_weight = g_col[c0:c1]
-                # The logit tile is not needed any more: reuse it for the column softmax.
-                logits.sub_(col_lse[None, c0:c1]).exp_().mul_(col_weight[None, :])
-                grad.add_(logits)
+                weights = _column_weights(row_shift[:, 0], col_lse[c0:c1], col_weight)
+                if weights is None:
+                    grad.mul_(row_weight[:, None])
+                    # The logit tile is not needed any more: reuse it for the column softmax.
+                    logits.sub_(col_lse[None, c0:c1]).exp_().mul_(col_weight[None, :])
+                    grad.add_(logits)
+                else:
+                    # exp(S − c_j) = P_ij · u_i · v_j: one exponential pass serves both softmaxes.
+                    torch.addr(row_weight[:, None].expand_as(logits), weights[0], weights[1], out=logits)
+                    grad.mul_(logits)
                 positive_weight = row_weight + col_weight[local_label]
+            else:
+                grad.mul_(row_weight[:, None])
             # −δ terms of both directions, only for rows whose positive lies in this key tile.
             grad.scatter_add_(1, local_label[:, None], -(positive_weight * inside)[:, None])
             if low:
