@@ -14,7 +14,15 @@ Both backends (this file and ``triton_kernels.py``) implement the same two funct
     ``dq = scale·dS @ k``, ``dk = scale·dS.T @ q`` and ``dscale = Σ dS ⊙ (q @ k.T)``.
 
 Executed work: forward one (tile_b × tile_n × d) matmul per tile, backward three (recompute + two), i.e.
-8·b·n·d FLOPs in total, plus ≈4·b·n exponentials (two per direction pair in each pass).
+8·b·n·d FLOPs in total, plus ≈2·b·n exponentials on CPU: one per tile entry in each pass serves both
+directions (column LSE as ``Σ_i e^{row_max_i − M} · exp(S − row_max)``, a matrix-vector product; the
+column softmax in backward as a rank-1 rescale of the row one), with exact fallbacks for tiles where those
+shortcuts would underflow or overflow. On CUDA (no per-tile host check) each direction keeps its own
+exponential pass (≈4·b·n).
+
+Precision: bf16 inputs run the tiles' matmuls in bf16 where :func:`hardbatch.device.fast_bf16_matmul` says
+so (AMX CPUs, CUDA), with the positives' logits recomputed in fp32, and are upcast to fp32 tiles elsewhere;
+scale, masks, exp / log-sum-exp and the gradient accumulators are fp32 on every path.
 Memory: the inputs, O((b + n)·d) fp32 accumulators for the gradients, O(b + n) LSE vectors and three
 fp32 tile buffers of tile_b × tile_n (the only quadratic-looking term, bounded by the tile size).
 
