@@ -83,7 +83,6 @@ def main() -> None:
         "benchmark": "precision_step",
         "machine": {
             "cpu": _cpu_model(),
-            ),
             "bf16_flags": sorted(flags & {"amx_bf16", "amx_tile", "avx512_bf16"}),
             "bf16_tiles": fast_bf16_matmul("cpu"),
             "platform": platform.platform(),
