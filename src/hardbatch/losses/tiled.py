@@ -93,6 +93,13 @@ def _low_precision_logits(
     out.scatter_(1, local_label[:, None], torch.where(inside, exact_positive, current)[:, None])
 
 
+def _key_tile(k: torch.Tensor, c0: int, c1: int, buffer: torch.Tensor | None) -> torch.Tensor:
+    """fp32 keys [c0, c1): a view for fp32 keys, else converted into a reused buffer (no per-tile allocation)."""
+    if buffer is None:
+        return k[c0:c1]
+    return buffer[: c1 - c0].copy_(k[c0:c1])
+
+
 def _tile_buffer(storage: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """A contiguous (rows, cols) view into a preallocated flat buffer (edge tiles are smaller)."""
     return storage[: rows * cols].view(rows, cols)
@@ -191,6 +198,10 @@ def fused_lse_forward(
     if low:
         product_store = torch.empty(tile_cells, dtype=q.dtype, device=device)
         exact = _exact_positives(q, k, labels, scale32)
+    if not low:
+        # One transient fp32 copy of the keys (n·d·4 bytes, below the backward's fp32 gradient buffers)
+        # instead of converting every key tile once per query tile.
+        k = k.to(torch.float32)
     for r0 in range(0, b, tile_b):
         r1 = min(r0 + tile_b, b)
         q_tile = q[r0:r1] if low else _scaled_query_tile(q, r0, r1, scale32)
@@ -212,7 +223,7 @@ def fused_lse_forward(
                     inside,
                 )
             else:
-                torch.mm(q_tile, k[c0:c1].to(torch.float32).T, out=logits)
+                torch.mm(q_tile, k[c0:c1].T, out=logits)
             _mask_tile(
                 logits,
                 None if q_ids is None else q_ids[r0:r1],
@@ -341,6 +352,9 @@ def fused_backward(
         # bf16 scratch: the matmul product, then the gradient tile rounded for the two gradient matmuls.
         product_store = torch.empty(tile_cells, dtype=q.dtype, device=device)
         exact = _exact_positives(q, k, labels, scale32)
+    upcast = (
+        None if low or k.dtype == torch.float32 else torch.empty(min(tile_n, n), k.shape[1], device=device)
+    )
     # Key tiles without any positive column (hard-negative tiles) have g_col == 0: skip their column
     # softmax (it is multiplied by exactly 0). Checked on CPU only, where it costs no device sync.
     col_active = [
@@ -355,7 +369,7 @@ def fused_backward(
         row_weight = g_row[r0:r1]
         for tile_index, c0 in enumerate(range(0, n, tile_n)):
             c1 = min(c0 + tile_n, n)
-            k_tile = k[c0:c1] if low else k[c0:c1].to(torch.float32)
+            k_tile = k[c0:c1] if low else _key_tile(k, c0, c1, upcast)
             logits = _tile_buffer(logit_store, r1 - r0, c1 - c0)
             local_label, inside = _positive_position(row_labels, c0, c1 - c0)
             if low:
