@@ -414,7 +414,11 @@ def fused_backward(
             else:
                 dq_raw[r0:r1].addmm_(grad, k_tile)
                 dk[c0:c1].addmm_(grad.T, q_tile)
-    dscale = (dq_raw * q.to(torch.float32)).sum()
+    # Σ_i q_i · (dS @ k)_i in row chunks: no (b, d) fp32 temporaries on top of the gradient buffers.
+    dscale = sum(
+        torch.linalg.vecdot(dq_raw[r0 : r0 + tile_b], q[r0 : r0 + tile_b].to(torch.float32)).sum()
+        for r0 in range(0, b, tile_b)
+    ) + torch.zeros((), dtype=torch.float32, device=device)
     if low:
         dk.mul_(scale32)  # the bf16 query tiles are unscaled
     return dq_raw.mul_(scale32), dk, dscale
