@@ -117,3 +117,49 @@ def test_split_batch_trims_padding_per_chunk():
     }
     chunks = split_batch(features, 2)
     assert chunks[0]["input_ids"].shape == (2, 2) and chunks[1]["input_ids"].shape == (1, 4)
+
+
+class _WritesIntoInput(torch.nn.Module):
+    """Like a SentenceTransformer: stores a large activation in the feature dict it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+        self.activations: list = []  # weak references to every stored activation
+
+    def forward(self, features: dict) -> dict:
+        import weakref
+
+        hidden = torch.tanh(features["x"][:, None, :].expand(-1, 64, -1) * 1.5)  # (rows, 64, 4): "tokens"
+        features["token_embeddings"] = hidden
+        self.activations.append(weakref.ref(hidden))
+        features["sentence_embedding"] = self.linear(hidden.mean(1))
+        return features
+
+
+def test_cached_chunks_do_not_keep_what_the_encoder_wrote_into_them():
+    """The memory fix of issue 14 item 6: an encoder's outputs must not live on in the cached chunks.
+
+    Keeping them (the old behaviour) holds every chunk's token embeddings until the step ends, which grows
+    peak memory by O(B·L·h) instead of one chunk's activations.
+    """
+    encoder = _WritesIntoInput()
+    batch = {"x": torch.randn(12, 4)}
+    alive_at_loss = []
+
+    def loss_fn(q, d):
+        alive_at_loss.append(sum(ref() is not None for ref in encoder.activations))
+        return info_nce(F.normalize(q, dim=-1), F.normalize(d, dim=-1))
+
+    alive_in_replay = []
+    handle = encoder.linear.register_full_backward_hook(
+        lambda *_: alive_in_replay.append(sum(ref() is not None for ref in encoder.activations))
+    )
+    loss = cached_loss(encoder, [batch, {"x": torch.randn(12, 4)}], loss_fn, chunk_size=4)
+    assert alive_at_loss == [0]  # six no-grad chunks ran; none of their activations survives
+    loss.backward()
+    handle.remove()
+    # During each chunk's replay backward only that chunk's activation (if any) is alive.
+    assert len(alive_in_replay) == 6 and max(alive_in_replay) <= 1
+    assert set(batch) == {"x"}  # the caller's dict is untouched
+    assert encoder.linear.weight.grad is not None

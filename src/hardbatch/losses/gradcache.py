@@ -150,8 +150,8 @@ class _Replay:
     encode: Callable[[Callable[[Batch], Any], Batch], torch.Tensor]
     ddp: DistributedDataParallel | None
     remaining: int
-    chunks: list[list[Batch]] = field(default_factory=list)
-    states: list[list[RngState]] = field(default_factory=list)
+    chunks: list[list[Batch | None]] = field(default_factory=list)
+    states: list[list[RngState | None]] = field(default_factory=list)
 
     def sync_context(self, last: bool) -> contextlib.AbstractContextManager:
         if self.ddp is None or last:
@@ -159,15 +159,32 @@ class _Replay:
         return self.ddp.no_sync()
 
     def backward_column(self, column: int, grad: torch.Tensor) -> None:
-        sizes = [batch_size_of(chunk) for chunk in self.chunks[column]]
-        for chunk, state, chunk_grad in zip(self.chunks[column], self.states[column], grad.split(sizes)):
+        chunks, states = self.chunks[column], self.states[column]
+        if any(chunk is None for chunk in chunks):
+            raise RuntimeError("cached_loss: backward ran twice through one cached step (retain_graph?)")
+        sizes = [batch_size_of(chunk) for chunk in chunks]
+        for index, chunk_grad in enumerate(grad.split(sizes)):
             self.remaining -= 1
             with self.sync_context(last=self.remaining == 0), torch.enable_grad():
-                with state.replay():
-                    embedding = self.encode(self.encoder, chunk)
+                with states[index].replay():
+                    embedding = self.encode(self.encoder, _fresh(chunks[index]))
                 # fp32 surrogate: low-precision embeddings must not round the cached gradient.
                 surrogate = (embedding.float() * chunk_grad.float()).sum()
                 surrogate.backward()
+            # Each chunk is replayed once: drop its inputs and RNG state as soon as it is done.
+            chunks[index] = states[index] = None
+            del embedding, surrogate
+
+
+def _fresh(chunk: Batch) -> Batch:
+    """A shallow copy of a mapping chunk, so the encoder's writes into its input stay out of the cache.
+
+    sentence-transformers modules add their outputs (``token_embeddings``, ``sentence_embedding``, ...) to
+    the feature dict they are given. Kept chunks would then hold every chunk's token embeddings (and, during
+    the replay, tensors of its graph) until the step ends: O(B·L·h) memory, the activations the cache exists
+    to avoid.
+    """
+    return dict(chunk) if isinstance(chunk, Mapping) else chunk
 
 
 def _find_ddp(encoder: Any) -> DistributedDataParallel | None:
@@ -227,7 +244,7 @@ def cached_loss(
             if grad_enabled:
                 states.append(RngState.capture(*_tensors_in(chunk)))
             with torch.no_grad():
-                pieces.append(encode(encoder, chunk))
+                pieces.append(encode(encoder, _fresh(chunk)))
         replay.states.append(states)
         leaves.append(torch.cat(pieces).detach().requires_grad_(grad_enabled))
     loss = loss_fn(*leaves)

@@ -5,7 +5,7 @@ log-sum-exp (key → query) with online max/sum merging; only the inputs and the
 backward. The backward pass recomputes each tile once and forms the gradient of both directions together.
 
 Complexity (b queries, n keys, d dims, W ranks each holding b and n of them):
-    time   8·b·n·d FLOPs per rank against W·n keys (forward 2, backward 6), ≈4·b·n exponentials;
+    time   8·b·n·d FLOPs per rank against W·n keys (forward 2, backward 6), ≈2·b·n exponentials (CPU; 4·b·n CUDA torch);
            Inf-CL executes 20·b²·d for the symmetric loss.
     memory distributed="gather": O((b + W·n)·d) for inputs, gathered keys and fp32 gradient accumulators,
            O(b + W·n) LSE vectors; distributed="ring": O((b + n)·d) and O(b + n), independent of W;

@@ -12,16 +12,18 @@ from hardbatch.errors import ConfigError
 from hardbatch.losses.info_nce import info_nce
 from hardbatch.losses.inputs import REDUCTIONS
 
-__all__ = ["InfoNCELoss"]
+__all__ = ["InfoNCELoss", "clamp_logit_scales"]
 
 
 class InfoNCELoss(nn.Module):
     """InfoNCE / CLIP loss module; memory and time as :func:`hardbatch.losses.info_nce`.
 
     With ``learnable_scale=True`` the module owns ``logit_scale`` (a parameter holding log(scale), as in
-    CLIP/OpenCLIP) and uses ``exp(clamp(logit_scale, log(min_scale), log(max_scale)))``: the clamp keeps
-    the temperature in range without editing the parameter after each optimiser step, and the gradient of
-    the scale is exact inside the range (zero outside, like any clamp).
+    CLIP/OpenCLIP) and uses ``exp(logit_scale)``, so the gradient of the scale is always exact. Keep the
+    scale in ``[min_scale, max_scale]`` as OpenCLIP does, by clamping the **parameter after each optimiser
+    step**: call :meth:`clamp_` (or :func:`clamp_logit_scales` on a model holding such modules; the
+    hardbatch trainer does this after every step). A clamp inside the forward would give a zero gradient
+    past the bound, and a scale pushed there by one step could never come back.
 
     Args:
         scale: initial (or fixed) logit scale, 1 / temperature.
@@ -41,6 +43,10 @@ class InfoNCELoss(nn.Module):
         >>> loss.backward()
         >>> loss_fn.logit_scale.grad is not None
         True
+        >>> with torch.no_grad():
+        ...     _ = loss_fn.logit_scale.fill_(10.0)  # an optimiser step overshoots: scale e^10
+        >>> round(float(loss_fn.clamp_().scale), 3)  # back to max_scale
+        100.0
     """
 
     def __init__(
@@ -65,6 +71,8 @@ class InfoNCELoss(nn.Module):
             raise ConfigError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
         self.learnable_scale = learnable_scale
         self.min_scale, self.max_scale = float(min_scale), float(max_scale)
+        if learnable_scale and not min_scale <= scale <= max_scale:
+            raise ConfigError(f"scale {scale} outside [min_scale, max_scale] = [{min_scale}, {max_scale}]")
         if learnable_scale:
             self.logit_scale = nn.Parameter(torch.tensor(math.log(scale), dtype=torch.float32))
         else:
@@ -80,8 +88,18 @@ class InfoNCELoss(nn.Module):
         """The logit scale used now (a tensor with grad when learnable)."""
         if not self.learnable_scale:
             return self.fixed_scale
-        low, high = math.log(self.min_scale), math.log(self.max_scale)
-        return self.logit_scale.clamp(low, high).exp()
+        return self.logit_scale.exp()
+
+    @torch.no_grad()
+    def clamp_(self) -> InfoNCELoss:
+        """Clamp a learnable ``logit_scale`` into ``[log(min_scale), log(max_scale)]`` in place (after a step).
+
+        Returns:
+            ``self``; a no-op for a fixed scale.
+        """
+        if self.learnable_scale:
+            self.logit_scale.clamp_(math.log(self.min_scale), math.log(self.max_scale))
+        return self
 
     def forward(
         self,
@@ -111,3 +129,25 @@ class InfoNCELoss(nn.Module):
             f"learnable in [{self.min_scale}, {self.max_scale}]" if self.learnable_scale else self.fixed_scale
         )
         return f"scale={scale}, symmetric={self.symmetric}, reduction={self.reduction!r}"
+
+
+def clamp_logit_scales(*modules: nn.Module) -> int:
+    """Call :meth:`InfoNCELoss.clamp_` on every learnable-scale ``InfoNCELoss`` inside ``modules``.
+
+    The post-``optimizer.step()`` hook of a training loop; O(number of submodules).
+
+    Returns:
+        How many scales were clamped.
+
+    Example:
+        >>> model = torch.nn.ModuleDict({"loss": InfoNCELoss(learnable_scale=True, max_scale=50.0)})
+        >>> clamp_logit_scales(model)
+        1
+    """
+    count = 0
+    for module in modules:
+        for sub in module.modules():
+            if isinstance(sub, InfoNCELoss) and sub.learnable_scale:
+                sub.clamp_()
+                count += 1
+    return count

@@ -14,7 +14,15 @@ Both backends (this file and ``triton_kernels.py``) implement the same two funct
     ``dq = scale·dS @ k``, ``dk = scale·dS.T @ q`` and ``dscale = Σ dS ⊙ (q @ k.T)``.
 
 Executed work: forward one (tile_b × tile_n × d) matmul per tile, backward three (recompute + two), i.e.
-8·b·n·d FLOPs in total, plus ≈4·b·n exponentials (two per direction pair in each pass).
+8·b·n·d FLOPs in total, plus ≈2·b·n exponentials on CPU: one per tile entry in each pass serves both
+directions (column LSE as ``Σ_i e^{row_max_i − M} · exp(S − row_max)``, a matrix-vector product; the
+column softmax in backward as a rank-1 rescale of the row one), with exact fallbacks for tiles where those
+shortcuts would underflow or overflow. On CUDA (no per-tile host check) each direction keeps its own
+exponential pass (≈4·b·n).
+
+Precision: bf16 inputs run the tiles' matmuls in bf16 where :func:`hardbatch.device.fast_bf16_matmul` says
+so (AMX CPUs, CUDA), with the positives' logits recomputed in fp32, and are upcast to fp32 tiles elsewhere;
+scale, masks, exp / log-sum-exp and the gradient accumulators are fp32 on every path.
 Memory: the inputs, O((b + n)·d) fp32 accumulators for the gradients, O(b + n) LSE vectors and three
 fp32 tile buffers of tile_b × tile_n (the only quadratic-looking term, bounded by the tile size).
 
@@ -27,7 +35,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["DEFAULT_TILE_CPU", "DEFAULT_TILE_CUDA", "fused_backward", "fused_lse_forward"]
+from hardbatch.device import fast_bf16_matmul
+
+__all__ = ["DEFAULT_TILE_CPU", "DEFAULT_TILE_CUDA", "fused_backward", "fused_lse_forward", "tile_dtype"]
 
 # 1024 × 1024 fp32 tiles (4 MiB each) keep one query tile, one key tile and the logit tile in L2/L3 on
 # typical CPUs while giving the BLAS matmul enough work per call; measured in benchmarks/bench_loss.py.
@@ -36,6 +46,58 @@ DEFAULT_TILE_CPU = (1024, 1024)
 DEFAULT_TILE_CUDA = (4096, 4096)
 
 _NEG_INF = float("-inf")
+
+
+def tile_dtype(q: torch.Tensor, k: torch.Tensor) -> torch.dtype:
+    """dtype of the tiles' matmuls: bf16 for bf16 inputs where bf16 matmul is fast, else fp32 (upcast).
+
+    Everything after the matmul (scale, masks, exp, log-sum-exp, gradient weights, accumulators) is fp32
+    either way; see :func:`hardbatch.device.fast_bf16_matmul` for the capability test.
+    """
+    if q.dtype == k.dtype == torch.bfloat16 and fast_bf16_matmul(q.device):
+        return torch.bfloat16
+    return torch.float32
+
+
+def _exact_positives(
+    q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor, rows: int = 4096
+) -> torch.Tensor:
+    """(b,) fp32 ``scale · q_i · k_labels[i]`` from fp32 products, O(rows·d) scratch."""
+    out = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
+    for start in range(0, q.shape[0], rows):
+        stop = min(start + rows, q.shape[0])
+        pairs = q[start:stop].to(torch.float32) * k[labels[start:stop]].to(torch.float32)
+        out[start:stop] = pairs.sum(1)
+    return out.mul_(scale)
+
+
+def _low_precision_logits(
+    out: torch.Tensor,
+    product: torch.Tensor,
+    q_tile: torch.Tensor,
+    k_tile: torch.Tensor,
+    scale_cell: torch.Tensor,
+    exact_positive: torch.Tensor,
+    local_label: torch.Tensor,
+    inside: torch.Tensor,
+) -> None:
+    """fp32 logits ``out`` of a tile from a bf16 matmul (``product`` is bf16 scratch of the same shape).
+
+    The product is rounded to bf16 (≈ 2⁻⁹ relative): harmless for the many small negative logits, but the
+    positives dominate the loss and its gradient, so their entries are replaced by fp32 dot products.
+    """
+    torch.mm(q_tile, k_tile.T, out=product)
+    # scale_cell is (1, 1), not 0-dim, so the product is promoted and multiplied in fp32.
+    torch.mul(product, scale_cell, out=out)
+    current = out.gather(1, local_label[:, None]).squeeze(1)
+    out.scatter_(1, local_label[:, None], torch.where(inside, exact_positive, current)[:, None])
+
+
+def _key_tile(k: torch.Tensor, c0: int, c1: int, buffer: torch.Tensor | None) -> torch.Tensor:
+    """fp32 keys [c0, c1): a view for fp32 keys, else converted into a reused buffer (no per-tile allocation)."""
+    if buffer is None:
+        return k[c0:c1]
+    return buffer[: c1 - c0].copy_(k[c0:c1])
 
 
 def _tile_buffer(storage: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -132,15 +194,36 @@ def fused_lse_forward(
     tile_cells = min(tile_b, b) * min(tile_n, n)
     logit_store = torch.empty(tile_cells, dtype=torch.float32, device=device)
     work_store = torch.empty(tile_cells, dtype=torch.float32, device=device)
+    low = tile_dtype(q, k) != torch.float32
+    if low:
+        product_store = torch.empty(tile_cells, dtype=q.dtype, device=device)
+        exact = _exact_positives(q, k, labels, scale32)
+    if not low:
+        # One transient fp32 copy of the keys (n·d·4 bytes, below the backward's fp32 gradient buffers)
+        # instead of converting every key tile once per query tile.
+        k = k.to(torch.float32)
     for r0 in range(0, b, tile_b):
         r1 = min(r0 + tile_b, b)
-        q_tile = _scaled_query_tile(q, r0, r1, scale32)
+        q_tile = q[r0:r1] if low else _scaled_query_tile(q, r0, r1, scale32)
         row_labels = labels[r0:r1]
         for c0 in range(0, n, tile_n):
             c1 = min(c0 + tile_n, n)
             logits = _tile_buffer(logit_store, r1 - r0, c1 - c0)
-            torch.mm(q_tile, k[c0:c1].to(torch.float32).T, out=logits)
             local_label, inside = _positive_position(row_labels, c0, c1 - c0)
+            if low:
+                product = _tile_buffer(product_store, r1 - r0, c1 - c0)
+                _low_precision_logits(
+                    logits,
+                    product,
+                    q_tile,
+                    k[c0:c1],
+                    scale32.reshape(1, 1),
+                    exact[r0:r1],
+                    local_label,
+                    inside,
+                )
+            else:
+                torch.mm(q_tile, k[c0:c1].T, out=logits)
             _mask_tile(
                 logits,
                 None if q_ids is None else q_ids[r0:r1],
@@ -151,10 +234,68 @@ def fused_lse_forward(
             positive = logits.gather(1, local_label[:, None]).squeeze(1)
             pos_logit[r0:r1] = torch.where(inside, positive, pos_logit[r0:r1])
             work = _tile_buffer(work_store, r1 - r0, c1 - c0)
-            torch.logaddexp(row_lse[r0:r1], _lse_along(logits, 1, work), out=row_lse[r0:r1])
+            row_part, col_part = _tile_lses(logits, work, col_lse is not None)
+            torch.logaddexp(row_lse[r0:r1], row_part, out=row_lse[r0:r1])
             if col_lse is not None:
-                torch.logaddexp(col_lse[c0:c1], _lse_along(logits, 0, work), out=col_lse[c0:c1])
+                torch.logaddexp(col_lse[c0:c1], col_part, out=col_lse[c0:c1])
     return row_lse, col_lse, pos_logit
+
+
+# A column whose rescaled sum falls below this may have lost terms to underflow in the weights
+# exp(row_max_i − M); such (rare) columns are recomputed exactly. Above it, the lost terms (each
+# < e^-87 relative to e^M) are below fp32 resolution.
+_COL_SUM_FLOOR = 1e-20
+
+
+def _tile_lses(
+    logits: torch.Tensor, work: torch.Tensor, compute_col: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Row and column log-sum-exp of one fp32 logit tile from ONE exponential pass.
+
+    ``E = exp(S − row_max)`` gives the row sums directly; the column sums are ``Σ_i e^{row_max_i − M} E_ij``
+    (a matrix-vector product, M = the tile's largest row max), which replaces a second max / subtract / exp
+    pass over the tile.
+    """
+    row_max = _finite_floor(logits.amax(dim=1))
+    torch.sub(logits, row_max[:, None], out=work)
+    work.exp_()
+    row_part = work.sum(dim=1).log_().add_(row_max)
+    if not compute_col:
+        return row_part, None
+    if logits.device.type != "cpu":
+        # The underflow check below would cost a device sync per tile: keep the second pass there.
+        return row_part, _lse_along(logits, 0, work)
+    top = row_max.max()
+    col_sum = torch.mv(work.T, (row_max - top).exp_())
+    col_part = col_sum.log().add_(top)
+    lost = col_sum < _COL_SUM_FLOOR
+    if bool(lost.any()):
+        col_part = torch.where(lost, torch.logsumexp(logits, dim=0), col_part)
+    return row_part, col_part
+
+
+# exp(R − c_j) stays far from fp32 overflow (e^88) below this gap; larger gaps take the two-exp path.
+_MAX_SHIFT_GAP = 60.0
+
+
+def _column_weights(
+    row_lse: torch.Tensor, col_lse: torch.Tensor, col_weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``u_i = e^{r_i − R}``, ``v_j = g_col_j · e^{R − c_j}`` (R = max r_i) so that exp(S − c_j) = P_ij·u_i·v_j/g_col_j.
+
+    Returns None (use two exponential passes) off CPU, where the overflow check would need a device sync,
+    or when some active column's LSE lies more than ``_MAX_SHIFT_GAP`` below R (e.g. a fully masked column).
+    Rows with r_i ≪ R underflow in u_i only where their column-softmax terms are below e^-(103 − gap).
+    """
+    if row_lse.device.type != "cpu":
+        return None
+    top = row_lse.max()
+    active = col_weight != 0
+    gap = torch.where(active, top - col_lse, torch.zeros_like(col_lse))
+    if bool(gap.max() > _MAX_SHIFT_GAP):
+        return None
+    v = torch.where(active, col_weight * gap.exp(), torch.zeros_like(col_weight))
+    return (row_lse - top).exp(), v
 
 
 @torch.no_grad()
@@ -206,6 +347,14 @@ def fused_backward(
     tile_cells = min(tile_b, b) * min(tile_n, n)
     logit_store = torch.empty(tile_cells, dtype=torch.float32, device=device)
     grad_store = torch.empty(tile_cells, dtype=torch.float32, device=device)
+    low = tile_dtype(q, k) != torch.float32
+    if low:
+        # bf16 scratch: the matmul product, then the gradient tile rounded for the two gradient matmuls.
+        product_store = torch.empty(tile_cells, dtype=q.dtype, device=device)
+        exact = _exact_positives(q, k, labels, scale32)
+    upcast = (
+        None if low or k.dtype == torch.float32 else torch.empty(min(tile_n, n), k.shape[1], device=device)
+    )
     # Key tiles without any positive column (hard-negative tiles) have g_col == 0: skip their column
     # softmax (it is multiplied by exactly 0). Checked on CPU only, where it costs no device sync.
     col_active = [
@@ -214,16 +363,22 @@ def fused_backward(
     ]
     for r0 in range(0, b, tile_b):
         r1 = min(r0 + tile_b, b)
-        q_tile = _scaled_query_tile(q, r0, r1, scale32)
+        q_tile = q[r0:r1] if low else _scaled_query_tile(q, r0, r1, scale32)
         row_labels = labels[r0:r1]
         row_shift = row_lse[r0:r1, None]
         row_weight = g_row[r0:r1]
         for tile_index, c0 in enumerate(range(0, n, tile_n)):
             c1 = min(c0 + tile_n, n)
-            k_tile = k[c0:c1].to(torch.float32)
+            k_tile = k[c0:c1] if low else _key_tile(k, c0, c1, upcast)
             logits = _tile_buffer(logit_store, r1 - r0, c1 - c0)
-            torch.mm(q_tile, k_tile.T, out=logits)
             local_label, inside = _positive_position(row_labels, c0, c1 - c0)
+            if low:
+                product = _tile_buffer(product_store, r1 - r0, c1 - c0)
+                _low_precision_logits(
+                    logits, product, q_tile, k_tile, scale32.reshape(1, 1), exact[r0:r1], local_label, inside
+                )
+            else:
+                torch.mm(q_tile, k_tile.T, out=logits)
             _mask_tile(
                 logits,
                 None if q_ids is None else q_ids[r0:r1],
@@ -233,17 +388,37 @@ def fused_backward(
             )
             grad = _tile_buffer(grad_store, r1 - r0, c1 - c0)
             torch.sub(logits, row_shift, out=grad)
-            grad.exp_().mul_(row_weight[:, None])
+            grad.exp_()
             positive_weight = row_weight
             if col_active[tile_index] and g_col is not None and col_lse is not None:
                 col_weight = g_col[c0:c1]
-                # The logit tile is not needed any more: reuse it for the column softmax.
-                logits.sub_(col_lse[None, c0:c1]).exp_().mul_(col_weight[None, :])
-                grad.add_(logits)
+                weights = _column_weights(row_shift[:, 0], col_lse[c0:c1], col_weight)
+                if weights is None:
+                    grad.mul_(row_weight[:, None])
+                    # The logit tile is not needed any more: reuse it for the column softmax.
+                    logits.sub_(col_lse[None, c0:c1]).exp_().mul_(col_weight[None, :])
+                    grad.add_(logits)
+                else:
+                    # exp(S − c_j) = P_ij · u_i · v_j: one exponential pass serves both softmaxes.
+                    torch.addr(row_weight[:, None].expand_as(logits), weights[0], weights[1], out=logits)
+                    grad.mul_(logits)
                 positive_weight = row_weight + col_weight[local_label]
+            else:
+                grad.mul_(row_weight[:, None])
             # −δ terms of both directions, only for rows whose positive lies in this key tile.
             grad.scatter_add_(1, local_label[:, None], -(positive_weight * inside)[:, None])
-            dq_raw[r0:r1].addmm_(grad, k_tile)
-            dk[c0:c1].addmm_(grad.T, q_tile)
-    dscale = (dq_raw * q.to(torch.float32)).sum()
+            if low:
+                grad_low = product.copy_(grad)
+                dq_raw[r0:r1].add_(torch.mm(grad_low, k_tile))
+                dk[c0:c1].add_(torch.mm(grad_low.T, q_tile))
+            else:
+                dq_raw[r0:r1].addmm_(grad, k_tile)
+                dk[c0:c1].addmm_(grad.T, q_tile)
+    # Σ_i q_i · (dS @ k)_i in row chunks: no (b, d) fp32 temporaries on top of the gradient buffers.
+    dscale = sum(
+        torch.linalg.vecdot(dq_raw[r0 : r0 + tile_b], q[r0 : r0 + tile_b].to(torch.float32)).sum()
+        for r0 in range(0, b, tile_b)
+    ) + torch.zeros((), dtype=torch.float32, device=device)
+    if low:
+        dk.mul_(scale32)  # the bf16 query tiles are unscaled
     return dq_raw.mul_(scale32), dk, dscale

@@ -1,70 +1,14 @@
 """Fused Triton kernels for the exact bidirectional InfoNCE / CLIP loss (CUDA path).
 
-The loss needs, for ``S = scale * q @ k.T`` (``q`` is ``(b, d)``, ``k`` is ``(n, d)``), the row log-sum-exp
-(query → key direction), the column log-sum-exp (key → query direction) and the positive logits, and in
-backward the gradients of a weighted sum of those terms. Both directions are fused: every ``(row block, key
-tile)`` of ``S`` is computed **once in forward** (feeding the online row LSE *and* a column partial) and
-**once in backward** (feeding ``dq`` and ``dk`` from the same ``dS`` tile). Nothing of size ``b × n`` is
-ever allocated.
+Implements the kernel contract of ``tiled.py`` (``fused_lse_forward`` / ``fused_backward``): every
+(row block, key tile) of ``S = scale · q @ k.T`` is computed once in forward (online row LSE and a column
+partial) and once in backward (``dq`` and ``dk`` from the same ``dS`` tile); nothing of size b × n is
+allocated. Executed matmul FLOPs 8·b·n·d fwd + bwd (10·b·n·d with the deterministic backward), fp32
+accumulation, inputs read in their own dtype, scratch O(G·n + S·b) for G row groups and S key splits.
 
-Semantics (the contract shared with the torch tiled path in ``tiled.py``):
-
-* ``M[i, j] = (q_ids[i] == k_ids[j]) & (j != labels[i])`` marks masked pairs (no mask when ids are
-  ``None``); masked logits are ``-inf``.
-* ``row_lse[i] = logsumexp_j S[i, j]``, ``col_lse[j] = logsumexp_i S[i, j]``,
-  ``pos_logit[i] = S[i, labels[i]]``.
-* Backward, with upstream ``g_row`` (gradient of the row term ``row_lse[i] - pos_logit[i]``) and ``g_col``
-  (``g_col[j]`` = summed gradient of the column terms whose positive key is ``j``)::
-
-      dS[i, j] = g_row[i] * (exp(S[i, j] - row_lse[i]) - [j == labels[i]])
-               + g_col[j] * (exp(S[i, j] - col_lse[j]) - [j == labels[i]])     (0 where masked)
-      dq = scale * dS @ k,   dk = scale * dS.T @ q,   dscale = sum(dS * (q @ k.T))
-
-  ``dscale`` is accumulated inside the tile loop from the unscaled dot products, so it is exact even for
-  ``scale == 0`` (no division by the scale).
-
-Design and cost (``b`` queries, ``n`` keys, ``d`` dims):
-
-* **Forward**, one kernel: a grid of ``G`` row groups × ``S`` key splits (``G·S ≈`` a few programs per SM).
-  A program walks its row blocks; for each it runs the FlashAttention online max/sum over its key tiles
-  (row LSE) and merges each tile's column (max, sum) into its own row of a ``(G, n)`` fp32 column-partial
-  buffer (read-modify-write by the owning program only: no atomics, deterministic). Row partials go to an
-  ``(S, b)`` buffer. A tiny kernel merges the partials. Executed matmul FLOPs ``2·b·n·d``; ``2·b·n`` exps;
-  extra memory ``4·(G·n + S·b)`` bytes with ``G ≤ 2·SMs`` (≈ 1 KB per key on an H100), independent of b.
-* **Backward**, default (fast) mode, one kernel: one program per (row block, key split); each tile's ``S``
-  is recomputed once, ``dS`` formed in registers, ``dq`` accumulated by the owning program (registers when
-  ``d`` fits one ``BLOCK_D`` chunk, else an owned fp32 read-modify-write per chunk) and ``dk`` added with
-  fp32 ``atomic_add``. Executed matmul FLOPs ``6·b·n·d`` ⇒ **8·b·n·d fwd+bwd** for the whole symmetric loss
-  (Inf-CL executes 20·b²·d: two directions × (2 fwd + 8 bwd)); ``2·b·n`` exps. Atomics make ``dk`` (and
-  ``dq`` when key splits > 1) bitwise non-deterministic (summation order), at fp32 rounding level.
-* **Backward, deterministic mode** (``deterministic=True`` or ``torch.use_deterministic_algorithms(True)``):
-  two kernels, a row-owned one for ``dq`` and a key-owned one for ``dk``, each recomputing ``S``: no atomics,
-  bitwise reproducible, executed matmul FLOPs ``8·b·n·d`` in backward (``10·b·n·d`` total).
-* Why atomics by default: the atomic-free alternative pays a second ``S`` recomputation (+25% matmul
-  FLOPs); the atomics cost one fp32 L2 reduction per ``dk`` element per row block, i.e. ``b·n·d/BLOCK_M``
-  reductions against ``6·b·n·d`` FLOPs (≥ 384 FLOPs per atomic at BLOCK_M = 64), and the non-determinism
-  is at fp32 rounding level. Training that needs bit-reproducibility gets the other mode automatically.
-  For ``d`` larger than one chunk the owned ``dq`` block is read-modified-written per key tile (L2 traffic
-  ``8·BLOCK_M·d`` bytes per ``2·BLOCK_M·BLOCK_N·d`` FLOPs), the price of not holding a ``(BLOCK_M, d)``
-  fp32 accumulator in registers for ``d`` up to 1024+.
-* Memory: inputs are read in their own dtype (no fp32 copies); outputs ``dq``/``dk`` are fp32 ``(b, d)`` /
-  ``(n, d)``; scratch is ``O(G·n + S·b)``. Time grows as ``O(b·n·d)``.
-* Addressing: tiles advance scalar 64-bit base pointers and use int32 offsets inside the tile; labels and
-  ids are int32 (ids outside int32 are renumbered), which keeps the kernels free of register spills on
-  sm_90 for the listed configs (checked by compiling without a GPU, see tests/losses/test_triton_compile.py).
-
-Precision: fp32 accumulation everywhere. bf16/fp16 inputs use tensor-core ``tl.dot``; the ``dS`` tile is
-cast to the input dtype for the two gradient matmuls (as FlashAttention does), fp16 with a per-tile
-rescale so small gradients do not underflow. fp32 inputs use TF32 when
-``torch.get_float32_matmul_precision() != "highest"``, else exact IEEE fp32 dots.
-
-CPU: set ``TRITON_INTERPRET=1`` *before* importing this module; kernels then run on CPU tensors in Triton's
-interpreter with a small fixed configuration (used by the tests). On CUDA the block sizes are autotuned
-over a Hopper-oriented config list, bounded above by ``tile_b``/``tile_n``.
-
-References:
-    Wang et al., "Breaking the Memory Barrier: Near Infinite Batch Size Scaling for Contrastive Loss"
-    (Inf-CL), arXiv:2410.17243. Dao, "FlashAttention-2", arXiv:2307.08691 (online softmax, recompute).
+The design (grid layout, atomics vs the deterministic mode, precision, addressing) is described in
+docs/losses.md, section "Triton kernels: design". ``TRITON_INTERPRET=1`` set before importing this module
+runs the kernels on CPU tensors in Triton's interpreter (tests only).
 """
 
 from __future__ import annotations

@@ -97,9 +97,11 @@ class StepRunner:
         from hardbatch.losses import info_nce
 
         device = query.device
+        # No fp32 cast: bf16 embeddings (autocast) go to the loss as they are; its tiles run bf16 matmuls
+        # where that is fast and keep exp / log-sum-exp and accumulation in fp32 (losses.tiled.tile_dtype).
         return info_nce(
-            query.float(),
-            document.float(),
+            query,
+            document,
             scale=self.config.scale,
             symmetric=self.config.symmetric,
             query_ids=None if query_ids is None else query_ids.to(device),
@@ -116,7 +118,7 @@ class StepRunner:
         def encode(encoder: Any, chunk: dict[str, Any]) -> torch.Tensor:
             with self._autocast():
                 (embedding,) = encoder(chunk)
-            return embedding.float()
+            return embedding
 
         chunk_size = int(self.config.gradcache_chunk)
         # A frozen tower needs no replay: its embeddings are constants, computed chunk by chunk.

@@ -40,6 +40,7 @@ import torch
 
 from hardbatch.errors import ConfigError, HardbatchError, TrainingDivergedError
 from hardbatch.io import read_json, write_json
+from hardbatch.losses.module import clamp_logit_scales
 from hardbatch.progress import progress_enabled
 from hardbatch.train.checkpoint import (
     Checkpoint,
@@ -505,6 +506,8 @@ class Trainer:
             self.scheduler.step()
             return None
         self.optimizer.step()
+        # A learnable logit scale is clamped on the parameter after the step (OpenCLIP), never in forward.
+        clamp_logit_scales(self.model)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss
