@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from hardbatch.app.stages import mine_b3_plan, teacher_hardness, train_run
 from hardbatch.io import atomic_path, atomic_write, write_json
 from hardbatch.machine import describe_machine
 from hardbatch.progress import StageTimer
@@ -138,7 +139,7 @@ def run_demo(config: DemoConfig, log: Any = print) -> DemoResult:
     stage_done("teacher", f"embedded {2 * len(train)} texts")
 
     with timer.stage("mine"):
-        plan = _mine(embeddings, train, config)
+        plan = mine_b3_plan(embeddings, train, config, batch_size=config.batch_size, seed=config.seed)
         plan_path = plan.save(out / "b3-plan.parquet")
     stage_done("mine", f"{plan.num_clusters} clusters of {plan.cluster_size} -> {plan_path.name}")
 
@@ -222,33 +223,14 @@ def _teacher_embeddings(train: Any, teacher: str, out: Path, config: DemoConfig)
     )
 
 
-def _mine(embeddings: Any, train: Any, config: DemoConfig) -> Any:
-    from hardbatch.mining import mine_b3
-
-    return mine_b3(
-        embeddings.query,
-        embeddings.positive,
-        batch_size=config.batch_size,
-        cluster_size=config.cluster_size,
-        skip=config.skip,
-        window=config.window,
-        seed=config.seed,
-        positive_texts=train.positives,
-        dataset_hash=train.fingerprint,
-        device="cpu",
-    )
-
-
 def _hardness(embeddings: Any, plan: Any, config: DemoConfig) -> dict[str, dict[str, float]]:
-    from hardbatch.evaluate.hardness import batch_hardness, random_batches_like, summarize_hardness
+    from hardbatch.evaluate.hardness import random_batches_like
 
     mined = plan.batches(0, batch_size=config.batch_size)
     baseline = random_batches_like(mined, plan.num_examples, seed=config.seed)
     out = {}
     for name, batches in (("random", baseline), ("b3", mined)):
-        summary = summarize_hardness(
-            batch_hardness(embeddings.query, embeddings.positive, batches, scale=config.scale)
-        )
+        summary = teacher_hardness(embeddings, batches, config.scale)
         out[name] = {k: summary[k] for k in ("neg_sim_mean", "hardest_neg_sim_mean", "infonce", "recall@1")}
     return out
 
@@ -261,27 +243,19 @@ def _evaluate_frozen(model: str, test: Any, config: DemoConfig) -> dict[str, flo
 
 def _train(sampler: str, model: str, train: Any, test: Any, plan: Any, out: Path, config: DemoConfig) -> Any:
     from hardbatch.samplers import SamplerInputs, resolve_inputs
-    from hardbatch.train import TrainConfig
-    from hardbatch.train import train as run_training
 
-    options = resolve_inputs(sampler, SamplerInputs(plan=plan))
-    return run_training(
-        TrainConfig(
-            data=train,
-            eval_data=test,
-            output_dir=str(out / f"run-{sampler}"),
-            model=model,
-            sampler=sampler,
-            sampler_options=options,
-            batch_size=config.batch_size,
-            epochs=config.epochs,
-            lr=config.lr,
-            scale=config.scale,
-            max_seq_length=config.max_seq_length,
-            seed=config.seed,
-            log_every=5,
-            overwrite=True,
-        )
+    return train_run(
+        config,
+        data=train,
+        eval_data=test,
+        output_dir=out / f"run-{sampler}",
+        model=model,
+        sampler=sampler,
+        sampler_options=resolve_inputs(sampler, SamplerInputs(plan=plan)),
+        batch_size=config.batch_size,
+        seed=config.seed,
+        epochs=config.epochs,
+        log_every=5,
     )
 
 

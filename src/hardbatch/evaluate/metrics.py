@@ -69,14 +69,41 @@ def retrieval_metrics(
     query_emb: np.ndarray | torch.Tensor,
     corpus_emb: np.ndarray | torch.Tensor,
     relevant: Any = None,
+    **options: Any,
+) -> dict[str, float]:
+    """Average retrieval metrics of ``query_emb`` against ``corpus_emb``: ``retrieval_scores(...).metrics``.
+
+    Args:
+        query_emb, corpus_emb, relevant: as for :func:`retrieval_scores`.
+        options: keyword options of :func:`retrieval_scores` (``ks``, ``chunk_size``, ``device``,
+            ``normalize``, ``show_progress``).
+
+    Returns:
+        ``{"ndcg@10": ..., "mrr@10": ..., "recall@1": ..., "recall@10": ..., "recall@100": ..., "map@100": ...}``
+        (floats in [0, 1]).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> corpus = rng.normal(size=(50, 8)).astype(np.float32)
+        >>> m = retrieval_metrics(corpus + 0.01, corpus, device="cpu", show_progress=False)
+        >>> m["recall@1"], m["mrr@10"]
+        (1.0, 1.0)
+    """
+    return retrieval_scores(query_emb, corpus_emb, relevant, **options).metrics
+
+
+def retrieval_scores(
+    query_emb: np.ndarray | torch.Tensor,
+    corpus_emb: np.ndarray | torch.Tensor,
+    relevant: Any = None,
     *,
     ks: dict[str, Sequence[int]] | None = None,
     chunk_size: int | None = None,
     device: str | torch.device | None = "auto",
     normalize: bool = True,
     show_progress: bool | None = None,
-) -> dict[str, float]:
-    """Average retrieval metrics of ``query_emb`` against ``corpus_emb`` (exact, chunked search).
+) -> RetrievalResult:
+    """Retrieval metrics of ``query_emb`` against ``corpus_emb`` (exact, chunked search), mean and per query.
 
     Args:
         query_emb: (Q, d) float array/tensor (memory-mapped arrays are read chunk by chunk).
@@ -91,40 +118,8 @@ def retrieval_metrics(
         show_progress: progress bar.
 
     Returns:
-        ``{"ndcg@10": ..., "mrr@10": ..., "recall@1": ..., "recall@10": ..., "recall@100": ..., "map@100": ...}``
-        (floats in [0, 1]).
-
-    Example:
-        >>> rng = np.random.default_rng(0)
-        >>> corpus = rng.normal(size=(50, 8)).astype(np.float32)
-        >>> m = retrieval_metrics(corpus + 0.01, corpus, device="cpu", show_progress=False)
-        >>> m["recall@1"], m["mrr@10"]
-        (1.0, 1.0)
-    """
-    return retrieval_scores(
-        query_emb,
-        corpus_emb,
-        relevant,
-        ks=ks,
-        chunk_size=chunk_size,
-        device=device,
-        normalize=normalize,
-        show_progress=show_progress,
-    ).metrics
-
-
-def retrieval_scores(
-    query_emb: np.ndarray | torch.Tensor,
-    corpus_emb: np.ndarray | torch.Tensor,
-    relevant: Any = None,
-    *,
-    ks: dict[str, Sequence[int]] | None = None,
-    chunk_size: int | None = None,
-    device: str | torch.device | None = "auto",
-    normalize: bool = True,
-    show_progress: bool | None = None,
-) -> RetrievalResult:
-    """Like :func:`retrieval_metrics` but also returns per-query values and counts.
+        :class:`RetrievalResult`: ``metrics`` (``{"ndcg@10": ..., "mrr@10": ..., ...}``, floats in [0, 1]),
+        per-query values and counts.
 
     Example:
         >>> q = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)

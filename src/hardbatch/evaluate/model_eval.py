@@ -112,7 +112,7 @@ def evaluate_texts(
         relevant: see :func:`hardbatch.evaluate.relevance.relevance_matrix` (default query i ↔ corpus i).
         cache_dir: when given, embeddings are cached there as ``queries.npy`` / ``corpus.npy``.
         batch_size, max_seq_length, device, show_progress: as for :func:`hardbatch.embed.encode_texts`.
-        ks, chunk_size: as for :func:`hardbatch.evaluate.retrieval_metrics`.
+        ks, chunk_size: as for :func:`hardbatch.evaluate.retrieval_scores`.
 
     Returns:
         ``(RetrievalResult, {"encode": seconds, "search": seconds})``.

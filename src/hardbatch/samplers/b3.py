@@ -218,6 +218,11 @@ class B3BatchSampler(HardBatchSampler):
             same_source=self.same_source,
             rng=self.rng(epoch),
         )
+        return self._split_global(full, epoch)
+
+    def _split_global(self, full: list[list[int]], epoch: int) -> list[list[int]]:
+        """Split each global batch of ``full`` over the ranks, remembering each slice's global batch and rank
+        for :meth:`hard_negatives` (per-device batches in rank order, global batch after global batch)."""
         per_device = split_global_batches(full, self.batch_size, self.world_size)
         index = {}
         for g, batch in enumerate(full):

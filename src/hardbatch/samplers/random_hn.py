@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from hardbatch.samplers.b3 import B3BatchSampler
-from hardbatch.samplers.global_batch import split_global_batches
 
 __all__ = ["RandomHardNegativeBatchSampler"]
 
@@ -56,13 +55,7 @@ class RandomHardNegativeBatchSampler(B3BatchSampler):
             return [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
         size = self.global_size
         full = [order[start : start + size] for start in range(0, len(order) - size + 1, size)]
-        per_device = split_global_batches(full, self.batch_size, self.world_size)
-        index = {}
-        for g, batch in enumerate(full):
-            for rank in range(self.world_size):
-                index[tuple(sorted(per_device[g * self.world_size + rank]))] = (batch, rank)
-        self._slices = (epoch, index)
-        return per_device
+        return self._split_global(full, epoch)
 
     def __len__(self) -> int:
         if self.splits_global:

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hardbatch.app.cli.options import Device, EncodeBatchSize, MaxSeqLength, Model, PairData
 from hardbatch.app.cli.output import check_output_dir
 
 console = Console()
@@ -20,28 +21,17 @@ def register(app: typer.Typer) -> None:
 
 
 def embed(
-    data: Annotated[
-        str, typer.Argument(help="Pair data: a .jsonl/.json/.csv/.parquet file or codesearch:<split>.")
-    ],
+    data: PairData,
     out_dir: Annotated[
         Path, typer.Option("--output", "-o", help="Output directory for query.npy / positive.npy.")
     ],
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model", "-m", help="'default' (packaged all-MiniLM-L6-v2) or a local model directory."
-        ),
-    ] = "default",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Texts per forward pass.")] = 64,
-    max_seq_length: Annotated[
-        int | None, typer.Option("--max-seq-length", help="Truncate inputs to this many tokens.")
-    ] = None,
+    model: Model = "default",
+    batch_size: EncodeBatchSize = 64,
+    max_seq_length: MaxSeqLength = None,
     normalize: Annotated[
         bool, typer.Option("--normalize/--no-normalize", help="L2-normalise embeddings.")
     ] = True,
-    device: Annotated[
-        str, typer.Option("--device", help="'auto' (CUDA if available), 'cpu', 'cuda:0', ...")
-    ] = "auto",
+    device: Device = "auto",
     strict: Annotated[
         bool, typer.Option("--strict", help="Fail on a stale cache in DIR instead of rebuilding it.")
     ] = False,

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hardbatch.app.cli.options import Device, EncodeBatchSize, MaxSeqLength, Model, PairData
 from hardbatch.app.cli.output import check_output_file
 
 console = Console()
@@ -20,20 +21,10 @@ def register(app: typer.Typer) -> None:
 
 
 def evaluate(
-    data: Annotated[
-        str,
-        typer.Argument(help="Pair data: a .jsonl/.json/.csv/.parquet file or codesearch:<split>."),
-    ],
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model", "-m", help="'default' (packaged all-MiniLM-L6-v2) or a local model directory."
-        ),
-    ] = "default",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Texts per forward pass.")] = 64,
-    max_seq_length: Annotated[
-        int | None, typer.Option("--max-seq-length", help="Truncate inputs to this many tokens.")
-    ] = None,
+    data: PairData,
+    model: Model = "default",
+    batch_size: EncodeBatchSize = 64,
+    max_seq_length: MaxSeqLength = None,
     corpus: Annotated[
         str,
         typer.Option("--corpus", help="'positives' (all distinct positives) or 'all' (+ hard negatives)."),
@@ -42,9 +33,7 @@ def evaluate(
         int | None,
         typer.Option("--chunk-size", help="Queries per exact-search block (default: ~256 MB blocks)."),
     ] = None,
-    device: Annotated[
-        str, typer.Option("--device", help="'auto' (CUDA if available), 'cpu', 'cuda:0', ...")
-    ] = "auto",
+    device: Device = "auto",
     cache_dir: Annotated[
         Path | None, typer.Option("--cache-dir", help="Cache the embeddings here (reused when still valid).")
     ] = None,

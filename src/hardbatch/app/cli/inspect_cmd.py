@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hardbatch.app.cli.options import ExampleBatchSize
 from hardbatch.app.cli.output import check_output_dir
 from hardbatch.app.cli.teacher import EmbDir, PositiveEmb, QueryEmb, TeacherMaxSeqLength, teacher_embeddings
 
@@ -188,7 +189,7 @@ def inspect_command(
     teacher: Annotated[
         str, typer.Option("--teacher", "-t", help="'default' (all-MiniLM-L6-v2) or a model dir.")
     ] = "default",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Examples per batch.")] = 64,
+    batch_size: ExampleBatchSize = 64,
     k: Annotated[
         int, typer.Option("--k", help="Teacher neighbours per query for pair coverage (0: skip).")
     ] = 10,

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hardbatch.app.cli.options import ExampleBatchSize, PlanOutput, TeacherDevice
 from hardbatch.app.cli.output import check_output_file
 from hardbatch.app.cli.teacher import EmbDir, PositiveEmb, QueryEmb, TeacherMaxSeqLength, teacher_embeddings
 
@@ -76,9 +77,7 @@ def mine_b3_command(
             "--query-emb and --positive-emb are given."
         ),
     ] = None,
-    out: Annotated[Path, typer.Option("--output", "-o", help="Output batch plan (.parquet).")] = Path(
-        "plan.parquet"
-    ),
+    out: PlanOutput = Path("plan.parquet"),
     teacher: Annotated[
         str,
         typer.Option("--teacher", "-t", help="'default' (packaged all-MiniLM-L6-v2) or a model directory."),
@@ -179,7 +178,7 @@ def mine_b3_command(
     store_window: Annotated[
         bool, typer.Option("--store-window/--no-store-window", help="Keep the rank window (B3++, inspect).")
     ] = True,
-    device: Annotated[str, typer.Option("--device", help="'auto', 'cpu', 'cuda:0', ...")] = "auto",
+    device: TeacherDevice = "auto",
     embed_batch_size: Annotated[int, typer.Option("--embed-batch-size", help="Texts per forward pass.")] = 64,
     max_seq_length: TeacherMaxSeqLength = None,
 ) -> None:
@@ -318,13 +317,11 @@ def mine_gcbs_command(
     data: Annotated[
         str, typer.Argument(help="Pair data (.jsonl/.json/.csv/.parquet or codesearch:<split>).")
     ],
-    out: Annotated[Path, typer.Option("--output", "-o", help="Output batch plan (.parquet).")] = Path(
-        "gcbs.parquet"
-    ),
+    out: PlanOutput = Path("gcbs.parquet"),
     teacher: Annotated[
         str, typer.Option("--teacher", "-t", help="'default' or a model directory.")
     ] = "default",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Examples per batch.")] = 64,
+    batch_size: ExampleBatchSize = 64,
     quantile: Annotated[
         float | None, typer.Option("--quantile", help="Similarity quantile (default 0.999).")
     ] = None,
@@ -334,7 +331,7 @@ def mine_gcbs_command(
     seed: Annotated[
         int, typer.Option("--seed", help="Seed of the quantile sample and RCM tie-breaking.")
     ] = 0,
-    device: Annotated[str, typer.Option("--device", help="'auto', 'cpu', 'cuda:0', ...")] = "auto",
+    device: TeacherDevice = "auto",
     graph_method: Annotated[
         str,
         typer.Option(
