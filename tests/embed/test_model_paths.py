@@ -15,10 +15,20 @@ def test_default_is_the_packaged_minilm():
 
 
 def test_a_local_directory_is_returned_and_user_paths_expand(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text("{}")
     assert resolve_model_path(tmp_path) == tmp_path
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "my-model").mkdir()
+    (tmp_path / "my-model" / "modules.json").write_text("[]")
     assert resolve_model_path("~/my-model") == tmp_path / "my-model"
+
+
+def test_a_folder_that_is_no_model_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="is an empty folder"):
+        resolve_model_path(tmp_path)
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="has no config.json or modules.json"):
+        resolve_model_path(tmp_path)
 
 
 def test_a_hub_name_is_refused_with_the_way_out(tmp_path):

@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from hardbatch.errors import ConfigError
 from hardbatch.ids import stable_ids
@@ -73,23 +72,11 @@ class NoDuplicatesBatchSampler(HardBatchSampler):
 
     rng_salt = 0xD0D
 
-    def __init__(
-        self,
-        dataset: Sequence[Any],
-        batch_size: int = 32,
-        drop_last: bool = True,
-        valid_label_columns: list[str] | None = None,
-        generator: torch.Generator | None = None,
-        seed: int = 0,
-        *,
-        world_size: int | None = None,
-    ) -> None:
+    def __init__(self, dataset: Sequence[Any], batch_size: int = 32, *args: Any, **base: Any) -> None:
         if dataset is None:
             raise ConfigError("NoDuplicatesBatchSampler needs the dataset (it reads the texts)")
-        super().__init__(
-            dataset, batch_size, drop_last, valid_label_columns, generator, seed, world_size=world_size
-        )
-        self._indptr, self._ids = text_ids(dataset_text_columns(dataset, valid_label_columns))
+        super().__init__(dataset, batch_size, *args, **base)
+        self._indptr, self._ids = text_ids(dataset_text_columns(dataset, self.valid_label_columns))
         counts = np.bincount(self._ids) if self._ids.size else np.zeros(0, dtype=np.int64)
         row_of_id = np.repeat(np.arange(self.num_examples), np.diff(self._indptr))
         shared = np.zeros(self.num_examples, dtype=bool)
