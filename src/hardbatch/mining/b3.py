@@ -25,14 +25,14 @@ The teacher kNN dominates: about a minute for 100k × 384 on 2 CPU cores, second
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from hardbatch.errors import ConfigError
-from hardbatch.graph.knn import KnnResult, knn_recall
+from hardbatch.graph.knn import KnnResult, recall_report
 from hardbatch.graph.knn import knn as run_knn
 from hardbatch.graph.partition import balanced_clusters
 from hardbatch.graph.rank_window import filter_window, graph_stats, mutual_graph, rank_window, window_matrix
@@ -169,6 +169,9 @@ def mine_b3(
     chunk_size: int | None = None,
     faiss_options: dict[str, int] | None = None,
     recall_sample: int = 1000,
+    precision: str = "auto",
+    recall_target: float | None = 0.95,
+    neighbor_search: Callable[[Any, Any, int, np.ndarray], KnnResult] | None = None,
     store_window: bool = True,
     store_neighbors: bool = True,
     dataset_hash: str | None = None,
@@ -196,7 +199,17 @@ def mine_b3(
         device: device of the exact kNN ("auto": CUDA when available).
         chunk_size: query rows per similarity block (exact kNN).
         faiss_options: extra options of :func:`hardbatch.graph.knn.knn_faiss` (``hnsw_m``, ``ef_search``...).
-        recall_sample: rows used to measure approximate-kNN recall (0 to skip).
+        recall_sample: rows used to measure approximate-kNN recall (0 to skip); the plan stores recall@k
+            (``knn_recall``) and the recall of the window ranks [skip, skip + window) (``knn_window_recall``).
+        precision: matmul precision of the exact kNN: "auto" (bf16 where fast, see
+            :mod:`hardbatch.graph.precision`), "fp32" or "bf16"; the windows are the fp32 ones either way.
+        recall_target: the approximate backends choose their search effort (IVF ``nprobe``, HNSW
+            ``efSearch``) to reach this window recall on a calibration sample, unless ``faiss_options`` sets
+            it; None keeps faiss defaults.
+        neighbor_search: replaces the kNN stage: called as ``fn(query_part, positive_part, k, ids)`` per
+            source group (``ids``: the group's example ids) and must return what :func:`hardbatch.graph.knn.knn`
+            would with ``exclude_self=True``; :func:`hardbatch.mining.distributed.mine_b3_distributed` uses it
+            to spread the ranking over ranks.
         store_window: keep the filtered directed rank window in the plan (B3++ hard negatives, inspection);
             costs N · m int32.
         store_neighbors: keep the mutual graph in the plan.
@@ -242,6 +255,8 @@ def mine_b3(
     width = window
     windows = np.full((num_examples, width), -1, dtype=np.int32)
     recalls: list[float] = []
+    window_recalls: list[float] = []
+    knn_infos: list[dict[str, Any]] = []
     for ids in groups:
         whole = len(groups) == 1
         q_part = query_emb if whole else _as_numpy(query_emb)[ids]
@@ -250,23 +265,38 @@ def mine_b3(
         if k <= skip:  # too few examples in this group for any rank past the skipped ones
             continue
         with timer.stage("knn"):
-            result = _group_knn(
-                q_part, p_part, k, knn, normalize, device, chunk_size, faiss_options, seed, show_progress
-            )
+            if neighbor_search is not None:
+                result = neighbor_search(q_part, p_part, k, ids)
+            else:
+                result = _group_knn(
+                    q_part,
+                    p_part,
+                    k,
+                    knn,
+                    normalize,
+                    device,
+                    chunk_size,
+                    _faiss_options(knn, faiss_options, recall_target, skip, k),
+                    seed,
+                    show_progress,
+                    precision,
+                )
+        knn_infos.append(result.info)
         if knn != "exact" and recall_sample > 0:
             with timer.stage("knn_recall"):
-                recalls.append(
-                    knn_recall(
-                        result,
-                        q_part,
-                        p_part,
-                        sample=recall_sample,
-                        exclude_self=True,
-                        normalize=normalize,
-                        seed=seed,
-                        device=device,
-                    )
+                report = recall_report(
+                    result,
+                    q_part,
+                    p_part,
+                    ranges={"topk": (0, k), "window": (skip, k)},
+                    sample=recall_sample,
+                    exclude_self=True,
+                    normalize=normalize,
+                    seed=seed,
+                    device=device,
                 )
+                recalls.append(report["topk"])
+                window_recalls.append(report["window"])
         with timer.stage("window"):
             local = _filtered_window(
                 result,
@@ -319,6 +349,8 @@ def mine_b3(
         "relative_margin": relative_margin,
         "max_score": max_score,
         "faiss_options": dict(faiss_options or {}),
+        "precision": precision,
+        "recall_target": recall_target,
     }
     stats = {
         "stages": timer.as_dict(),
@@ -332,6 +364,9 @@ def mine_b3(
     }
     if recalls:
         stats["knn_recall"] = float(np.mean(recalls))
+        stats["knn_window_recall"] = float(np.mean(window_recalls))
+    if knn_infos:
+        stats["knn_info"] = knn_infos[0] if len(knn_infos) == 1 else knn_infos
     return BatchPlan(
         clusters=clusters,
         remainder=remainder,
@@ -347,6 +382,18 @@ def mine_b3(
     )
 
 
+def _faiss_options(
+    backend: str, options: dict[str, int] | None, recall_target: float | None, skip: int, k: int
+) -> dict[str, Any]:
+    """faiss options with the search effort calibrated to the window recall unless set explicitly."""
+    merged: dict[str, Any] = dict(options or {})
+    explicit = {"ivf": "nprobe", "hnsw": "ef_search"}.get(backend)
+    if explicit and recall_target is not None and explicit not in merged:
+        merged.setdefault("recall_target", recall_target)
+        merged.setdefault("recall_columns", (min(skip, k - 1), k))
+    return merged
+
+
 def _group_knn(
     query: Any,
     positive: Any,
@@ -355,9 +402,10 @@ def _group_knn(
     normalize: bool,
     device: Any,
     chunk_size: int | None,
-    faiss_options: dict[str, int] | None,
+    faiss_options: dict[str, Any] | None,
     seed: int,
     show_progress: bool | None,
+    precision: str = "auto",
 ) -> KnnResult:
     if backend == "exact":
         return run_knn(
@@ -369,6 +417,7 @@ def _group_knn(
             normalize=normalize,
             device=device,
             chunk_size=chunk_size,
+            precision=precision,
             show_progress=show_progress,
         )
     options = dict(faiss_options or {})
