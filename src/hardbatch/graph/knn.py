@@ -188,6 +188,7 @@ def knn_exact(
     normalize: bool = False,
     precision: str = "auto",
     margin: int | None = None,
+    row_offset: int | None = None,
     show_progress: bool | None = None,
 ) -> KnnResult:
     """Exact top-``k`` keys of every row by inner product, computed block by block.
@@ -208,6 +209,9 @@ def knn_exact(
         normalize: L2-normalise rows and keys first (cosine similarity).
         precision: "auto", "fp32" or "bf16" (speed only; the answer is the fp32 one).
         margin: bf16 candidates per row beyond ``k`` (default 64, adaptive).
+        row_offset: with ``exclude_self``, ``rows`` is a shard of the aligned rows: row r is example
+            ``row_offset + r`` (as one rank of :mod:`hardbatch.mining.distributed` searches). None: the
+            rows are all N_keys of them.
         show_progress: progress bar (default: on unless ``HARDBATCH_PROGRESS=0``).
 
     Returns:
@@ -226,9 +230,14 @@ def knn_exact(
         (4, 1)
     """
     num_rows, num_keys = len(rows), len(keys)
-    if exclude_self and num_rows != num_keys:
+    shard = row_offset is not None
+    row_offset = row_offset or 0
+    if exclude_self and (
+        (not shard and num_rows != num_keys) or row_offset < 0 or num_rows + row_offset > num_keys
+    ):
         raise ConfigError(
-            f"exclude_self needs aligned rows and keys, got {num_rows} rows and {num_keys} keys"
+            f"exclude_self needs aligned rows and keys, got {num_rows} rows (offset {row_offset}) and "
+            f"{num_keys} keys"
         )
     _check_k(k, num_keys, exclude_self)
     dev = resolve_device(device)
@@ -253,10 +262,10 @@ def knn_exact(
         if normalize:
             row_t = torch.nn.functional.normalize(row_t, dim=1)
         if key_low is None:
-            values, top = _fp32_topk(row_t, key_t, k, start, exclude_self)
+            values, top = _fp32_topk(row_t, key_t, k, start + row_offset, exclude_self)
         else:
             values, top, failed = _bf16_topk(
-                row_t, key_t, key_low, key_norm_max, k, margin, start, exclude_self
+                row_t, key_t, key_low, key_norm_max, k, margin, start + row_offset, exclude_self
             )
             redone += failed
             if failed > 0.01 * len(row_t):  # a dense score band: widen the candidate set

@@ -52,6 +52,12 @@ def mine_b3_command(
     window: Annotated[int, typer.Option("--window", help="m: ranks kept after the skipped ones.")] = 100,
     seed: Annotated[int, typer.Option("--seed", help="METIS / repair / shuffle seed.")] = 0,
     knn: Annotated[str, typer.Option("--knn", help="exact | hnsw | ivf (faiss, approximate).")] = "exact",
+    precision: Annotated[
+        str, typer.Option("--precision", help="Exact kNN matmul: auto (bf16 where fast) | fp32 | bf16.")
+    ] = "auto",
+    recall_target: Annotated[
+        float, typer.Option("--recall-target", help="Window recall the hnsw/ivf search effort is tuned to.")
+    ] = 0.95,
     query_emb: QueryEmb = None,
     positive_emb: PositiveEmb = None,
     emb_dir: EmbDir = None,
@@ -84,9 +90,22 @@ def mine_b3_command(
     embed_batch_size: Annotated[int, typer.Option("--embed-batch-size", help="Texts per forward pass.")] = 64,
     max_seq_length: TeacherMaxSeqLength = None,
 ) -> None:
-    """Mine B3 batches: teacher ranks → rank-window mutual graph → METIS clusters of K → batch plan."""
+    """Mine B3 batches: teacher ranks → rank-window mutual graph → METIS clusters of K → batch plan.
+
+    Under ``torchrun --nproc-per-node W -m hardbatch mine b3 ...`` (WORLD_SIZE > 1) the teacher ranking is
+    split over the W ranks (gloo on CPU, NCCL with CUDA devices) and rank 0 writes the plan once; give the
+    embeddings as .npy files (--query-emb/--positive-emb), which every rank memory-maps.
+    """
+    import os
+
     from hardbatch.errors import ConfigError
     from hardbatch.mining import mine_b3
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        if query_emb is None or positive_emb is None:
+            raise ConfigError("distributed mining (WORLD_SIZE > 1) needs --query-emb and --positive-emb")
+        mine_b3 = _distributed_miner(device)
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -119,6 +138,8 @@ def mine_b3_command(
         window=window,
         seed=seed,
         knn=knn,
+        precision=precision,
+        recall_target=recall_target,
         sources=sources,
         same_source=same_source,
         positive_texts=texts,
@@ -129,12 +150,37 @@ def mine_b3_command(
         store_window=store_window,
         dataset_hash=dataset.fingerprint if dataset is not None else None,
     )
+    if plan is None:  # a distributed rank other than 0: rank 0 writes the plan
+        return
     plan.params["teacher"] = teacher if query_emb is None else "user embeddings"
     timings["mine"] = time.perf_counter() - step
     step = time.perf_counter()
     path = plan.save(out)
     timings["save"] = time.perf_counter() - step
     _print_summary(plan, path, emb_paths, timings, time.perf_counter() - started)
+
+
+def _distributed_miner(device: str):
+    """``mine_b3`` over the torchrun world: initialise the default group once, one CUDA device per rank."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from hardbatch.mining.distributed import mine_b3_distributed
+
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available() and device != "cpu"
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+
+    def run(*args, **kwargs):
+        if kwargs.get("device") == "auto" and torch.cuda.is_available():
+            kwargs["device"] = f"cuda:{torch.cuda.current_device()}"
+        return mine_b3_distributed(*args, **kwargs)
+
+    return run
 
 
 def _print_summary(
@@ -172,6 +218,8 @@ def _print_summary(
     ]
     if "knn_recall" in stats:
         rows.append(("approximate kNN recall", f"{stats['knn_recall']:.3f}"))
+    if "knn_window_recall" in stats:
+        rows.append(("window recall [p, p+m)", f"{stats['knn_window_recall']:.3f}"))
     rows += [("embeddings", f"{emb_paths[0]}, {emb_paths[1]}"), ("plan", str(path))]
     for field, value in rows:
         summary.add_row(field, value)
