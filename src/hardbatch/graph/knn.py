@@ -54,7 +54,8 @@ KnnBackend = Literal["exact", "hnsw", "ivf"]
 _BF16_U = 2.0**-8
 
 #: Default extra bf16 candidates per row beyond k before the fp32 re-scoring (grows when rows fail the proof).
-_DEFAULT_MARGIN = 64
+#: Measured on 20k clustered 384-d unit vectors, k = 130: margin 64 left 14 % of rows unproven, 128 left 0.1 %.
+_DEFAULT_MARGIN = 128
 
 
 @dataclass
@@ -208,7 +209,7 @@ def knn_exact(
         device: "auto" (CUDA when available), or any torch device.
         normalize: L2-normalise rows and keys first (cosine similarity).
         precision: "auto", "fp32" or "bf16" (speed only; the answer is the fp32 one).
-        margin: bf16 candidates per row beyond ``k`` (default 64, adaptive).
+        margin: bf16 candidates per row beyond ``k`` (default 128, adaptive).
         row_offset: with ``exclude_self``, ``rows`` is a shard of the aligned rows: row r is example
             ``row_offset + r`` (as one rank of :mod:`hardbatch.mining.distributed` searches). None: the
             rows are all N_keys of them.
