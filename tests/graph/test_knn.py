@@ -173,3 +173,24 @@ def test_ivf_calibration_reaches_window_recall_target():
     window = knn_recall(tuned, x, x, exclude_self=True, normalize=True, device="cpu", columns=(10, 40))
     assert window >= 0.93  # measured on other rows than the calibration's
     assert knn_recall(loose, x, x, exclude_self=True, normalize=True, device="cpu", columns=(10, 40)) < 0.9
+
+
+def test_row_shards_with_offset_equal_the_full_search():
+    rows, _ = _data(230, 8)
+    full = knn_exact(rows, rows, 9, exclude_self=True, device="cpu", precision="fp32")
+    parts = [
+        knn_exact(rows[lo:hi], rows, 9, exclude_self=True, row_offset=lo, device="cpu", precision="fp32")
+        for lo, hi in ((0, 77), (77, 150), (150, 230))
+    ]
+    np.testing.assert_array_equal(np.concatenate([p.indices for p in parts]), full.indices)
+    with pytest.raises(ConfigError, match="aligned"):
+        knn_exact(rows[:50], rows, 3, exclude_self=True, row_offset=200)
+
+
+def test_graph_does_not_import_evaluate():
+    import subprocess
+    import sys
+
+    code = "import sys, hardbatch.graph.knn, hardbatch.graph.threshold; print(any(m.startswith('hardbatch.evaluate') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
