@@ -29,6 +29,7 @@ __all__ = ["DEFAULT_BLOCK_BYTES", "auto_chunk_size", "select_topk", "topk_with_t
 #: Bytes one score block may take when ``chunk_size`` is left to :func:`auto_chunk_size`.
 DEFAULT_BLOCK_BYTES = 256 << 20
 
+
 def _auto_group(width: int, kept: int) -> int:
     """Group size minimising the two selection passes' widths, N/G + kept·G: G ≈ sqrt(N / kept), a power of 2.
 

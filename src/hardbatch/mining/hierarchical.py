@@ -58,6 +58,26 @@ def _chain(centroids: np.ndarray) -> np.ndarray:
     return np.asarray(order)
 
 
+def _sum_stages(shards: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    total: dict[str, dict[str, float]] = {}
+    for shard in shards:
+        for name, values in shard["stages"].items():
+            entry = total.setdefault(name, {"seconds": 0.0, "peak_rss_mb": 0.0})
+            entry["seconds"] = round(entry["seconds"] + values["seconds"], 3)
+            entry["peak_rss_mb"] = max(entry["peak_rss_mb"], values["peak_rss_mb"])
+    return total
+
+
+def _sum_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Integer counts summed over shards (edges, isolated nodes, cuts); ratios are recomputed by the caller."""
+    total: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, int | np.integer) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + int(value)
+    return total
+
+
 def coarse_shards(
     query_emb: np.ndarray | torch.Tensor,
     positive_emb: np.ndarray | torch.Tensor,
@@ -163,6 +183,7 @@ def mine_b3_hierarchical(
 
     for option in ("store_window", "store_neighbors", "same_source"):
         mine_options.pop(option, None)
+    texts = mine_options.pop("positive_texts", None)  # sliced per shard below
     num_examples = len(query_emb)
     if batch_size % cluster_size or batch_size > num_examples:
         raise ConfigError(f"batch_size={batch_size} must be a multiple of K={cluster_size} and <= N")
@@ -187,17 +208,18 @@ def mine_b3_hierarchical(
                 remainder_codes.append(np.full(len(shard), code, dtype=np.int32))
                 continue
             sub_q, sub_p = np.asarray(query_emb[shard]), np.asarray(positive_emb[shard])
+            shard_texts = None if texts is None else [texts[int(i)] for i in shard]
             plan = mine_b3(sub_q, sub_p, batch_size=cluster_size, cluster_size=cluster_size, seed=seed,
                            store_window=False, store_neighbors=False, show_progress=show_progress,
-                           **mine_options)  # fmt: skip
+                           positive_texts=shard_texts, **mine_options)  # fmt: skip
             clusters.append(shard[plan.clusters])
             remainder.append(shard[plan.remainder])
             cluster_codes.append(np.full(len(plan.clusters), code, dtype=np.int32))
             remainder_codes.append(np.full(len(plan.remainder), code, dtype=np.int32))
             shard_stats.append({
                 "size": len(shard), "seconds": plan.stats["total_seconds"],
-                "within_edge_fraction": plan.stats["partition"].get("within_edge_fraction"),
-                "mutual_edges": plan.stats["graph"]["mutual_edges"],
+                "stages": plan.stats["stages"], "graph": plan.stats["graph"],
+                "partition": plan.stats["partition"],
             })  # fmt: skip
     all_clusters = np.concatenate(clusters) if clusters else np.empty((0, cluster_size), np.int64)
     params = {
@@ -208,13 +230,34 @@ def mine_b3_hierarchical(
         "same_source": sources is not None,
         "per_source": sources is not None,
         "hierarchical": {"shard_size": int(shard_size), "shards": len(shard_stats)},
+        "filter_same_text": texts is not None,
         **{key: value for key, value in mine_options.items() if isinstance(value, int | float | str | bool)},
     }
+    from hardbatch.mining.b3 import cluster_hardness
+    from hardbatch.progress import peak_rss_mb
+
+    random_groups = np.random.default_rng(seed).permutation(num_examples)[: all_clusters.size]
     stats = {
         "total_seconds": round(time.perf_counter() - started, 3),
-        "shards": shard_stats,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "stages": _sum_stages(shard_stats),
+        "graph": _sum_counts([s["graph"] for s in shard_stats]),
+        "partition": _sum_counts([s["partition"] for s in shard_stats]),
+        "hardness": {
+            "cluster_mean_sim": cluster_hardness(query_emb, positive_emb, all_clusters),
+            "random_mean_sim": cluster_hardness(
+                query_emb, positive_emb, random_groups.reshape(-1, cluster_size)
+            ),
+        },
+        "shards": [{"size": s["size"], "seconds": s["seconds"]} for s in shard_stats],
         "num_clusters": len(all_clusters),
+        "remainder": int(sum(len(r) for r in remainder)),
     }
+    edges = stats["graph"].get("mutual_edges", 0)
+    # Within the shards' own graphs (edges between shards are never built in this mode).
+    stats["partition"]["within_edge_fraction"] = (
+        1.0 - stats["partition"].get("cut", 0) / edges if edges else 0.0
+    )
     return BatchPlan(
         clusters=all_clusters,
         remainder=np.concatenate(remainder) if remainder else np.empty(0, np.int64),

@@ -58,6 +58,12 @@ def mine_b3_command(
     recall_target: Annotated[
         float, typer.Option("--recall-target", help="Window recall the hnsw/ivf search effort is tuned to.")
     ] = 0.95,
+    shard_size: Annotated[
+        int | None,
+        typer.Option(
+            "--shard-size", help="Hierarchical mode (10M+): coarse shards of at most this size, B3 in each."
+        ),
+    ] = None,
     query_emb: QueryEmb = None,
     positive_emb: PositiveEmb = None,
     emb_dir: EmbDir = None,
@@ -106,6 +112,12 @@ def mine_b3_command(
         if query_emb is None or positive_emb is None:
             raise ConfigError("distributed mining (WORLD_SIZE > 1) needs --query-emb and --positive-emb")
         mine_b3 = _distributed_miner(device)
+    elif shard_size is not None:
+        from functools import partial
+
+        from hardbatch.mining.hierarchical import mine_b3_hierarchical
+
+        mine_b3 = partial(mine_b3_hierarchical, shard_size=shard_size)
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
