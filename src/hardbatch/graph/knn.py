@@ -7,13 +7,16 @@ key i describe the same example) and key i is never returned for row i.
 
 Backends:
 
-* ``"exact"`` (default): :func:`hardbatch.graph.similarity.iter_similarity_blocks` + ``topk_with_ties`` on the
-  best available device. Time O(N_rows · N_keys · d), memory O(chunk · N_keys) for the block plus
-  O(N_rows · k) for the result. On a 2-core CPU, 100k × 100k × 384 takes about a minute; on a GPU seconds.
+* ``"exact"`` (default): row blocks × all keys on the best available device, selected by
+  :func:`hardbatch.graph.topk.select_topk` (the tie rule, group-pruned). With ``precision="bf16"`` (chosen
+  by ``"auto"`` where bf16 is fast, :mod:`hardbatch.graph.precision`) blocks are scored in bf16 and
+  ``k + margin`` candidates re-scored in fp32 with a per-row proof of exactness. Time O(N_rows · N_keys · d),
+  memory O(N_keys · d) + O(chunk · N_keys) for the block + O(N_rows · k) for the result.
 * ``"hnsw"``: faiss ``IndexHNSWFlat`` (inner product). Build O(N_keys · M · log N_keys), search
   O(N_rows · ef · log N_keys); memory O(N_keys · (d + M)).
 * ``"ivf"``: faiss ``IndexIVFFlat`` (inner product), ``nlist`` ≈ 4·sqrt(N) lists, ``nprobe`` probed per
-  query. Train O(sample · nlist · d), search O(N_rows · nprobe · N_keys / nlist · d).
+  query (or calibrated to a recall target). Train O(sample · nlist · d), search
+  O(N_rows · nprobe · N_keys / nlist · d).
 
 Approximate backends miss some true neighbours; :func:`knn_recall` measures recall@k against the exact
 answer on a random sample of rows so the loss of quality is reported, never guessed.
@@ -30,7 +33,7 @@ import torch
 
 from hardbatch.device import resolve_device
 from hardbatch.errors import ConfigError
-from hardbatch.graph.precision import resolve_precision
+from hardbatch.graph.precision import bf16_score_error_bound, resolve_precision
 from hardbatch.graph.similarity import as_tensor
 from hardbatch.graph.topk import DEFAULT_BLOCK_BYTES, select_topk, topk_with_ties
 from hardbatch.progress import progress
@@ -49,9 +52,6 @@ __all__ = [
 ]
 
 KnnBackend = Literal["exact", "hnsw", "ivf"]
-
-#: Unit roundoff of bf16 (8 significant bits, round to nearest).
-_BF16_U = 2.0**-8
 
 #: Default extra bf16 candidates per row beyond k before the fp32 re-scoring (grows when rows fail the proof).
 #: Measured on 20k clustered 384-d unit vectors, k = 130: margin 64 left 14 % of rows unproven, 128 left 0.1 %.
@@ -90,17 +90,6 @@ def _check_k(k: int, num_keys: int, exclude_self: bool) -> None:
 
 def _auto_chunk(num_keys: int) -> int:
     return int(max(16, min(8192, DEFAULT_BLOCK_BYTES // max(1, 4 * num_keys))))
-
-
-def _bf16_error_bound(dim: int) -> float:
-    """Relative bound C with |bf16 score - fp32 score| <= C · ||x|| · ||y||.
-
-    Inputs rounded to bf16 (each product off by at most (2u + u²)|x_l y_l|, summed: <= (2u + u²)||x|| ||y||
-    by Cauchy-Schwarz), fp32 accumulation (<= d · 2^-24 relative) and the bf16 rounding of the output
-    (<= u of the value); u = 2^-8. A 1 % safety factor covers the fp32 re-scoring's own rounding.
-    """
-    u = _BF16_U
-    return 1.01 * ((2 * u + u * u) * (1 + u) + u + (dim + 2) * 2.0**-24)
 
 
 def _rescore(row_t: torch.Tensor, key_t: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
@@ -167,7 +156,7 @@ def _bf16_topk(
         exact.masked_fill_(candidates == own, float("-inf"))
     values, positions = topk_with_ties(exact, k)
     indices = candidates.gather(1, positions)
-    eps = row_t.norm(dim=1) * key_norm_max * _bf16_error_bound(row_t.shape[1])
+    eps = row_t.norm(dim=1) * key_norm_max * bf16_score_error_bound(row_t.shape[1])
     unproven = ~(bound + eps < values[:, -1])
     redo = unproven.nonzero().reshape(-1)
     if len(redo):

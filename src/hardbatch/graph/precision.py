@@ -24,12 +24,28 @@ import torch
 
 from hardbatch.errors import ConfigError
 
-__all__ = ["Precision", "bf16_is_fast", "cpu_flags", "resolve_precision"]
+__all__ = ["Precision", "bf16_is_fast", "bf16_score_error_bound", "cpu_flags", "resolve_precision"]
 
 Precision = Literal["auto", "fp32", "bf16"]
 
 #: bf16 must beat fp32 by this factor in the probe to be chosen on a CPU without AMX.
 _PROBE_SPEEDUP = 1.5
+
+
+def bf16_score_error_bound(dim: int) -> float:
+    """Relative bound C with |bf16 score - fp32 score| <= C · ||x|| · ||y|| for d-dimensional x, y.
+
+    Inputs rounded to bf16 (each product off by at most (2u + u²)|x_l y_l|, summed: <= (2u + u²)||x|| ||y||
+    by Cauchy-Schwarz), fp32 accumulation (<= d · 2^-24 relative) and the bf16 rounding of the output
+    (<= u of the value); u = 2^-8, the unit roundoff of bf16. A 1 % factor covers the fp32 re-scoring's own
+    rounding.
+
+    Example:
+        >>> round(bf16_score_error_bound(384), 4)
+        0.0119
+    """
+    u = 2.0**-8
+    return 1.01 * ((2 * u + u * u) * (1 + u) + u + (dim + 2) * 2.0**-24)
 
 
 @functools.lru_cache(maxsize=1)

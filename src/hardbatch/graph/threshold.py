@@ -28,7 +28,7 @@ import torch
 
 from hardbatch.device import resolve_device
 from hardbatch.errors import ConfigError
-from hardbatch.graph.precision import resolve_precision
+from hardbatch.graph.precision import bf16_score_error_bound, resolve_precision
 from hardbatch.graph.similarity import as_tensor, iter_similarity_blocks
 
 __all__ = [
@@ -258,17 +258,15 @@ def _bf16_hit_blocks(rows, keys, threshold: float, chunk_size: int, dev: torch.d
     """Yield ``(start, hits)`` like the fp32 pass, from bf16 blocks plus fp32 re-scoring near the threshold.
 
     An fp32 score above ``threshold`` has a bf16 score above ``threshold - eps`` (eps: the bound of
-    :func:`hardbatch.graph.knn._bf16_error_bound` times the norms), so those entries are the only candidates;
+    :func:`hardbatch.graph.precision.bf16_score_error_bound` times the norms), so those entries are the only candidates;
     each is re-scored in fp32 and kept when above ``threshold``. Hits stay in row-major order.
     """
-    from hardbatch.graph.knn import _bf16_error_bound
-
     key_t = as_tensor(keys, dev)
     if normalize:
         key_t = torch.nn.functional.normalize(key_t, dim=1)
     key_low = key_t.to(torch.bfloat16)
     key_norm_max = float(key_t.norm(dim=1).max()) if len(key_t) else 0.0
-    bound = _bf16_error_bound(key_t.shape[1]) * key_norm_max
+    bound = bf16_score_error_bound(key_t.shape[1]) * key_norm_max
     for start in range(0, len(rows), chunk_size):
         row_t = as_tensor(rows[start : start + chunk_size], dev)
         if normalize:
