@@ -22,6 +22,13 @@ Complexity of each stage (N examples, d dims, skip p, window m, cluster size K):
 
 Usage: python benchmarks/bench_b3.py [--sizes 10000,50000,100000] [--backends exact,hnsw]
 Writes benchmarks/results/b3_scaling.json and b3_scaling.md and prints JSON and the table.
+
+``--scale N`` (issue 12) instead runs, in one process so every row shares the machine's load: the bare fp32
+N × N matmul (blocks of 4,096 rows, results discarded), ``mine_b3`` exact in fp32 and in bf16 (bf16
+pre-selection + fp32 re-scoring) and with the previous selection (``torch.topk`` + full tie scan), each with
+its window agreement against float64 ranks on 300 sampled rows; ``mine_b3`` with ``knn="ivf"`` calibrated to
+window recall 0.95; hierarchical vs flat B3; the GCBS threshold graph in both precisions. Writes
+benchmarks/results/b3_scale_<N>.json and .md.
 """
 
 from __future__ import annotations
@@ -128,6 +135,23 @@ def run_one(num: int, backend: str, threads: int) -> dict:
     return result
 
 
+def _flags() -> frozenset:
+    from hardbatch.device import cpu_flags
+
+    return cpu_flags() or frozenset()
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def machine() -> dict:
     import faiss
     import numpy as np
@@ -145,6 +169,9 @@ def machine() -> dict:
         "pymetis": getattr(pymetis, "version", "?"),
         "cuda": torch.cuda.is_available(),
         "load_average_1m": round(os.getloadavg()[0], 2),
+        "cpu_model": _cpu_model(),
+        "amx_bf16": "amx_bf16" in _flags(),
+        "avx512_bf16": "avx512_bf16" in _flags(),
         "note": "wall-clock; other jobs may share the machine, compare rows of one run only",
     }
 
@@ -201,14 +228,210 @@ def markdown(rows: list[dict], info: dict) -> str:
     return "\n".join(lines)
 
 
+def _float64_window(query, positive, rows, k):
+    import numpy as np
+
+    sims = query[rows].astype(np.float64) @ positive.T.astype(np.float64)
+    sims[np.arange(len(rows)), rows] = -np.inf
+    return np.stack([np.lexsort((np.arange(len(r)), -r))[:k] for r in sims])
+
+
+def run_scale(num: int, threads: int, skip_bf16: bool = False, exact_only: bool = False) -> dict:
+    """All issue-12 comparisons at one N, in one process (shared load), ratios to the bare matmul."""
+    import numpy as np
+    import torch
+
+    import hardbatch.graph.knn as knn_module
+    from hardbatch.graph.threshold import estimate_similarity_quantile, threshold_graph
+    from hardbatch.graph.topk import _topk_with_ties_slow
+    from hardbatch.mining import cluster_hardness, mine_b3
+    from hardbatch.mining.hierarchical import mine_b3_hierarchical
+    from hardbatch.progress import peak_rss_mb
+
+    torch.set_num_threads(threads)
+    query, positive = clustered(num)
+    sample = np.sort(np.random.default_rng(5).choice(num, 300, replace=False))
+    reference = _float64_window(query, positive, sample, SKIP + WINDOW)
+    q_t, p_t = torch.from_numpy(query), torch.from_numpy(positive)
+    out: dict = {"n": num, "load_average_1m_start": round(os.getloadavg()[0], 2)}
+
+    def bare_matmul() -> float:
+        started = time.perf_counter()
+        for lo in range(0, num, 4096):
+            q_t[lo : lo + 4096] @ p_t.T
+        return time.perf_counter() - started
+
+    out["bare_fp32_matmul_s"] = round(bare_matmul(), 2)
+    common = dict(
+        batch_size=BATCH, cluster_size=K, skip=SKIP, window=WINDOW, device="cpu", show_progress=False
+    )
+
+    def mine(name: str, **options) -> dict:
+        # A bare matmul right before each run: the load of a shared machine drifts within minutes.
+        before = bare_matmul()
+        started = time.perf_counter()
+        plan = mine_b3(query, positive, **common, **options)
+        total = time.perf_counter() - started
+        row = {
+            "total_s": round(total, 2),
+            "knn_s": plan.stats["stages"]["knn"]["seconds"],
+            "bare_matmul_before_s": round(before, 2),
+            "ratio_to_matmul": round(total / before, 3),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "knn_info": plan.stats.get("knn_info"),
+            "knn_window_recall": plan.stats.get("knn_window_recall"),
+            "within_edge_fraction": plan.stats["partition"]["within_edge_fraction"],
+            "cluster_mean_sim": round(plan.stats["hardness"]["cluster_mean_sim"], 4),
+        }
+        if plan.window is not None:  # the plan's own window rows (sets) against float64 ranks
+            windows = [plan.window[[int(i)]].indices for i in sample]
+            lo, hi = SKIP, SKIP + WINDOW
+            row["window_agreement_float64"] = float(
+                np.mean(
+                    [
+                        len(set(w.tolist()) & set(ref[lo:hi].tolist())) / WINDOW
+                        for w, ref in zip(windows, reference)
+                    ]
+                )
+            )
+        out[name] = row
+        print(name, row, file=sys.stderr, flush=True)
+        return row, plan
+
+    _, flat = mine("exact_fp32", precision="fp32")
+    if not skip_bf16:
+        mine("exact_bf16", precision="bf16")
+    original = knn_module.select_topk
+    knn_module.select_topk = _topk_with_ties_slow  # the selection before issue 12
+    try:
+        mine("exact_fp32_previous_selection", precision="fp32")
+    finally:
+        knn_module.select_topk = original
+    out["bare_fp32_matmul_s_again"] = round(bare_matmul(), 2)
+    if exact_only:
+        out["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+        return out
+    mine("ivf_recall_0.95", knn="ivf", recall_target=0.95)
+    started = time.perf_counter()
+    hier = mine_b3_hierarchical(
+        query, positive, batch_size=BATCH, cluster_size=K, shard_size=max(K, num // 4), skip=SKIP,
+        window=WINDOW, device="cpu", precision="fp32",
+    )  # fmt: skip
+    graph = flat.neighbors
+
+    def within(clusters) -> float:
+        owner = np.full(num, -1)
+        for index, members in enumerate(clusters):
+            owner[members] = index
+        rows, cols = graph.nonzero()
+        return float((owner[rows] == owner[cols]).mean()) if len(rows) else 0.0
+
+    out["hierarchical_4_shards"] = {
+        "total_s": round(time.perf_counter() - started, 2),
+        "within_flat_graph_edge_fraction": within(hier.clusters),
+        "flat_within_flat_graph_edge_fraction": within(flat.clusters),
+        "cluster_mean_sim": round(cluster_hardness(query, positive, hier.clusters), 4),
+        "flat_cluster_mean_sim": round(cluster_hardness(query, positive, flat.clusters), 4),
+    }
+    print("hierarchical", out["hierarchical_4_shards"], file=sys.stderr, flush=True)
+    threshold = estimate_similarity_quantile(query, positive, 1 - 64 / num, device="cpu")
+    graphs = {}
+    for precision in ("fp32",) if skip_bf16 else ("fp32", "bf16"):
+        started = time.perf_counter()
+        graphs[precision] = threshold_graph(
+            query, positive, threshold, device="cpu", drop_diagonal=True, precision=precision
+        )
+        out[f"gcbs_threshold_graph_{precision}_s"] = round(time.perf_counter() - started, 2)
+    # Both are fp32 answers; entries within an fp32 rounding (~1e-7) of the threshold may differ.
+    out["gcbs_edges"] = int(graphs["fp32"].nnz)
+    if "bf16" in graphs:
+        differ = (graphs["fp32"] != graphs["bf16"]).tocoo()
+        out["gcbs_edges_differing"] = int(differ.nnz)
+        if differ.nnz:  # how far from the threshold those entries are, in float64
+            qn = query / np.linalg.norm(query, axis=1, keepdims=True)
+            pn = positive / np.linalg.norm(positive, axis=1, keepdims=True)
+            exact = np.einsum(
+                "ij,ij->i", qn[differ.row].astype(np.float64), pn[differ.col].astype(np.float64)
+            )
+            out["gcbs_differing_max_abs_from_threshold"] = float(np.abs(exact - threshold).max())
+    out["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+    return out
+
+
+def scale_markdown(report: dict) -> str:
+    r, info = report["results"], report["machine"]
+    mm = r["bare_fp32_matmul_s"]
+    lines = [
+        f"# B3 mining at N = {r['n']:,} (`benchmarks/bench_b3.py --scale {r['n']}`)",
+        "",
+        f"Machine: {info['platform']}, CPU `{info.get('cpu_model')}`, flags amx_bf16={info.get('amx_bf16')}, "
+        f"avx512_bf16={info.get('avx512_bf16')}; {info['cpus']} CPUs; load average "
+        f"{r['load_average_1m_start']} → {r['load_average_1m_end']} (shared machine: compare within this run).",
+        f"Bare fp32 N×N matmul: {mm} s (again after the exact runs: {r['bare_fp32_matmul_s_again']} s).",
+        "",
+        "| run | total s | bare matmul just before, s | × that matmul | kNN s | window agreement vs float64 | "
+        "window recall | info |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("exact_fp32", "exact_bf16", "exact_fp32_previous_selection", "ivf_recall_0.95"):
+        if name not in r:
+            continue
+        row = r[name]
+        agree = row.get("window_agreement_float64")
+        lines.append(
+            f"| {name} | {row['total_s']} | {row.get('bare_matmul_before_s', f'{mm} (run start)')} | {row['ratio_to_matmul']} | "
+            f"{row['knn_s']} | "
+            f"{'' if agree is None else f'{agree:.4f}'} | {row['knn_window_recall'] or ''} | {row['knn_info']} |"
+        )
+    h = r.get("hierarchical_4_shards")
+    if h is None:
+        return "\n".join([*lines, ""])
+    gcbs_bf16 = r.get("gcbs_threshold_graph_bf16_s", "not run")
+    lines += [
+        "",
+        f"- Hierarchical (4 shards): {h['total_s']} s; fraction of the flat mutual graph's edges inside a cluster "
+        f"{h['within_flat_graph_edge_fraction']:.3f} vs flat {h['flat_within_flat_graph_edge_fraction']:.3f}; "
+        f"cluster teacher similarity {h['cluster_mean_sim']} vs flat {h['flat_cluster_mean_sim']}.",
+        f"- GCBS threshold graph (target degree 64): fp32 {r['gcbs_threshold_graph_fp32_s']} s"
+        + (
+            f", bf16 {gcbs_bf16} s; {r.get('gcbs_edges_differing', 0)} of {r['gcbs_edges']:,} edges differ, all "
+            f"within {r.get('gcbs_differing_max_abs_from_threshold', 0):.1e} of the threshold in float64 (fp32 "
+            "rounding: gemm vs re-scoring order)."
+            if "gcbs_threshold_graph_bf16_s" in r
+            else f" ({r['gcbs_edges']:,} edges; bf16 not run)."
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="10000,50000,100000")
     parser.add_argument("--backends", default="exact,hnsw")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--one", nargs=2, metavar=("N", "BACKEND"), help=argparse.SUPPRESS)
+    parser.add_argument("--scale", type=int, help="issue-12 comparisons at this N (one process)")
+    parser.add_argument(
+        "--skip-bf16", action="store_true", help="with --scale: no bf16 runs (slow without AMX)"
+    )
+    parser.add_argument("--exact-only", action="store_true", help="with --scale: matmul + exact runs only")
     args = parser.parse_args()
     os.environ.setdefault("HARDBATCH_PROGRESS", "0")
+    if args.scale:
+        from hardbatch.io import atomic_write, write_json
+
+        info = machine()
+        report = {
+            "benchmark": "b3_scale",
+            "machine": info,
+            "results": run_scale(args.scale, args.threads, args.skip_bf16, args.exact_only),
+        }
+        write_json(RESULTS / f"b3_scale_{args.scale}.json", report)
+        with atomic_write(RESULTS / f"b3_scale_{args.scale}.md") as handle:
+            handle.write(scale_markdown(report))
+        print(scale_markdown(report))
+        return
     if args.one:
         print(json.dumps(run_one(int(args.one[0]), args.one[1], args.threads)))
         return

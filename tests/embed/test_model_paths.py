@@ -27,7 +27,7 @@ def test_a_folder_that_is_no_model_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="is an empty folder"):
         resolve_model_path(tmp_path)
     (tmp_path / "weights.bin").write_bytes(b"x")
-    with pytest.raises(ConfigError, match="has no config.json or modules.json"):
+    with pytest.raises(ConfigError, match=r"has no config\.json or modules\.json"):
         resolve_model_path(tmp_path)
 
 

@@ -85,3 +85,115 @@ def test_ties_are_broken_by_key_index():
     assert knn_exact(rows, keys, 2, device="cpu").indices.tolist() == [[0, 1]] * 3
     self_excluded = knn_exact(keys, keys, 2, exclude_self=True, device="cpu").indices
     assert self_excluded.tolist() == [[1, 2], [0, 2], [0, 1], [0, 1], [0, 1], [0, 1]]
+
+
+def _lexsort_topk(rows, keys, k, exclude_self):
+    sims = rows.astype(np.float64) @ keys.T.astype(np.float64)
+    if exclude_self:
+        np.fill_diagonal(sims, -np.inf)
+    return np.stack([np.lexsort((np.arange(len(r)), -r))[:k] for r in sims])
+
+
+@pytest.mark.parametrize("margin", [0, None])
+def test_bf16_path_is_exact_on_integer_data_with_tie_runs(margin):
+    # Small integers: exact in bf16 and fp32, so ties are real ties and the tie rule decides the window.
+    rng = np.random.default_rng(1)
+    x = rng.integers(-2, 3, size=(500, 12)).astype(np.float32)
+    x[100:160] = x[99]  # a run of 61 identical rows: a tie run wider than any small margin
+    y = rng.integers(-2, 3, size=(500, 12)).astype(np.float32)
+    y[200:300] = y[5]
+    for rows, keys, exclude in ((x, x, True), (x, y, False)):
+        expected = _lexsort_topk(rows, keys, 40, exclude)
+        got = knn_exact(rows, keys, 40, exclude_self=exclude, precision="bf16", margin=margin, chunk_size=97)
+        np.testing.assert_array_equal(got.indices, expected)
+        assert got.info["precision"] == "bf16"
+        fp32 = knn_exact(rows, keys, 40, exclude_self=exclude, precision="fp32", chunk_size=97)
+        np.testing.assert_array_equal(fp32.indices, expected)
+        np.testing.assert_array_equal(got.scores, fp32.scores)
+
+
+def test_bf16_path_matches_float64_ranks_on_unit_vectors():
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(40, 64))
+    x = centres[rng.integers(0, 40, 3000)] + rng.normal(size=(3000, 64))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    k = 60
+    expected = _lexsort_topk(x, x, k, True)
+    got = knn_exact(x, x, k, exclude_self=True, precision="bf16", device="cpu")
+    window = np.mean([len(set(a[20:]) & set(b[20:])) / (k - 20) for a, b in zip(got.indices, expected)])
+    assert window >= 0.999
+    # bf16 scores alone (no fp32 re-scoring) disagree far more often: the test data can tell them apart.
+    low = torch.from_numpy(x).bfloat16()
+    block = (low @ low.T).float()
+    block.fill_diagonal_(float("-inf"))
+    plain = torch.topk(block, k, dim=1).indices.numpy()
+    plain_window = np.mean([len(set(a[20:]) & set(b[20:])) / (k - 20) for a, b in zip(plain, expected)])
+    assert plain_window < window
+
+
+def test_bf16_margin_adapts_and_rows_are_redone_when_unproven():
+    rng = np.random.default_rng(3)
+    x = rng.integers(-1, 2, size=(600, 8)).astype(np.float32)  # few distinct scores: huge tie runs
+    got = knn_exact(x, x, 30, exclude_self=True, precision="bf16", margin=1, chunk_size=100)
+    assert got.info["fp32_rows_redone"] > 0 and got.info["margin"] > 1
+    np.testing.assert_array_equal(got.indices, _lexsort_topk(x, x, 30, True))
+
+
+def test_precision_choice_and_errors(monkeypatch):
+    from hardbatch.graph import precision
+
+    assert precision.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    monkeypatch.setenv("HARDBATCH_MATMUL_PRECISION", "bf16")
+    assert precision.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    monkeypatch.delenv("HARDBATCH_MATMUL_PRECISION")
+    import hardbatch.device
+
+    monkeypatch.delenv("HARDBATCH_BF16_MATMUL", raising=False)
+    monkeypatch.setattr(hardbatch.device, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    precision.bf16_is_fast.cache_clear()
+    assert precision.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    precision.bf16_is_fast.cache_clear()
+    with pytest.raises(ConfigError, match="unknown precision"):
+        precision.resolve_precision("fp8", torch.device("cpu"))
+
+
+def test_ivf_calibration_reaches_window_recall_target():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(4000, 16)).astype(np.float32)
+    loose = knn_faiss(x, x, 40, index="ivf", exclude_self=True, normalize=True, nlist=64, nprobe=1)
+    tuned = knn_faiss(
+        x,
+        x,
+        40,
+        index="ivf",
+        exclude_self=True,
+        normalize=True,
+        nlist=64,
+        recall_target=0.95,
+        recall_columns=(10, 40),
+    )
+    assert tuned.info["nprobe"] > 1 and tuned.info["calibration"][-1][1] >= 0.95
+    window = knn_recall(tuned, x, x, exclude_self=True, normalize=True, device="cpu", columns=(10, 40))
+    assert window >= 0.93  # measured on other rows than the calibration's
+    assert knn_recall(loose, x, x, exclude_self=True, normalize=True, device="cpu", columns=(10, 40)) < 0.9
+
+
+def test_row_shards_with_offset_equal_the_full_search():
+    rows, _ = _data(230, 8)
+    full = knn_exact(rows, rows, 9, exclude_self=True, device="cpu", precision="fp32")
+    parts = [
+        knn_exact(rows[lo:hi], rows, 9, exclude_self=True, row_offset=lo, device="cpu", precision="fp32")
+        for lo, hi in ((0, 77), (77, 150), (150, 230))
+    ]
+    np.testing.assert_array_equal(np.concatenate([p.indices for p in parts]), full.indices)
+    with pytest.raises(ConfigError, match="aligned"):
+        knn_exact(rows[:50], rows, 3, exclude_self=True, row_offset=200)
+
+
+def test_graph_does_not_import_evaluate():
+    import subprocess
+    import sys
+
+    code = "import sys, hardbatch.graph.knn, hardbatch.graph.threshold; print(any(m.startswith('hardbatch.evaluate') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

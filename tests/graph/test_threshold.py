@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from hardbatch.errors import ConfigError
 from hardbatch.graph.threshold import (
@@ -92,3 +93,18 @@ def test_ivf_graph_with_few_lists_probed_is_a_high_recall_subset(data):
     assert recall > 0.8, f"IVF recall {recall:.2f}"
     with pytest.raises(ConfigError, match="edges per row"):
         ivf_threshold_graph(x, y, -1.0, nlist=4, nprobe=4, max_avg_degree=10)
+
+
+def test_threshold_graph_bf16_equals_fp32_graph():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(900, 24)).astype(np.float32)
+    y = x + 0.3 * rng.normal(size=(900, 24)).astype(np.float32)
+    t = estimate_similarity_quantile(x, y, 0.99, device="cpu")
+    fp32 = threshold_graph(x, y, t, device="cpu", chunk_size=128, drop_diagonal=True)
+    bf16 = threshold_graph(x, y, t, device="cpu", chunk_size=128, drop_diagonal=True, precision="bf16")
+    assert fp32.nnz > 0 and (fp32 != bf16).nnz == 0
+    # Thresholding the bf16 scores directly would not give the same graph: the test can see the difference.
+    xn, yn = (torch.nn.functional.normalize(torch.from_numpy(a), dim=1).bfloat16() for a in (x, y))
+    low = (xn @ yn.T).float().numpy() > t
+    np.fill_diagonal(low, False)
+    assert (low != fp32.toarray().astype(bool)).sum() > 0

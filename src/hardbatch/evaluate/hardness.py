@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from hardbatch.errors import ConfigError
-from hardbatch.graph.similarity import iter_similarity_blocks
+from hardbatch.graph.knn import knn_exact
 from hardbatch.validation import check_embeddings
 
 __all__ = [
@@ -212,20 +212,23 @@ def teacher_neighbor_pairs(
     Returns:
         ``(rows, cols)``: (N · k,) int64 arrays of the pairs (i, j).
 
+    Uses the shared exact kNN (:func:`hardbatch.graph.knn.knn_exact`: tie rule, bf16 where fast).
     Time O(N² · d), memory O(chunk_size · N + N · k).
     """
     n = len(query_emb)
     if not 1 <= k < n:
         raise ConfigError(f"k must lie in [1, {n - 1}], got {k}")
-    cols = np.empty((n, k), dtype=np.int64)
-    # Own copies: inputs are often read-only memory maps, which torch refuses to wrap without a warning.
-    rows_t, keys_t = (torch.tensor(np.asarray(a, dtype=np.float32)) for a in (query_emb, positive_emb))
-    for start, block in iter_similarity_blocks(
-        rows_t, keys_t, chunk_size=chunk_size, device=device, normalize=True
-    ):
-        rows = torch.arange(start, start + len(block), device=block.device)
-        block[torch.arange(len(block), device=block.device), rows] = float("-inf")  # not its own positive
-        cols[start : start + len(block)] = torch.topk(block, k, dim=1).indices.cpu().numpy()
+    result = knn_exact(
+        query_emb,
+        positive_emb,
+        k,
+        exclude_self=True,  # not its own positive
+        chunk_size=chunk_size,
+        device=device,
+        normalize=True,
+        show_progress=False,
+    )
+    cols = result.indices.astype(np.int64)
     return np.repeat(np.arange(n, dtype=np.int64), k), cols.reshape(-1)
 
 

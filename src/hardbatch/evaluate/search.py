@@ -5,10 +5,9 @@ queries × corpus score matrix needs O(Q·N) memory (40 GB for 100k × 100k in f
 in chunks through :func:`hardbatch.graph.similarity.iter_similarity_blocks`: peak memory is
 O(chunk_size × N) for the score block plus O(chunk_size × k) for the results.
 
-**Tie rule.** Results are ordered by score descending and, among equal scores, by corpus index ascending.
-The rule also decides *which* documents enter the top k when several share the k-th score: the ones with
-the smallest corpus indices. ``torch.topk`` alone is not deterministic on ties, so rows where the k-th
-score is shared by more documents than there are slots left are re-selected explicitly.
+**Tie rule** (:mod:`hardbatch.graph.topk`, shared with every kNN in hardbatch). Results are ordered by
+score descending and, among equal scores, by corpus index ascending; among documents sharing the k-th score,
+the ones with the smallest corpus indices enter the top k.
 
 Time O(Q·N·d) for the products plus O(Q·N) for the selection; memory O(chunk_size·N + Q·k) when results are
 collected (:func:`topk_search`) or O(chunk_size·(N + k)) when they are streamed (:func:`iter_topk`).
@@ -16,72 +15,16 @@ collected (:func:`topk_search`) or O(chunk_size·(N + k)) when they are streamed
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from hardbatch.graph.similarity import iter_similarity_blocks
+from hardbatch.graph.topk import DEFAULT_BLOCK_BYTES, auto_chunk_size, select_topk, topk_with_ties
 from hardbatch.progress import progress
 
-__all__ = ["auto_chunk_size", "iter_topk", "topk_search", "topk_with_ties"]
-
-#: Bytes one score block may take when ``chunk_size`` is left to :func:`auto_chunk_size`.
-DEFAULT_BLOCK_BYTES = 256 << 20
-
-
-def auto_chunk_size(num_queries: int, num_corpus: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
-    """Queries per block so that a score block and its temporaries fit in ``block_bytes``.
-
-    Measured (benchmarks/bench_evaluate.py): the fp32 block plus ``torch.topk``'s value/index buffers and the
-    tie masks take ~13-14 bytes per score on CPU; 16 bytes are budgeted.
-
-    Example:
-        >>> auto_chunk_size(1_000_000, 1_000_000)
-        16
-    """
-    per_query = max(1, num_corpus) * 16
-    return int(max(1, min(num_queries, 4096, block_bytes // per_query)))
-
-
-def topk_with_ties(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` of each row, ordered by score descending then column index ascending.
-
-    Args:
-        scores: (rows, N) float tensor without NaN.
-        k: 1 <= k <= N.
-
-    Returns:
-        ``(values, indices)``: (rows, k) tensors (float, int64) on ``scores.device``.
-
-    Example:
-        >>> values, indices = topk_with_ties(torch.tensor([[1.0, 2.0, 2.0, 2.0, 0.0]]), k=2)
-        >>> indices.tolist()
-        [[1, 2]]
-    """
-    values, indices = torch.topk(scores, k, dim=1, largest=True, sorted=True)
-    kth = values[:, -1:]
-    # A row is ambiguous when the k-th score is shared by more documents than made it into the top k;
-    # only then may topk have picked arbitrary ones among the tied documents.
-    tied_total = (scores == kth).sum(dim=1)
-    tied_taken = (values == kth).sum(dim=1)
-    ambiguous = (tied_total > tied_taken).nonzero().reshape(-1)
-    if len(ambiguous):
-        sub = scores[ambiguous]
-        sub_kth = kth[ambiguous]
-        above = sub > sub_kth
-        tied = sub == sub_kth
-        slots = k - above.sum(dim=1, keepdim=True)
-        chosen = above | (tied & (tied.cumsum(dim=1) <= slots))
-        columns = chosen.nonzero()[:, 1].reshape(len(ambiguous), k)
-        indices[ambiguous] = columns
-        values[ambiguous] = sub.gather(1, columns)
-    # Order: first by index ascending, then a stable sort by score descending keeps that order on ties.
-    indices, by_index = indices.sort(dim=1)
-    values = values.gather(1, by_index)
-    values, by_score = values.sort(dim=1, descending=True, stable=True)
-    return values, indices.gather(1, by_score)
+__all__ = ["DEFAULT_BLOCK_BYTES", "auto_chunk_size", "iter_topk", "topk_search", "topk_with_ties"]
 
 
 def iter_topk(
@@ -107,20 +50,8 @@ def iter_topk(
     )
     total = -(-num_queries // chunk)
     for start, block in progress(blocks, "exact search", total=total, show=show_progress):
-        values, indices = topk_with_ties(block, k)
+        values, indices = select_topk(block, k)
         yield start, values.cpu().numpy(), indices.cpu().numpy()
-
-
-def _zero_copy_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Wrap a numpy array (including a read-only memory map) as a CPU tensor without reading or copying it.
-
-    Chunks are then sliced lazily; torch warns about read-only arrays, but they are only ever read here.
-    """
-    if isinstance(array, torch.Tensor):
-        return array
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def topk_search(

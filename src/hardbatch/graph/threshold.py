@@ -28,6 +28,7 @@ import torch
 
 from hardbatch.device import resolve_device
 from hardbatch.errors import ConfigError
+from hardbatch.graph.precision import bf16_score_error_bound, resolve_precision
 from hardbatch.graph.similarity import as_tensor, iter_similarity_blocks
 
 __all__ = [
@@ -184,9 +185,14 @@ def threshold_graph(
     normalize: bool = True,
     drop_diagonal: bool = False,
     max_avg_degree: float = 1024.0,
+    precision: str = "auto",
     show_progress: bool | None = None,
 ) -> sp.csr_array:
     """Binary sparse graph of every (i, j) with ``sim(rows[i], keys[j]) > threshold``, built block by block.
+
+    With ``precision="bf16"`` (or ``"auto"`` where bf16 is fast, :mod:`hardbatch.graph.precision`) each block
+    is scored in bf16; every entry whose bf16 score is within the rounding-error bound of the threshold is
+    re-scored in fp32 and kept only if its fp32 score is above it, so the graph is the fp32 one.
 
     Args:
         rows: (N_rows, d) float array.
@@ -198,12 +204,13 @@ def threshold_graph(
         drop_diagonal: leave out (i, i) entries (a pair's own positive: a self-loop in GCBS).
         max_avg_degree: stop with a :class:`ConfigError` once the graph exceeds this many edges per row on
             average, before it exhausts memory (a threshold far too low).
+        precision: "auto" (bf16 where fast), "fp32" or "bf16" (speed only; the graph is the fp32 one).
         show_progress: progress bar over row blocks.
 
     Returns:
         (N_rows, N_keys) ``scipy.sparse.csr_array`` of int8 ones, column indices sorted within each row.
 
-    Time O(N_rows · N_keys · d), memory O(chunk_size · N_keys + nnz).
+    Time O(N_rows · N_keys · d) (+ O(candidates · d) re-scoring in bf16), memory O(chunk_size · N_keys + nnz).
 
     Example:
         >>> import numpy as np
@@ -218,10 +225,19 @@ def threshold_graph(
     row_parts: list[np.ndarray] = []
     col_parts: list[np.ndarray] = []
     edges = 0
-    blocks = iter_similarity_blocks(rows, keys, chunk_size=chunk_size, device=device, normalize=normalize)
+    dev = resolve_device(device)
+    mode = resolve_precision(precision, dev)
+    if mode == "bf16":
+        blocks = _bf16_hit_blocks(rows, keys, threshold, chunk_size, dev, normalize)
+    else:
+        blocks = (
+            (start, torch.nonzero(block > threshold))
+            for start, block in iter_similarity_blocks(
+                rows, keys, chunk_size=chunk_size, device=dev, normalize=normalize
+            )
+        )
     total = -(-n_rows // chunk_size)
-    for start, block in progress(blocks, "threshold graph", total=total, show=show_progress):
-        hits = torch.nonzero(block > threshold)
+    for start, hits in progress(blocks, "threshold graph", total=total, show=show_progress):
         if drop_diagonal and hits.numel():
             hits = hits[hits[:, 0] + start != hits[:, 1]]
         hits = hits.to("cpu", torch.int32).numpy()
@@ -236,6 +252,35 @@ def threshold_graph(
     np.cumsum(np.bincount(row_idx, minlength=n_rows), out=indptr[1:])
     data = np.ones(len(col_idx), dtype=np.int8)
     return sp.csr_array((data, col_idx, indptr), shape=(n_rows, n_keys))
+
+
+def _bf16_hit_blocks(rows, keys, threshold: float, chunk_size: int, dev: torch.device, normalize: bool):
+    """Yield ``(start, hits)`` like the fp32 pass, from bf16 blocks plus fp32 re-scoring near the threshold.
+
+    An fp32 score above ``threshold`` has a bf16 score above ``threshold - eps`` (eps: the bound of
+    :func:`hardbatch.graph.precision.bf16_score_error_bound` times the norms), so those entries are the only candidates;
+    each is re-scored in fp32 and kept when above ``threshold``. Hits stay in row-major order.
+    """
+    key_t = as_tensor(keys, dev)
+    if normalize:
+        key_t = torch.nn.functional.normalize(key_t, dim=1)
+    key_low = key_t.to(torch.bfloat16)
+    key_norm_max = float(key_t.norm(dim=1).max()) if len(key_t) else 0.0
+    bound = bf16_score_error_bound(key_t.shape[1]) * key_norm_max
+    for start in range(0, len(rows), chunk_size):
+        row_t = as_tensor(rows[start : start + chunk_size], dev)
+        if normalize:
+            row_t = torch.nn.functional.normalize(row_t, dim=1)
+        block = row_t.to(torch.bfloat16) @ key_low.T
+        # Conservative in fp32: bf16 values are exact in fp32, the lower limit is widened by 0.1 %.
+        lower = threshold - 1.001 * (row_t.norm(dim=1) * bound)[:, None]
+        candidates = torch.nonzero(block > lower)
+        del block
+        exact = torch.empty(len(candidates), dtype=torch.float32, device=dev)
+        for lo in range(0, len(candidates), 1 << 16):
+            pair = candidates[lo : lo + (1 << 16)]
+            exact[lo : lo + len(pair)] = (row_t[pair[:, 0]] * key_t[pair[:, 1]]).sum(dim=1)
+        yield start, candidates[exact > threshold]
 
 
 def ivf_threshold_graph(

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ import scipy.sparse as sp
 import torch
 
 from hardbatch.errors import ConfigError
-from hardbatch.graph.knn import KnnResult, knn_recall
+from hardbatch.graph.knn import KnnResult, recall_report
 from hardbatch.graph.knn import knn as run_knn
 from hardbatch.graph.partition import COMMUNITY_METHODS, balanced_clusters
 from hardbatch.graph.rank_window import filter_window, graph_stats, mutual_graph, rank_window, window_matrix
@@ -244,6 +244,9 @@ def mine_b3(
     chunk_size: int | None = None,
     faiss_options: dict[str, int] | None = None,
     recall_sample: int = 1000,
+    precision: str = "auto",
+    recall_target: float | None = 0.95,
+    neighbor_search: Callable[[Any, Any, int, np.ndarray], KnnResult] | None = None,
     store_window: bool = True,
     store_neighbors: bool = True,
     dataset_hash: str | None = None,
@@ -278,7 +281,17 @@ def mine_b3(
         device: device of the exact kNN ("auto": CUDA when available).
         chunk_size: query rows per similarity block (exact kNN).
         faiss_options: extra options of :func:`hardbatch.graph.knn.knn_faiss` (``hnsw_m``, ``ef_search``...).
-        recall_sample: rows used to measure approximate-kNN recall (0 to skip).
+        recall_sample: rows used to measure approximate-kNN recall (0 to skip); the plan stores recall@k
+            (``knn_recall``) and the recall of the window ranks [skip, skip + window) (``knn_window_recall``).
+        precision: matmul precision of the exact kNN: "auto" (bf16 where fast, see
+            :mod:`hardbatch.graph.precision`), "fp32" or "bf16"; the windows are the fp32 ones either way.
+        recall_target: the approximate backends choose their search effort (IVF ``nprobe``, HNSW
+            ``efSearch``) to reach this window recall on a calibration sample, unless ``faiss_options`` sets
+            it; None keeps faiss defaults.
+        neighbor_search: replaces the kNN stage: called as ``fn(query_part, positive_part, k, ids)`` per
+            source group (``ids``: the group's example ids) and must return what :func:`hardbatch.graph.knn.knn`
+            would with ``exclude_self=True``; :func:`hardbatch.mining.distributed.mine_b3_distributed` uses it
+            to spread the ranking over ranks.
         store_window: keep the filtered directed rank window in the plan (B3++ hard negatives, inspection);
             costs N · m int32.
         store_neighbors: keep the mutual graph in the plan.
@@ -352,6 +365,8 @@ def mine_b3(
     skipped_rows = np.full((num_examples, max(skipped_width, 1)), -1, dtype=np.int32)
     label_graphs: list[sp.csr_array] = []
     recalls: list[float] = []
+    window_recalls: list[float] = []
+    knn_infos: list[dict[str, Any]] = []
     for group_index, ids in enumerate(groups):
         whole = len(groups) == 1
         q_part = query_emb if whole else _as_numpy(query_emb)[ids]
@@ -390,23 +405,38 @@ def mine_b3(
                 _put_rows(skipped_rows, ids, np.asarray(result.indices, dtype=np.int64))
             continue
         with timer.stage("knn"):
-            result = _group_knn(
-                q_part, p_part, k, knn, normalize, device, chunk_size, faiss_options, seed, show_progress
-            )
+            if neighbor_search is not None:
+                result = neighbor_search(q_part, p_part, k, ids)
+            else:
+                result = _group_knn(
+                    q_part,
+                    p_part,
+                    k,
+                    knn,
+                    normalize,
+                    device,
+                    chunk_size,
+                    _faiss_options(knn, faiss_options, recall_target, group_skip, k),
+                    seed,
+                    show_progress,
+                    precision,
+                )
+        knn_infos.append(result.info)
         if knn != "exact" and recall_sample > 0:
             with timer.stage("knn_recall"):
-                recalls.append(
-                    knn_recall(
-                        result,
-                        q_part,
-                        p_part,
-                        sample=recall_sample,
-                        exclude_self=True,
-                        normalize=normalize,
-                        seed=seed,
-                        device=device,
-                    )
+                report = recall_report(
+                    result,
+                    q_part,
+                    p_part,
+                    ranges={"topk": (0, k), "window": (group_skip, k)},
+                    sample=recall_sample,
+                    exclude_self=True,
+                    normalize=normalize,
+                    seed=seed,
+                    device=device,
                 )
+                recalls.append(report["topk"])
+                window_recalls.append(report["window"])
         with timer.stage("window"):
             local = _filtered_window(
                 result,
@@ -485,6 +515,8 @@ def mine_b3(
         "relative_margin": relative_margin,
         "max_score": max_score,
         "faiss_options": dict(faiss_options or {}),
+        "precision": precision,
+        "recall_target": recall_target,
     }
     stats = {
         "stages": timer.as_dict(),
@@ -498,6 +530,9 @@ def mine_b3(
     }
     if recalls:
         stats["knn_recall"] = float(np.mean(recalls))
+        stats["knn_window_recall"] = float(np.mean(window_recalls))
+    if knn_infos:
+        stats["knn_info"] = knn_infos[0] if len(knn_infos) == 1 else knn_infos
     return BatchPlan(
         clusters=clusters,
         remainder=remainder,
@@ -514,6 +549,18 @@ def mine_b3(
     )
 
 
+def _faiss_options(
+    backend: str, options: dict[str, int] | None, recall_target: float | None, skip: int, k: int
+) -> dict[str, Any]:
+    """faiss options with the search effort calibrated to the window recall unless set explicitly."""
+    merged: dict[str, Any] = dict(options or {})
+    explicit = {"ivf": "nprobe", "hnsw": "ef_search"}.get(backend)
+    if explicit and recall_target is not None and explicit not in merged:
+        merged.setdefault("recall_target", recall_target)
+        merged.setdefault("recall_columns", (min(skip, k - 1), k))
+    return merged
+
+
 def _group_knn(
     query: Any,
     positive: Any,
@@ -522,9 +569,10 @@ def _group_knn(
     normalize: bool,
     device: Any,
     chunk_size: int | None,
-    faiss_options: dict[str, int] | None,
+    faiss_options: dict[str, Any] | None,
     seed: int,
     show_progress: bool | None,
+    precision: str = "auto",
 ) -> KnnResult:
     if backend == "exact":
         return run_knn(
@@ -536,6 +584,7 @@ def _group_knn(
             normalize=normalize,
             device=device,
             chunk_size=chunk_size,
+            precision=precision,
             show_progress=show_progress,
         )
     options = dict(faiss_options or {})

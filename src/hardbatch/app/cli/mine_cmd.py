@@ -150,6 +150,18 @@ def mine_b3_command(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="METIS / repair / shuffle seed.")] = 0,
     knn: Annotated[str, typer.Option("--knn", help="exact | hnsw | ivf (faiss, approximate).")] = "exact",
+    precision: Annotated[
+        str, typer.Option("--precision", help="Exact kNN matmul: auto (bf16 where fast) | fp32 | bf16.")
+    ] = "auto",
+    recall_target: Annotated[
+        float, typer.Option("--recall-target", help="Window recall the hnsw/ivf search effort is tuned to.")
+    ] = 0.95,
+    shard_size: Annotated[
+        int | None,
+        typer.Option(
+            "--shard-size", help="Hierarchical mode (10M+): coarse shards of at most this size, B3 in each."
+        ),
+    ] = None,
     query_emb: QueryEmb = None,
     positive_emb: PositiveEmb = None,
     emb_dir: EmbDir = None,
@@ -182,11 +194,30 @@ def mine_b3_command(
     embed_batch_size: Annotated[int, typer.Option("--embed-batch-size", help="Texts per forward pass.")] = 64,
     max_seq_length: TeacherMaxSeqLength = None,
 ) -> None:
-    """Mine B3 batches: teacher ranks → rank-window mutual graph → METIS clusters of K → batch plan."""
+    """Mine B3 batches: teacher ranks → rank-window mutual graph → METIS clusters of K → batch plan.
+
+    Under ``torchrun --nproc-per-node W -m hardbatch mine b3 ...`` (WORLD_SIZE > 1) the teacher ranking is
+    split over the W ranks (gloo on CPU, NCCL with CUDA devices) and rank 0 writes the plan once; give the
+    embeddings as .npy files (--query-emb/--positive-emb), which every rank memory-maps.
+    """
+    import os
+
     from hardbatch.errors import ConfigError
     from hardbatch.mining import mine_b3
 
     check_output_file(out)  # before minutes of embedding and mining
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        if query_emb is None or positive_emb is None:
+            raise ConfigError("distributed mining (WORLD_SIZE > 1) needs --query-emb and --positive-emb")
+        mine_b3 = _distributed_miner(device)
+    elif shard_size is not None:
+        from functools import partial
+
+        from hardbatch.mining.hierarchical import mine_b3_hierarchical
+
+        mine_b3 = partial(mine_b3_hierarchical, shard_size=shard_size)
+
     started = time.perf_counter()
     timings: dict[str, float] = {}
     if (query_emb is None) != (positive_emb is None):
@@ -243,6 +274,8 @@ def mine_b3_command(
         count_self=count_self,
         seed=seed,
         knn=knn,
+        precision=precision,
+        recall_target=recall_target,
         sources=sources,
         same_source=same_source,
         positive_texts=texts,
@@ -256,6 +289,8 @@ def mine_b3_command(
         label_fraction=label_fraction,
         community=community,
     )
+    if plan is None:  # a distributed rank other than 0: rank 0 writes the plan
+        return
     if preset is not None:
         plan.params["preset"] = preset
     plan.params["teacher"] = teacher if query_emb is None else "user embeddings"
@@ -269,6 +304,29 @@ def mine_b3_command(
     path = plan.save(out)
     timings["save"] = time.perf_counter() - step
     _print_summary(plan, path, emb_paths, timings, time.perf_counter() - started)
+
+
+def _distributed_miner(device: str):
+    """``mine_b3`` over the torchrun world: initialise the default group once, one CUDA device per rank."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from hardbatch.mining.distributed import mine_b3_distributed
+
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available() and device != "cpu"
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+
+    def run(*args, **kwargs):
+        if kwargs.get("device") == "auto" and torch.cuda.is_available():
+            kwargs["device"] = f"cuda:{torch.cuda.current_device()}"
+        return mine_b3_distributed(*args, **kwargs)
+
+    return run
 
 
 def _print_summary(
@@ -306,6 +364,8 @@ def _print_summary(
     ]
     if "knn_recall" in stats:
         rows.append(("approximate kNN recall", f"{stats['knn_recall']:.3f}"))
+    if "knn_window_recall" in stats:
+        rows.append(("window recall [p, p+m)", f"{stats['knn_window_recall']:.3f}"))
     rows += [("embeddings", f"{emb_paths[0]}, {emb_paths[1]}"), ("plan", str(path))]
     for field, value in rows:
         summary.add_row(field, value)

@@ -1,0 +1,78 @@
+"""Which precision the similarity matmul should run in: bf16 where the hardware is fast at it, else fp32.
+
+bf16 scores are only a *pre-selection*: every stage that uses them re-scores its candidates in fp32 and
+proves its answer equals the fp32 one (see :mod:`hardbatch.graph.knn` and :mod:`hardbatch.graph.threshold`),
+so the choice changes speed, never results. It is made by capability, never by assumption:
+
+The rule is :func:`hardbatch.device.fast_bf16_matmul`, shared with the loss: CUDA devices with bf16 support;
+CPUs listing ``amx_bf16`` (AMX tiles: ~4× fp32 measured on 2 cores); CPUs with ``avx512_bf16`` but no AMX
+only if a short cached probe finds bf16 clearly faster (measured at or below parity); never CPUs with
+neither (several times slower).
+
+``HARDBATCH_MATMUL_PRECISION=fp32|bf16`` overrides the choice (e.g. for benchmarks).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Literal
+
+import torch
+
+from hardbatch.errors import ConfigError
+
+__all__ = ["Precision", "bf16_is_fast", "bf16_score_error_bound", "resolve_precision"]
+
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+def bf16_score_error_bound(dim: int) -> float:
+    """Relative bound C with |bf16 score - fp32 score| <= C · ||x|| · ||y|| for d-dimensional x, y.
+
+    Inputs rounded to bf16 (each product off by at most (2u + u²)|x_l y_l|, summed: <= (2u + u²)||x|| ||y||
+    by Cauchy-Schwarz), fp32 accumulation (<= d · 2^-24 relative) and the bf16 rounding of the output
+    (<= u of the value); u = 2^-8, the unit roundoff of bf16. A 1 % factor covers the fp32 re-scoring's own
+    rounding.
+
+    Example:
+        >>> round(bf16_score_error_bound(384), 4)
+        0.0119
+    """
+    u = 2.0**-8
+    return 1.01 * ((2 * u + u * u) * (1 + u) + u + (dim + 2) * 2.0**-24)
+
+
+@functools.lru_cache(maxsize=8)
+def bf16_is_fast(device_type: str, device_index: int | None = None) -> bool:
+    """Whether a bf16 matmul is clearly faster than fp32 on this device (cached per process).
+
+    Example:
+        >>> isinstance(bf16_is_fast("cpu"), bool)
+        True
+    """
+    from hardbatch.device import fast_bf16_matmul
+
+    # One capability rule for the loss and for mining (hardbatch.device): CUDA with bf16 support, a CPU
+    # with AMX, or a CPU whose short cached probe finds bf16 clearly faster.
+    return fast_bf16_matmul(torch.device(device_type, device_index))
+
+
+def resolve_precision(precision: str, device: torch.device) -> Literal["fp32", "bf16"]:
+    """``"fp32"`` or ``"bf16"`` for a requested precision (``"auto"``: by capability, see the module docs).
+
+    Raises:
+        ConfigError: an unknown precision name.
+
+    Example:
+        >>> resolve_precision("fp32", torch.device("cpu"))
+        'fp32'
+    """
+    if precision == "auto":
+        forced = os.environ.get("HARDBATCH_MATMUL_PRECISION", "").strip().lower()
+        if forced in ("fp32", "bf16"):
+            return forced  # type: ignore[return-value]
+        return "bf16" if bf16_is_fast(device.type, device.index) else "fp32"
+    if precision in ("fp32", "bf16"):
+        return precision  # type: ignore[return-value]
+    raise ConfigError(f"unknown precision {precision!r}; expected 'auto', 'fp32' or 'bf16'")

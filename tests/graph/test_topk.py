@@ -1,0 +1,48 @@
+"""select_topk: group pruning gives exactly the tie rule's answer, including on tie runs and tails."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hardbatch.graph.topk import select_topk, topk_with_ties
+
+
+def _reference(scores: np.ndarray, k: int) -> np.ndarray:
+    # Score descending, then index ascending (float64 lexsort: no torch involved).
+    return np.stack([np.lexsort((np.arange(len(row)), -row.astype(np.float64)))[:k] for row in scores])
+
+
+@pytest.mark.parametrize("width", [4096, 4099, 6000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["distinct", "ties", "tie_run"])
+def test_select_topk_equals_tie_rule(width, dtype, kind):
+    rng = np.random.default_rng(width)
+    if kind == "distinct":
+        scores = rng.permutation(width * 6).reshape(6, width)[:, :width].astype(np.float32)
+    elif kind == "ties":
+        scores = rng.integers(0, 40, size=(6, width)).astype(np.float32)  # heavy ties at every boundary
+    else:
+        # A run of equal maxima wider than the kept groups: the pruning cannot prove it, the fallback must.
+        scores = rng.normal(size=(6, width)).astype(np.float32)
+        scores[:, rng.permutation(width)[:400]] = 10.0
+    scores_t = torch.from_numpy(scores).to(dtype)
+    k = 17
+    values, indices = select_topk(scores_t, k, group=16)
+    expected = _reference(scores_t.float().numpy(), k)
+    np.testing.assert_array_equal(indices.numpy(), expected)
+    np.testing.assert_array_equal(
+        values.float().numpy(), np.take_along_axis(scores_t.float().numpy(), expected, 1)
+    )
+    ref_values, ref_indices = topk_with_ties(scores_t, k)
+    assert torch.equal(indices, ref_indices) and torch.equal(values, ref_values)
+
+
+def test_select_topk_with_minus_inf_and_narrow_rows():
+    scores = torch.full((3, 5000), float("-inf"))
+    scores[:, :3] = torch.tensor([3.0, 1.0, 2.0])
+    _, indices = select_topk(scores, 5, group=16)
+    assert indices[:, :3].tolist() == [[0, 2, 1]] * 3 and indices[:, 3:].tolist() == [[3, 4]] * 3
+    narrow = torch.tensor([[1.0, 2.0, 2.0, 0.0]])
+    assert select_topk(narrow, 2)[1].tolist() == [[1, 2]]

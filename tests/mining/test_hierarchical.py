@@ -1,0 +1,71 @@
+"""Hierarchical B3: coarse shards, then B3 per shard. Invariants of the merged plan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hardbatch.errors import ConfigError
+from hardbatch.mining.hierarchical import coarse_shards, mine_b3_hierarchical
+
+
+def _data(n=1300, dim=12, topics=26, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(topics, dim)) * 3
+    topic = rng.integers(0, topics, n)
+    q = (centres[topic] + rng.normal(size=(n, dim))).astype(np.float32)
+    p = (centres[topic] + rng.normal(size=(n, dim))).astype(np.float32)
+    return q, p, topic
+
+
+def test_coarse_shards_partition_ids_in_multiples_of_k_and_group_topics():
+    q, p, topic = _data()
+    ids = np.arange(len(q))[::-1].copy()  # any id order
+    shards = coarse_shards(q, p, ids, shard_size=400, cluster_size=10, seed=1)
+    sizes = [len(s) for s in shards]
+    assert max(sizes) <= 400 and all(s % 10 == 0 for s in sizes[:-1])
+    np.testing.assert_array_equal(np.sort(np.concatenate(shards)), np.arange(len(q)))
+    # Topical: most examples of a topic share a shard (a random cut would spread each topic over all shards).
+    shard_of = np.empty(len(q), dtype=int)
+    for index, shard in enumerate(shards):
+        shard_of[shard] = index
+    purity = np.mean([np.bincount(shard_of[topic == t]).max() / (topic == t).sum() for t in np.unique(topic)])
+    assert purity > 0.8
+
+
+def test_hierarchical_plan_covers_every_example_once_with_exact_cluster_sizes():
+    q, p, _ = _data()
+    sources = np.where(np.arange(len(q)) < 1000, "big", "small")
+    plan = mine_b3_hierarchical(
+        q, p, batch_size=20, cluster_size=10, shard_size=300, sources=sources, skip=2, window=10,
+        device="cpu", show_progress=False,
+    )  # fmt: skip
+    assert plan.clusters.shape[1] == 10
+    every = np.concatenate([plan.clusters.reshape(-1), plan.remainder])
+    np.testing.assert_array_equal(np.sort(every), np.arange(len(q)))  # each example exactly once
+    # Clusters never mix sources, and each source leaves fewer than K examples over.
+    names = np.asarray(plan.source_names)
+    assert (sources[plan.clusters] == names[plan.cluster_sources][:, None]).all()
+    for code, name in enumerate(names):
+        assert (plan.remainder_sources == code).sum() < 10, name
+    assert plan.params["hierarchical"]["shards"] >= 4
+    batches = plan.batches(epoch=0)
+    assert all(len(b) == 20 for b in batches)
+
+
+def test_hierarchical_clusters_are_harder_than_random():
+    from hardbatch.mining import cluster_hardness
+
+    q, p, _ = _data()
+    plan = mine_b3_hierarchical(
+        q, p, batch_size=20, cluster_size=10, shard_size=400, skip=2, window=10, device="cpu",
+        show_progress=False,
+    )  # fmt: skip
+    random = np.random.default_rng(0).permutation(len(q))[: plan.clusters.size].reshape(-1, 10)
+    assert cluster_hardness(q, p, plan.clusters) > cluster_hardness(q, p, random) + 0.2
+
+
+def test_shard_size_below_k_is_refused():
+    q, p, _ = _data(100)
+    with pytest.raises(ConfigError, match="shard_size"):
+        coarse_shards(q, p, np.arange(100), shard_size=5, cluster_size=10)
