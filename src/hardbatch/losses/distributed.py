@@ -20,8 +20,10 @@ __all__ = [
     "all_gather_rows",
     "all_reduce_lse",
     "check_equal_shards",
+    "gather_keys",
     "group_rank",
     "group_world_size",
+    "mean_over_ranks",
     "reduce_scatter_rows",
 ]
 
@@ -135,3 +137,22 @@ class MeanGradAcrossRanks(torch.autograd.Function):
         group = _resolve(ctx.group)
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=group)
         return grad / dist.get_world_size(group), None
+
+
+def gather_keys(
+    key: torch.Tensor, key_ids: torch.Tensor | None, labels: torch.Tensor, group: Any, rank: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """All ranks' keys (W·n, d) and key ids, and this rank's labels shifted into the gathered keys.
+
+    Equal shards (n keys on every rank) assumed, as for ``distributed="gather"``.
+    """
+    keys = all_gather_rows(key, group)
+    key_ids_all = None if key_ids is None else all_gather_rows(key_ids, group)
+    return keys, key_ids_all, labels + rank * key.shape[0]
+
+
+def mean_over_ranks(value: torch.Tensor, group: Any, world: int) -> torch.Tensor:
+    """The mean over the ``world`` ranks of a scalar tensor (e.g. the gradient of a shared scale)."""
+    value = value.reshape(1).clone()
+    dist.all_reduce(value, group=None if group is True else group)
+    return value.reshape(()) / world

@@ -34,14 +34,9 @@ import torch
 
 from hardbatch.errors import ConfigError, MissingExtraError
 from hardbatch.losses import tiled
-from hardbatch.losses.distributed import (
-    all_gather_rows,
-    all_reduce_lse,
-    group_world_size,
-    reduce_scatter_rows,
-)
-from hardbatch.losses.inputs import check_loss_inputs, parse_tile_size
-from hardbatch.losses.ring import Ring, add_into, circulate, logaddexp_into, plan_distributed
+from hardbatch.losses.distributed import all_reduce_lse, gather_keys, mean_over_ranks, reduce_scatter_rows
+from hardbatch.losses.inputs import check_loss_inputs, parse_tile_size, per_row_weights, reduce_rows
+from hardbatch.losses.ring import Ring, add_into, circulate, logaddexp_into, plan_call
 
 __all__ = ["BACKENDS", "info_nce", "resolve_backend"]
 
@@ -108,16 +103,6 @@ class _Plan:
     key_rows: tuple[int, ...] = ()
 
 
-def _per_row_weights(grad: torch.Tensor, plan: _Plan, rows: int) -> torch.Tensor:
-    """Upstream gradient of each query's loss, (b,) fp32, from the gradient of the reduced output."""
-    grad = grad.to(torch.float32)
-    if plan.reduction == "mean":
-        return (grad / rows).expand(rows)
-    if plan.reduction == "sum":
-        return grad.expand(rows)
-    return grad.reshape(rows)
-
-
 class _FusedInfoNCE(torch.autograd.Function):
     """Autograd wrapper around the kernel contract (forward LSE pass, fused backward)."""
 
@@ -136,9 +121,7 @@ class _FusedInfoNCE(torch.autograd.Function):
         query, key = query.detach(), key.detach()
         keys, key_ids_all, global_labels = key, key_ids, labels
         if plan.mode == "gather":
-            keys = all_gather_rows(key, plan.group)
-            key_ids_all = None if key_ids is None else all_gather_rows(key_ids, plan.group)
-            global_labels = labels + plan.rank * key.shape[0]
+            keys, key_ids_all, global_labels = gather_keys(key, key_ids, labels, plan.group, plan.rank)
         if plan.mode == "ring":
             row_lse, col_lse, positive = _ring_forward(query, key, scale32, labels, query_ids, key_ids, plan)
         else:
@@ -164,19 +147,14 @@ class _FusedInfoNCE(torch.autograd.Function):
         ctx.key_ids_all = key_ids_all
         ctx.scale_shape, ctx.scale_dtype = scale.shape, scale.dtype
         ctx.save_for_backward(query, scale32, global_labels, query_ids, row_lse, col_lse)
-        out_dtype = torch.promote_types(query.dtype, key.dtype)
-        if plan.reduction == "mean":
-            return per_row.mean().to(out_dtype)
-        if plan.reduction == "sum":
-            return per_row.sum().to(out_dtype)
-        return per_row.to(out_dtype)
+        return reduce_rows(per_row, plan.reduction).to(torch.promote_types(query.dtype, key.dtype))
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         plan: _Plan = ctx.plan
         query, scale32, global_labels, query_ids, row_lse, col_lse = ctx.saved_tensors
         keys = ctx.keys
-        per_row = _per_row_weights(grad_output, plan, query.shape[0])
+        per_row = per_row_weights(grad_output, plan.reduction, query.shape[0])
         g_row, g_col, g_term = per_row, None, None
         if plan.symmetric:
             g_row = g_term = 0.5 * per_row
@@ -185,44 +163,29 @@ class _FusedInfoNCE(torch.autograd.Function):
             if plan.mode == "gather":
                 # Every rank's queries touch every positive column: share the column weights.
                 torch.distributed.all_reduce(g_col, group=None if plan.group is True else plan.group)
+        args = (
+            query,
+            keys,
+            scale32,
+            global_labels,
+            query_ids,
+            ctx.key_ids_all,
+            row_lse,
+            col_lse,
+            g_row,
+            g_col,
+        )
         if plan.mode == "ring":
-            d_query, d_keys, d_scale = _ring_backward(
-                query,
-                keys,
-                scale32,
-                global_labels,
-                query_ids,
-                ctx.key_ids_all,
-                row_lse,
-                col_lse,
-                g_row,
-                g_col,
-                plan,
-            )
+            d_query, d_keys, d_scale = _ring_backward(*args, plan)
         else:
-            d_query, d_keys, d_scale = plan.kernels.fused_backward(
-                query,
-                keys,
-                scale32,
-                global_labels,
-                query_ids,
-                ctx.key_ids_all,
-                row_lse,
-                col_lse,
-                g_row,
-                g_col,
-                plan.tile_b,
-                plan.tile_n,
-            )
+            d_query, d_keys, d_scale = plan.kernels.fused_backward(*args, plan.tile_b, plan.tile_n)
         if plan.symmetric and plan.duplicate_labels:
             d_query, d_keys, d_scale = _correct_shared_positives(
                 query, keys, scale32, global_labels, g_col, g_term, d_query, d_keys, d_scale
             )
         if plan.world > 1:
             d_key = reduce_scatter_rows(d_keys, plan.group) if plan.mode == "gather" else d_keys
-            d_scale = d_scale.reshape(1).clone()
-            torch.distributed.all_reduce(d_scale, group=None if plan.group is True else plan.group)
-            d_scale = d_scale.reshape(()) / plan.world
+            d_scale = mean_over_ranks(d_scale, plan.group, plan.world)
         else:
             d_key = d_keys
         need_q, need_k, need_s = ctx.needs_input_grad[:3]
@@ -420,21 +383,7 @@ def info_nce(
     checked = check_loss_inputs(query, key, labels, scale, query_ids, key_ids, reduction)
     name, kernels = resolve_backend(backend, query.device, query)
     tile_b, tile_n = parse_tile_size(tile_size, _default_tile(name, query.device))
-    world, rank, mode, key_rows = 1, 0, "local", (key.shape[0],)
-    if group is not None and group_world_size(group) > 1:
-        dplan = plan_distributed(
-            group,
-            distributed,
-            query.shape[0],
-            key.shape[0],
-            query.shape[1],
-            query_ids is not None,
-            key.element_size(),
-            query.device,
-        )
-        world, rank, mode, key_rows = dplan.world, dplan.rank, dplan.mode, dplan.key_rows
-    elif distributed not in ("auto", "gather", "ring"):
-        raise ConfigError(f"distributed: expected one of ('auto', 'gather', 'ring'), got {distributed!r}")
+    dplan = plan_call(group, distributed, query, key, query_ids is not None)
     plan = _Plan(
         symmetric=bool(symmetric),
         reduction=reduction,
@@ -442,11 +391,11 @@ def info_nce(
         tile_n=tile_n,
         kernels=kernels,
         group=group,
-        world=world,
-        rank=rank,
+        world=dplan.world,
+        rank=dplan.rank,
         duplicate_labels=checked.duplicate_labels,
-        mode=mode,
-        key_rows=key_rows,
+        mode=dplan.mode,
+        key_rows=dplan.key_rows,
     )
     return _FusedInfoNCE.apply(
         query, key, checked.scale, checked.labels, checked.query_ids, checked.key_ids, plan

@@ -1,4 +1,5 @@
-"""Argument checks and normalisation shared by :func:`info_nce` and :func:`reference_info_nce`.
+"""Argument checks and normalisation shared by the InfoNCE and sigmoid losses (tiled and reference), and
+the ``reduction`` argument's forward (:func:`reduce_rows`) and backward (:func:`per_row_weights`).
 
 Every check is O(b + n) (labels / id vectors) or O(1); embeddings are never scanned, so a NaN embedding
 gives a NaN loss, as with any PyTorch loss.
@@ -12,7 +13,15 @@ import torch
 
 from hardbatch.errors import ConfigError
 
-__all__ = ["REDUCTIONS", "LossInputs", "check_loss_inputs", "parse_tile_size"]
+__all__ = [
+    "REDUCTIONS",
+    "LossInputs",
+    "as_scalar",
+    "check_loss_inputs",
+    "parse_tile_size",
+    "per_row_weights",
+    "reduce_rows",
+]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -38,22 +47,24 @@ def _as_index_vector(values: torch.Tensor, name: str, length: int, device: torch
     return values.to(device=device, dtype=torch.int64)
 
 
-def _as_scale(scale: float | torch.Tensor, device: torch.device) -> torch.Tensor:
-    if isinstance(scale, torch.Tensor):
-        if scale.numel() != 1:
+def as_scalar(value: float | torch.Tensor, name: str, device: torch.device) -> torch.Tensor:
+    """A loss scalar (``scale``, ``bias``) as a tensor on ``device``: a one-element tensor (integer dtypes
+    cast to fp32, grad kept) or a finite number (fp32); :class:`ConfigError` naming ``name`` otherwise."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
             raise ConfigError(
-                f"scale: expected a float or a one-element tensor, got shape {tuple(scale.shape)}"
+                f"{name}: expected a float or a one-element tensor, got shape {tuple(value.shape)}"
             )
-        if not scale.dtype.is_floating_point:
-            scale = scale.to(torch.float32)
-        return scale.to(device)
+        if not value.dtype.is_floating_point:
+            value = value.to(torch.float32)
+        return value.to(device)
     try:
-        value = float(scale)
+        number = float(value)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"scale: expected a number or a tensor, got {type(scale).__name__}") from exc
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ConfigError(f"scale: must be finite, got {value}")
-    return torch.tensor(value, dtype=torch.float32, device=device)
+        raise ConfigError(f"{name}: expected a number or a tensor, got {type(value).__name__}") from exc
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ConfigError(f"{name}: must be finite, got {number}")
+    return torch.tensor(number, dtype=torch.float32, device=device)
 
 
 def check_loss_inputs(
@@ -104,7 +115,7 @@ def check_loss_inputs(
     if query_ids is not None:
         query_ids = _as_index_vector(query_ids, "query_ids", b, device)
         key_ids = _as_index_vector(key_ids, "key_ids", n, device)
-    return LossInputs(labels, query_ids, key_ids, _as_scale(scale, device), duplicate)
+    return LossInputs(labels, query_ids, key_ids, as_scalar(scale, "scale", device), duplicate)
 
 
 def parse_tile_size(
@@ -123,3 +134,22 @@ def parse_tile_size(
     if min(tile) < 1:
         raise ConfigError(f"tile_size: must be positive, got {tile_size!r}")
     return tile
+
+
+def reduce_rows(per_row: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-query losses (b,) reduced by ``reduction`` (``mean`` | ``sum`` | ``none``)."""
+    if reduction == "mean":
+        return per_row.mean()
+    if reduction == "sum":
+        return per_row.sum()
+    return per_row
+
+
+def per_row_weights(grad: torch.Tensor, reduction: str, rows: int) -> torch.Tensor:
+    """Upstream gradient of each query's loss, (b,) fp32, from the gradient of :func:`reduce_rows`'s output."""
+    grad = grad.to(torch.float32)
+    if reduction == "mean":
+        return (grad / rows).expand(rows)
+    if reduction == "sum":
+        return grad.expand(rows)
+    return grad.reshape(rows)

@@ -10,12 +10,12 @@ from torch import nn
 
 from hardbatch.errors import ConfigError
 from hardbatch.losses.info_nce import info_nce
-from hardbatch.losses.inputs import REDUCTIONS
+from hardbatch.losses.scaled_module import ScaledLossModule
 
 __all__ = ["InfoNCELoss", "clamp_logit_scales"]
 
 
-class InfoNCELoss(nn.Module):
+class InfoNCELoss(ScaledLossModule):
     """InfoNCE / CLIP loss module; memory and time as :func:`hardbatch.losses.info_nce`.
 
     With ``learnable_scale=True`` the module owns ``logit_scale`` (a parameter holding log(scale), as in
@@ -62,33 +62,14 @@ class InfoNCELoss(nn.Module):
         reduction: str = "mean",
         backend: str | None = None,
     ) -> None:
-        super().__init__()
-        if not scale > 0:
-            raise ConfigError(f"scale must be positive, got {scale}")
-        if not 0 < min_scale <= max_scale:
-            raise ConfigError(f"need 0 < min_scale <= max_scale, got {min_scale} and {max_scale}")
-        if reduction not in REDUCTIONS:
-            raise ConfigError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+        super().__init__(scale, reduction, tile_size, group, scale_bounds=(min_scale, max_scale))
         self.learnable_scale = learnable_scale
         self.min_scale, self.max_scale = float(min_scale), float(max_scale)
         if learnable_scale and not min_scale <= scale <= max_scale:
             raise ConfigError(f"scale {scale} outside [min_scale, max_scale] = [{min_scale}, {max_scale}]")
-        if learnable_scale:
-            self.logit_scale = nn.Parameter(torch.tensor(math.log(scale), dtype=torch.float32))
-        else:
-            self.fixed_scale = float(scale)
+        self._init_logits(learnable_scale, scale)
         self.symmetric = symmetric
-        self.tile_size = tile_size
-        self.group = group
-        self.reduction = reduction
         self.backend = backend
-
-    @property
-    def scale(self) -> float | torch.Tensor:
-        """The logit scale used now (a tensor with grad when learnable)."""
-        if not self.learnable_scale:
-            return self.fixed_scale
-        return self.logit_scale.exp()
 
     @torch.no_grad()
     def clamp_(self) -> InfoNCELoss:
@@ -101,27 +82,9 @@ class InfoNCELoss(nn.Module):
             self.logit_scale.clamp_(math.log(self.min_scale), math.log(self.max_scale))
         return self
 
-    def forward(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        query_ids: torch.Tensor | None = None,
-        key_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Loss of ``query`` (b, d) against ``key`` (n, d); see :func:`info_nce`."""
+    def _loss_fn(self, query: torch.Tensor, key: torch.Tensor, **shared: Any) -> torch.Tensor:
         return info_nce(
-            query,
-            key,
-            labels,
-            scale=self.scale,
-            symmetric=self.symmetric,
-            query_ids=query_ids,
-            key_ids=key_ids,
-            tile_size=self.tile_size,
-            group=self.group,
-            reduction=self.reduction,
-            backend=self.backend,
+            query, key, scale=self.scale, symmetric=self.symmetric, backend=self.backend, **shared
         )
 
     def extra_repr(self) -> str:

@@ -19,17 +19,9 @@ from hardbatch.losses.distributed import (
     group_rank,
     group_world_size,
 )
-from hardbatch.losses.inputs import check_loss_inputs
+from hardbatch.losses.inputs import check_loss_inputs, reduce_rows
 
 __all__ = ["reference_info_nce", "reference_sigmoid_loss"]
-
-
-def _reduce(per_row: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return per_row.mean()
-    if reduction == "sum":
-        return per_row.sum()
-    return per_row
 
 
 def reference_info_nce(
@@ -87,7 +79,7 @@ def reference_info_nce(
     if symmetric:
         column_lse = torch.logsumexp(logits[:, global_labels[local]], dim=0)
         per_row = 0.5 * (per_row + column_lse - positive)
-    return _reduce(per_row, reduction).to(out_dtype)
+    return reduce_rows(per_row, reduction).to(out_dtype)
 
 
 def reference_sigmoid_loss(
@@ -129,4 +121,4 @@ def reference_sigmoid_loss(
         masked = checked.query_ids[:, None] == checked.key_ids[None, :]
         masked[rows, checked.labels] = False
         pair_loss = pair_loss.masked_fill(masked, 0.0)
-    return _reduce(pair_loss.sum(1), reduction)
+    return reduce_rows(pair_loss.sum(1), reduction)

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from hardbatch.errors import ConfigError
-from hardbatch.losses.distributed import _all_gather_into, _resolve
+from hardbatch.losses.distributed import _all_gather_into, _resolve, group_world_size
 
 __all__ = [
     "DISTRIBUTED_MODES",
@@ -37,6 +37,7 @@ __all__ = [
     "add_into",
     "circulate",
     "logaddexp_into",
+    "plan_call",
     "plan_distributed",
     "shard_table",
 ]
@@ -111,6 +112,30 @@ def plan_distributed(
         gathered_bytes = world * max(row[1] for row in table) * dim * (itemsize + 4)
         mode = "gather" if equal and gathered_bytes <= GATHER_MAX_BYTES else "ring"
     return DistributedPlan(mode, world, rank, tuple(row[1] for row in table))
+
+
+def plan_call(
+    group: Any, mode: str, query: torch.Tensor, key: torch.Tensor, has_ids: bool
+) -> DistributedPlan:
+    """The plan of one loss call: :func:`plan_distributed` under a group of W > 1 ranks, else ``local``.
+
+    Raises:
+        ConfigError: as :func:`plan_distributed`; an unknown mode also without a group.
+    """
+    if group is not None and group_world_size(group) > 1:
+        return plan_distributed(
+            group,
+            mode,
+            query.shape[0],
+            key.shape[0],
+            query.shape[1],
+            has_ids,
+            key.element_size(),
+            query.device,
+        )
+    if mode not in DISTRIBUTED_MODES:
+        raise ConfigError(f"distributed: expected one of {DISTRIBUTED_MODES}, got {mode!r}")
+    return DistributedPlan("local", 1, 0, (key.shape[0],))
 
 
 class Ring:

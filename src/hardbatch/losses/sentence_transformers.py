@@ -9,52 +9,18 @@ duplicate texts. Memory: O(b·(1+m)·d) embeddings + one mini-batch of activatio
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardbatch.errors import ConfigError
-from hardbatch.ids import stable_ids
-from hardbatch.losses.gradcache import cached_loss
 from hardbatch.losses.info_nce import info_nce
-from hardbatch.losses.layouts import stacked_keys
+from hardbatch.losses.sentence_transformers_base import SentenceTransformersLoss
 
 __all__ = ["HardbatchInfoNCELoss"]
 
-_SIMILARITIES = ("cosine", "dot")
 
-
-def _similarity_name(similarity_fct: str | Callable) -> str:
-    if isinstance(similarity_fct, str):
-        name = similarity_fct
-    else:
-        name = {"cos_sim": "cosine", "dot_score": "dot"}.get(getattr(similarity_fct, "__name__", ""), "")
-    if name not in _SIMILARITIES:
-        raise ConfigError(
-            f"similarity_fct: expected 'cosine' / 'dot' (or util.cos_sim / util.dot_score), got {similarity_fct!r}"
-        )
-    return name
-
-
-def _embed_columns(model: nn.Module, features: list[dict[str, Tensor]]) -> list[Tensor]:
-    try:  # sentence-transformers >= 5.4 merges like-shaped columns into one forward pass
-        from sentence_transformers.base.losses.merged_forward import embed_columns
-    except ImportError:
-        return [model(f)["sentence_embedding"] for f in features]
-    return embed_columns(model, features)
-
-
-def _text_ids(features: dict[str, Tensor]) -> Tensor:
-    """One id per row from its non-padding token ids: identical texts (same tokenizer) share an id."""
-    ids, mask = features["input_ids"], features.get("attention_mask")
-    rows = ids.tolist() if mask is None else [row[m.bool()].tolist() for row, m in zip(ids, mask)]
-    return torch.from_numpy(stable_ids(repr(tokens) for tokens in rows)).to(ids.device)
-
-
-class HardbatchInfoNCELoss(nn.Module):
+class HardbatchInfoNCELoss(SentenceTransformersLoss):
     def __init__(
         self,
         model: nn.Module,
@@ -101,79 +67,16 @@ class HardbatchInfoNCELoss(nn.Module):
             >>> value = loss(features, None)
             >>> value.backward()
         """
-        super().__init__()
-        if not scale > 0:
-            raise ConfigError(f"scale must be positive, got {scale}")
-        if mini_batch_size is not None and mini_batch_size < 1:
-            raise ConfigError(f"mini_batch_size must be >= 1 or None, got {mini_batch_size}")
-        self.model = model
+        super().__init__(
+            model, scale, similarity_fct, mini_batch_size, gather_across_devices, mask_duplicates, tile_size
+        )
         self.scale = float(scale)
-        self.similarity = _similarity_name(similarity_fct)
         self.symmetric = symmetric
-        self.mini_batch_size = mini_batch_size
-        self.gather_across_devices = gather_across_devices
-        self.mask_duplicates = mask_duplicates
-        self.tile_size = tile_size
         self.backend = backend
 
-    @property
-    def uses_gradient_cache(self) -> bool:
-        """True when the backward pass re-embeds mini-batches (sentence-transformers capability flag)."""
-        return self.mini_batch_size is not None
-
-    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
-        features = list(sentence_features)
-        if len(features) < 2:
-            raise ConfigError(
-                f"expected (anchor, positive[, negatives...]) columns, got {len(features)} column(s)"
-            )
-        ids = self._ids(features) if self.mask_duplicates else None
-        if self.mini_batch_size is None:
-            return self._loss(_embed_columns(self.model, features), ids)
-
-        def encode(model: nn.Module, chunk: dict[str, Tensor]) -> Tensor:
-            return model(chunk)["sentence_embedding"]
-
-        return cached_loss(
-            self.model,
-            features,
-            lambda *embeddings: self._loss(list(embeddings), ids),
-            chunk_size=self.mini_batch_size,
-            encode=encode,
-        )
-
-    def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
-        """The loss from per-column embeddings ``[anchor (b, d), positive (b, d), negative_j (b, d)...]``."""
-        return self._loss(embeddings, None)
-
-    def _ids(self, features: list[dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
-        candidates = [_text_ids(f) for f in features[1:]]
-        return candidates[0], torch.cat(candidates)
-
-    def _group(self) -> Any:
-        if not self.gather_across_devices:
-            return None
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return None  # single process: nothing to gather (same as sentence-transformers)
-        return torch.distributed.group.WORLD
-
-    def _loss(self, embeddings: list[Tensor], ids: tuple[Tensor, Tensor] | None) -> Tensor:
-        if len(embeddings) < 2:
-            raise ConfigError(f"expected at least 2 embedding columns, got {len(embeddings)}")
-        if self.similarity == "cosine":
-            embeddings = [F.normalize(e, p=2, dim=-1) for e in embeddings]
-        keys, labels = stacked_keys(embeddings[1], embeddings[2:])
+    def _stacked_loss(self, query: Tensor, keys: Tensor, **shared: Any) -> Tensor:
         return info_nce(
-            embeddings[0],
-            keys,
-            labels,
-            scale=self.scale,
-            symmetric=self.symmetric,
-            query_ids=None if ids is None else ids[0],
-            key_ids=None if ids is None else ids[1],
-            tile_size=self.tile_size,
-            group=self._group(),
-            backend=self.backend,
+            query, keys, scale=self.scale, symmetric=self.symmetric, backend=self.backend, **shared
         )
 
     def get_config_dict(self) -> dict[str, Any]:

@@ -10,23 +10,19 @@ is a module with parameters passed as ``loss=``). Memory O(b·(1+m)·d) embeddin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardbatch.errors import ConfigError
-from hardbatch.losses.gradcache import cached_loss
-from hardbatch.losses.layouts import stacked_keys
-from hardbatch.losses.sentence_transformers import _embed_columns, _similarity_name, _text_ids
+from hardbatch.losses.sentence_transformers_base import SentenceTransformersLoss
 from hardbatch.losses.sigmoid import sigmoid_loss
 
 __all__ = ["HardbatchSigmoidLoss"]
 
 
-class HardbatchSigmoidLoss(nn.Module):
+class HardbatchSigmoidLoss(SentenceTransformersLoss):
     def __init__(
         self,
         model: nn.Module,
@@ -68,84 +64,20 @@ class HardbatchSigmoidLoss(nn.Module):
             >>> loss.logit_bias.grad is not None
             True
         """
-        super().__init__()
-        if not scale > 0:
-            raise ConfigError(f"scale must be positive, got {scale}")
-        if mini_batch_size is not None and mini_batch_size < 1:
-            raise ConfigError(f"mini_batch_size must be >= 1 or None, got {mini_batch_size}")
-        self.model = model
+        super().__init__(
+            model, scale, similarity_fct, mini_batch_size, gather_across_devices, mask_duplicates, tile_size
+        )
         self.learnable = learnable
         if learnable:
             self.logit_scale = nn.Parameter(torch.tensor(math.log(scale), dtype=torch.float32))
             self.logit_bias = nn.Parameter(torch.tensor(float(bias), dtype=torch.float32))
         self.init_scale, self.init_bias = float(scale), float(bias)
-        self.similarity = _similarity_name(similarity_fct)
-        self.mini_batch_size = mini_batch_size
-        self.gather_across_devices = gather_across_devices
         self.distributed = distributed
-        self.mask_duplicates = mask_duplicates
-        self.tile_size = tile_size
 
-    @property
-    def uses_gradient_cache(self) -> bool:
-        """True when the backward pass re-embeds mini-batches (sentence-transformers capability flag)."""
-        return self.mini_batch_size is not None
-
-    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
-        features = list(sentence_features)
-        if len(features) < 2:
-            raise ConfigError(
-                f"expected (anchor, positive[, negatives...]) columns, got {len(features)} column(s)"
-            )
-        ids = None
-        if self.mask_duplicates:
-            candidates = [_text_ids(f) for f in features[1:]]
-            ids = (candidates[0], torch.cat(candidates))
-        if self.mini_batch_size is None:
-            return self._loss(_embed_columns(self.model, features), ids)
-
-        def encode(model: nn.Module, chunk: dict[str, Tensor]) -> Tensor:
-            return model(chunk)["sentence_embedding"]
-
-        return cached_loss(
-            self.model,
-            features,
-            lambda *embeddings: self._loss(list(embeddings), ids),
-            chunk_size=self.mini_batch_size,
-            encode=encode,
-        )
-
-    def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
-        """The loss from per-column embeddings ``[anchor (b, d), positive (b, d), negative_j (b, d)...]``."""
-        return self._loss(embeddings, None)
-
-    def _group(self) -> Any:
-        if not self.gather_across_devices:
-            return None
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return None
-        return torch.distributed.group.WORLD
-
-    def _loss(self, embeddings: list[Tensor], ids: tuple[Tensor, Tensor] | None) -> Tensor:
-        if len(embeddings) < 2:
-            raise ConfigError(f"expected at least 2 embedding columns, got {len(embeddings)}")
-        if self.similarity == "cosine":
-            embeddings = [F.normalize(e, p=2, dim=-1) for e in embeddings]
-        keys, labels = stacked_keys(embeddings[1], embeddings[2:])
+    def _stacked_loss(self, query: Tensor, keys: Tensor, **shared: Any) -> Tensor:
         scale = self.logit_scale.exp() if self.learnable else self.init_scale
         bias = self.logit_bias if self.learnable else self.init_bias
-        return sigmoid_loss(
-            embeddings[0],
-            keys,
-            scale,
-            bias,
-            labels=labels,
-            query_ids=None if ids is None else ids[0],
-            key_ids=None if ids is None else ids[1],
-            tile_size=self.tile_size,
-            group=self._group(),
-            distributed=self.distributed,
-        )
+        return sigmoid_loss(query, keys, scale, bias, distributed=self.distributed, **shared)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {

@@ -23,13 +23,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
-from hardbatch.errors import ConfigError
 from hardbatch.losses import sigmoid_tiled
-from hardbatch.losses.distributed import all_gather_rows, group_world_size, reduce_scatter_rows
-from hardbatch.losses.inputs import check_loss_inputs, parse_tile_size
-from hardbatch.losses.ring import Ring, add_into, circulate, plan_distributed
+from hardbatch.losses.distributed import gather_keys, mean_over_ranks, reduce_scatter_rows
+from hardbatch.losses.inputs import (
+    as_scalar,
+    check_loss_inputs,
+    parse_tile_size,
+    per_row_weights,
+    reduce_rows,
+)
+from hardbatch.losses.ring import Ring, add_into, circulate, plan_call
 from hardbatch.losses.tiled import DEFAULT_TILE_CPU, DEFAULT_TILE_CUDA
 
 __all__ = ["sigmoid_loss"]
@@ -45,28 +49,6 @@ class _SigmoidPlan:
     world: int
     rank: int
     key_rows: tuple[int, ...]
-
-
-def _as_bias(bias: float | torch.Tensor, device: torch.device) -> torch.Tensor:
-    if isinstance(bias, torch.Tensor):
-        if bias.numel() != 1:
-            raise ConfigError(
-                f"bias: expected a float or a one-element tensor, got shape {tuple(bias.shape)}"
-            )
-        return (bias if bias.dtype.is_floating_point else bias.to(torch.float32)).to(device)
-    try:
-        value = float(bias)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bias: expected a number or a tensor, got {type(bias).__name__}") from exc
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ConfigError(f"bias: must be finite, got {value}")
-    return torch.tensor(value, dtype=torch.float32, device=device)
-
-
-def _mean_over_ranks(value: torch.Tensor, group: Any, world: int) -> torch.Tensor:
-    value = value.reshape(1).clone()
-    dist.all_reduce(value, group=None if group is True else group)
-    return value.reshape(()) / world
 
 
 class _SigmoidLoss(torch.autograd.Function):
@@ -88,9 +70,7 @@ class _SigmoidLoss(torch.autograd.Function):
         tiles = (plan.tile_b, plan.tile_n)
         keys, key_ids_all, global_labels = key, key_ids, labels
         if plan.mode == "gather":
-            keys = all_gather_rows(key, plan.group)
-            key_ids_all = None if key_ids is None else all_gather_rows(key_ids, plan.group)
-            global_labels = labels + plan.rank * key.shape[0]
+            keys, key_ids_all, global_labels = gather_keys(key, key_ids, labels, plan.group, plan.rank)
         if plan.mode == "ring":
             per_row = torch.zeros(query.shape[0], dtype=torch.float32, device=query.device)
             no_positive = torch.full_like(labels, -1)
@@ -113,26 +93,14 @@ class _SigmoidLoss(torch.autograd.Function):
         ctx.key_ids_all = key_ids_all
         ctx.shapes = (scale.shape, scale.dtype, bias.shape, bias.dtype)
         ctx.save_for_backward(query, scale32, bias32, global_labels, query_ids)
-        out_dtype = torch.promote_types(query.dtype, key.dtype)
-        if plan.reduction == "mean":
-            return per_row.mean().to(out_dtype)
-        if plan.reduction == "sum":
-            return per_row.sum().to(out_dtype)
-        return per_row.to(out_dtype)
+        return reduce_rows(per_row, plan.reduction).to(torch.promote_types(query.dtype, key.dtype))
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         plan: _SigmoidPlan = ctx.plan
         query, scale32, bias32, labels, query_ids = ctx.saved_tensors
         keys, key_ids = ctx.keys, ctx.key_ids_all
-        rows = query.shape[0]
-        grad = grad_output.to(torch.float32)
-        if plan.reduction == "mean":
-            g_row = (grad / rows).expand(rows)
-        elif plan.reduction == "sum":
-            g_row = grad.expand(rows)
-        else:
-            g_row = grad.reshape(rows)
+        g_row = per_row_weights(grad_output, plan.reduction, query.shape[0])
         tiles = (plan.tile_b, plan.tile_n)
         if plan.mode == "ring":
             d_query = torch.zeros(query.shape, dtype=torch.float32, device=query.device)
@@ -158,8 +126,8 @@ class _SigmoidLoss(torch.autograd.Function):
             d_key = reduce_scatter_rows(d_keys, plan.group) if plan.mode == "gather" else d_keys
         if plan.mode != "local":
             # scale and bias are shared by all ranks: every rank holds the gradient of (1/W)·Σ_r L_r.
-            d_scale = _mean_over_ranks(d_scale, plan.group, plan.world)
-            d_bias = _mean_over_ranks(d_bias, plan.group, plan.world)
+            d_scale = mean_over_ranks(d_scale, plan.group, plan.world)
+            d_bias = mean_over_ranks(d_bias, plan.group, plan.world)
         scale_shape, scale_dtype, bias_shape, bias_dtype = ctx.shapes
         need_q, need_k, need_s, need_b = ctx.needs_input_grad[:4]
         return (
@@ -234,25 +202,11 @@ def sigmoid_loss(
         True
     """
     checked = check_loss_inputs(query, key, labels, scale, query_ids, key_ids, reduction)
-    bias_t = _as_bias(bias, query.device)
+    bias_t = as_scalar(bias, "bias", query.device)
     default = DEFAULT_TILE_CUDA if query.device.type == "cuda" else DEFAULT_TILE_CPU
     tile_b, tile_n = parse_tile_size(tile_size, default)
-    mode, world, rank, key_rows = "local", 1, 0, (key.shape[0],)
-    if group is not None and group_world_size(group) > 1:
-        dplan = plan_distributed(
-            group,
-            distributed,
-            query.shape[0],
-            key.shape[0],
-            query.shape[1],
-            checked.query_ids is not None,
-            key.element_size(),
-            query.device,
-        )
-        mode, world, rank, key_rows = dplan.mode, dplan.world, dplan.rank, dplan.key_rows
-    elif distributed not in ("auto", "gather", "ring"):
-        raise ConfigError(f"distributed: expected one of ('auto', 'gather', 'ring'), got {distributed!r}")
-    plan = _SigmoidPlan(reduction, tile_b, tile_n, group, mode, world, rank, key_rows)
+    dplan = plan_call(group, distributed, query, key, checked.query_ids is not None)
+    plan = _SigmoidPlan(reduction, tile_b, tile_n, group, dplan.mode, dplan.world, dplan.rank, dplan.key_rows)
     return _SigmoidLoss.apply(
         query, key, checked.scale, bias_t, checked.labels, checked.query_ids, checked.key_ids, plan
     )

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
-from torch import nn
 
-from hardbatch.errors import ConfigError
-from hardbatch.losses.inputs import REDUCTIONS
+from hardbatch.losses.scaled_module import ScaledLossModule
 from hardbatch.losses.sigmoid import sigmoid_loss
 
 __all__ = ["SigmoidLoss"]
 
 
-class SigmoidLoss(nn.Module):
+class SigmoidLoss(ScaledLossModule):
     """Sigmoid (SigLIP) loss module; memory and time as :func:`hardbatch.losses.sigmoid_loss`.
 
     With ``learnable=True`` (default) the module owns ``logit_scale`` (log of the scale) and ``logit_bias``,
@@ -51,54 +48,18 @@ class SigmoidLoss(nn.Module):
         distributed: str = "auto",
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
-        if not scale > 0:
-            raise ConfigError(f"scale must be positive, got {scale}")
-        if reduction not in REDUCTIONS:
-            raise ConfigError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+        super().__init__(scale, reduction, tile_size, group)
         self.learnable = learnable
-        if learnable:
-            self.logit_scale = nn.Parameter(torch.tensor(math.log(scale), dtype=torch.float32))
-            self.logit_bias = nn.Parameter(torch.tensor(float(bias), dtype=torch.float32))
-        else:
-            self.fixed_scale, self.fixed_bias = float(scale), float(bias)
-        self.tile_size = tile_size
-        self.group = group
+        self._init_logits(learnable, scale, bias)
         self.distributed = distributed
-        self.reduction = reduction
-
-    @property
-    def scale(self) -> float | torch.Tensor:
-        """The logit scale used now (a tensor with grad when learnable)."""
-        return self.logit_scale.exp() if self.learnable else self.fixed_scale
 
     @property
     def bias(self) -> float | torch.Tensor:
         """The logit bias used now."""
         return self.logit_bias if self.learnable else self.fixed_bias
 
-    def forward(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        query_ids: torch.Tensor | None = None,
-        key_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Loss of ``query`` (b, d) against ``key`` (n, d); see :func:`sigmoid_loss`."""
-        return sigmoid_loss(
-            query,
-            key,
-            self.scale,
-            self.bias,
-            labels=labels,
-            query_ids=query_ids,
-            key_ids=key_ids,
-            tile_size=self.tile_size,
-            group=self.group,
-            distributed=self.distributed,
-            reduction=self.reduction,
-        )
+    def _loss_fn(self, query: torch.Tensor, key: torch.Tensor, **shared: Any) -> torch.Tensor:
+        return sigmoid_loss(query, key, self.scale, self.bias, distributed=self.distributed, **shared)
 
     def extra_repr(self) -> str:
         kind = "learnable" if self.learnable else "fixed"

@@ -20,14 +20,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hardbatch.losses.tiled import _mask_tile, _positive_position, _tile_buffer
+from hardbatch.losses.tiled import _mask_tile, _positive_position, _scaled_query_tile, _tile_buffer
 
 __all__ = ["sigmoid_backward", "sigmoid_forward"]
-
-
-def _scaled_query_tile(q: torch.Tensor, start: int, stop: int, scale: torch.Tensor) -> torch.Tensor:
-    """fp32 copy of ``scale · q[start:stop]`` (the scale is folded into the small operand)."""
-    return torch.mul(q[start:stop].to(torch.float32), scale)
 
 
 def _logit_tile(

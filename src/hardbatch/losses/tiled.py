@@ -33,6 +33,8 @@ dividing by the scale.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from hardbatch.device import fast_bf16_matmul
@@ -151,6 +153,76 @@ def _positive_position(labels: torch.Tensor, start: int, width: int) -> tuple[to
     return local.clamp(0, width - 1), inside
 
 
+@dataclass(frozen=True)
+class _Scratch:
+    """The tile buffers of one pass (flat, viewed per tile by :func:`_tile_buffer`).
+
+    ``logits`` and ``work`` are fp32 (tile_b·tile_n); with bf16 tiles (``low``) also the bf16 matmul
+    product and the positives' exact fp32 logits (b,).
+    """
+
+    logits: torch.Tensor
+    work: torch.Tensor
+    low: bool
+    product: torch.Tensor | None
+    exact: torch.Tensor | None
+
+
+def _scratch(
+    q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor, scale32: torch.Tensor, tile_b: int, tile_n: int
+) -> _Scratch:
+    b, n, device = q.shape[0], k.shape[0], q.device
+    tile_cells = min(tile_b, b) * min(tile_n, n)
+    logits = torch.empty(tile_cells, dtype=torch.float32, device=device)
+    work = torch.empty(tile_cells, dtype=torch.float32, device=device)
+    low = tile_dtype(q, k) != torch.float32
+    product = exact = None
+    if low:
+        product = torch.empty(tile_cells, dtype=q.dtype, device=device)
+        exact = _exact_positives(q, k, labels, scale32)
+    return _Scratch(logits, work, low, product, exact)
+
+
+def _masked_logits(
+    scratch: _Scratch,
+    q_tile: torch.Tensor,
+    k_tile: torch.Tensor,
+    scale32: torch.Tensor,
+    rows: tuple[int, int],
+    c0: int,
+    row_labels: torch.Tensor,
+    q_ids: torch.Tensor | None,
+    k_ids: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """fp32 logits of the tile (rows r0:r1, keys c0:c0 + len(k_tile)), masked entries at −inf.
+
+    Returns:
+        the logit tile, the bf16 product tile (None for fp32 tiles), each row's positive position in the
+        tile and whether it lies inside.
+    """
+    r0, r1 = rows
+    c1 = c0 + k_tile.shape[0]
+    logits = _tile_buffer(scratch.logits, r1 - r0, c1 - c0)
+    local_label, inside = _positive_position(row_labels, c0, c1 - c0)
+    product = None
+    if scratch.low:
+        assert scratch.product is not None and scratch.exact is not None
+        product = _tile_buffer(scratch.product, r1 - r0, c1 - c0)
+        _low_precision_logits(
+            logits, product, q_tile, k_tile, scale32.reshape(1, 1), scratch.exact[r0:r1], local_label, inside
+        )
+    else:
+        torch.mm(q_tile, k_tile.T, out=logits)
+    _mask_tile(
+        logits,
+        None if q_ids is None else q_ids[r0:r1],
+        None if k_ids is None else k_ids[c0:c1],
+        local_label,
+        inside,
+    )
+    return logits, product, local_label, inside
+
+
 @torch.no_grad()
 def fused_lse_forward(
     q: torch.Tensor,
@@ -191,13 +263,8 @@ def fused_lse_forward(
     row_lse = torch.full((b,), _NEG_INF, dtype=torch.float32, device=device)
     col_lse = torch.full((n,), _NEG_INF, dtype=torch.float32, device=device) if compute_col else None
     pos_logit = torch.zeros(b, dtype=torch.float32, device=device)
-    tile_cells = min(tile_b, b) * min(tile_n, n)
-    logit_store = torch.empty(tile_cells, dtype=torch.float32, device=device)
-    work_store = torch.empty(tile_cells, dtype=torch.float32, device=device)
-    low = tile_dtype(q, k) != torch.float32
-    if low:
-        product_store = torch.empty(tile_cells, dtype=q.dtype, device=device)
-        exact = _exact_positives(q, k, labels, scale32)
+    scratch = _scratch(q, k, labels, scale32, tile_b, tile_n)
+    low = scratch.low
     if not low:
         # One transient fp32 copy of the keys (n·d·4 bytes, below the backward's fp32 gradient buffers)
         # instead of converting every key tile once per query tile.
@@ -208,32 +275,12 @@ def fused_lse_forward(
         row_labels = labels[r0:r1]
         for c0 in range(0, n, tile_n):
             c1 = min(c0 + tile_n, n)
-            logits = _tile_buffer(logit_store, r1 - r0, c1 - c0)
-            local_label, inside = _positive_position(row_labels, c0, c1 - c0)
-            if low:
-                product = _tile_buffer(product_store, r1 - r0, c1 - c0)
-                _low_precision_logits(
-                    logits,
-                    product,
-                    q_tile,
-                    k[c0:c1],
-                    scale32.reshape(1, 1),
-                    exact[r0:r1],
-                    local_label,
-                    inside,
-                )
-            else:
-                torch.mm(q_tile, k[c0:c1].T, out=logits)
-            _mask_tile(
-                logits,
-                None if q_ids is None else q_ids[r0:r1],
-                None if k_ids is None else k_ids[c0:c1],
-                local_label,
-                inside,
+            logits, _, local_label, inside = _masked_logits(
+                scratch, q_tile, k[c0:c1], scale32, (r0, r1), c0, row_labels, q_ids, k_ids
             )
             positive = logits.gather(1, local_label[:, None]).squeeze(1)
             pos_logit[r0:r1] = torch.where(inside, positive, pos_logit[r0:r1])
-            work = _tile_buffer(work_store, r1 - r0, c1 - c0)
+            work = _tile_buffer(scratch.work, r1 - r0, c1 - c0)
             row_part, col_part = _tile_lses(logits, work, col_lse is not None)
             torch.logaddexp(row_lse[r0:r1], row_part, out=row_lse[r0:r1])
             if col_lse is not None:
@@ -344,14 +391,9 @@ def fused_backward(
     g_col = None if g_col is None else g_col.to(torch.float32)
     dq_raw = torch.zeros(b, q.shape[1], dtype=torch.float32, device=device)  # dS @ k, before the scale
     dk = torch.zeros(n, k.shape[1], dtype=torch.float32, device=device)
-    tile_cells = min(tile_b, b) * min(tile_n, n)
-    logit_store = torch.empty(tile_cells, dtype=torch.float32, device=device)
-    grad_store = torch.empty(tile_cells, dtype=torch.float32, device=device)
-    low = tile_dtype(q, k) != torch.float32
-    if low:
-        # bf16 scratch: the matmul product, then the gradient tile rounded for the two gradient matmuls.
-        product_store = torch.empty(tile_cells, dtype=q.dtype, device=device)
-        exact = _exact_positives(q, k, labels, scale32)
+    # With bf16 tiles the product tile is reused for the gradient tile rounded for the two gradient matmuls.
+    scratch = _scratch(q, k, labels, scale32, tile_b, tile_n)
+    low = scratch.low
     upcast = (
         None if low or k.dtype == torch.float32 else torch.empty(min(tile_n, n), k.shape[1], device=device)
     )
@@ -370,23 +412,10 @@ def fused_backward(
         for tile_index, c0 in enumerate(range(0, n, tile_n)):
             c1 = min(c0 + tile_n, n)
             k_tile = k[c0:c1] if low else _key_tile(k, c0, c1, upcast)
-            logits = _tile_buffer(logit_store, r1 - r0, c1 - c0)
-            local_label, inside = _positive_position(row_labels, c0, c1 - c0)
-            if low:
-                product = _tile_buffer(product_store, r1 - r0, c1 - c0)
-                _low_precision_logits(
-                    logits, product, q_tile, k_tile, scale32.reshape(1, 1), exact[r0:r1], local_label, inside
-                )
-            else:
-                torch.mm(q_tile, k_tile.T, out=logits)
-            _mask_tile(
-                logits,
-                None if q_ids is None else q_ids[r0:r1],
-                None if k_ids is None else k_ids[c0:c1],
-                local_label,
-                inside,
+            logits, product, local_label, inside = _masked_logits(
+                scratch, q_tile, k_tile, scale32, (r0, r1), c0, row_labels, q_ids, k_ids
             )
-            grad = _tile_buffer(grad_store, r1 - r0, c1 - c0)
+            grad = _tile_buffer(scratch.work, r1 - r0, c1 - c0)
             torch.sub(logits, row_shift, out=grad)
             grad.exp_()
             positive_weight = row_weight
@@ -407,7 +436,7 @@ def fused_backward(
                 grad.mul_(row_weight[:, None])
             # −δ terms of both directions, only for rows whose positive lies in this key tile.
             grad.scatter_add_(1, local_label[:, None], -(positive_weight * inside)[:, None])
-            if low:
+            if product is not None:
                 grad_low = product.copy_(grad)
                 dq_raw[r0:r1].add_(torch.mm(grad_low, k_tile))
                 dk[c0:c1].add_(torch.mm(grad_low.T, q_tile))

@@ -421,6 +421,14 @@ def _bwd_kernel(
 # ------------------------------------------------------------------------------------- configurations
 
 
+def _configs(shapes: list[tuple[int, int, int, int, int]]) -> list:
+    """Triton configs from rows (BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages)."""
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": dd}, num_warps=w, num_stages=st)
+        for m, n, dd, w, st in shapes
+    ]
+
+
 def _hopper_forward_configs() -> list:
     """Forward configs for sm_90 (H100/H200), also valid on sm_80: (M, N, D blocks, warps, stages).
 
@@ -438,10 +446,7 @@ def _hopper_forward_configs() -> list:
         (64, 64, 32, 4, 4),
         (64, 64, 16, 4, 4),
     ]
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": dd}, num_warps=w, num_stages=st)
-        for m, n, dd, w, st in shapes
-    ]
+    return _configs(shapes)
 
 
 def _hopper_backward_configs() -> list:
@@ -456,10 +461,7 @@ def _hopper_backward_configs() -> list:
         (64, 64, 32, 4, 3),
         (64, 64, 16, 4, 3),
     ]
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": dd}, num_warps=w, num_stages=st)
-        for m, n, dd, w, st in shapes
-    ]
+    return _configs(shapes)
 
 
 def _pow2_floor(value: int) -> int:
