@@ -80,15 +80,7 @@ class HardbatchInfoNCELoss(SentenceTransformersLoss):
         )
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {
-            "scale": self.scale,
-            "similarity_fct": self.similarity,
-            "symmetric": self.symmetric,
-            "mini_batch_size": self.mini_batch_size,
-            "gather_across_devices": self.gather_across_devices,
-            "mask_duplicates": self.mask_duplicates,
-            "tile_size": self.tile_size,
-        }
+        return {"scale": self.scale, "symmetric": self.symmetric, **super().get_config_dict()}
 
     @property
     def temperature(self) -> float:

@@ -152,3 +152,13 @@ class SentenceTransformersLoss(nn.Module):
         """The loss of the anchors ``query`` (b, d) against the stacked ``keys`` (b·(1+m), d) called with
         ``shared`` (labels, query_ids, key_ids, tile_size, group)."""
         raise NotImplementedError
+
+    def get_config_dict(self) -> dict[str, Any]:
+        """The settings both adapters share (subclasses add their loss's own)."""
+        return {
+            "similarity_fct": self.similarity,
+            "mini_batch_size": self.mini_batch_size,
+            "gather_across_devices": self.gather_across_devices,
+            "mask_duplicates": self.mask_duplicates,
+            "tile_size": self.tile_size,
+        }

@@ -80,17 +80,8 @@ class HardbatchSigmoidLoss(SentenceTransformersLoss):
         return sigmoid_loss(query, keys, scale, bias, distributed=self.distributed, **shared)
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {
-            "scale": self.init_scale,
-            "bias": self.init_bias,
-            "learnable": self.learnable,
-            "similarity_fct": self.similarity,
-            "mini_batch_size": self.mini_batch_size,
-            "gather_across_devices": self.gather_across_devices,
-            "distributed": self.distributed,
-            "mask_duplicates": self.mask_duplicates,
-            "tile_size": self.tile_size,
-        }
+        own = {"scale": self.init_scale, "bias": self.init_bias, "learnable": self.learnable}
+        return {**own, "distributed": self.distributed, **super().get_config_dict()}
 
     @property
     def citation(self) -> str:

@@ -24,6 +24,7 @@ The teacher kNN dominates: about a minute for 100k × 384 on 2 CPU cores, second
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -387,39 +388,22 @@ def mine_b3(
             continue
         group_skip, group_window = spans[group_index]
         k = min(group_skip + group_window, len(ids) - 1)
+        search = functools.partial(
+            _group_knn, q_part, p_part, backend=knn, normalize=normalize, device=device, chunk_size=chunk_size,
+            seed=seed, show_progress=show_progress, precision=precision,
+        )  # fmt: skip
         if k <= group_skip:  # too few examples in this group for any rank past the skipped ones
             if k > 0:
                 with timer.stage("knn"):
-                    result = _group_knn(
-                        q_part,
-                        p_part,
-                        k,
-                        knn,
-                        normalize,
-                        device,
-                        chunk_size,
-                        faiss_options,
-                        seed,
-                        show_progress,
-                    )
+                    result = search(k, faiss_options=faiss_options)
                 _put_rows(skipped_rows, ids, np.asarray(result.indices, dtype=np.int64))
             continue
         with timer.stage("knn"):
             if neighbor_search is not None:
                 result = neighbor_search(q_part, p_part, k, ids)
             else:
-                result = _group_knn(
-                    q_part,
-                    p_part,
-                    k,
-                    knn,
-                    normalize,
-                    device,
-                    chunk_size,
-                    _faiss_options(knn, faiss_options, recall_target, group_skip, k),
-                    seed,
-                    show_progress,
-                    precision,
+                result = search(
+                    k, faiss_options=_faiss_options(knn, faiss_options, recall_target, group_skip, k)
                 )
         knn_infos.append(result.info)
         if knn != "exact" and recall_sample > 0:

@@ -251,12 +251,11 @@ class HardBatchSampler(DefaultBatchSampler):
 
     def get_config_dict(self) -> dict[str, Any]:
         """Parameters worth recording in a run's metadata / model card."""
-        return {
-            "batch_size": self.batch_size,
-            "drop_last": self.drop_last,
-            "seed": self.seed,
-            "world_size": self.world_size,
-        }
+        return self._attributes("batch_size", "drop_last", "seed", "world_size")
+
+    def _attributes(self, *names: str) -> dict[str, Any]:
+        """``{name: self.name}`` for a config dict; subclasses extend the base's with their own names."""
+        return {name: getattr(self, name) for name in names}
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_config_dict().items())

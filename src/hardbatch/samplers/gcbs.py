@@ -292,14 +292,10 @@ class GCBSBatchSampler(HardBatchSampler):
             self._cache = (int(state["epoch"]), [list(map(int, b)) for b in state["epoch_batches"]])
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {
-            **super().get_config_dict(),
-            "quantile": self.quantile,
-            "target_degree": self.target_degree,
-            "shuffle_batches": self.shuffle_batches,
-            "random_offset": self.random_offset,
-            "global_batches": self.global_batches,
-        }
+        own = self._attributes(
+            "quantile", "target_degree", "shuffle_batches", "random_offset", "global_batches"
+        )
+        return {**super().get_config_dict(), **own}
 
 
 def _fixed(query_emb: np.ndarray, positive_emb: np.ndarray) -> EmbedFn:
