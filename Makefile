@@ -38,6 +38,7 @@ mutation: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/lint-imports  # the layer contracts of docs/architecture.md (also run by make test)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -36,11 +36,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from hardbatch.machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results"
 DIM, SKIP, WINDOW, K, BATCH = 384, 30, 100, 32, 64
@@ -135,45 +136,15 @@ def run_one(num: int, backend: str, threads: int) -> dict:
     return result
 
 
-def _flags() -> frozenset:
-    from hardbatch.device import cpu_flags
-
-    return cpu_flags() or frozenset()
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def machine() -> dict:
-    import faiss
-    import numpy as np
-    import pymetis
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "numpy": np.__version__,
-        "faiss": faiss.__version__,
-        "pymetis": getattr(pymetis, "version", "?"),
-        "cuda": torch.cuda.is_available(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-        "cpu_model": _cpu_model(),
-        "amx_bf16": "amx_bf16" in _flags(),
-        "avx512_bf16": "avx512_bf16" in _flags(),
-        "note": "wall-clock; other jobs may share the machine, compare rows of one run only",
-    }
+    info = describe_machine(packages=("faiss", "pymetis"))
+    info.update(
+        cpu_model=info["cpu"],
+        amx_bf16="amx_bf16" in info["cpu_flags"],
+        avx512_bf16="avx512_bf16" in info["cpu_flags"],
+        note="wall-clock; other jobs may share the machine, compare rows of one run only",
+    )
+    return info
 
 
 def markdown(rows: list[dict], info: dict) -> str:

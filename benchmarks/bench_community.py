@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from hardbatch.graph.partition import COMMUNITY_METHODS, balanced_clusters
+from hardbatch.machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results"
 K = 32
@@ -104,14 +103,8 @@ def mining_rows(sizes: list[int]) -> list[dict]:
 
 
 def machine() -> dict:
-    model = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    name = next((line.split(":", 1)[1].strip() for line in model.splitlines() if "Model name" in line), "?")
-    return {
-        "cpu": name,
-        "cores": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "python": platform.python_version(),
-    }
+    info = describe_machine(packages=("pymetis", "igraph", "networkit"))
+    return {**info, "cores": info["cpus"], "load_average": os.getloadavg()}
 
 
 def main() -> None:

@@ -20,35 +20,19 @@ import argparse
 import io
 import json
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from hardbatch.machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results"
 METRICS = ("ndcg@10", "recall@1", "recall@10", "reverse_ndcg@10", "reverse_recall@1", "reverse_recall@10")
 
 
 def machine() -> dict:
-    import torch
-
-    try:
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-            if line.startswith("Model name")
-        )
-    except (OSError, StopIteration):
-        model = platform.processor()
-    return {
-        "platform": platform.platform(),
-        "cpu": model,
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "load_average_start": round(os.getloadavg()[0], 1),
-    }
+    info = describe_machine()
+    return {**info, "threads": info["torch_threads"], "load_average_start": info["load_average_1m"]}
 
 
 def make_lit(seed: int):

@@ -31,13 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from hardbatch.machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -64,14 +64,8 @@ def matmul_floor(x: np.ndarray, y: np.ndarray, rows: int = 8192, chunk: int = 20
 
 
 def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1m": os.getloadavg()[0],
-    }
+    info = describe_machine(packages=("faiss",))
+    return {**info, "cpu_count": info["cpus"]}
 
 
 def run_method(x: np.ndarray, y: np.ndarray, method: str, args: argparse.Namespace) -> dict:
