@@ -1,10 +1,10 @@
 """Device selection (``"auto"`` means CUDA when available, else CPU) and precision capabilities.
 
 :func:`fast_bf16_matmul` tells whether bf16 matrix products on a device are worth using instead of
-upcasting to fp32: always on CUDA (tensor cores), on a CPU only with AMX (``amx_bf16``: measured ~4× fp32)
-or, when the CPU flags do not decide it, when a short cached probe finds bf16 clearly faster. On CPUs with
-``avx512_bf16`` but no AMX, torch's bf16 matmul runs below fp32 speed (0.74× measured on a 2-core Xeon with
-``avx512_bf16``), and without either it is several times slower. The loss and mining code use it to pick
+upcasting to fp32: always on CUDA (tensor cores), on a CPU only with AMX (``amx_bf16``: measured ~4× fp32).
+On CPUs with ``avx512_bf16`` but no AMX, torch's bf16 matmul runs below fp32 speed (0.74× measured on a
+2-core Xeon with ``avx512_bf16``), and without either it is several times slower. The choice reads the CPU
+flags, never a timing, so the same command takes the same path on a machine whatever its load. The loss and mining code use it to pick
 between bf16 tiles (fp32 accumulation and exp / log-sum-exp in fp32) and fp32 tiles.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 
 import torch
 
@@ -21,9 +20,6 @@ from hardbatch.errors import ConfigError
 __all__ = ["BF16_MATMUL_ENV", "cpu_flags", "fast_bf16_matmul", "resolve_device"]
 
 BF16_MATMUL_ENV = "HARDBATCH_BF16_MATMUL"
-# The probe must find bf16 at least this much faster than fp32: AMX gives ~4×, so a noisy timing on a
-# loaded machine cannot flip a CPU whose bf16 is at or below fp32 speed.
-_PROBE_MIN_SPEEDUP = 1.3
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -72,24 +68,6 @@ def cpu_flags() -> frozenset[str] | None:
     return frozenset(read_flags()) or None
 
 
-@functools.lru_cache(maxsize=1)
-def _cpu_bf16_probe() -> bool:
-    """Time a 512 × 384 × 512 product in bf16 and fp32 (best of 5, ~10 ms in all); True if bf16 is faster."""
-
-    def best(dtype: torch.dtype) -> float:
-        a = torch.randn(512, 384).to(dtype)
-        b = torch.randn(384, 512).to(dtype)
-        torch.mm(a, b)  # warm-up (oneDNN primitive creation)
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            torch.mm(a, b)
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    return best(torch.float32) > _PROBE_MIN_SPEEDUP * best(torch.bfloat16)
-
-
 def fast_bf16_matmul(device: str | torch.device = "cpu") -> bool:
     """Whether bf16 matmuls on ``device`` are faster than upcasting to fp32 (cached per process).
 
@@ -107,10 +85,7 @@ def fast_bf16_matmul(device: str | torch.device = "cpu") -> bool:
         return torch.cuda.is_bf16_supported()
     if device.type != "cpu":
         return False
-    flags = cpu_flags()
-    if flags is not None:
-        if "amx_bf16" in flags:
-            return True
-        if "avx512_bf16" not in flags:
-            return False
-    return _cpu_bf16_probe()
+    # By the CPU flags alone, never by a timing: the bf16 and fp32 paths differ in the last bits (fp32
+    # re-scoring vs gemm rounding), so a choice that depended on the machine's load could give two runs
+    # of the same command different results.
+    return "amx_bf16" in (cpu_flags() or frozenset())

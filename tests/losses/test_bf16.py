@@ -89,25 +89,17 @@ def test_fp32_inputs_never_use_bf16_tiles(monkeypatch):
 
 
 def test_capability_rules(monkeypatch):
+    """By CPU flags alone (AMX), never by a timing, so the path cannot change with the machine's load."""
     monkeypatch.delenv(hb_device.BF16_MATMUL_ENV, raising=False)
-    probe_calls = []
-
-    def probe():
-        probe_calls.append(1)
-        return True
-
-    monkeypatch.setattr(hb_device, "_cpu_bf16_probe", probe)
     monkeypatch.setattr(hb_device, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16", "avx512_bf16"}))
     assert hb_device.fast_bf16_matmul("cpu") is True
     monkeypatch.setattr(hb_device, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     assert hb_device.fast_bf16_matmul("cpu") is False
-    assert probe_calls == []  # flags decide without a probe
-    monkeypatch.setattr(hb_device, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
-    assert hb_device.fast_bf16_matmul("cpu") is True and probe_calls == [1]
+    monkeypatch.setattr(hb_device, "cpu_flags", lambda: frozenset({"avx512_bf16"}))  # measured at 0.74× fp32
+    assert hb_device.fast_bf16_matmul("cpu") is False
+    monkeypatch.setattr(hb_device, "cpu_flags", lambda: None)  # flags unreadable
+    assert hb_device.fast_bf16_matmul("cpu") is False
+    monkeypatch.setenv(hb_device.BF16_MATMUL_ENV, "1")
+    assert hb_device.fast_bf16_matmul("cpu") is True
     monkeypatch.setenv(hb_device.BF16_MATMUL_ENV, "0")
     assert hb_device.fast_bf16_matmul("cpu") is False
-
-
-def test_real_probe_returns_a_bool():
-    hb_device._cpu_bf16_probe.cache_clear()
-    assert isinstance(hb_device._cpu_bf16_probe(), bool)

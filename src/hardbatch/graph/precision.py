@@ -5,9 +5,10 @@ proves its answer equals the fp32 one (see :mod:`hardbatch.graph.knn` and :mod:`
 so the choice changes speed, never results. It is made by capability, never by assumption:
 
 The rule is :func:`hardbatch.device.fast_bf16_matmul`, shared with the loss: CUDA devices with bf16 support;
-CPUs listing ``amx_bf16`` (AMX tiles: ~4× fp32 measured on 2 cores); CPUs with ``avx512_bf16`` but no AMX
-only if a short cached probe finds bf16 clearly faster (measured at or below parity); never CPUs with
-neither (several times slower).
+CPUs listing ``amx_bf16`` (AMX tiles: ~4× fp32 measured on 2 cores); never other CPUs (``avx512_bf16``
+without AMX measured at or below parity, neither several times slower). It reads CPU flags, never a timing:
+the two paths agree up to fp32 rounding (re-scoring vs gemm), so a load-dependent choice could make two runs
+of one command rank near-ties differently.
 
 ``HARDBATCH_MATMUL_PRECISION=fp32|bf16`` overrides the choice (e.g. for benchmarks).
 """
@@ -54,7 +55,7 @@ def bf16_is_fast(device_type: str, device_index: int | None = None) -> bool:
     from hardbatch.device import fast_bf16_matmul
 
     # One capability rule for the loss and for mining (hardbatch.device): CUDA with bf16 support, a CPU
-    # with AMX, or a CPU whose short cached probe finds bf16 clearly faster.
+    # with AMX.
     return fast_bf16_matmul(torch.device(device_type, device_index))
 
 
