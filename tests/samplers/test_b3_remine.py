@@ -66,6 +66,23 @@ def test_remine_keeps_the_mining_options_per_source():
     assert all(np.unique(SOURCES[b]).size == 1 for b in batches)
 
 
+def test_random_hn_draws_from_the_remined_windows():
+    from hardbatch.samplers import RandomHardNegativeBatchSampler
+
+    embed = Recorder()
+    sampler = RandomHardNegativeBatchSampler(
+        num_examples=N, batch_size=B, plan=PLAN, num_hard_negatives=2, remine_every=1, embed_fn=embed
+    )
+    list(sampler)
+    batches = list(sampler)  # epoch 1: re-mined
+    student_plan = mine_b3(*_student(1), **OPTIONS)
+    assert embed.calls == [1]
+    for batch in batches[:3]:
+        expected = student_plan.per_query_negatives(batch, 2, epoch=1, seed=sampler.seed)
+        assert sampler.hard_negatives(batch, epoch=1) == expected
+        assert expected != PLAN.per_query_negatives(batch, 2, epoch=1, seed=sampler.seed)
+
+
 def test_lazy_mining_remines_with_the_same_mine_options():
     options = {k: v for k, v in OPTIONS.items() if k != "batch_size"}
     sampler = B3BatchSampler(
@@ -94,6 +111,8 @@ def test_resume_after_a_remine_gives_the_same_batches(tmp_path, stop_at):
     torch.save(run.state_dict(), path)
     expected = list(iterator) if stop_at else list(run)
     expected_negatives = [run.hard_negatives(b, epoch=3) for b in expected]
+    student_plan = mine_b3(*_student(2), **OPTIONS)  # B3++ negatives come from the re-mined windows
+    assert expected_negatives[0] == student_plan.hard_negatives(expected[0], B, epoch=3, seed=run.seed)
 
     # The resumed process's student has other weights: re-embedding now would give another plan.
     embed = Recorder(lambda epoch: _student(epoch + 50))
