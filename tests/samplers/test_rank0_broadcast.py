@@ -1,7 +1,8 @@
 """Every rank-0 broadcast in hardbatch, under 2 real gloo processes whose inputs differ per rank.
 
 Each rank gets *different* embeddings (and objects), so without the broadcast the ranks would train on
-different batches: the GCBS sampler's batches (``sync_ranks``), the B3 sampler's lazily mined plan, and
+different batches: the GCBS sampler's batches (``sync_ranks``), the B3 sampler's lazily mined plan and its
+plan re-mined with a (rank-dependent) student, and
 the trainer's ``DistContext.broadcast_object`` (resume decision, final-evaluation decision) must all come
 out equal to what rank 0 computes alone.
 """
@@ -54,6 +55,20 @@ def _b3(rank: int):
     return sampler.plan.clusters.tolist(), sampler.batches(0)
 
 
+def _b3_remine(rank: int):
+    """A fixed plan re-mined at epoch 1 with a rank-dependent "student": every rank must get rank 0's."""
+    from hardbatch.mining import mine_b3
+    from hardbatch.samplers import B3BatchSampler
+
+    options = {"cluster_size": 8, "skip": 0, "window": 8, "device": "cpu", "show_progress": False}
+    plan = mine_b3(*_embeddings(0), batch_size=BATCH, **options)
+    sampler = B3BatchSampler(
+        num_examples=N, batch_size=BATCH, plan=plan, remine_every=1, embed_fn=lambda epoch: _embeddings(rank),
+        world_size=2, seed=1,
+    )  # fmt: skip
+    return sampler.batches(1)
+
+
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import torch
 
@@ -66,6 +81,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         result = {
             "gcbs": _gcbs(rank),
             "b3": _b3(rank),
+            "b3_remine": _b3_remine(rank),
             "broadcast_object": ctx.broadcast_object({"from": rank, "checkpoint": [rank, f"step-{rank}"]}),
             "gathered": ctx.gather_objects(rank * 10),
             "mean": ctx.mean(float(rank)),
@@ -80,11 +96,15 @@ def test_rank0_broadcasts_with_rank_dependent_inputs(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
     got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     # What rank 0 and rank 1 compute alone (no process group here, so no broadcast).
-    alone = [{"gcbs": _gcbs(r), "b3": [list(x) for x in _b3(r)]} for r in range(2)]
+    alone = [
+        {"gcbs": _gcbs(r), "b3": [list(x) for x in _b3(r)], "b3_remine": _b3_remine(r)} for r in range(2)
+    ]
     assert alone[0]["gcbs"] != alone[1]["gcbs"] and alone[0]["b3"] != alone[1]["b3"]  # not vacuous
+    assert alone[0]["b3_remine"] != alone[1]["b3_remine"]
     for rank in range(2):
         assert got[rank]["gcbs"] == alone[0]["gcbs"], f"rank {rank}: GCBS batches"
         assert got[rank]["b3"] == alone[0]["b3"], f"rank {rank}: B3 plan"
+        assert got[rank]["b3_remine"] == alone[0]["b3_remine"], f"rank {rank}: B3 plan re-mined"
         assert got[rank]["broadcast_object"] == {"from": 0, "checkpoint": [0, "step-0"]}
         assert got[rank]["gathered"] == [0, 10]
         assert got[rank]["mean"] == pytest.approx(0.5)

@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from hardbatch._lazy import import_attribute
+from hardbatch._lazy import import_attribute, lazy_getattr
 from hardbatch.errors import ConfigError
 from hardbatch.samplers.base import HardBatchSampler
 from hardbatch.samplers.factory import SamplerFactory, sampler_factory
@@ -50,8 +50,10 @@ __all__ = [
     "B3BatchSampler",
     "GCBSBatchSampler",
     "HardBatchSampler",
+    "HardbatchSamplerCallback",
     "NoDuplicatesBatchSampler",
     "RandomBatchSampler",
+    "RandomHardNegativeBatchSampler",
     "SamplerFactory",
     "SamplerInputs",
     "SourceBatchSampler",
@@ -164,9 +166,12 @@ def resolve_inputs(name: str, inputs: SamplerInputs, **options: Any) -> dict[str
     return {**SAMPLERS[name].input_kwargs(inputs, options), **options}
 
 
-def __getattr__(name: str) -> Any:
-    if name == "B3BatchSampler":
-        return SAMPLERS["b3"]
-    if name == "RandomHardNegativeBatchSampler":
-        return SAMPLERS["random-hn"]
-    raise AttributeError(f"module 'hardbatch.samplers' has no attribute {name!r}")
+# Imported on first use: B3 pulls in the graph partitioner, the callback transformers' trainer.
+__getattr__ = lazy_getattr(
+    __name__,
+    {
+        "B3BatchSampler": "hardbatch.samplers.b3",
+        "RandomHardNegativeBatchSampler": "hardbatch.samplers.random_hn",
+        "HardbatchSamplerCallback": "hardbatch.samplers.st_callback",
+    },
+)

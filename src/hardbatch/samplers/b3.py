@@ -14,8 +14,17 @@ split over the ranks like the batch, excluding every member's likely false negat
 epoch. Epoch handling, the world-size cut and resumption come from
 :class:`~hardbatch.samplers.base.HardBatchSampler`.
 
+Re-mining with the student (``remine_every`` = E): at the start of every epoch e ≥ E with e mod E = 0 the
+sampler re-embeds the training pairs with the live model (``embed_fn``, see
+:func:`~hardbatch.samplers.gcbs.model_embed_fn`), re-mines the plan with the same mining options (the
+original plan's parameters, or ``mine_options``) on rank 0, broadcasts it, and batches epochs e … e + E − 1
+from it. The plan of epoch e is a function of (mining seed, e, the weights at the start of epoch e);
+``state_dict`` carries the re-mined plan (plain lists), so a resumed run batches exactly as the interrupted one.
+
 Per-epoch cost: O(N) time and memory (cluster shuffle). Mining, when done lazily from embeddings, costs
-what :func:`~hardbatch.mining.mine_b3` costs, once, on rank 0 (the plan is broadcast to the other ranks).
+what :func:`~hardbatch.mining.mine_b3` costs, once, on rank 0 (the plan is broadcast to the other ranks);
+each re-mine costs one embedding pass over the 2N texts plus one ``mine_b3`` (rank 0), and the sampler state
+grows by O(N) (O(N · m) more with B3++, whose windows it carries).
 """
 
 from __future__ import annotations
@@ -35,7 +44,29 @@ from hardbatch.samplers.global_batch import split_global_batches
 
 if TYPE_CHECKING:
     from hardbatch.samplers.factory import SamplerFactory
+    from hardbatch.samplers.gcbs import EmbedFn
     from hardbatch.samplers.inputs import SamplerInputs
+
+#: Mining parameters recorded in a plan's ``params`` that :func:`~hardbatch.mining.mine_b3` takes back as
+#: keyword arguments when the sampler re-mines that plan with the student.
+_REMINE_PARAMS = (
+    "cluster_size",
+    "skip",
+    "window",
+    "count_self",
+    "community",
+    "label_fraction",
+    "seed",
+    "knn",
+    "normalize",
+    "same_source",
+    "absolute_margin",
+    "relative_margin",
+    "max_score",
+    "faiss_options",
+    "precision",
+    "recall_target",
+)
 
 __all__ = ["B3BatchSampler"]
 
@@ -66,6 +97,15 @@ class B3BatchSampler(HardBatchSampler):
         expected_hash: hash the plan must carry (see :meth:`BatchPlan.check_matches`).
         num_examples: dataset size when no dataset is given.
         world_size: ranks consuming this stream (default: the process group's).
+        remine_every: E >= 1: re-embed the pairs with ``embed_fn`` (the student) and re-mine the plan at the
+            start of epochs E, 2E, ... with the same mining options; ``None`` (default): a static plan.
+        embed_fn: ``embed_fn(epoch) -> (query_emb, positive_emb)``, each (N, d) float, for
+            ``remine_every`` (normally :func:`~hardbatch.samplers.gcbs.model_embed_fn` of the live model;
+            :meth:`input_kwargs` builds it from ``SamplerInputs.model``).
+
+    Raises:
+        ConfigError: no plan and no embeddings; ``remine_every`` < 1 or without ``embed_fn``; a plan that
+            cannot be re-mined (not mined by ``mine_b3``, or hierarchical).
 
     Example:
         >>> import numpy as np
@@ -99,6 +139,8 @@ class B3BatchSampler(HardBatchSampler):
         num_hard_negatives: int | None = None,
         expected_hash: str | Mapping[str, str] | None = None,
         global_batches: bool = True,
+        remine_every: int | None = None,
+        embed_fn: EmbedFn | None = None,
         **base: Any,
     ) -> None:
         super().__init__(dataset, batch_size, *args, **base)
@@ -144,18 +186,51 @@ class B3BatchSampler(HardBatchSampler):
         self._plan: BatchPlan | None = plan
         if self.num_hard_negatives and plan is not None and plan.window is None:
             raise ConfigError("num_hard_negatives needs a plan mined with store_window=True")
+        if remine_every is not None:
+            if isinstance(remine_every, bool) or int(remine_every) != remine_every or remine_every < 1:
+                raise ConfigError(f"remine_every must be an integer >= 1 (epochs), got {remine_every!r}")
+            if embed_fn is None:
+                raise ConfigError(
+                    "remine_every needs embed_fn (the model being trained) to re-embed the training pairs"
+                )
+            if plan is not None:
+                _check_reminable(plan)
+        elif embed_fn is not None:
+            raise ConfigError("embed_fn is used only with remine_every")
+        self.remine_every = int(remine_every) if remine_every is not None else None
+        self.embed_fn = embed_fn
+        #: ``(epoch it was mined for, plan)`` of the latest re-mine, ``None`` before the first.
+        self._remined: tuple[int, BatchPlan] | None = None
+        self._active: BatchPlan | None = None
+        #: Re-mines performed over the run (restored from checkpoints).
+        self.remine_count = 0
+        #: Statistics of every re-mine, in order (``{"epoch", "seconds", "cluster_mean_sim", ...}``).
+        self.remine_history: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------- construction helpers
     @classmethod
     def input_kwargs(cls, inputs: SamplerInputs, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The plan when one is offered, else the teacher's embeddings to mine one lazily."""
-        if {"plan", "query_emb", "positive_emb"} & set(options):
-            return {}
-        plan = inputs.batch_plan()
-        if plan is not None:
-            return {"plan": plan}
-        query_emb, positive_emb = inputs.teacher_embeddings()
-        return {"query_emb": query_emb, "positive_emb": positive_emb}
+        """The plan when one is offered, else the teacher's embeddings to mine one lazily; with
+        ``remine_every`` also an ``embed_fn`` of the live model."""
+        kwargs: dict[str, Any] = {}
+        if not {"plan", "query_emb", "positive_emb"} & set(options):
+            plan = inputs.batch_plan()
+            if plan is not None:
+                kwargs["plan"] = plan
+            else:
+                kwargs["query_emb"], kwargs["positive_emb"] = inputs.teacher_embeddings()
+        if options.get("remine_every") is not None and "embed_fn" not in options:
+            if inputs.model is None or inputs.dataset is None:
+                raise ConfigError(
+                    "remine_every re-embeds the training pairs with the model being trained: give the "
+                    "model and the training dataset"
+                )
+            from hardbatch.samplers.gcbs import model_embed_fn
+
+            kwargs["embed_fn"] = model_embed_fn(
+                inputs.model, inputs.dataset, batch_size=inputs.embed_batch_size, device=inputs.device
+            )
+        return kwargs
 
     @classmethod
     def factory(cls, plan: BatchPlan | str | os.PathLike[str] | None = None, **kwargs: Any) -> SamplerFactory:
@@ -179,9 +254,16 @@ class B3BatchSampler(HardBatchSampler):
 
     @property
     def plan(self) -> BatchPlan:
-        """The batch plan (mined on first access when built from embeddings)."""
+        """The plan batched from last (the re-mined one after a re-mine), else the original plan."""
+        return self._active if self._active is not None else self.base_plan
+
+    @property
+    def base_plan(self) -> BatchPlan:
+        """The original plan (mined on first access when built from embeddings); checkpoints name it."""
         if self._plan is None:
             self._plan = self._mine()
+            if self.remine_every is not None:
+                _check_reminable(self._plan)
         return self._plan
 
     def _mine(self) -> BatchPlan:
@@ -190,6 +272,79 @@ class B3BatchSampler(HardBatchSampler):
         options = {"seed": self.seed, **self.mine_options, "batch_size": self.batch_size}
         # Mine once on rank 0, so every rank batches from the very same clusters.
         return rank0_computes(lambda: mine_b3(*self._embeddings, **options))
+
+    # ----------------------------------------------------------------- re-mining with the student
+    def remine_epoch(self, epoch: int) -> int | None:
+        """The epoch whose start-of-epoch weights mined the plan of ``epoch`` (``None``: the original plan)."""
+        if self.remine_every is None or epoch < self.remine_every:
+            return None
+        return (int(epoch) // self.remine_every) * self.remine_every
+
+    def plan_for(self, epoch: int, *, mine: bool = True) -> BatchPlan:
+        """The plan that batches ``epoch``, re-mining with ``embed_fn`` first when it is due.
+
+        With ``mine=False`` a due re-mine is not run and the latest plan is returned instead.
+        """
+        target = self.remine_epoch(epoch)
+        if target is None:
+            return self.base_plan
+        if self._remined is not None and self._remined[0] == target:
+            return self._remined[1]
+        if not mine:
+            return self.plan
+        plan = self._remine(target)
+        self._remined = (target, plan)
+        self.remine_count += 1
+        return plan
+
+    def remine_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`~hardbatch.mining.mine_b3` for a re-mine: the original plan's."""
+        if self._embeddings is not None:  # mined lazily here: the same options again
+            return {"seed": self.seed, **self.mine_options, "batch_size": self.batch_size}
+        plan = self.base_plan
+        params = plan.params
+        options = {key: params[key] for key in _REMINE_PARAMS if key in params}
+        options["batch_size"] = self.batch_size
+        if plan.has_sources:
+            names = np.asarray(plan.source_names, dtype=object)
+            options["sources"] = names[plan.example_sources()].tolist()
+        classification = list(params.get("classification") or [])
+        if classification:  # source names, or ["*"] for a plan mined without sources
+            options["classification"] = classification if plan.has_sources else True
+        if params.get("filter_same_text"):
+            from hardbatch.samplers._data import query_positive_texts
+
+            if self.dataset is None or isinstance(self.dataset, range):
+                raise ConfigError("re-mining a plan mined with positive_texts needs the training dataset")
+            options["positive_texts"] = list(query_positive_texts(self.dataset)[1])
+        options["store_window"] = plan.window is not None
+        options["store_neighbors"] = False
+        return options
+
+    def _remine(self, epoch: int) -> BatchPlan:
+        import time
+
+        from hardbatch.mining.b3 import mine_b3
+
+        options = self.remine_options()
+        assert self.embed_fn is not None
+
+        def compute() -> BatchPlan:
+            query_emb, positive_emb = self.embed_fn(epoch)  # type: ignore[misc]
+            if len(query_emb) != self.num_examples or len(positive_emb) != self.num_examples:
+                raise ConfigError(
+                    f"embed_fn returned {len(query_emb)} query and {len(positive_emb)} positive rows for a "
+                    f"dataset of {self.num_examples} examples"
+                )
+            return mine_b3(query_emb, positive_emb, **options)
+
+        started = time.perf_counter()
+        plan = rank0_computes(compute)  # mined once, so every rank batches from the very same clusters
+        hardness = plan.stats.get("hardness", {})
+        self.remine_history.append(
+            {"epoch": int(epoch), "seconds": round(time.perf_counter() - started, 3), **hardness}
+        )
+        return plan
 
     # ----------------------------------------------------------------- batches
     @property
@@ -203,6 +358,7 @@ class B3BatchSampler(HardBatchSampler):
         return self.batch_size * self.world_size
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        self._active = self.plan_for(epoch)
         if not self.splits_global:
             return self.plan.batches(
                 epoch,
@@ -264,7 +420,8 @@ class B3BatchSampler(HardBatchSampler):
         epoch = int(epoch)
         h = self.num_hard_negatives
         members, rank = self._global_batch_of(batch, epoch)
-        ids = self.plan.hard_negatives(members, h * len(members), epoch=epoch, seed=self.seed)
+        plan = self.plan_for(epoch, mine=False)
+        ids = plan.hard_negatives(members, h * len(members), epoch=epoch, seed=self.seed)
         if rank is None:
             return ids
         share = h * len(batch)
@@ -292,17 +449,31 @@ class B3BatchSampler(HardBatchSampler):
 
     # ----------------------------------------------------------------- resumption / metadata
     def state_dict(self) -> dict[str, Any]:
+        """Base state, the original plan's fingerprint and, after a re-mine, the re-mined plan (plain lists)."""
         state = super().state_dict()
-        state["plan_fingerprint"] = self.plan.fingerprint
+        state["plan_fingerprint"] = self.base_plan.fingerprint
+        if self.remine_every is not None:
+            state["remine"] = {"count": int(self.remine_count)}
+            if self._remined is not None:
+                state["remine"]["epoch"] = int(self._remined[0])
+                state["remine"]["plan"] = _plan_state(self._remined[1], windows=self.num_hard_negatives > 0)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state.get("plan_fingerprint")
-        if saved is not None and saved != self.plan.fingerprint:
+        if saved is not None and saved != self.base_plan.fingerprint:
             raise ConfigError(
                 "cannot resume B3BatchSampler: the checkpoint was made with a different batch plan"
             )
+        remine = state.get("remine")
+        if remine is not None and self.remine_every is None:
+            raise ConfigError("cannot resume B3BatchSampler: the checkpoint re-mined its plan (remine_every)")
         super().load_state_dict(state)
+        if remine is not None:
+            self.remine_count = int(remine.get("count", 0))
+            if "plan" in remine:
+                plan = _plan_from_state(remine["plan"], self.num_examples)
+                self._remined = (int(remine["epoch"]), plan)
 
     def get_config_dict(self) -> dict[str, Any]:
         config = super().get_config_dict()
@@ -314,4 +485,69 @@ class B3BatchSampler(HardBatchSampler):
                 "plan": self._plan.fingerprint[:16] if self._plan is not None else "lazy",
             }
         )
+        if self.remine_every is not None:
+            config["remine_every"] = self.remine_every
+            config["remines"] = self.remine_count
         return config
+
+
+def _check_reminable(plan: BatchPlan) -> None:
+    """Raise :class:`ConfigError` when ``plan`` cannot be re-mined with :func:`~hardbatch.mining.mine_b3`."""
+    if plan.params.get("method", "b3") != "b3":
+        raise ConfigError(f"remine_every re-mines B3 plans; this plan was mined by {plan.params['method']!r}")
+    if "hierarchical" in plan.params:
+        raise ConfigError("remine_every cannot re-mine a hierarchical plan (mine_b3_hierarchical) yet")
+
+
+def _csr_state(matrix: Any) -> dict[str, list] | None:
+    if matrix is None:
+        return None
+    return {
+        "indptr": matrix.indptr.tolist(),
+        "indices": matrix.indices.tolist(),
+        "data": matrix.data.tolist(),
+    }
+
+
+def _csr_from_state(state: Mapping[str, list] | None, n: int) -> Any:
+    if state is None:
+        return None
+    import scipy.sparse as sp
+
+    return sp.csr_array((state["data"], state["indices"], state["indptr"]), shape=(n, n))
+
+
+def _plan_state(plan: BatchPlan, windows: bool) -> dict[str, Any]:
+    """A re-mined plan as plain lists / dicts (checkpoints are loaded with ``weights_only=True``)."""
+
+    def as_list(array: np.ndarray | None) -> list | None:
+        return None if array is None else np.asarray(array).tolist()
+
+    return {
+        "clusters": as_list(plan.clusters),
+        "remainder": as_list(plan.remainder),
+        "params": dict(plan.params),
+        "hashes": dict(plan.hashes),
+        "cluster_sources": as_list(plan.cluster_sources),
+        "remainder_sources": as_list(plan.remainder_sources),
+        "source_names": list(plan.source_names) if plan.source_names is not None else None,
+        "window": _csr_state(plan.window) if windows else None,
+        "skipped": _csr_state(plan.skipped) if windows else None,
+    }
+
+
+def _plan_from_state(state: Mapping[str, Any], num_examples: int) -> BatchPlan:
+    params = dict(state["params"])
+    clusters = np.asarray(state["clusters"], dtype=np.int64).reshape(-1, int(params["cluster_size"]))
+    return BatchPlan(
+        clusters=clusters,
+        remainder=np.asarray(state["remainder"], dtype=np.int64),
+        num_examples=num_examples,
+        params=params,
+        hashes=dict(state.get("hashes") or {}),
+        cluster_sources=state.get("cluster_sources"),
+        remainder_sources=state.get("remainder_sources"),
+        source_names=state.get("source_names"),
+        window=_csr_from_state(state.get("window"), num_examples),
+        skipped=_csr_from_state(state.get("skipped"), num_examples),
+    )

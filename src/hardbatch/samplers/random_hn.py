@@ -50,6 +50,7 @@ class RandomHardNegativeBatchSampler(B3BatchSampler):
     min_hard_negatives = 1
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        self._active = self.plan_for(epoch)  # re-mined with the student when due (``remine_every``)
         order = self.rng(epoch).permutation(self.num_examples).tolist()
         if not self.splits_global:
             return [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
@@ -76,7 +77,8 @@ class RandomHardNegativeBatchSampler(B3BatchSampler):
             epoch = self._yielding_epoch if self._yielding_epoch is not None else self.epoch
         members, rank = self._global_batch_of(batch, int(epoch))
         h = self.num_hard_negatives
-        ids = self.plan.per_query_negatives(members, h, epoch=int(epoch), seed=self.seed)
+        plan = self.plan_for(int(epoch), mine=False)
+        ids = plan.per_query_negatives(members, h, epoch=int(epoch), seed=self.seed)
         if rank is None:
             return ids
         share = h * len(batch)

@@ -84,6 +84,10 @@ class TrainConfig:
             model as ``prompts["query"]`` (so the saved model and a teacher built from it use it too);
             ``None``: the model's own (sentence-transformers' ``prompts`` convention), ``""``: none.
         document_prompt: the same for documents (positives and negatives), ``prompts["document"]``.
+        remine_every: re-mine the B3 plan with the student every this many epochs: at the start of epochs
+            E, 2E, ... the training pairs are re-embedded with the model being trained and the plan is
+            re-mined with the same mining options (samplers with a plan: b3, b3pp, random-hn); ``None``:
+            the plan stays fixed.
     """
 
     data: Any
@@ -128,6 +132,7 @@ class TrainConfig:
     preset: str | None = None
     query_prompt: str | None = None
     document_prompt: str | None = None
+    remine_every: int | None = None
 
     def __post_init__(self) -> None:
         if self.preset is not None:
@@ -151,6 +156,7 @@ class TrainConfig:
             "max_train_pairs": self.max_train_pairs,
             "max_eval_pairs": self.max_eval_pairs,
             "max_seq_length": self.max_seq_length,
+            "remine_every": self.remine_every,
         }
         for name, value in {
             **positive,
@@ -188,6 +194,14 @@ class TrainConfig:
                 raise ConfigError(f"--sampler-option {key}: not a sampler option here; it is set by {where}")
         if self.sampler_options:  # only then: SAMPLERS["b3"] imports the B3 module
             check_sampler_options(self.sampler, self.sampler_options)
+        if self.remine_every is not None:
+            if "remine_every" in self.sampler_options:
+                raise ConfigError("give remine_every once: as --remine-every, not also as a sampler option")
+            if "remine_every" not in SAMPLERS[self.sampler].option_names():
+                takers = ", ".join(n for n in SAMPLERS if "remine_every" in SAMPLERS[n].option_names())
+                raise ConfigError(
+                    f"--remine-every re-mines a batch plan: --sampler {takers} only (got --sampler {self.sampler})"
+                )
         if self.plan is not None:
             from hardbatch.samplers import SAMPLERS
 

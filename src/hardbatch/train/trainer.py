@@ -364,7 +364,10 @@ class Trainer:
             embed_batch_size=cfg.eval_batch_size,
             device=str(ctx.device),
         )
-        return build_sampler(cfg.sampler, inputs, cfg.batch_size, **cfg.sampler_options)
+        options = dict(cfg.sampler_options)
+        if cfg.remine_every is not None:
+            options["remine_every"] = cfg.remine_every
+        return build_sampler(cfg.sampler, inputs, cfg.batch_size, **options)
 
     def _teacher_embeddings(self, ctx: DistContext) -> Any:
         """The teacher's embeddings of the training pairs, for samplers that ask for them.
@@ -409,7 +412,8 @@ class Trainer:
         state = self.state
         while state.step < self.total_steps and state.epoch < cfg.epochs:
             self.sampler.set_epoch(state.epoch)
-            if state.batch_in_epoch:
+            # A resumed sampler gets its saved state even at an epoch boundary (B3's re-mined plan).
+            if state.batch_in_epoch or self._resume_sampler_state is not None:
                 resume_state = self._resume_sampler_state or self._sampler_state()
                 self.sampler.load_state_dict({**resume_state, **self._sampler_state(position_only=True)})
             self._resume_sampler_state = None
@@ -696,6 +700,7 @@ class Trainer:
                 "eval_data": getattr(self.eval_data, "name", None),
                 "eval_pairs": len(self.eval_data) if self.eval_data is not None else 0,
                 "sampler": cfg.sampler,
+                "sampler_config": self.sampler.get_config_dict(),
                 "batch_size_per_device": cfg.batch_size,
                 "world_size": ctx.world_size,
                 "global_batch": cfg.batch_size * ctx.world_size,
