@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from hardbatch.machine import cpu_model
+
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("st_cmnrl", "hardbatch_st", "gradcache")
 SCALE = 20.0
@@ -159,17 +161,6 @@ def _child(method: str, model: str, b: int, tokens: int, mini_batch: int, thread
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -221,7 +212,7 @@ def main() -> None:
     report = {
         "benchmark": "gradcache",
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "threads": args.threads,

@@ -44,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 
+from hardbatch.machine import cpu_model
+
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("info_nce", "info_nce_rows", "reference", "st_mnrl", "st_mnrl_sym", "sigmoid", "sigmoid_reference")
 NAIVE = {"reference", "st_mnrl", "st_mnrl_sym", "sigmoid_reference"}
@@ -238,7 +240,7 @@ def main() -> None:
     report = {
         "benchmark": "loss_cpu",
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "bf16_flags": sorted((cpu_flags() or frozenset()) & {"amx_bf16", "amx_tile", "avx512_bf16"}),
             "bf16_tiles": fast_bf16_matmul("cpu"),
             "platform": platform.platform(),
@@ -269,17 +271,6 @@ def main() -> None:
         write_json(RESULTS / "loss_cpu.json", report)
         with atomic_write(RESULTS / "loss_cpu.md") as handle:
             handle.write(table)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _add_ratios(rows: list[dict]) -> None:

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hardbatch.machine import cpu_model
+
 RESULTS = Path(__file__).parent / "results"
 MODES = ("gather", "ring")
 LOSSES = ("info_nce", "sigmoid")
@@ -111,7 +113,7 @@ def main() -> None:
         "benchmark": "loss_distributed",
         "machine": {
             "platform": platform.platform(),
-            "processor": _cpu_model(),
+            "processor": cpu_model(),
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
             "load_average_start": round(load_start, 2),
@@ -129,17 +131,6 @@ def main() -> None:
         write_json(RESULTS / "loss_distributed.json", report)
         with atomic_write(RESULTS / "loss_distributed.md") as handle:
             handle.write(table)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _markdown(report: dict) -> str:
