@@ -28,11 +28,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _worker import run_worker
 from hardbatch.machine import cpu_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -154,11 +154,7 @@ def _child(method: str, model: str, b: int, tokens: int, mini_batch: int, thread
         str(mini_batch),
         str(threads),
     ]
-    env = {**os.environ, "HARDBATCH_PROGRESS": "0", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_worker(cmd, TOKENIZERS_PARALLELISM="false")
 
 
 def main() -> None:

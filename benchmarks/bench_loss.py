@@ -39,11 +39,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _worker import run_worker
 from hardbatch.machine import cpu_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -178,11 +178,7 @@ def run_cuda(sizes: list[int], d: int, reps: int) -> dict:
 
 def _child(method: str, b: int, d: int, reps: int, threads: int, dtype: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", method, str(b), str(d), str(reps), str(threads), dtype]
-    env = {**os.environ, "HARDBATCH_PROGRESS": "0"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_worker(cmd)
 
 
 def main() -> None:
