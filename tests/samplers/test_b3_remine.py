@@ -163,3 +163,22 @@ def test_remine_needs_a_model_and_a_plan_sampler():
         TrainConfig(data="x", output_dir="y", sampler="gcbs", remine_every=1)
     with pytest.raises(ConfigError, match="remine_every must be a positive integer"):
         TrainConfig(data="x", output_dir="y", sampler="b3", remine_every=0)
+
+
+def test_a_plan_mined_with_positive_texts_re_mines_with_the_datasets_texts():
+    # Regression: the sampler read a `dataset` attribute it never stored (AttributeError at the re-mine).
+    from hardbatch.data import PairDataset
+
+    texts = [f"doc {i % 150}" for i in range(N)]  # some exact duplicates, filtered from the windows
+    data = PairDataset([f"q {i}" for i in range(N)], texts)
+    plan = mine_b3(*TEACHER, positive_texts=texts, **OPTIONS)
+    assert plan.params["filter_same_text"]
+    sampler = B3BatchSampler(data, batch_size=B, plan=plan, remine_every=1, embed_fn=Recorder())
+    list(sampler)
+    batches = list(sampler)  # epoch 1: re-mined with the same duplicate filter
+    assert batches == _reference_batches(sampler, 1, 1, positive_texts=texts)
+    assert sampler.remine_count == 1
+    without = B3BatchSampler(num_examples=N, batch_size=B, plan=plan, remine_every=1, embed_fn=Recorder())
+    list(without)
+    with pytest.raises(ConfigError, match="needs the training dataset"):
+        list(without)

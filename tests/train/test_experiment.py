@@ -143,3 +143,39 @@ def test_sampler_options_are_part_of_the_cell_key():
     assert more.cell_key("b3", 32, 0) == config.cell_key("b3", 32, 0)  # B3 has no hard negatives
     assert more.cell_key("random", 32, 0) == config.cell_key("random", 32, 0)
     assert config.cell_key("b3", 32, 0) != config.cell_key("b3pp", 32, 0)
+
+
+def test_leiden_and_remine_cells_get_their_plan_and_trainer_option_not_a_sampler_option():
+    from hardbatch.app.experiment import GridConfig, _sampler_options
+    from hardbatch.samplers import SamplerInputs
+
+    config = GridConfig()
+    assert config.sampler_settings("b3-leiden", 32)["community"] == "leiden"
+    assert config.sampler_settings("b3-remine", 32)["remine_every"] == 1
+    for cell in ("b3-leiden", "b3-remine"):
+        # community is mined into the plan; remine_every goes to the trainer, which has the student
+        assert _sampler_options(cell, SamplerInputs(plan="PLAN"), 32, config) == {
+            "plan": "PLAN", "global_batches": True,
+        }  # fmt: skip
+    keys = {config.cell_key(cell, 32, 0) for cell in ("b3", "b3-leiden", "b3-remine")}
+    assert len(keys) == 3
+
+
+def test_a_leiden_plan_is_cached_apart_from_the_metis_plan(tmp_path, train_pairs):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from hardbatch.app.experiment import _plan
+
+    rng = np.random.default_rng(0)
+    teacher = SimpleNamespace(
+        query=rng.standard_normal((32, 8)).astype(np.float32),
+        positive=rng.standard_normal((32, 8)).astype(np.float32),
+    )
+    config = GridConfig(cluster_size=4, skip=1, window=8)
+    metis = _plan(config, teacher, train_pairs, 8, tmp_path)
+    leiden = _plan(config, teacher, train_pairs, 8, tmp_path, community="leiden")
+    assert metis.params["community"] == "metis" and leiden.params["community"] == "leiden"
+    assert (tmp_path / "b3-leiden-plan-b8.parquet").exists()
+    assert _plan(config, teacher, train_pairs, 8, tmp_path).params["community"] == "metis"

@@ -68,7 +68,10 @@ class GridConfig:
         eval_batch_size: texts per forward pass when evaluating.
         hard_negatives: h per example for the ``b3pp`` (B3++) and ``random-hn`` cells.
 
-    Sampler names are those of the registry plus ``b3pp`` (sampler b3 with ``hard_negatives`` per example).
+    Sampler names are those of the registry plus ``b3pp`` (sampler b3 with ``hard_negatives`` per example),
+    ``b3-leiden`` (B3 with Leiden communities instead of METIS, then the same exact-K repair) and
+    ``b3-remine`` (B3 re-mined with the student at every epoch boundary: give ``pairs_seen`` >
+    ``train_pairs`` so a second epoch runs).
     Every cell's key includes its sampler options (:meth:`sampler_settings`), so a changed option is a new
     cell.
     """
@@ -145,12 +148,15 @@ def run_grid(
     log(f"frozen {config.model}: nDCG@10 {frozen['ndcg@10']:.4f}")
     hardness: dict[str, dict[int, float]] = {}
     for batch_size in config.batch_sizes:
-        inputs = SamplerInputs(
-            dataset=train,
-            plan=functools.partial(_plan, config, embeddings, train, batch_size, work),
-            teacher=(embeddings.query, embeddings.positive),
-        )
         for sampler in config.samplers:
+            community = config.sampler_settings(sampler, batch_size).get("community", "metis")
+            inputs = SamplerInputs(
+                dataset=train,
+                plan=functools.partial(
+                    _plan, config, embeddings, train, batch_size, work, community=community
+                ),
+                teacher=(embeddings.query, embeddings.positive),
+            )
             options = _sampler_options(sampler, inputs, batch_size, config)
             hardness.setdefault(sampler, {})[batch_size] = _hardness(
                 sampler, train, batch_size, options, embeddings, config.scale
@@ -180,13 +186,22 @@ def _frozen_metrics(config: GridConfig, test: Any, work: Path) -> dict[str, floa
 _PLAN_SEED = 0  # one plan per batch size serves every training seed (the sampler's seed shuffles it)
 
 
-def _plan(config: GridConfig, embeddings: Any, train: Any, batch_size: int, work: Path) -> Any:
+def _plan(
+    config: GridConfig,
+    embeddings: Any,
+    train: Any,
+    batch_size: int,
+    work: Path,
+    community: str = "metis",
+) -> Any:
     from hardbatch.errors import StaleCacheError
     from hardbatch.mining import BatchPlan
     from hardbatch.mining.plan import input_hashes
 
-    path = work / f"b3-plan-b{batch_size}.parquet"
+    method = "" if community == "metis" else f"-{community}"  # METIS plans keep their earlier name
+    path = work / f"b3{method}-plan-b{batch_size}.parquet"
     params = {
+        "community": community,
         "batch_size": batch_size,
         "cluster_size": config.cluster_size,
         "skip": config.skip,
@@ -206,7 +221,13 @@ def _plan(config: GridConfig, embeddings: Any, train: Any, batch_size: int, work
         except StaleCacheError:
             pass  # re-mined below and replaced atomically
     plan = mine_b3_plan(
-        embeddings, train, config, batch_size=batch_size, seed=_PLAN_SEED, show_progress=False
+        embeddings,
+        train,
+        config,
+        batch_size=batch_size,
+        seed=_PLAN_SEED,
+        show_progress=False,
+        community=community,
     )
     plan.save(path)
     return plan
@@ -217,7 +238,8 @@ def _sampler_options(sampler: str, inputs: Any, batch_size: int, config: GridCon
     from hardbatch.samplers import resolve_inputs
 
     settings = config.sampler_settings(sampler, batch_size)
-    settings.pop("count_self", None)  # a mining option, already in the plan
+    for key in _NOT_SAMPLER_OPTIONS:
+        settings.pop(key, None)
     return resolve_inputs(_sampler_name(sampler), inputs, **settings)
 
 
@@ -233,6 +255,10 @@ def _mined_settings(config: GridConfig, hard_negatives: bool) -> dict[str, Any]:
     return settings
 
 
+#: Cell settings that are not sampler options: mining options (already in the plan the cell gets) and
+#: ``remine_every``, a trainer option (the trainer hands the sampler the live student to re-mine with).
+_NOT_SAMPLER_OPTIONS = ("count_self", "community", "remine_every")
+
 #: Grid cells that are not plain registry samplers with defaults: name → (registered sampler, settings of
 #: (config, batch size)). Settings are part of each cell's key.
 _CELLS: dict[str, tuple[str, Callable[[GridConfig, int], dict[str, Any]] | None]] = {
@@ -240,6 +266,15 @@ _CELLS: dict[str, tuple[str, Callable[[GridConfig, int], dict[str, Any]] | None]
     "gcbs": ("gcbs", lambda config, batch_size: {"target_degree": max(1, batch_size // 2)}),
     "b3": ("b3", lambda config, batch_size: _mined_settings(config, hard_negatives=False)),
     "b3pp": ("b3", lambda config, batch_size: _mined_settings(config, hard_negatives=True)),
+    "b3-leiden": (
+        "b3",
+        lambda config, batch_size: {**_mined_settings(config, hard_negatives=False), "community": "leiden"},
+    ),
+    # Re-mined with the student at every epoch boundary (needs pairs_seen > train_pairs to act).
+    "b3-remine": (
+        "b3",
+        lambda config, batch_size: {**_mined_settings(config, hard_negatives=False), "remine_every": 1},
+    ),
     "random-hn": ("random-hn", lambda config, batch_size: _mined_settings(config, hard_negatives=True)),
 }
 
@@ -295,6 +330,7 @@ def _run_cell(
         max_steps=steps,
         warmup_ratio=config.warmup_ratio,
         gradcache_chunk=config.gradcache_chunk if batch_size >= config.gradcache_from else None,
+        remine_every=config.sampler_settings(sampler, batch_size).get("remine_every"),
         eval_batch_size=config.eval_batch_size,
         log_every=max(1, steps // 20),
         save_final=False,

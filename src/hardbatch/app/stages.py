@@ -15,7 +15,14 @@ __all__ = ["mine_b3_plan", "teacher_hardness", "train_run"]
 
 
 def mine_b3_plan(
-    embeddings: Any, train: Any, config: Any, *, batch_size: int, seed: int, show_progress: bool | None = None
+    embeddings: Any,
+    train: Any,
+    config: Any,
+    *,
+    batch_size: int,
+    seed: int,
+    show_progress: bool | None = None,
+    community: str = "metis",
 ) -> Any:
     """B3 plan of ``train`` from its teacher embeddings, on the CPU (time and memory: see ``mine_b3``).
 
@@ -26,6 +33,7 @@ def mine_b3_plan(
         batch_size: |B|, a multiple of ``config.cluster_size``.
         seed: METIS / repair / shuffle seed.
         show_progress: passed to ``mine_b3``.
+        community: ``mine_b3``'s clustering method (``"metis"``, ``"leiden"``, ``"louvain"``).
 
     Returns:
         The :class:`~hardbatch.mining.BatchPlan`.
@@ -40,6 +48,7 @@ def mine_b3_plan(
         skip=config.skip,
         window=config.window,
         seed=seed,
+        community=community,
         positive_texts=train.positives,
         dataset_hash=train.fingerprint,
         device="cpu",

@@ -102,6 +102,8 @@ class HardBatchSampler(DefaultBatchSampler):
             generator=generator,
             seed=seed,
         )
+        #: The dataset given (``None`` when only ``num_examples`` was): samplers that read texts use it.
+        self.dataset = dataset
         self.num_examples = n
         self.world_size = int(world_size) if world_size is not None else group_world_size()
         if self.world_size < 1:
