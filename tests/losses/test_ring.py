@@ -18,7 +18,14 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from hardbatch.errors import ConfigError
-from hardbatch.losses import SigmoidLoss, info_nce, reference_info_nce, reference_sigmoid_loss, sigmoid_loss
+from hardbatch.losses import (
+    InfoNCELoss,
+    SigmoidLoss,
+    info_nce,
+    reference_info_nce,
+    reference_sigmoid_loss,
+    sigmoid_loss,
+)
 from hardbatch.losses import ring as ring_module
 
 pytestmark = pytest.mark.distributed
@@ -133,6 +140,11 @@ def _check_modes(group, world, rank):
             fn()
     with pytest.raises(ConfigError, match="distributed"):
         info_nce(q, k, labels, group=group, distributed="allgather")
+    # The module passes its mode on: ring takes unequal shards, gather refuses them.
+    want = info_nce(q, k, labels, scale=9.0, group=group, distributed="ring")
+    torch.testing.assert_close(InfoNCELoss(9.0, group=group, distributed="ring")(q, k, labels), want)
+    with pytest.raises(ConfigError, match="equal-size shards"):
+        InfoNCELoss(9.0, group=group, distributed="gather")(q, k, labels)
 
 
 def _check_bf16_ring_equals_gather(group, rank):

@@ -76,6 +76,12 @@ def test_dot_similarity_and_config(tiny_model):
     assert "2410.17243" in ours.citation
     with pytest.raises(ConfigError, match="similarity_fct"):
         HardbatchInfoNCELoss(tiny_model, similarity_fct="manhattan")
+    assert config["distributed"] == "auto"
+    ring = HardbatchInfoNCELoss(tiny_model, distributed="ring")
+    assert ring.get_config_dict()["distributed"] == "ring"
+    # The mode reaches info_nce (checked there even without a process group).
+    with pytest.raises(ConfigError, match="distributed"):
+        HardbatchInfoNCELoss(tiny_model, distributed="allgather").compute_loss_from_embeddings(embeddings)
 
 
 @pytest.fixture

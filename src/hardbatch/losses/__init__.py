@@ -7,6 +7,7 @@ Public API:
     HardbatchInfoNCELoss                                                 sentence-transformers trainer loss
     sigmoid_loss, reference_sigmoid_loss, SigmoidLoss                   the sigmoid (SigLIP) loss
     HardbatchSigmoidLoss                                                 its sentence-transformers loss
+    ClipLoss (module ``hardbatch.losses.open_clip``)                     OpenCLIP ``ClipLoss`` drop-in
 
 The Triton kernels (``hardbatch.losses.triton_kernels``) are imported lazily, only when a CUDA tensor
 reaches :func:`info_nce` with Triton installed; the sentence-transformers adapter and the gradient cache
@@ -24,6 +25,7 @@ from hardbatch.losses.sigmoid import sigmoid_loss
 from hardbatch.losses.sigmoid_module import SigmoidLoss
 
 _LAZY = {
+    "ClipLoss": "hardbatch.losses.open_clip",
     "GradCache": "hardbatch.losses.gradcache",
     "cached_loss": "hardbatch.losses.gradcache",
     "HardbatchInfoNCELoss": "hardbatch.losses.sentence_transformers",
@@ -32,6 +34,7 @@ _LAZY = {
 
 __all__ = [
     "BACKENDS",
+    "ClipLoss",
     "GradCache",
     "HardbatchInfoNCELoss",
     "HardbatchSigmoidLoss",

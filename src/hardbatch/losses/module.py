@@ -33,6 +33,8 @@ class InfoNCELoss(ScaledLossModule):
         symmetric: add the key → query direction (CLIP).
         tile_size: see :func:`info_nce`.
         group: process group for distributed training (see :func:`info_nce` for the gradient convention).
+        distributed: under ``group``: ``"gather"``, ``"ring"`` (memory per rank independent of the world
+            size) or ``"auto"`` (picks by memory); see :func:`info_nce`.
         reduction: ``mean`` | ``sum`` | ``none``.
         backend: ``auto`` | ``torch`` | ``triton``.
 
@@ -59,6 +61,7 @@ class InfoNCELoss(ScaledLossModule):
         symmetric: bool = True,
         tile_size: int | tuple[int, int] | None = None,
         group: Any = None,
+        distributed: str = "auto",
         reduction: str = "mean",
         backend: str | None = None,
     ) -> None:
@@ -70,6 +73,7 @@ class InfoNCELoss(ScaledLossModule):
         self._init_logits(learnable_scale, scale)
         self.symmetric = symmetric
         self.backend = backend
+        self.distributed = distributed
 
     @torch.no_grad()
     def clamp_(self) -> InfoNCELoss:
@@ -84,14 +88,23 @@ class InfoNCELoss(ScaledLossModule):
 
     def _loss_fn(self, query: torch.Tensor, key: torch.Tensor, **shared: Any) -> torch.Tensor:
         return info_nce(
-            query, key, scale=self.scale, symmetric=self.symmetric, backend=self.backend, **shared
+            query,
+            key,
+            scale=self.scale,
+            symmetric=self.symmetric,
+            backend=self.backend,
+            distributed=self.distributed,
+            **shared,
         )
 
     def extra_repr(self) -> str:
         scale = (
             f"learnable in [{self.min_scale}, {self.max_scale}]" if self.learnable_scale else self.fixed_scale
         )
-        return f"scale={scale}, symmetric={self.symmetric}, reduction={self.reduction!r}"
+        return (
+            f"scale={scale}, symmetric={self.symmetric}, distributed={self.distributed!r}, "
+            f"reduction={self.reduction!r}"
+        )
 
 
 def clamp_logit_scales(*modules: nn.Module) -> int:

@@ -32,6 +32,7 @@ class HardbatchInfoNCELoss(SentenceTransformersLoss):
         mask_duplicates: bool = False,
         tile_size: int | tuple[int, int] | None = None,
         backend: str | None = None,
+        distributed: str = "auto",
     ) -> None:
         """InfoNCE with in-batch and hard negatives, tiled (O(b·d) loss memory), for sentence-transformers.
 
@@ -55,6 +56,8 @@ class HardbatchInfoNCELoss(SentenceTransformersLoss):
                 from that anchor's negatives (and the anchor from that candidate's column in symmetric mode).
             tile_size: tile of the loss kernel (see :func:`hardbatch.losses.info_nce`).
             backend: ``auto`` | ``torch`` | ``triton``.
+            distributed: with ``gather_across_devices``: ``"gather"``, ``"ring"`` (memory per device
+                independent of the number of devices) or ``"auto"``; see :func:`hardbatch.losses.info_nce`.
 
         Requirements:
             (anchor, positive) pairs or (anchor, positive, negative_1, ..., negative_m) tuples; no labels.
@@ -73,14 +76,22 @@ class HardbatchInfoNCELoss(SentenceTransformersLoss):
         self.scale = float(scale)
         self.symmetric = symmetric
         self.backend = backend
+        self.distributed = distributed
 
     def _stacked_loss(self, query: Tensor, keys: Tensor, **shared: Any) -> Tensor:
         return info_nce(
-            query, keys, scale=self.scale, symmetric=self.symmetric, backend=self.backend, **shared
+            query,
+            keys,
+            scale=self.scale,
+            symmetric=self.symmetric,
+            backend=self.backend,
+            distributed=self.distributed,
+            **shared,
         )
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale, "symmetric": self.symmetric, **super().get_config_dict()}
+        own = {"scale": self.scale, "symmetric": self.symmetric, "distributed": self.distributed}
+        return {**own, **super().get_config_dict()}
 
     @property
     def temperature(self) -> float:
