@@ -57,7 +57,7 @@ def main() -> None:
 
     started = time.perf_counter()
     dataset = load_pairs(args.data)
-    query, positive = teacher_embeddings(
+    teacher = teacher_embeddings(
         dataset,
         "default",
         query_emb=None,
@@ -65,6 +65,7 @@ def main() -> None:
         emb_dir=None,
         max_seq_length=args.max_seq_length,
     )
+    query, positive = teacher.query, teacher.positive
     embed_seconds = time.perf_counter() - started
     print(
         f"{len(dataset)} pairs, teacher embeddings {query.shape} ready after {embed_seconds:.0f} s",

@@ -92,6 +92,14 @@ def check_same_length(**sizes: int) -> None:
         raise DataError(f"mismatched lengths: {listed}")
 
 
+def check_chunk_size(chunk_size: int | None, what: str = "chunk_size") -> None:
+    """Raise :class:`ConfigError` unless ``chunk_size`` is ``None`` (automatic) or a positive integer."""
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
+        raise ConfigError(f"{what} must be a positive integer (or None for automatic), got {chunk_size!r}")
+
+
 def check_batch_size(
     batch_size: int, num_examples: int, *, multiple_of: int | None = None, what: str = "batch_size"
 ) -> None:

@@ -197,3 +197,15 @@ def test_graph_does_not_import_evaluate():
     code = "import sys, hardbatch.graph.knn, hardbatch.graph.threshold; print(any(m.startswith('hardbatch.evaluate') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("chunk_size", [0, -3, 2.5, True])
+def test_a_chunk_size_that_is_not_a_positive_integer_is_refused(chunk_size):
+    # 0 used to mean "automatic" silently and a negative one searched nothing.
+    from hardbatch.evaluate.search import iter_topk
+
+    x = np.eye(4, dtype=np.float32)
+    with pytest.raises(ConfigError, match="chunk_size must be a positive integer"):
+        knn_exact(x, x, 1, chunk_size=chunk_size)
+    with pytest.raises(ConfigError, match="chunk_size must be a positive integer"):
+        list(iter_topk(x, x, 1, chunk_size=chunk_size))

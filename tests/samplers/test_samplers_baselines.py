@@ -90,6 +90,11 @@ def test_registry_and_build_sampler():
     assert isinstance(sampler, SourceBatchSampler)
     with pytest.raises(ConfigError, match="unknown sampler"):
         build_sampler("nope", None, 2)
+    # A misspelt option is a user error naming it and the accepted ones (was a bare TypeError).
+    with pytest.raises(
+        ConfigError, match=r"target_degre: not an option of sampler 'gcbs'; it accepts .*target_degree"
+    ):
+        build_sampler("gcbs", None, 2, num_examples=4, target_degre=3)
     b3 = SAMPLERS["b3"]  # resolved lazily
     assert b3.__name__ == "B3BatchSampler"
 

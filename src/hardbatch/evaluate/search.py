@@ -23,6 +23,7 @@ import torch
 from hardbatch.graph.similarity import iter_similarity_blocks
 from hardbatch.graph.topk import DEFAULT_BLOCK_BYTES, auto_chunk_size, select_topk, topk_with_ties
 from hardbatch.progress import progress
+from hardbatch.validation import check_chunk_size
 
 __all__ = ["DEFAULT_BLOCK_BYTES", "auto_chunk_size", "iter_topk", "topk_search", "topk_with_ties"]
 
@@ -44,6 +45,7 @@ def iter_topk(
     """
     num_queries, num_corpus = len(query_emb), len(corpus_emb)
     k = min(int(k), num_corpus)
+    check_chunk_size(chunk_size)
     chunk = chunk_size or auto_chunk_size(num_queries, num_corpus)
     blocks = iter_similarity_blocks(
         query_emb, corpus_emb, chunk_size=chunk, device=device, normalize=normalize

@@ -37,6 +37,7 @@ from hardbatch.graph.precision import bf16_score_error_bound, resolve_precision
 from hardbatch.graph.similarity import as_tensor
 from hardbatch.graph.topk import DEFAULT_BLOCK_BYTES, select_topk, topk_with_ties
 from hardbatch.progress import progress
+from hardbatch.validation import check_chunk_size
 
 __all__ = [
     "KnnBackend",
@@ -235,6 +236,7 @@ def knn_exact(
     if margin is not None and margin < 0:
         raise ConfigError(f"margin must be >= 0, got {margin}")
     margin = _DEFAULT_MARGIN if margin is None else int(margin)
+    check_chunk_size(chunk_size)
     chunk = chunk_size or _auto_chunk(num_keys)
     key_t = as_tensor(keys, dev)
     if normalize:

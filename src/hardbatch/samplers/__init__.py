@@ -31,6 +31,7 @@ random-hn ``RandomHardNegativeBatchSampler`` — random batches + h negatives pe
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -59,6 +60,7 @@ __all__ = [
     "SourceBatchSampler",
     "TopicBatchSampler",
     "build_sampler",
+    "check_sampler_options",
     "model_embed_fn",
     "resolve_inputs",
     "sampler_factory",
@@ -130,7 +132,8 @@ def build_sampler(
             override anything taken from ``inputs``.
 
     Raises:
-        ConfigError: unknown sampler name, or an input the sampler needs is missing.
+        ConfigError: unknown sampler name, an option the sampler does not take, or an input the sampler
+            needs is missing.
 
     Example:
         >>> sampler = build_sampler("random", None, 4, num_examples=10, seed=0)
@@ -144,9 +147,46 @@ def build_sampler(
     """
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    check_sampler_options(name, options)
     if not isinstance(inputs, SamplerInputs):
         inputs = SamplerInputs(dataset=inputs)
     return SAMPLERS[name].from_inputs(inputs, batch_size, **options)
+
+
+def check_sampler_options(name: str, options: dict[str, Any], option: str = "option") -> None:
+    """Unknown sampler keyword arguments are a user error naming the accepted ones (not a TypeError).
+
+    Args:
+        name: a registered sampler name.
+        options: keyword arguments meant for its constructor.
+        option: how the user gave them, for the message (``option``, ``--sampler-option``, ``--option gcbs.``).
+
+    Raises:
+        ConfigError: a key the sampler's constructor does not take.
+
+    Example:
+        >>> check_sampler_options("gcbs", {"target_degree": 8})
+        >>> check_sampler_options("random", {"target_degree": 8})
+        Traceback (most recent call last):
+        ...
+        hardbatch.errors.ConfigError: option target_degree: not an option of sampler 'random'; ...
+    """
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    cls = SAMPLERS[name]
+    if hasattr(cls, "option_names"):
+        accepted = cls.option_names()
+    else:  # a registered class outside the HardBatchSampler family
+        parameters = inspect.signature(cls.__init__).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return
+        accepted = [p for p in parameters if p not in ("self", "dataset", "batch_size")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"{option}{'' if option.endswith('.') else ' '}{', '.join(unknown)}: not an option of sampler {name!r}; "
+            f"it accepts {', '.join(accepted)}"
+        )
 
 
 def resolve_inputs(name: str, inputs: SamplerInputs, **options: Any) -> dict[str, Any]:

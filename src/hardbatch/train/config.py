@@ -286,41 +286,10 @@ def field_help() -> dict[str, str]:
 
 
 def check_sampler_options(name: str, options: dict[str, Any], option: str = "--sampler-option") -> None:
-    """Unknown sampler keyword arguments are a user error naming the accepted ones (not a TypeError).
+    """:func:`hardbatch.samplers.check_sampler_options`, worded for the CLI's ``--sampler-option``."""
+    from hardbatch.samplers import check_sampler_options as check
 
-    Args:
-        name: a registered sampler name.
-        options: keyword arguments meant for its constructor.
-        option: how the user gave them, for the message (``--sampler-option``, ``--option gcbs.``).
-
-    Raises:
-        ConfigError: a key the sampler's constructor does not take.
-
-    Example:
-        >>> check_sampler_options("gcbs", {"target_degree": 8})
-        >>> check_sampler_options("random", {"target_degree": 8})
-        Traceback (most recent call last):
-        ...
-        hardbatch.errors.ConfigError: --sampler-option target_degree: not an option of sampler 'random'; ...
-    """
-    from hardbatch.samplers import SAMPLERS
-
-    if name not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-    cls = SAMPLERS[name]
-    if hasattr(cls, "option_names"):
-        accepted = cls.option_names()
-    else:  # a registered class outside the HardBatchSampler family
-        parameters = inspect.signature(cls.__init__).parameters
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-            return
-        accepted = [p for p in parameters if p not in ("self", "dataset", "batch_size")]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(
-            f"{option}{'' if option.endswith('.') else ' '}{', '.join(unknown)}: not an option of sampler {name!r}; "
-            f"it accepts {', '.join(accepted)}"
-        )
+    check(name, options, option)
 
 
 def _matches(value: Any, hint: Any) -> bool:

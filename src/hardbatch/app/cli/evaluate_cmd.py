@@ -31,7 +31,7 @@ def evaluate(
     ] = "positives",
     chunk_size: Annotated[
         int | None,
-        typer.Option("--chunk-size", help="Queries per exact-search block (default: ~256 MB blocks)."),
+        typer.Option("--chunk-size", min=1, help="Queries per exact-search block (default: ~256 MB blocks)."),
     ] = None,
     device: Device = "auto",
     cache_dir: Annotated[
