@@ -12,9 +12,11 @@ what they could read before.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ __all__ = [
     "atomic_path",
     "atomic_write",
     "current_umask",
+    "disk_full_as_os_error",
     "hash_array",
     "hash_texts",
     "read_json",
@@ -62,6 +65,34 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
+        raise
+
+
+#: How libraries that do not raise OSError word a full disk: safetensors (Rust ``io::Error``), torch.save
+#: ("PytorchStreamWriter failed writing file ...": the errno is lost, hence the free-space check).
+_DISK_FULL_WORDS = ("No space left on device", "StorageFull", "os error 28", "Disk quota exceeded", "os error 122")
+
+
+@contextlib.contextmanager
+def disk_full_as_os_error(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Re-raise a library's non-``OSError`` write failure on a full disk as ``OSError(ENOSPC, ..., path)``.
+
+    safetensors and ``torch.save`` report a full disk as their own exception types; the CLI turns an
+    ``OSError`` into a one-line message naming the file (exit 2), so this makes both cases look alike.
+    Any other exception passes through unchanged (a bug keeps its traceback).
+    """
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as exc:
+        text = str(exc)
+        full = any(word in text for word in _DISK_FULL_WORDS)
+        if not full and "failed writing file" in text:
+            with contextlib.suppress(OSError):
+                full = shutil.disk_usage(Path(path).parent).free < (16 << 20)
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from exc
         raise
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import random
 
 import numpy as np
@@ -18,8 +19,8 @@ from hardbatch.train.checkpoint import (
 
 
 class _FakeModel:
-    def __init__(self, fail: bool = False) -> None:
-        self.fail = fail
+    def __init__(self, fail: bool = False, error: Exception | None = None) -> None:
+        self.fail, self.error = fail, error
 
     def save(self, path: str, create_model_card: bool = False) -> None:
         import pathlib
@@ -27,7 +28,7 @@ class _FakeModel:
         pathlib.Path(path).mkdir(parents=True)
         (pathlib.Path(path) / "weights.txt").write_text("w")
         if self.fail:
-            raise RuntimeError("disk full")
+            raise self.error or RuntimeError("disk full")
 
 
 def test_keeps_the_newest_and_reads_back(tmp_path):
@@ -45,6 +46,19 @@ def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path):
         save_checkpoint(tmp_path, 2, _FakeModel(fail=True), {"step": 2})
     assert [c.step for c in list_checkpoints(tmp_path)] == [1]
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_a_full_disk_is_an_os_error_naming_the_checkpoint(tmp_path):
+    # safetensors words a full disk as its own exception: without the translation the CLI showed a traceback.
+    safetensors_error = RuntimeError(
+        'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+    )
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        save_checkpoint(tmp_path, 3, _FakeModel(fail=True, error=safetensors_error), {"step": 3})
+    assert caught.value.errno == errno.ENOSPC and "step-00000003" in caught.value.filename
+    assert list_checkpoints(tmp_path) == []
+    with pytest.raises(ValueError, match="a bug"):  # anything else keeps its type (and traceback)
+        save_checkpoint(tmp_path, 4, _FakeModel(fail=True, error=ValueError("a bug")), {"step": 4})
 
 
 def test_incomplete_folders_are_ignored(tmp_path):

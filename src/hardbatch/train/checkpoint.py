@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from hardbatch.errors import ConfigError, DataError
+from hardbatch.io import disk_full_as_os_error
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -245,9 +246,11 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        model.save(str(tmp / MODEL_DIR), create_model_card=False)
+        with disk_full_as_os_error(target / MODEL_DIR):
+            model.save(str(tmp / MODEL_DIR), create_model_card=False)
         state_tmp = tmp / f".{STATE_FILE}.tmp"
-        torch.save(trainer_state, state_tmp)
+        with disk_full_as_os_error(target / STATE_FILE):
+            torch.save(trainer_state, state_tmp)
         _fsync_file(state_tmp)
         os.replace(state_tmp, tmp / STATE_FILE)
         replace_dir_atomically(tmp, target)

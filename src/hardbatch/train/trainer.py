@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from hardbatch.errors import ConfigError, HardbatchError, TrainingDivergedError
-from hardbatch.io import read_json, write_json
+from hardbatch.io import disk_full_as_os_error, read_json, write_json
 from hardbatch.losses.module import clamp_logit_scales
 from hardbatch.progress import progress_enabled
 from hardbatch.train.checkpoint import (
@@ -692,7 +692,8 @@ class Trainer:
                 tmp = self.output_dir / ".final.tmp"
                 if tmp.exists():
                     shutil.rmtree(tmp)
-                self.model.save(str(tmp), create_model_card=False)
+                with disk_full_as_os_error(final):
+                    self.model.save(str(tmp), create_model_card=False)
                 replace_dir_atomically(tmp, final)
             summary = {
                 "train_data": getattr(self.train_data, "name", "?"),
