@@ -1,4 +1,4 @@
-"""B3 mining over many processes with torch.distributed: each rank ranks its shard of the queries.
+"""B3 and GCBS mining over many processes with torch.distributed: each rank handles its shard of the queries.
 
 The teacher ranking is the only stage that grows as N² (see :mod:`hardbatch.mining.b3`); here it is split by
 query rows over the ``W`` ranks of the default process group (gloo on CPU, NCCL on GPU, e.g. under
@@ -21,6 +21,18 @@ Cost per rank: time O(N²·d / W) for the ranking; memory O(N·d) for the positi
 typically from a memory-mapped ``.npy``), O(chunk·N) for one score block and O(N·k / W) for its results;
 rank 0 also holds the gathered O(N·k) window and runs the O(N·m) graph and partition stages.
 Only ``knn="exact"`` is distributed (an approximate index would be built on every rank).
+
+GCBS (:func:`mine_gcbs_distributed`) splits its threshold graph the same way: rank 0 runs
+:func:`~hardbatch.mining.gcbs.mine_gcbs` up to the threshold (the sampled global quantile, computed on rank 0
+only, so it is the single-process threshold), broadcasts it (float64, exact), every rank builds rows
+``[r·N/W, (r+1)·N/W)`` of the graph against all positives, and the slices are gathered to rank 0 (edge counts
+by ``all_gather``, then padded (row, column) pairs by ``dist.gather``), which orders and batches as one
+process. Cost per rank: time O(N²·d / W); memory O(N·d) for the positives, O(chunk·N) for one block and
+O(nnz / W) for its slice; rank 0 also O(sample·d) time for the threshold, W × the largest slice while
+gathering, the O(N + nnz) graph and RCM.
+
+Embeddings computed by the ranks themselves (``torchrun ... mine b3 DATA`` without embedding files) come from
+:mod:`hardbatch.embed.sharded`, which gives every rank the full single-process query and positive matrices.
 """
 
 from __future__ import annotations
