@@ -8,7 +8,8 @@ One spawn serves every check (importing sentence-transformers in each rank is th
   prompts dropped, texts re-batched) fails; the B3 plan mined from them equals the one-process plan. Only rank
   0 may write the cache (the other ranks' writer raises), a valid cache is read without encoding anything,
   a rank that cannot read it gets rank 0's rows, and a stale cache with ``on_stale="error"`` raises on
-  every rank. A single batch (fewer batches than ranks) is checked too.
+  every rank, and so does a failure while one rank encodes. A single batch (fewer batches than ranks) is
+  checked too.
 * :func:`hardbatch.mining.distributed.mine_gcbs_distributed` gives the same threshold, graph statistics,
   order and batches as :func:`~hardbatch.mining.gcbs.mine_gcbs`, with a sampled quantile (a threshold taken
   from a rank's own sample, or a diagonal dropped at the shard's local index, changes them) on uneven
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from types import SimpleNamespace
 
 import numpy as np
@@ -27,7 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hardbatch.errors import ConfigError
+from hardbatch.errors import ConfigError, DataError
 from hardbatch.mining import mine_b3
 from hardbatch.mining.gcbs import mine_gcbs
 from hardbatch.mining.plan import BatchPlan
@@ -63,6 +65,10 @@ def _gcbs_data():
 
 def _fail(*args, **kwargs):
     raise AssertionError("called where it must not be")
+
+
+def _unreadable(*args, **kwargs):
+    raise DataError("row 7: unreadable image")
 
 
 def _embedding_checks(rank: int, model_dir: str, out_dir: str) -> None:
@@ -102,6 +108,14 @@ def _embedding_checks(rank: int, model_dir: str, out_dir: str) -> None:
         )
     sharded.encode_batch = encoder
 
+    # A rank that fails while encoding (an unreadable image, say) stops every rank with the same error,
+    # instead of leaving the others waiting in the exchange.
+    if rank == 1:
+        sharded.encode_batch = _unreadable
+    with pytest.raises(DataError, match="row 7: unreadable"):
+        sharded.embed_pairs_sharded(pairs, model_dir, os.path.join(out_dir, "failing"), **options)
+    sharded.encode_batch = encoder
+
     # One batch for two ranks: the rank without batches learns d from the other.
     few = SimpleNamespace(queries=["a", "b b", "a"], positives=["x", "y", "z z"])
     small = sharded.embed_pairs_sharded(few, model_dir, os.path.join(out_dir, "few"), **options)
@@ -138,7 +152,10 @@ def _gcbs_checks(rank: int, out_dir: str) -> None:
 
 def _worker(rank: int, world: int, init_file: str, model_dir: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    # A short timeout: a rank left waiting by a failure elsewhere fails the test instead of hanging it.
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
+    )
     try:
         _gcbs_checks(rank, out_dir)
         _embedding_checks(rank, model_dir, out_dir)

@@ -153,30 +153,54 @@ def encode_sharded(
     schedule = schedule_encoding(texts, batch_size)
     mine = schedule.batches[dist.get_rank() :: dist.get_world_size()]
     local: list[np.ndarray] = []
-    if mine:
-        encoder, encode_device = get_encoder()
-        if schedule.has_images:
-            check_takes_images(encoder)
-        label = f"encoding {len(schedule.unique):,} {schedule.what} on {dist.get_world_size()} ranks"
-        show = show_progress if main else False
-        with _temporary_max_seq_length(encoder, max_seq_length), _restore_training_mode(encoder):
-            for batch in progress(mine, label, show=show):
-                local.append(encode_batch(encoder, schedule, batch, normalize, encode_device))
+    failure = None
+    try:
+        if mine:
+            encoder, encode_device = get_encoder()
+            if schedule.has_images:
+                check_takes_images(encoder)
+            label = f"encoding {len(schedule.unique):,} {schedule.what} on {dist.get_world_size()} ranks"
+            show = show_progress if main else False
+            with _temporary_max_seq_length(encoder, max_seq_length), _restore_training_mode(encoder):
+                for batch in progress(mine, label, show=show):
+                    local.append(encode_batch(encoder, schedule, batch, normalize, encode_device))
+    except Exception as exc:  # an unreadable image, a model that does not load, out of memory...
+        failure = exc
+    _raise_together(failure)
     result = _all_gather_rows(local, schedule.batches, len(schedule.unique))
-    embeddings = finish_encoding(result, schedule, texts)
+    embeddings = finish_encoding(result, schedule, texts)  # the same check, the same error, on every rank
     if key is None:
         return embeddings
-    # Rank 0 writes the combined cache once; its outcome reaches every rank, so a failed write stops all.
-    written, failure = None, None
+    # Rank 0 writes the combined cache once; a failed write stops every rank.
+    written = None
     if main:
         try:
             written = save_embeddings(cache_path, embeddings, key)
-        except OSError as exc:
-            failure = f"{cache_path}: cannot write the embedding cache ({exc})"
-    failure = broadcast_from_rank0(failure)
-    if failure is not None:
-        raise errors.DataError(failure)
+        except Exception as exc:
+            failure = exc
+    _raise_together(failure)
     return written if main else embeddings
+
+
+def _raise_together(failure: BaseException | None) -> None:
+    """A collective: raise on every rank when any rank failed, instead of leaving the others waiting.
+
+    The failing rank raises its own exception; the others raise the first failure's error class when it is a
+    :class:`~hardbatch.errors.HardbatchError` (a user error, same message), else a RuntimeError naming the
+    rank. Only names and messages travel (``all_gather_object`` between our own ranks).
+    """
+    report = None if failure is None else (type(failure).__name__, str(failure))
+    reports: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(reports, report)
+    if failure is not None:
+        raise failure
+    for where, report in enumerate(reports):
+        if report is not None:
+            name, message = report
+            error = getattr(errors, name, None)
+            if isinstance(error, type) and issubclass(error, errors.HardbatchError):
+                raise error(message)
+            raise RuntimeError(f"rank {where} failed while embedding: {name}: {message}")
 
 
 def _rank0_cache(path: Any, key: dict[str, Any], on_stale: str) -> np.ndarray | Literal[False]:
@@ -184,26 +208,16 @@ def _rank0_cache(path: Any, key: dict[str, Any], on_stale: str) -> np.ndarray | 
 
     Only rank 0 reads first (one stale warning, one decision); the others then memory-map the file, or
     receive rank 0's rows when they cannot read it. An error on rank 0 (a stale cache with
-    ``on_stale="error"``, an unreadable file) is raised on every rank with its class and message.
+    ``on_stale="error"``, an unreadable file) is raised on every rank (:func:`_raise_together`).
     """
-    cached, failure, raised = None, None, None
+    cached, failure = None, None
     if dist.get_rank() == 0:
         try:
             cached = read_cache(path, key, on_stale=on_stale)  # type: ignore[arg-type]
-        except errors.HardbatchError as exc:
-            failure, raised = (type(exc).__name__, str(exc)), exc
-    verdict = broadcast_from_rank0(
-        ("error", failure) if failure else ("hit" if cached is not None else "miss", None)
-    )
-    if raised is not None:
-        raise raised
-    if verdict[0] == "error":
-        name, message = verdict[1]
-        error = getattr(errors, name, None)
-        if not (isinstance(error, type) and issubclass(error, errors.HardbatchError)):
-            error = errors.HardbatchError
-        raise error(message)
-    if verdict[0] == "miss":
+        except Exception as exc:
+            failure = exc
+    _raise_together(failure)
+    if not broadcast_from_rank0(cached is not None):
         return False
     if dist.get_rank() != 0:
         try:

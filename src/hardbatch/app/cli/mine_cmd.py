@@ -206,6 +206,8 @@ def mine_b3_command(
 
     check_output_file(out)  # before minutes of embedding and mining
     if _world_size() > 1:
+        if shard_size is not None:
+            raise ConfigError("--shard-size (hierarchical mining) runs in one process; drop it or torchrun")
         mine_b3 = _distributed(device, "mine_b3_distributed")
     elif shard_size is not None:
         from functools import partial
