@@ -11,9 +11,18 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+import torch
 import torch.distributed as dist
 
-__all__ = ["broadcast_from_rank0", "is_distributed", "rank", "rank0_computes", "rank0_first", "world_size"]
+__all__ = [
+    "broadcast_from_rank0",
+    "comm_device",
+    "is_distributed",
+    "rank",
+    "rank0_computes",
+    "rank0_first",
+    "world_size",
+]
 
 T = TypeVar("T")
 
@@ -31,6 +40,13 @@ def world_size() -> int:
 def rank() -> int:
     """Rank in the initialised default process group, or 0."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def comm_device() -> torch.device:
+    """Where the default group's tensors must live: this rank's CUDA device under NCCL, else the CPU (gloo)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def broadcast_from_rank0(obj: T) -> T:

@@ -59,6 +59,9 @@ def test_threshold_graph_equals_dense(data):
     no_diag = threshold_graph(x, y, t, device="cpu", chunk_size=97, drop_diagonal=True)
     np.fill_diagonal(dense, False)
     assert np.array_equal(no_diag.toarray().astype(bool), dense)
+    # A shard of rows (one rank's, in distributed GCBS) drops the global diagonal, not its local one.
+    shard = threshold_graph(x[250:420], y, t, device="cpu", chunk_size=97, drop_diagonal=True, row_offset=250)
+    assert np.array_equal(shard.toarray().astype(bool), dense[250:420])
 
 
 def test_guards(data):

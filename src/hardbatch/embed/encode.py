@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -29,7 +30,16 @@ from hardbatch.errors import ConfigError, DataError
 from hardbatch.io import hash_texts
 from hardbatch.progress import progress
 
-__all__ = ["check_takes_images", "encode_texts", "encode_with_loader", "resolve_encoder"]
+__all__ = [
+    "EncodeSchedule",
+    "check_takes_images",
+    "encode_batch",
+    "encode_texts",
+    "encode_with_loader",
+    "finish_encoding",
+    "resolve_encoder",
+    "schedule_encoding",
+]
 
 
 def encode_texts(
@@ -188,10 +198,35 @@ def _restore_training_mode(encoder: Any) -> Iterator[None]:
             encoder.train()
 
 
-def _encode_unique(
-    encoder: Any, texts: list[str], batch_size: int, normalize: bool, device: str | None, show: bool | None
-) -> np.ndarray:
-    first_row: dict[str, int] = {}
+@dataclass
+class EncodeSchedule:
+    """How :func:`encode_texts` splits N values into forward passes (the same on every process).
+
+    Attributes:
+        unique: the U distinct values, in order of first occurrence.
+        inverse: (N,) int64 index of each value's row in ``unique``.
+        batches: lists of rows of ``unique``: texts longest first, then images, ``batch_size`` per batch.
+        what: "texts", "images" or "texts and images" (for the progress bar).
+    """
+
+    unique: list[Any]
+    inverse: np.ndarray
+    batches: list[list[int]]
+    what: str
+
+    @property
+    def has_images(self) -> bool:
+        return self.what != "texts"
+
+
+def schedule_encoding(texts: list[Any], batch_size: int) -> EncodeSchedule:
+    """Deduplicate ``texts`` and cut the unique values into batches (texts longest first, then images).
+
+    Example:
+        >>> schedule_encoding(["ab", "a", "abc", "a"], 2).batches
+        [[2, 0], [1]]
+    """
+    first_row: dict[Any, int] = {}
     inverse = np.fromiter(
         (first_row.setdefault(t, len(first_row)) for t in texts), dtype=np.int64, count=len(texts)
     )
@@ -204,28 +239,46 @@ def _encode_unique(
     batches = [texts_first[start : start + batch_size] for start in range(0, len(texts_first), batch_size)]
     batches += [images[start : start + batch_size] for start in range(0, len(images), batch_size)]
     what = "texts" if not images else ("images" if not texts_first else "texts and images")
-    if images:
-        check_takes_images(encoder)
+    return EncodeSchedule(unique, inverse, batches, what)
 
+
+def encode_batch(
+    encoder: Any, schedule: EncodeSchedule, batch: list[int], normalize: bool, device: str | None
+) -> np.ndarray:
+    """The (len(batch), d) float32 embeddings of one scheduled batch (images decoded now)."""
+    vectors = encoder.encode(
+        [_model_input(schedule.unique[i], i, schedule.inverse) for i in batch],
+        batch_size=len(batch),
+        show_progress_bar=False,
+        convert_to_numpy=True,
+        normalize_embeddings=normalize,
+        device=device,
+    )
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def finish_encoding(result: np.ndarray, schedule: EncodeSchedule, texts: list[Any]) -> np.ndarray:
+    """Check the (U, d) unique embeddings are finite and expand them to the (N, d) rows of ``texts``."""
+    _check_finite(result, schedule.unique, texts, schedule.inverse)
+    # Every text gets the vector of its first occurrence; skip the copy when nothing repeats.
+    return result if len(schedule.unique) == len(texts) else result[schedule.inverse]
+
+
+def _encode_unique(
+    encoder: Any, texts: list[str], batch_size: int, normalize: bool, device: str | None, show: bool | None
+) -> np.ndarray:
+    schedule = schedule_encoding(texts, batch_size)
+    if schedule.has_images:
+        check_takes_images(encoder)
     result: np.ndarray | None = None
-    for batch in progress(batches, f"encoding {len(unique):,} {what}", show=show):
-        vectors = encoder.encode(
-            [_model_input(unique[i], i, inverse) for i in batch],
-            batch_size=len(batch),
-            show_progress_bar=False,
-            convert_to_numpy=True,
-            normalize_embeddings=normalize,
-            device=device,
-        )
-        vectors = np.asarray(vectors, dtype=np.float32)
+    for batch in progress(schedule.batches, f"encoding {len(schedule.unique):,} {schedule.what}", show=show):
+        vectors = encode_batch(encoder, schedule, batch, normalize, device)
         if result is None:
-            result = np.empty((len(unique), vectors.shape[1]), dtype=np.float32)
+            result = np.empty((len(schedule.unique), vectors.shape[1]), dtype=np.float32)
         result[batch] = vectors
     if result is None:
         raise DataError("nothing to encode: the list of texts is empty")
-    _check_finite(result, unique, texts, inverse)
-    # Every text gets the vector of its first occurrence; skip the copy when nothing repeats.
-    return result if len(unique) == len(texts) else result[inverse]
+    return finish_encoding(result, schedule, texts)
 
 
 def check_takes_images(model: Any) -> None:

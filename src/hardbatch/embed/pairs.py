@@ -8,6 +8,7 @@ Time and memory as :func:`hardbatch.embed.encode.encode_texts`, per column.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,7 @@ import numpy as np
 from hardbatch.embed.encode import encode_with_loader, resolve_encoder
 from hardbatch.embed.fingerprint import model_fingerprint
 
-__all__ = ["COLUMNS", "PairEmbeddings", "embed_pairs"]
+__all__ = ["COLUMNS", "PairEmbeddings", "embed_pair_columns", "embed_pairs"]
 
 COLUMNS = ("query", "positive")
 
@@ -86,6 +87,31 @@ def embed_pairs(
         >>> emb.query.shape, emb.positive_path.name
         ((2, 32), 'positive.npy')
     """
+    return embed_pair_columns(
+        dataset, model, out_dir, encode=encode_with_loader, batch_size=batch_size,
+        max_seq_length=max_seq_length, normalize=normalize, device=device, show_progress=show_progress,
+        on_stale=on_stale, query_prompt=query_prompt, document_prompt=document_prompt,
+    )  # fmt: skip
+
+
+def embed_pair_columns(
+    dataset: Any,
+    model: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    encode: Callable[..., np.ndarray],
+    batch_size: int,
+    max_seq_length: int | None,
+    normalize: bool,
+    device: str | None,
+    show_progress: bool | None,
+    on_stale: Literal["rebuild", "error"],
+    query_prompt: str | None,
+    document_prompt: str | None,
+) -> PairEmbeddings:
+    """:func:`embed_pairs` with each column encoded by ``encode`` (the signature of
+    :func:`~hardbatch.embed.encode.encode_with_loader`; :mod:`hardbatch.embed.sharded` passes its
+    distributed encoder), so both paths share prompts, cache names and the lazily loaded model."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # Fingerprint once (hashing an in-memory model's weights is not free); load a path model at most once,
@@ -106,7 +132,7 @@ def embed_pairs(
         ("query", with_prompt(dataset.queries, prompts[0])),
         ("positive", with_prompt(dataset.positives, prompts[1])),
     ):
-        arrays[column] = encode_with_loader(
+        arrays[column] = encode(
             texts,
             get_encoder,
             model_info=info,

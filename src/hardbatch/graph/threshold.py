@@ -184,6 +184,7 @@ def threshold_graph(
     device: str | torch.device | None = "auto",
     normalize: bool = True,
     drop_diagonal: bool = False,
+    row_offset: int = 0,
     max_avg_degree: float = 1024.0,
     precision: str = "auto",
     show_progress: bool | None = None,
@@ -202,6 +203,8 @@ def threshold_graph(
         device: torch device for the products.
         normalize: cosine similarity (L2-normalise both sides first).
         drop_diagonal: leave out (i, i) entries (a pair's own positive: a self-loop in GCBS).
+        row_offset: ``rows`` are rows ``[row_offset, row_offset + N_rows)`` of a larger matrix (one rank's
+            shard): the diagonal left out is then ``(i, row_offset + i)``.
         max_avg_degree: stop with a :class:`ConfigError` once the graph exceeds this many edges per row on
             average, before it exhausts memory (a threshold far too low).
         precision: "auto" (bf16 where fast), "fp32" or "bf16" (speed only; the graph is the fp32 one).
@@ -239,7 +242,7 @@ def threshold_graph(
     total = -(-n_rows // chunk_size)
     for start, hits in progress(blocks, "threshold graph", total=total, show=show_progress):
         if drop_diagonal and hits.numel():
-            hits = hits[hits[:, 0] + start != hits[:, 1]]
+            hits = hits[hits[:, 0] + (start + row_offset) != hits[:, 1]]
         hits = hits.to("cpu", torch.int32).numpy()
         edges += len(hits)
         _check_density(edges, max_edges, threshold, max_avg_degree)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,6 +172,7 @@ def mine_gcbs(
     dataset_hash: str | None = None,
     hash_inputs: bool = True,
     show_progress: bool | None = None,
+    graph_search: Callable[[torch.Tensor, torch.Tensor, float], sp.csr_array] | None = None,
 ) -> GCBSResult:
     """One GCBS refresh: thresholded query × positive similarity graph → RCM order → consecutive batches.
 
@@ -198,6 +200,11 @@ def mine_gcbs(
         hash_inputs: hash the embeddings for :meth:`GCBSResult.to_plan` (O(N·d); the per-epoch sampler
             refresh turns it off).
         show_progress: progress bar for the similarity pass.
+        graph_search: replaces the exact threshold-graph pass of step 3: called once as
+            ``fn(x, y, threshold)`` with the (N, d) normalised fp32 query and positive tensors, it returns the
+            directed (N, N) graph :func:`~hardbatch.graph.threshold.threshold_graph` would (diagonal left
+            out, at most ``max_avg_degree`` edges per row). :func:`hardbatch.mining.distributed.mine_gcbs_distributed`
+            uses it to split the pass over ranks.
 
     Returns:
         :class:`GCBSResult`.
@@ -240,6 +247,8 @@ def mine_gcbs(
                 x.cpu(), y.cpu(), threshold, nprobe=nprobe, normalize=False, drop_diagonal=True,
                 max_avg_degree=max_avg_degree, seed=0 if seed is None else seed, show_progress=show_progress,
             )  # fmt: skip
+        elif graph_search is not None:
+            directed = graph_search(x, y, threshold)
         else:
             directed = threshold_graph(
                 x, y, threshold, chunk_size=chunk_size, device=dev, normalize=False, drop_diagonal=True,

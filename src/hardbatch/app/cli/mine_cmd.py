@@ -197,20 +197,18 @@ def mine_b3_command(
     """Mine B3 batches: teacher ranks → rank-window mutual graph → METIS clusters of K → batch plan.
 
     Under ``torchrun --nproc-per-node W -m hardbatch mine b3 ...`` (WORLD_SIZE > 1) the teacher ranking is
-    split over the W ranks (gloo on CPU, NCCL with CUDA devices) and rank 0 writes the plan once; give the
-    embeddings as .npy files (--query-emb/--positive-emb), which every rank memory-maps.
+    split over the W ranks (gloo on CPU, NCCL with CUDA devices) and rank 0 writes the plan once. Every rank
+    memory-maps --query-emb/--positive-emb when given; otherwise each rank encodes its share of the pairs
+    with the teacher and the shares are exchanged (rank 0 writes the embedding cache).
     """
-    import os
-
     from hardbatch.errors import ConfigError
     from hardbatch.mining import mine_b3
 
     check_output_file(out)  # before minutes of embedding and mining
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1:
-        if query_emb is None or positive_emb is None:
-            raise ConfigError("distributed mining (WORLD_SIZE > 1) needs --query-emb and --positive-emb")
-        mine_b3 = _distributed_miner(device)
+    if _world_size() > 1:
+        if shard_size is not None:
+            raise ConfigError("--shard-size (hierarchical mining) runs in one process; drop it or torchrun")
+        mine_b3 = _distributed(device, "mine_b3_distributed")
     elif shard_size is not None:
         from functools import partial
 
@@ -306,25 +304,37 @@ def mine_b3_command(
     _print_summary(plan, path, emb_paths, timings, time.perf_counter() - started)
 
 
-def _distributed_miner(device: str):
-    """``mine_b3`` over the torchrun world: initialise the default group once, one CUDA device per rank."""
+def _world_size() -> int:
+    """The world size torchrun announces (``WORLD_SIZE``), 1 outside torchrun."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _distributed(device: str, name: str):
+    """A :mod:`hardbatch.mining.distributed` miner over the torchrun world.
+
+    Joins the default group once (NCCL with one CUDA device per rank, gloo otherwise) before the teacher
+    embeddings are computed, so the ranks can share that work too.
+    """
     import os
 
     import torch
     import torch.distributed as dist
 
-    from hardbatch.mining.distributed import mine_b3_distributed
+    from hardbatch.mining import distributed
 
     if not dist.is_initialized():
         cuda = torch.cuda.is_available() and device != "cpu"
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if cuda else "gloo")
+    miner = getattr(distributed, name)
 
     def run(*args, **kwargs):
         if kwargs.get("device") == "auto" and torch.cuda.is_available():
             kwargs["device"] = f"cuda:{torch.cuda.current_device()}"
-        return mine_b3_distributed(*args, **kwargs)
+        return miner(*args, **kwargs)
 
     return run
 
@@ -404,11 +414,17 @@ def mine_gcbs_command(
     emb_dir: EmbDir = None,
     max_seq_length: TeacherMaxSeqLength = None,
 ) -> None:
-    """GCBS with a fixed teacher: threshold graph → RCM → batches, saved as a batch plan (batch order reshuffled per epoch)."""
+    """GCBS with a fixed teacher: threshold graph → RCM → batches, saved as a batch plan (batch order reshuffled per epoch).
+
+    Under ``torchrun --nproc-per-node W -m hardbatch mine gcbs ...`` (WORLD_SIZE > 1) the teacher embeddings
+    and the threshold graph are split over the W ranks and rank 0 writes the plan once.
+    """
     from hardbatch.data import load_pairs
     from hardbatch.mining.gcbs import mine_gcbs
 
     check_output_file(out)
+    if _world_size() > 1:
+        mine_gcbs = _distributed(device, "mine_gcbs_distributed")
     started = time.perf_counter()
     dataset = load_pairs(data)
     teacher_emb = teacher_embeddings(
@@ -420,6 +436,8 @@ def mine_gcbs_command(
         query, positive, batch_size, quantile=quantile, target_degree=target_degree, seed=seed, device=device,
         graph_method=graph_method, nprobe=nprobe, dataset_hash=dataset.fingerprint,
     )  # fmt: skip
+    if result is None:  # a distributed rank other than 0: rank 0 writes the plan
+        return
     result.to_plan(params={"teacher": teacher, "data": data}).save(out)
     s = result.stats
     table = Table(title="GCBS")

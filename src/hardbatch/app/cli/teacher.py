@@ -2,8 +2,9 @@
 
 One set of options (``--query-emb``/``--positive-emb`` files, or ``--emb-dir`` + ``--max-seq-length`` for
 encoding with the teacher) and one helper that either loads the given ``.npy`` files or encodes the pairs
-with the teacher into a fingerprinted cache (:func:`hardbatch.embed.embed_pairs`), so every command reads
-and caches teacher embeddings the same way.
+with the teacher into a fingerprinted cache (:func:`hardbatch.embed.embed_pairs`; under torchrun every rank
+encodes its share, :mod:`hardbatch.embed.sharded`), so every command reads and caches teacher embeddings the
+same way.
 """
 
 from __future__ import annotations
@@ -90,12 +91,14 @@ def teacher_embeddings(
     if dataset is None:
         raise ConfigError("give DATA, or --query-emb and --positive-emb")
     from hardbatch.data import default_cache_dir
-    from hardbatch.embed import embed_pairs
+
+    # One process: embed_pairs itself; under torchrun every rank encodes its share (hardbatch.embed.sharded).
+    from hardbatch.embed.sharded import embed_pairs_sharded
 
     suffix = f"-msl{max_seq_length}" if max_seq_length else ""
     name = f"{dataset.fingerprint[:16]}-{teacher_slug(teacher)}{suffix}"
     target = emb_dir or default_cache_dir() / "embeddings" / name
-    pair = embed_pairs(
+    pair = embed_pairs_sharded(
         dataset, teacher, target, batch_size=batch_size, max_seq_length=max_seq_length, device=device,
         query_prompt=query_prompt, document_prompt=document_prompt,
     )  # fmt: skip
