@@ -70,7 +70,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 #: How libraries that do not raise OSError word a full disk: safetensors (Rust ``io::Error``), torch.save
 #: ("PytorchStreamWriter failed writing file ...": the errno is lost, hence the free-space check).
-_DISK_FULL_WORDS = ("No space left on device", "StorageFull", "os error 28", "Disk quota exceeded", "os error 122")
+_DISK_FULL_WORDS = (
+    "No space left on device",
+    "StorageFull",
+    "os error 28",
+    "Disk quota exceeded",
+    "os error 122",
+)
 
 
 @contextlib.contextmanager

@@ -2,8 +2,8 @@
 
 Each rank gets *different* embeddings (and objects), so without the broadcast the ranks would train on
 different batches: the GCBS sampler's batches (``sync_ranks``), the B3 sampler's lazily mined plan and its
-plan re-mined with a (rank-dependent) student, and
-the trainer's ``DistContext.broadcast_object`` (resume decision, final-evaluation decision) must all come
+plan re-mined with a (rank-dependent) student, the student's re-embedding (``model_embed_fn``, whose
+forward passes are shared out over the ranks), and the trainer's ``DistContext.broadcast_object`` (resume decision, final-evaluation decision) must all come
 out equal to what rank 0 computes alone.
 """
 
@@ -69,6 +69,25 @@ def _b3_remine(rank: int):
     return sampler.batches(1)
 
 
+def _student_embeddings():
+    """model_embed_fn of a tiny model on 22 pairs (6 forward passes of 4 texts per column): what each rank
+    gets, and how many passes it ran."""
+    from types import SimpleNamespace
+
+    from hardbatch.embed.models import make_tiny_model
+    from hardbatch.samplers import model_embed_fn
+
+    model = make_tiny_model(seed=5)
+    passes = []
+    model[0].register_forward_hook(lambda module, args, out: passes.append(1))
+    pairs = SimpleNamespace(
+        queries=[f"query {i} " + "word " * (i % 5) for i in range(22)],
+        positives=[f"def f{i}(): " + "x " * (i % 3) for i in range(22)],
+    )
+    query, positive = model_embed_fn(model, pairs, batch_size=4, device="cpu")(0)
+    return {"query": query.tolist(), "positive": positive.tolist(), "passes": len(passes)}
+
+
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import torch
 
@@ -82,6 +101,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             "gcbs": _gcbs(rank),
             "b3": _b3(rank),
             "b3_remine": _b3_remine(rank),
+            "student": _student_embeddings(),
             "broadcast_object": ctx.broadcast_object({"from": rank, "checkpoint": [rank, f"step-{rank}"]}),
             "gathered": ctx.gather_objects(rank * 10),
             "mean": ctx.mean(float(rank)),
@@ -101,10 +121,17 @@ def test_rank0_broadcasts_with_rank_dependent_inputs(tmp_path):
     ]
     assert alone[0]["gcbs"] != alone[1]["gcbs"] and alone[0]["b3"] != alone[1]["b3"]  # not vacuous
     assert alone[0]["b3_remine"] != alone[1]["b3_remine"]
+    single = _student_embeddings()
+    assert single["passes"] == 12
     for rank in range(2):
         assert got[rank]["gcbs"] == alone[0]["gcbs"], f"rank {rank}: GCBS batches"
         assert got[rank]["b3"] == alone[0]["b3"], f"rank {rank}: B3 plan"
         assert got[rank]["b3_remine"] == alone[0]["b3_remine"], f"rank {rank}: B3 plan re-mined"
+        # The student's re-embedding is shared out: each rank ran half the passes, and got every row.
+        student = got[rank]["student"]
+        np.testing.assert_allclose(student["query"], single["query"], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(student["positive"], single["positive"], rtol=0, atol=1e-6)
+        assert student["passes"] == single["passes"] // 2, f"rank {rank}: forward passes"
         assert got[rank]["broadcast_object"] == {"from": 0, "checkpoint": [0, "step-0"]}
         assert got[rank]["gathered"] == [0, 10]
         assert got[rank]["mean"] == pytest.approx(0.5)

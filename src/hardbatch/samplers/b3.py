@@ -15,9 +15,10 @@ epoch. Epoch handling, the world-size cut and resumption come from
 :class:`~hardbatch.samplers.base.HardBatchSampler`.
 
 Re-mining with the student (``remine_every`` = E): at the start of every epoch e ≥ E with e mod E = 0 the
-sampler re-embeds the training pairs with the live model (``embed_fn``, see
-:func:`~hardbatch.samplers.gcbs.model_embed_fn`), re-mines the plan with the same mining options (the
-original plan's parameters, or ``mine_options``) on rank 0, broadcasts it, and batches epochs e … e + E − 1
+sampler re-embeds the training pairs with the live model (``embed_fn``, called on every rank; see
+:func:`~hardbatch.samplers.gcbs.model_embed_fn`, which deals the forward passes out over the ranks),
+re-mines the plan with the same mining options (the original plan's parameters, or ``mine_options``) on
+rank 0 from rank 0's embeddings, broadcasts it, and batches epochs e … e + E − 1
 from it. The plan of epoch e is a function of (mining seed, e, the weights at the start of epoch e);
 ``state_dict`` carries the re-mined plan (plain lists), so a resumed run batches exactly as the interrupted one.
 
@@ -329,17 +330,16 @@ class B3BatchSampler(HardBatchSampler):
         options = self.remine_options()
         assert self.embed_fn is not None
 
-        def compute() -> BatchPlan:
-            query_emb, positive_emb = self.embed_fn(epoch)  # type: ignore[misc]
-            if len(query_emb) != self.num_examples or len(positive_emb) != self.num_examples:
-                raise ConfigError(
-                    f"embed_fn returned {len(query_emb)} query and {len(positive_emb)} positive rows for a "
-                    f"dataset of {self.num_examples} examples"
-                )
-            return mine_b3(query_emb, positive_emb, **options)
-
         started = time.perf_counter()
-        plan = rank0_computes(compute)  # mined once, so every rank batches from the very same clusters
+        # Every rank calls embed_fn: model_embed_fn is a collective that shares the forward passes out.
+        query_emb, positive_emb = self.embed_fn(epoch)
+        if len(query_emb) != self.num_examples or len(positive_emb) != self.num_examples:
+            raise ConfigError(
+                f"embed_fn returned {len(query_emb)} query and {len(positive_emb)} positive rows for a "
+                f"dataset of {self.num_examples} examples"
+            )
+        # Mined once, from rank 0's rows, so every rank batches from the very same clusters.
+        plan = rank0_computes(lambda: mine_b3(query_emb, positive_emb, **options))
         hardness = plan.stats.get("hardness", {})
         self.remine_history.append(
             {"epoch": int(epoch), "seconds": round(time.perf_counter() - started, 3), **hardness}

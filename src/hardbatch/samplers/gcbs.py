@@ -65,9 +65,12 @@ def model_embed_fn(
 ) -> EmbedFn:
     """An ``embed_fn`` that encodes ``dataset.queries`` and ``dataset.positives`` with ``model`` (no grad).
 
-    The model is encoded as it is at call time (the sampler calls at the start of each epoch), through
-    :func:`hardbatch.embed.encode_texts` without a cache (the weights change between epochs); its
-    training mode is restored afterwards.
+    The model is encoded as it is at call time (the sampler calls at the start of each epoch), without a
+    cache (the weights change between epochs); its training mode is restored afterwards. In one process
+    this is :func:`hardbatch.embed.encode_texts`. Under an initialised torch.distributed group it is a
+    collective (every rank calls it, as the samplers do): each rank runs 1/W of the forward passes and the
+    rows are all-gathered (:func:`hardbatch.embed.sharded.encode_sharded`), so re-embedding the training
+    set costs each of the W ranks 1/W of the single-process time, and every rank gets all N rows.
 
     Args:
         model: a ``SentenceTransformer`` (the one being trained) or anything ``encode_texts`` accepts.
@@ -79,10 +82,16 @@ def model_embed_fn(
     queries, positives = query_positive_texts(dataset)
 
     def embed(epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        from hardbatch.embed import encode_texts
+        from hardbatch.embed.encode import resolve_encoder
+        from hardbatch.embed.sharded import encode_sharded
 
-        options = {"batch_size": batch_size, "max_seq_length": max_seq_length, "device": device}
-        return encode_texts(queries, model, **options), encode_texts(positives, model, **options)
+        def get_encoder() -> tuple[Any, str | None]:
+            return resolve_encoder(model, device)
+
+        options = {"model_info": None, "batch_size": batch_size, "max_seq_length": max_seq_length}
+        return encode_sharded(queries, get_encoder, **options), encode_sharded(
+            positives, get_encoder, **options
+        )
 
     return embed
 
