@@ -85,6 +85,35 @@ def test_one_seed_cells_have_no_spread(tmp_path):
     assert "0.5500 (1 seed)" in table and "0.5750 ± 0.0071" in table
 
 
+def test_equal_batch_comparisons_pair_the_seeds(tmp_path):
+    """Per-seed differences against random at the same batch size: a sampler that wins on its own seed's
+    data every time "holds" even when the means' spreads overlap; one losing seed breaks it."""
+    from hardbatch.app.experiment import summarize_grid
+    from hardbatch.io import write_json
+
+    config = GridConfig(
+        work_dir=str(tmp_path), samplers=("random", "b3", "gcbs"), batch_sizes=(32,), seeds=(0, 1, 2)
+    )
+    (tmp_path / "cells").mkdir()
+    random_runs = [0.60, 0.63, 0.66]  # wide spread across seeds (the data subsets differ)
+    values = {"random": random_runs, "b3": [v + 0.004 for v in random_runs], "gcbs": [0.61, 0.62, 0.67]}
+    for sampler, ndcgs in values.items():
+        for seed, ndcg in enumerate(ndcgs):
+            metrics = {"ndcg@10": ndcg, "mrr@10": ndcg - 0.05, "recall@1": 0.3, "recall@10": 0.7}
+            write_json(
+                tmp_path / "cells" / f"{sampler}-b32-s{seed}.json",
+                {"key": config.cell_key(sampler, 32, seed), "seed": seed, "steps": 4, "train_seconds": 1.0,
+                 "metrics": metrics},
+            )  # fmt: skip
+    findings = summarize_grid(config, {"ndcg@10": 0.5, "mrr@10": 0.45})["findings"]
+    b3 = findings["b3@32 vs random@32"]
+    assert b3["delta"] == pytest.approx(0.004) and b3["holds"] is True and b3["seeds"] == [0, 1, 2]
+    assert b3["paired_std"] == pytest.approx(0.0, abs=1e-9) and b3["beyond_1_std"] is True
+    gcbs = findings["gcbs@32 vs random@32"]  # +0.01, -0.01, +0.01
+    assert gcbs["holds"] is False and gcbs["beyond_1_std"] is False
+    assert "random@32 vs random@32" not in findings
+
+
 def test_the_plan_cache_re_mines_for_another_window_seed_or_teacher(tmp_path, train_pairs):
     from dataclasses import replace
     from types import SimpleNamespace

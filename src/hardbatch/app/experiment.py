@@ -411,12 +411,43 @@ def _findings(cells: list[dict[str, Any]]) -> dict[str, Any]:
                 if b3["std"] is None or rnd["std"] is None
                 else b3["mean"] - b3["std"] > rnd["mean"] + rnd["std"],
             }
+    for (sampler, batch_size), cell in sorted(by.items(), key=lambda item: (item[0][1], item[0][0])):
+        baseline = by.get(("random", batch_size))
+        if sampler == "random" or baseline is None:
+            continue
+        paired = _paired_delta(cell, baseline)
+        if paired is not None:
+            out[f"{sampler}@{batch_size} vs random@{batch_size}"] = paired
     for batch_size in sorted({c["batch_size"] for c in cells}):
         ranked = sorted(
             (c for c in cells if c["batch_size"] == batch_size), key=lambda c: -c["ndcg@10"]["mean"]
         )
         out[f"ordering@{batch_size}"] = [f"{c['sampler']} {c['ndcg@10']['mean']:.4f}" for c in ranked]
     return out
+
+
+def _paired_delta(cell: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any] | None:
+    """nDCG@10 of ``cell`` minus ``baseline`` over the seeds both ran (a seed fixes the data subset, the
+    initial shuffle and dropout for both, so the per-seed difference is the fair comparison).
+
+    ``holds``: every seed's difference is positive; ``beyond_1_std``: the mean difference exceeds the
+    standard deviation of the differences (None with fewer than two common seeds).
+    """
+    mine = dict(zip(cell["seeds"], cell["ndcg@10"]["values"]))
+    theirs = dict(zip(baseline["seeds"], baseline["ndcg@10"]["values"]))
+    common = sorted(set(mine) & set(theirs))
+    if not common:
+        return None
+    deltas = [mine[seed] - theirs[seed] for seed in common]
+    mean = statistics.fmean(deltas)
+    spread = statistics.stdev(deltas) if len(deltas) > 1 else None
+    return {
+        "delta": round(mean, 4),
+        "paired_std": None if spread is None else round(spread, 4),
+        "seeds": common,
+        "holds": all(delta > 0 for delta in deltas),
+        "beyond_1_std": None if spread is None else mean > spread,
+    }
 
 
 def write_grid_outputs(
