@@ -32,13 +32,17 @@ from hardbatch.progress import progress
 
 __all__ = [
     "EncodeSchedule",
+    "check_positive",
     "check_takes_images",
+    "check_texts",
     "encode_batch",
     "encode_texts",
     "encode_with_loader",
     "finish_encoding",
     "resolve_encoder",
+    "restore_training_mode",
     "schedule_encoding",
+    "temporary_max_seq_length",
 ]
 
 
@@ -113,10 +117,10 @@ def encode_with_loader(
     ``model_info`` (from :func:`~hardbatch.embed.fingerprint.model_fingerprint`) is required with
     ``cache_path``; callers embedding several columns compute it once and share one loaded model.
     """
-    texts = _check_texts(texts)
-    _check_positive(batch_size, "batch_size")
+    texts = check_texts(texts)
+    check_positive(batch_size, "batch_size")
     if max_seq_length is not None:
-        _check_positive(max_seq_length, "max_seq_length")
+        check_positive(max_seq_length, "max_seq_length")
 
     key = None
     if cache_path is not None:
@@ -130,7 +134,7 @@ def encode_with_loader(
             return cached
 
     encoder, encode_device = get_encoder()
-    with _temporary_max_seq_length(encoder, max_seq_length), _restore_training_mode(encoder):
+    with temporary_max_seq_length(encoder, max_seq_length), restore_training_mode(encoder):
         embeddings = _encode_unique(encoder, texts, batch_size, normalize, encode_device, show_progress)
     if key is not None:
         return save_embeddings(cache_path, embeddings, key)
@@ -152,7 +156,8 @@ def resolve_encoder(model: Any, device: str | None = "auto") -> tuple[Any, str |
     return model, None if device in (None, "auto") else str(device)
 
 
-def _check_texts(texts: Sequence[str]) -> list[str]:
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """The texts (or images) as a list; :class:`DataError` for a single string or an empty input."""
     if isinstance(texts, str):
         raise DataError("texts must be a list of strings, got a single string")
     texts = list(texts)
@@ -164,13 +169,15 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     return texts
 
 
-def _check_positive(value: Any, name: str) -> None:
+def check_positive(value: Any, name: str) -> None:
+    """:class:`ConfigError` naming ``name`` unless ``value`` is a positive integer (bool is not)."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 @contextlib.contextmanager
-def _temporary_max_seq_length(encoder: Any, max_seq_length: int | None) -> Iterator[None]:
+def temporary_max_seq_length(encoder: Any, max_seq_length: int | None) -> Iterator[None]:
+    """Set ``encoder.max_seq_length`` for the block and restore it afterwards (``None``: leave it)."""
     if max_seq_length is None:
         yield
         return
@@ -187,7 +194,8 @@ def _temporary_max_seq_length(encoder: Any, max_seq_length: int | None) -> Itera
 
 
 @contextlib.contextmanager
-def _restore_training_mode(encoder: Any) -> Iterator[None]:
+def restore_training_mode(encoder: Any) -> Iterator[None]:
+    """Put a model that was training back in training mode after the block (``encode`` leaves it in eval)."""
     # SentenceTransformer.encode switches to eval mode and leaves it there; a model being trained must not be
     # left without dropout after an evaluation.
     was_training = bool(getattr(encoder, "training", False))

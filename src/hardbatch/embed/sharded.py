@@ -42,15 +42,15 @@ from hardbatch.data.images import value_token
 from hardbatch.distributed import broadcast_from_rank0, comm_device, is_distributed
 from hardbatch.embed.cache import cache_key, read_cache, save_embeddings
 from hardbatch.embed.encode import (
-    _check_positive,
-    _check_texts,
-    _restore_training_mode,
-    _temporary_max_seq_length,
+    check_positive,
     check_takes_images,
+    check_texts,
     encode_batch,
     encode_with_loader,
     finish_encoding,
+    restore_training_mode,
     schedule_encoding,
+    temporary_max_seq_length,
 )
 from hardbatch.embed.pairs import PairEmbeddings, embed_pair_columns
 from hardbatch.io import hash_texts
@@ -134,10 +134,10 @@ def encode_sharded(
             texts, get_encoder, model_info=model_info, batch_size=batch_size, max_seq_length=max_seq_length,
             normalize=normalize, cache_path=cache_path, show_progress=show_progress, on_stale=on_stale,
         )  # fmt: skip
-    texts = _check_texts(texts)
-    _check_positive(batch_size, "batch_size")
+    texts = check_texts(texts)
+    check_positive(batch_size, "batch_size")
     if max_seq_length is not None:
-        _check_positive(max_seq_length, "max_seq_length")
+        check_positive(max_seq_length, "max_seq_length")
     main = dist.get_rank() == 0
     key = None
     if cache_path is not None:
@@ -161,7 +161,7 @@ def encode_sharded(
                 check_takes_images(encoder)
             label = f"encoding {len(schedule.unique):,} {schedule.what} on {dist.get_world_size()} ranks"
             show = show_progress if main else False
-            with _temporary_max_seq_length(encoder, max_seq_length), _restore_training_mode(encoder):
+            with temporary_max_seq_length(encoder, max_seq_length), restore_training_mode(encoder):
                 for batch in progress(mine, label, show=show):
                     local.append(encode_batch(encoder, schedule, batch, normalize, encode_device))
     except Exception as exc:  # an unreadable image, a model that does not load, out of memory...
