@@ -208,3 +208,14 @@ def test_a_leiden_plan_is_cached_apart_from_the_metis_plan(tmp_path, train_pairs
     assert metis.params["community"] == "metis" and leiden.params["community"] == "leiden"
     assert (tmp_path / "b3-leiden-plan-b8.parquet").exists()
     assert _plan(config, teacher, train_pairs, 8, tmp_path).params["community"] == "metis"
+
+
+def test_an_unknown_grid_row_is_refused_before_any_model_runs(tmp_path):
+    from hardbatch.app.experiment import grid_sampler_names, run_grid
+    from hardbatch.errors import ConfigError
+
+    assert {"random", "b3", "b3pp", "b3-leiden", "b3-remine", "random-hn"} <= set(grid_sampler_names())
+    config = GridConfig(work_dir=str(tmp_path / "grid"), samplers=("random", "b3leiden"), train_data="nope")
+    with pytest.raises(ConfigError, match=r"unknown grid sampler\(s\) b3leiden; choose from .*b3-leiden"):
+        run_grid(config)  # train_data "nope" would fail later: the name check comes first
+    assert not (tmp_path / "grid").exists()

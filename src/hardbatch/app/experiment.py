@@ -26,12 +26,13 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from hardbatch.app.stages import mine_b3_plan, teacher_hardness, train_run
+from hardbatch.errors import ConfigError
 from hardbatch.io import atomic_path, atomic_write, read_json, write_json
 from hardbatch.machine import describe_machine
 
@@ -134,6 +135,7 @@ def run_grid(
     from hardbatch.embed import embed_pairs
     from hardbatch.samplers import SamplerInputs
 
+    check_grid_samplers(config.samplers)
     work = Path(config.work_dir)
     (work / "cells").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -167,6 +169,25 @@ def run_grid(
     summary = summarize_grid(config, frozen, hardness)
     summary["seconds_this_run"] = round(time.perf_counter() - started, 1)
     return summary
+
+
+def grid_sampler_names() -> list[str]:
+    """Every name a grid row may have: the sampler registry's and the grid's own cells (``b3pp``, ...)."""
+    from hardbatch.samplers import SAMPLERS
+
+    return [*SAMPLERS, *(name for name in _CELLS if name not in SAMPLERS)]
+
+
+def check_grid_samplers(samplers: Iterable[str]) -> None:
+    """Refuse an unknown row name before any model runs (a typo would otherwise fail minutes in).
+
+    Raises:
+        ConfigError: names the unknown rows and lists the known ones.
+    """
+    known = grid_sampler_names()
+    unknown = [name for name in samplers if name not in known]
+    if unknown:
+        raise ConfigError(f"unknown grid sampler(s) {', '.join(unknown)}; choose from {', '.join(known)}")
 
 
 def _frozen_metrics(config: GridConfig, test: Any, work: Path) -> dict[str, float]:

@@ -25,7 +25,11 @@ def register(app: typer.Typer) -> None:
             Path, typer.Option("--output", "-o", help="Cells, plans and the summary go here.")
         ] = Path("hardbatch-experiment"),
         samplers: Annotated[
-            str, typer.Option(help="Comma-separated sampler names.")
+            str,
+            typer.Option(
+                help="Comma-separated rows: registered samplers (random, gcbs, topic, b3, random-hn, ...) "
+                "and the grid's variants b3pp (h hard negatives per example), b3-leiden, b3-remine."
+            ),
         ] = "random,gcbs,topic,b3",
         batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "32,64,512",
         seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1",
