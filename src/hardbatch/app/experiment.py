@@ -369,6 +369,9 @@ def _run_cell(
         "train_seconds": round(result.seconds, 2),
         "cell_seconds": round(time.perf_counter() - started, 2),
     }
+    remines = result.summary.get("sampler_config", {}).get("remines")
+    if remines is not None:  # re-mined cells: how often the student re-mined the plan
+        record["remines"] = remines
     write_json(path, record)
     log(
         f"{name}: {result.steps} steps, nDCG@10 {result.metrics['ndcg@10']:.4f}, "
