@@ -216,6 +216,7 @@ def run_scale(num: int, threads: int, skip_bf16: bool = False, exact_only: bool 
     from hardbatch.graph.threshold import estimate_similarity_quantile, threshold_graph
     from hardbatch.graph.topk import _topk_with_ties_slow
     from hardbatch.mining import cluster_hardness, mine_b3
+    from hardbatch.mining.b3 import effective_window
     from hardbatch.mining.hierarchical import mine_b3_hierarchical
     from hardbatch.progress import peak_rss_mb
 
@@ -256,11 +257,13 @@ def run_scale(num: int, threads: int, skip_bf16: bool = False, exact_only: bool 
         }
         if plan.window is not None:  # the plan's own window rows (sets) against float64 ranks
             windows = [plan.window[[int(i)]].indices for i in sample]
-            lo, hi = SKIP, SKIP + WINDOW
+            # The plan's window over the other examples (the paper counts the example itself as rank 0).
+            lo, width = effective_window(SKIP, WINDOW, bool(plan.params.get("count_self", False)))
+            hi = lo + width
             row["window_agreement_float64"] = float(
                 np.mean(
                     [
-                        len(set(w.tolist()) & set(ref[lo:hi].tolist())) / WINDOW
+                        len(set(w.tolist()) & set(ref[lo:hi].tolist())) / width
                         for w, ref in zip(windows, reference)
                     ]
                 )
