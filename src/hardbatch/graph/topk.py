@@ -16,6 +16,9 @@ maxima), then selects inside those groups only, and proves on every row that no 
 have entered (rows where it cannot, e.g. a tie run wider than the groups kept, fall back to the full rule).
 
 Time O(rows · N) for one pass over the block plus O(rows · (N/G + k·G) · log k); memory O(rows · (N/G + k·G)).
+
+:func:`merge_topk` combines the top lists of two column ranges (key blocks) under the same rule, so a search
+over key blocks returns what one search over all columns returns.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import math
 
 import torch
 
-__all__ = ["DEFAULT_BLOCK_BYTES", "auto_chunk_size", "select_topk", "topk_with_ties"]
+__all__ = ["DEFAULT_BLOCK_BYTES", "auto_chunk_size", "merge_topk", "select_topk", "topk_with_ties"]
 
 #: Bytes one score block may take when ``chunk_size`` is left to :func:`auto_chunk_size`.
 DEFAULT_BLOCK_BYTES = 256 << 20
@@ -166,3 +169,35 @@ def select_topk(
     if len(redo):
         values[redo], indices[redo] = topk_with_ties(scores[redo], k)
     return values, indices
+
+
+def merge_topk(
+    values_a: torch.Tensor, indices_a: torch.Tensor, values_b: torch.Tensor, indices_b: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top ``k`` of the union of two candidate lists per row, by the tie rule (score desc, index asc).
+
+    With ``(values_a, indices_a)`` the top list of columns ``A`` and ``(values_b, indices_b)`` that of
+    disjoint columns ``B`` (each under the tie rule, holding min(k, |A|) and min(k, |B|) entries), the result is
+    the top ``k`` of ``A ∪ B``: every column of the union's top k is in its own part's top k, because the
+    order is total (no two columns share an index). Scores are carried, never recomputed.
+
+    Args:
+        values_a: (rows, a) float scores; ``indices_a``: (rows, a) int global column indices.
+        values_b: (rows, b) float scores (same dtype); ``indices_b``: (rows, b) int, disjoint from ``indices_a``.
+        k: entries kept, ``k <= a + b``.
+
+    Returns:
+        ``(values, indices)``: (rows, k) tensors, best first; ``indices`` int64. Time O(rows · (a+b) · log(a+b)).
+
+    Example:
+        >>> v, i = merge_topk(torch.tensor([[2.0, 1.0]]), torch.tensor([[7, 3]]),
+        ...                   torch.tensor([[2.0, 1.0]]), torch.tensor([[5, 9]]), 3)
+        >>> i.tolist(), v.tolist()
+        ([[5, 7, 3]], [[2.0, 2.0, 1.0]])
+    """
+    values = torch.cat([values_a, values_b], dim=1)
+    indices = torch.cat([indices_a.long(), indices_b.long()], dim=1)
+    # Index ascending first; the stable sort by score descending then keeps that order among equal scores.
+    indices, by_index = indices.sort(dim=1)
+    values, by_score = values.gather(1, by_index).sort(dim=1, descending=True, stable=True)
+    return values[:, :k], indices.gather(1, by_score)[:, :k]

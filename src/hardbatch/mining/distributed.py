@@ -20,6 +20,10 @@ deterministic code whichever rank holds it, so the plan equals the single-proces
 Cost per rank: time O(N²·d / W) for the ranking; memory O(N·d) for the positives (each rank reads them,
 typically from a memory-mapped ``.npy``), O(chunk·N) for one score block and O(N·k / W) for its results;
 rank 0 also holds the gathered O(N·k) window and runs the O(N·m) graph and partition stages.
+With ``key_block_size=B`` a rank holds one block of B positives at a time instead (O(B·d) + O(chunk·B)):
+every rank reads the blocks itself, once, from the same memory-mapped file, which needs a filesystem the
+ranks share (or a copy per node); no ring exchange of positive blocks is needed then, and none is done. Its
+row shard (N/W query rows) is re-read once per block.
 Only ``knn="exact"`` is distributed (an approximate index would be built on every rank).
 
 GCBS (:func:`mine_gcbs_distributed`) splits its threshold graph the same way: rank 0 runs
@@ -126,6 +130,7 @@ def mine_b3_distributed(
     device: str | torch.device | None = "auto",
     chunk_size: int | None = None,
     precision: str = "auto",
+    key_block_size: int | None = None,
     **mine_options: Any,
 ) -> BatchPlan | None:
     """:func:`~hardbatch.mining.b3.mine_b3` with the teacher ranking split over the ranks of the default group.
@@ -140,6 +145,9 @@ def mine_b3_distributed(
         device: device of each rank's search (e.g. "cuda:<local rank>" under NCCL).
         chunk_size: rows per similarity block.
         precision: matmul precision of the search (answer is the fp32 one).
+        key_block_size: positives each rank holds at a time (None: all of them). Every rank reads the
+            positives block by block from ``positive_emb`` (the same memory-mapped file on a shared
+            filesystem), so no rank holds all of them; the ranking is unchanged.
         **mine_options: every other :func:`~hardbatch.mining.b3.mine_b3` argument (batch_size, skip...).
 
     Returns:
@@ -152,12 +160,13 @@ def mine_b3_distributed(
 
     if knn != "exact":
         raise ConfigError(f"distributed mining supports knn='exact' only, got {knn!r}")
-    options = {"device": device, "chunk_size": chunk_size, "precision": precision, "normalize": True}
+    options = {"device": device, "chunk_size": chunk_size, "precision": precision, "normalize": True,
+               "key_block_size": key_block_size}  # fmt: skip
     options["normalize"] = bool(mine_options.get("normalize", True))
     options["show_progress"] = mine_options.get("show_progress")
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         plan = mine_b3(query_emb, positive_emb, knn=knn, device=device, chunk_size=chunk_size,
-                       precision=precision, **mine_options)  # fmt: skip
+                       precision=precision, key_block_size=key_block_size, **mine_options)  # fmt: skip
         plan.params["world_size"] = 1
         return plan
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -180,7 +189,8 @@ def mine_b3_distributed(
 
     try:
         plan = mine_b3(query_emb, positive_emb, knn=knn, device=device, chunk_size=chunk_size,
-                       precision=precision, neighbor_search=search, **mine_options)  # fmt: skip
+                       precision=precision, key_block_size=key_block_size, neighbor_search=search,
+                       **mine_options)  # fmt: skip
     finally:
         dist.broadcast(torch.tensor([_STOP, 0, 0], dtype=torch.int64, device=dev), src=0)
     plan.params["world_size"] = world
