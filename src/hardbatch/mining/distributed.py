@@ -67,18 +67,20 @@ def _shard(num_rows: int, rank: int, world: int) -> tuple[int, int]:
 
 def _local_search(
     query: Any, positive: Any, ids: np.ndarray | None, k: int, rank: int, world: int, options: dict[str, Any]
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     q_part = query if ids is None else np.asarray(query)[ids]
     p_part = positive if ids is None else np.asarray(positive)[ids]
     lo, hi = _shard(len(q_part), rank, world)
     if hi == lo:
-        return np.empty((0, k), np.int32), np.empty((0, k), np.float32)
+        return np.empty((0, k), np.int32), np.empty((0, k), np.float32), {}
     result = knn_exact(q_part[lo:hi], p_part, k, exclude_self=True, row_offset=lo, **options)
-    return result.indices, result.scores
+    return result.indices, result.scores, result.info
 
 
-def _gather(indices: np.ndarray, scores: np.ndarray, num_rows: int, k: int) -> KnnResult | None:
-    """Concatenate every rank's (rows, k) shard on rank 0, in rank order."""
+def _gather(
+    indices: np.ndarray, scores: np.ndarray, num_rows: int, k: int, info: dict[str, Any] | None = None
+) -> KnnResult | None:
+    """Concatenate every rank's (rows, k) shard on rank 0, in rank order; ``info``: rank 0's search info."""
     rank, world = dist.get_rank(), dist.get_world_size()
     dev = comm_device()
     longest = max(hi - lo for lo, hi in (_shard(num_rows, r, world) for r in range(world)))
@@ -98,7 +100,9 @@ def _gather(indices: np.ndarray, scores: np.ndarray, num_rows: int, k: int) -> K
         parts_i.append(id_list[r][: hi - lo].cpu().numpy().astype(np.int32))
         parts_s.append(value_list[r][: hi - lo].cpu().numpy())
     return KnnResult(
-        indices=np.concatenate(parts_i), scores=np.concatenate(parts_s), info={"world_size": world}
+        indices=np.concatenate(parts_i),
+        scores=np.concatenate(parts_s),
+        info={**(info or {}), "world_size": world},
     )
 
 
@@ -118,7 +122,7 @@ def _serve(query: Any, positive: Any, options: dict[str, Any]) -> None:
             dist.broadcast(buffer, src=0)
             ids = buffer.cpu().numpy()
         num_rows = len(query) if ids is None else len(ids)
-        indices, scores = _local_search(query, positive, ids, k, rank, world, options)
+        indices, scores, _ = _local_search(query, positive, ids, k, rank, world, options)
         _gather(indices, scores, num_rows, k)
 
 
@@ -182,8 +186,8 @@ def mine_b3_distributed(
         dist.broadcast(header, src=0)
         if not whole:
             dist.broadcast(torch.as_tensor(np.asarray(ids, dtype=np.int64), device=dev), src=0)
-        indices, scores = _local_search(q_part, p_part, None, k, 0, world, options)
-        gathered = _gather(indices, scores, len(q_part), k)
+        indices, scores, info = _local_search(q_part, p_part, None, k, 0, world, options)
+        gathered = _gather(indices, scores, len(q_part), k, info)
         assert gathered is not None
         return gathered
 
