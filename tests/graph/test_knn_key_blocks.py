@@ -195,3 +195,22 @@ def test_key_block_size_errors():
             knn_exact(x, x, 3, key_block_size=bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="exact backend"):
         knn(x, x, 3, backend="hnsw", key_block_size=5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ordered_merge_equals_the_sorting_merge_and_the_tie_rule(seed):
+    # Few distinct values, -inf (a masked self column) and lists shorter than k: the counting merge of
+    # ordered parts must place every tie exactly where the sort by (score, index) puts it.
+    rng = np.random.default_rng(seed)
+    scores = torch.from_numpy(rng.integers(0, 3, size=(50, 40)).astype(np.float32))
+    scores[rng.integers(0, 50, 20), rng.integers(0, 40, 20)] = float("-inf")
+    cut, k = int(rng.integers(1, 39)), int(rng.integers(1, 41))
+    left = topk_with_ties(scores[:, :cut], min(k, cut))
+    right = topk_with_ties(scores[:, cut:], min(k, 40 - cut))
+    right = (right[0], right[1] + cut)
+    counted = merge_topk(*left, *right, k, ordered=True)
+    # Same parts, B given first: indices no longer ordered, so the general (sorting) path decides.
+    sorted_ = merge_topk(*right, *left, k)
+    expected = topk_with_ties(scores, k)
+    for got in (counted, sorted_):
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])

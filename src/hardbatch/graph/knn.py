@@ -11,7 +11,9 @@ Backends:
   :func:`hardbatch.graph.topk.select_topk` (the tie rule, group-pruned). With ``precision="bf16"`` (chosen
   by ``"auto"`` where bf16 is fast, :mod:`hardbatch.graph.precision`) blocks are scored in bf16 and
   ``k + margin`` candidates re-scored in fp32 with a per-row proof of exactness. Time O(N_rows · N_keys · d),
-  memory O(N_keys · d) + O(chunk · N_keys) for the block + O(N_rows · k) for the result.
+  memory O(N_keys · d) + O(chunk · N_keys) for the block + O(N_rows · k) for the result; with
+  ``key_block_size=B`` the keys are read B at a time (once) and merged into running top-k lists by the same
+  tie rule, memory O(B · d) + O(chunk · B) + O(N_rows · k).
 * ``"hnsw"``: faiss ``IndexHNSWFlat`` (inner product). Build O(N_keys · M · log N_keys), search
   O(N_rows · ef · log N_keys); memory O(N_keys · (d + M)).
 * ``"ivf"``: faiss ``IndexIVFFlat`` (inner product), ``nlist`` ≈ 4·sqrt(N) lists, ``nprobe`` probed per
@@ -343,6 +345,7 @@ def knn_exact(
                 values.float(),
                 top + key_lo,
                 min(k, key_lo + len(key_t)),
+                ordered=True,  # the held keys all precede this block
             )
         width = top.shape[1]
         indices[start:stop, :width] = top.to(torch.int32).cpu().numpy()
