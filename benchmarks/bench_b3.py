@@ -34,7 +34,7 @@ benchmarks/results/b3_scale_<N>.json and .md.
 resident against ``key_block_size=B`` (default N/8), both reading memory-mapped ``.npy`` inputs, each run in
 its own process (its own peak RSS, ``VmHWM``), with a bare fp32 N × N matmul process at the start, middle and
 end for the time ratios; it checks that the blocked answers equal the unblocked ones (indices and scores
-bit for bit, same clusters). Writes benchmarks/results/b3_key_blocks_<N>.json and .md.
+bit for bit, same clusters). Writes benchmarks/results/b3_key_blocks_<N>_threads<T>.json and .md.
 """
 
 from __future__ import annotations
@@ -454,7 +454,7 @@ def key_blocks_markdown(report: dict) -> str:
     mib = lambda rows: rows * DIM * 4 / 2**20  # noqa: E731
     lines = [
         f"# Exact kNN and B3 mining over key blocks at N = {r['n']:,}, d = {DIM} "
-        f"(`benchmarks/bench_b3.py --key-blocks {r['n']}`)",
+        f"(`benchmarks/bench_b3.py --key-blocks {r['n']} --threads {r['threads']}`)",
         "",
         f"Machine: {info['platform']}, CPU `{info.get('cpu_model')}`, amx_bf16={info.get('amx_bf16')}; "
         f"{info['cpus']} CPUs, {r['threads']} torch threads; load average {r['load_average_1m_start']} → "
@@ -567,8 +567,9 @@ def main() -> None:
             "machine": machine(),
             "results": run_key_blocks(args.key_blocks, args.threads, args.key_block_size),
         }
-        write_json(RESULTS / f"b3_key_blocks_{args.key_blocks}.json", report)
-        with atomic_write(RESULTS / f"b3_key_blocks_{args.key_blocks}.md") as handle:
+        stem = f"b3_key_blocks_{args.key_blocks}_threads{args.threads}"
+        write_json(RESULTS / f"{stem}.json", report)
+        with atomic_write(RESULTS / f"{stem}.md") as handle:
             handle.write(key_blocks_markdown(report))
         print(key_blocks_markdown(report))
         return

@@ -139,12 +139,30 @@ def _scores(row_t: torch.Tensor, key_t: torch.Tensor) -> torch.Tensor:
 
 
 def _fp32_topk(
-    row_t: torch.Tensor, key_t: torch.Tensor, k: int, offset: int, exclude_self: bool
+    row_t: torch.Tensor,
+    key_t: torch.Tensor,
+    k: int,
+    offset: int,
+    exclude_self: bool,
+    held: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 top-``k`` of one block; with ``held`` (running (R, h) values and indices of earlier keys, which
+    all precede this block's) the top-k of both, block column j returned as ``h + j``.
+
+    The held values are put in front of the block's scores and one selection runs over both: among equal
+    scores the position order is then the key order (held keys first, each part in index order), so the
+    tie rule on positions is the rule on keys, and no separate merge is needed.
+    """
     block = _scores(row_t, key_t)
     if exclude_self:
         _mask_self(block, offset)
-    return select_topk(block, k)
+    if held is None:
+        return select_topk(block, k)
+    held_values, held_indices = held
+    values, positions = select_topk(torch.cat([held_values, block], dim=1), k)
+    width = held_values.shape[1]
+    from_held = held_indices.gather(1, positions.clamp(max=width - 1))
+    return values, torch.where(positions < width, from_held, positions - width)
 
 
 def _bf16_topk(
@@ -327,8 +345,17 @@ def knn_exact(
             row_t = torch.nn.functional.normalize(row_t, dim=1)
         block_k = min(k, len(key_t))
         offset = start + row_offset - key_lo  # row r's own key is column r + offset of this block
+        stop = start + len(row_t)
+        held = None
+        if key_lo:  # the top of keys [0, key_lo), held in the result arrays, is merged with this block's
+            width = min(k, key_lo)
+            held = (
+                torch.from_numpy(scores[start:stop, :width]).to(dev),
+                torch.from_numpy(indices[start:stop, :width]).to(dev, torch.int64) - key_lo,
+            )
+        merged_k = min(k, key_lo + len(key_t))
         if key_low is None:
-            values, top = _fp32_topk(row_t, key_t, block_k, offset, exclude_self)
+            values, top = _fp32_topk(row_t, key_t, merged_k, offset, exclude_self, held)
         else:
             values, top, failed = _bf16_topk(
                 row_t, key_t, key_low, key_norm_max, block_k, margin, offset, exclude_self
@@ -336,17 +363,9 @@ def knn_exact(
             redone += failed
             if failed > 0.01 * len(row_t):  # a dense score band: widen the candidate set
                 margin = min(2 * margin + 1, num_keys)
-        stop = start + len(row_t)
-        if key_lo:  # merge with the top of keys [0, key_lo), held in the result arrays
-            held = min(k, key_lo)
-            values, top = merge_topk(
-                torch.from_numpy(scores[start:stop, :held]).to(dev),
-                torch.from_numpy(indices[start:stop, :held]).to(dev),
-                values.float(),
-                top + key_lo,
-                min(k, key_lo + len(key_t)),
-                ordered=True,  # the held keys all precede this block
-            )
+            if held is not None:
+                values, top = merge_topk(*held, values, top, merged_k, ordered=True)  # held keys come first
+        top = top + key_lo
         width = top.shape[1]
         indices[start:stop, :width] = top.to(torch.int32).cpu().numpy()
         scores[start:stop, :width] = values.float().cpu().numpy()
