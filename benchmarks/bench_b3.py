@@ -568,6 +568,8 @@ def main() -> None:
             "results": run_key_blocks(args.key_blocks, args.threads, args.key_block_size),
         }
         stem = f"b3_key_blocks_{args.key_blocks}_threads{args.threads}"
+        if args.key_block_size:
+            stem += f"_block{args.key_block_size}"
         write_json(RESULTS / f"{stem}.json", report)
         with atomic_write(RESULTS / f"{stem}.md") as handle:
             handle.write(key_blocks_markdown(report))

@@ -139,30 +139,12 @@ def _scores(row_t: torch.Tensor, key_t: torch.Tensor) -> torch.Tensor:
 
 
 def _fp32_topk(
-    row_t: torch.Tensor,
-    key_t: torch.Tensor,
-    k: int,
-    offset: int,
-    exclude_self: bool,
-    held: tuple[torch.Tensor, torch.Tensor] | None = None,
+    row_t: torch.Tensor, key_t: torch.Tensor, k: int, offset: int, exclude_self: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 top-``k`` of one block; with ``held`` (running (R, h) values and indices of earlier keys, which
-    all precede this block's) the top-k of both, block column j returned as ``h + j``.
-
-    The held values are put in front of the block's scores and one selection runs over both: among equal
-    scores the position order is then the key order (held keys first, each part in index order), so the
-    tie rule on positions is the rule on keys, and no separate merge is needed.
-    """
     block = _scores(row_t, key_t)
     if exclude_self:
         _mask_self(block, offset)
-    if held is None:
-        return select_topk(block, k)
-    held_values, held_indices = held
-    values, positions = select_topk(torch.cat([held_values, block], dim=1), k)
-    width = held_values.shape[1]
-    from_held = held_indices.gather(1, positions.clamp(max=width - 1))
-    return values, torch.where(positions < width, from_held, positions - width)
+    return select_topk(block, k)
 
 
 def _bf16_topk(
@@ -244,11 +226,13 @@ def knn_exact(
     while more than 1 % of rows need it. The result is the fp32 answer in both precisions.
 
     **Key blocks** (``key_block_size=B``): the keys are read ``B`` at a time (from whatever array was given:
-    a memory-mapped ``.npy`` is never loaded whole) and only one key block is resident. Each (row block, key
-    block) pair is selected exactly as above, then merged into the rows' running top k by
-    :func:`hardbatch.graph.topk.merge_topk` under the same total order (score desc, key index asc), with
-    global key indices; ``exclude_self`` masks a row's own key in the one block that holds it, and in bf16
-    mode each block's candidates carry the proof for that block. The loop runs key blocks outside and row
+    a memory-mapped ``.npy`` is never loaded whole) and only one key block is resident. The rows' running top
+    k (of the keys before the block) is merged with each (row block, key block) pair's top k, selected as
+    above, by :func:`hardbatch.graph.topk.merge_topk` under the same total order (score desc, key index asc)
+    with global key indices; ``exclude_self`` masks a row's own key in the one block that holds it, and in
+    bf16 mode each block's candidates carry the proof for that block. (Prepending the running values to the
+    score block and selecting once would save the merge but copy the whole block: measured +270 MiB at
+    N = 20k.) The loop runs key blocks outside and row
     blocks inside, so the keys are read **once** and the rows ``ceil(N_keys / B)`` times: a rank's row shard
     is usually the smaller side, and the other order would read all keys once per row block. The answer is
     the unblocked one (same indices, same fp32 scores) whenever the matmul gives a (row, key) pair the same
@@ -288,7 +272,7 @@ def knn_exact(
     Complexity: with B = ``key_block_size`` (N_keys when None) and c = ``chunk_size``: time
     O(N_rows · N_keys · d) for the matmul plus O(N_rows · N_keys) for one pass of selection
     (:func:`hardbatch.graph.topk.select_topk`), O(N_rows · (k + margin) · d · N_keys / B) for the bf16
-    re-scoring and O(N_rows · k log k · N_keys / B) for the merges; memory O(B · d) resident keys (×1.5 in
+    re-scoring and O(N_rows · k · N_keys / B) for the merges; memory O(B · d) resident keys (×1.5 in
     bf16 mode) + O(c · d) rows + O(c · B) for the score block + O(N_rows · k) for the result; reads
     N_keys · d keys once and N_rows · d · ceil(N_keys / B) rows.
 
@@ -355,7 +339,7 @@ def knn_exact(
             )
         merged_k = min(k, key_lo + len(key_t))
         if key_low is None:
-            values, top = _fp32_topk(row_t, key_t, merged_k, offset, exclude_self, held)
+            values, top = _fp32_topk(row_t, key_t, block_k, offset, exclude_self)
         else:
             values, top, failed = _bf16_topk(
                 row_t, key_t, key_low, key_norm_max, block_k, margin, offset, exclude_self
@@ -363,8 +347,8 @@ def knn_exact(
             redone += failed
             if failed > 0.01 * len(row_t):  # a dense score band: widen the candidate set
                 margin = min(2 * margin + 1, num_keys)
-            if held is not None:
-                values, top = merge_topk(*held, values, top, merged_k, ordered=True)  # held keys come first
+        if held is not None:  # by counting: the held keys all precede this block's
+            values, top = merge_topk(*held, values, top, merged_k, ordered=True)
         top = top + key_lo
         width = top.shape[1]
         indices[start:stop, :width] = top.to(torch.int32).cpu().numpy()
