@@ -40,7 +40,7 @@ from hardbatch.graph.knn import KnnResult, recall_report
 from hardbatch.graph.knn import knn as run_knn
 from hardbatch.graph.partition import COMMUNITY_METHODS, balanced_clusters
 from hardbatch.graph.rank_window import filter_window, graph_stats, mutual_graph, rank_window, window_matrix
-from hardbatch.graph.similarity import as_tensor
+from hardbatch.graph.similarity import RowSubset, as_tensor
 from hardbatch.ids import stable_ids
 from hardbatch.mining.plan import BatchPlan, input_hashes
 from hardbatch.progress import StageTimer, peak_rss_mb
@@ -378,8 +378,13 @@ def mine_b3(
     knn_infos: list[dict[str, Any]] = []
     for group_index, ids in enumerate(groups):
         whole = len(groups) == 1
-        q_part = query_emb if whole else _as_numpy(query_emb)[ids]
-        p_part = positive_emb if whole else _as_numpy(positive_emb)[ids]
+        if whole:
+            q_part, p_part = query_emb, positive_emb
+        elif key_block_size is not None and not label_groups[group_index]:
+            # Read on demand, block by block: the key-block bound then holds per source group too.
+            q_part, p_part = RowSubset(_as_numpy(query_emb), ids), RowSubset(_as_numpy(positive_emb), ids)
+        else:
+            q_part, p_part = _as_numpy(query_emb)[ids], _as_numpy(positive_emb)[ids]
         if label_groups[group_index]:
             with timer.stage("labels"):
                 local_window, local_skipped, local_graph = _label_window(

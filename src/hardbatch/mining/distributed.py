@@ -51,6 +51,7 @@ import torch.distributed as dist
 from hardbatch.distributed import comm_device
 from hardbatch.errors import ConfigError
 from hardbatch.graph.knn import KnnResult, knn_exact
+from hardbatch.graph.similarity import RowSubset
 from hardbatch.mining.plan import BatchPlan
 
 if TYPE_CHECKING:
@@ -68,8 +69,12 @@ def _shard(num_rows: int, rank: int, world: int) -> tuple[int, int]:
 def _local_search(
     query: Any, positive: Any, ids: np.ndarray | None, k: int, rank: int, world: int, options: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    q_part = query if ids is None else np.asarray(query)[ids]
-    p_part = positive if ids is None else np.asarray(positive)[ids]
+    if ids is None:
+        q_part, p_part = query, positive
+    elif options.get("key_block_size") is not None:  # a source group, read block by block
+        q_part, p_part = RowSubset(np.asarray(query), ids), RowSubset(np.asarray(positive), ids)
+    else:
+        q_part, p_part = np.asarray(query)[ids], np.asarray(positive)[ids]
     lo, hi = _shard(len(q_part), rank, world)
     if hi == lo:
         return np.empty((0, k), np.int32), np.empty((0, k), np.float32), {}
