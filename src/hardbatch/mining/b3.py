@@ -285,7 +285,9 @@ def mine_b3(
         key_block_size: positives resident at a time in the exact kNN (None: all of them); the positives
             are then read block by block, once, from ``positive_emb`` (e.g. a memory-mapped ``.npy``), and
             the ranking is the unblocked one (see :func:`hardbatch.graph.knn.knn_exact`). Memory of the
-            kNN stage O(key_block_size · d + chunk · key_block_size) instead of O(N · d + chunk · N).
+            kNN stage O(key_block_size · d + chunk · key_block_size) instead of O(N · d + chunk · N); a
+            source group is then read on demand (:class:`~hardbatch.graph.similarity.RowSubset`), not
+            copied first.
         faiss_options: extra options of :func:`hardbatch.graph.knn.knn_faiss` (``hnsw_m``, ``ef_search``...).
         recall_sample: rows used to measure approximate-kNN recall (0 to skip); the plan stores recall@k
             (``knn_recall``) and the recall of the window ranks [skip, skip + window) (``knn_window_recall``).
