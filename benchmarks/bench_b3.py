@@ -29,6 +29,12 @@ pre-selection + fp32 re-scoring) and with the previous selection (``torch.topk``
 its window agreement against float64 ranks on 300 sampled rows; ``mine_b3`` with ``knn="ivf"`` calibrated to
 window recall 0.95; hierarchical vs flat B3; the GCBS threshold graph in both precisions. Writes
 benchmarks/results/b3_scale_<N>.json and .md.
+
+``--key-blocks N`` (issue 12, items 3 and 5) compares the exact kNN and ``mine_b3`` with all positives
+resident against ``key_block_size=B`` (default N/8), both reading memory-mapped ``.npy`` inputs, each run in
+its own process (its own peak RSS, ``VmHWM``), with a bare fp32 N × N matmul process at the start, middle and
+end for the time ratios; it checks that the blocked answers equal the unblocked ones (indices and scores
+bit for bit, same clusters). Writes benchmarks/results/b3_key_blocks_<N>_threads<T>.json and .md.
 """
 
 from __future__ import annotations
@@ -332,6 +338,164 @@ def run_scale(num: int, threads: int, skip_bf16: bool = False, exact_only: bool 
     return out
 
 
+def _status_mb(field: str) -> float | None:
+    """A ``/proc/self/status`` memory field (current value) in MiB, None where unavailable."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def key_block_cell(spec: dict) -> dict:
+    """Child process of ``--key-blocks``: one matmul, kNN or mine_b3 run on memory-mapped inputs."""
+    import numpy as np
+    import torch
+
+    from hardbatch.graph.knn import knn_exact
+    from hardbatch.mining import mine_b3
+    from hardbatch.progress import peak_rss_mb
+
+    torch.set_num_threads(spec["threads"])
+    query = np.load(spec["query"], mmap_mode="r")
+    positive = np.load(spec["positive"], mmap_mode="r")
+    floor = peak_rss_mb()
+    started = time.perf_counter()
+    what = spec["what"]
+    if what == "matmul":
+        q_t, p_t = torch.from_numpy(np.array(query)), torch.from_numpy(np.array(positive))
+        for lo in range(0, len(q_t), 4096):
+            q_t[lo : lo + 4096] @ p_t.T
+    elif what == "knn":
+        result = knn_exact(
+            query, positive, SKIP + WINDOW, exclude_self=True, normalize=True, precision="fp32", device="cpu",
+            chunk_size=spec.get("chunk"), key_block_size=spec.get("block"), show_progress=False,
+        )  # fmt: skip
+        np.save(spec["out"] + "_indices.npy", result.indices)
+        np.save(spec["out"] + "_scores.npy", result.scores)
+    else:
+        plan = mine_b3(
+            query, positive, batch_size=BATCH, cluster_size=K, skip=SKIP, window=WINDOW, device="cpu",
+            precision="fp32", chunk_size=spec.get("chunk"), key_block_size=spec.get("block"),
+            show_progress=False,
+        )  # fmt: skip
+        np.save(spec["out"] + "_clusters.npy", plan.clusters)
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "rss_after_imports_and_mmap_mb": round(floor, 1),
+        # Pages of the memory-mapped inputs that were read count in RSS (file-backed, reclaimable).
+        "rss_file_end_mb": _status_mb("RssFile"),
+        "rss_anon_end_mb": _status_mb("RssAnon"),
+    }
+
+
+def run_key_blocks(num: int, threads: int, block: int | None) -> dict:
+    """Unblocked vs key-blocked exact kNN and mine_b3 at one N, each run in its own process."""
+    import tempfile
+
+    import numpy as np
+
+    from _worker import run_worker
+
+    block = block or max(1, num // 8)
+    out: dict = {"n": num, "dim": DIM, "key_block_size": block, "threads": threads}
+    out["load_average_1m_start"] = round(os.getloadavg()[0], 2)
+    with tempfile.TemporaryDirectory() as folder:
+        query, positive = clustered(num)
+        paths = {"query": os.path.join(folder, "q.npy"), "positive": os.path.join(folder, "p.npy")}
+        np.save(paths["query"], query)
+        np.save(paths["positive"], positive)
+        del query, positive
+
+        def cell(name: str, what: str, **spec) -> dict:
+            spec = {**paths, "what": what, "threads": threads, "out": os.path.join(folder, name), **spec}
+            row = run_worker([sys.executable, __file__, "--key-block-cell", json.dumps(spec)])
+            row.update({k: v for k, v in spec.items() if k in ("chunk", "block")})
+            out[name] = row
+            print(name, row, file=sys.stderr, flush=True)
+            return row
+
+        cell("matmul_start", "matmul")
+        cell("knn_whole", "knn")
+        cell("knn_blocked", "knn", block=block)
+        cell("knn_whole_chunk1024", "knn", chunk=1024)
+        cell("knn_blocked_chunk1024", "knn", chunk=1024, block=block)
+        cell("matmul_middle", "matmul")
+        cell("mine_whole", "mine")
+        cell("mine_blocked", "mine", block=block)
+        cell("matmul_end", "matmul")
+
+        def load(name: str, part: str):
+            return np.load(os.path.join(folder, f"{name}_{part}.npy"))
+
+        same = {}
+        for whole, blocked in (
+            ("knn_whole", "knn_blocked"),
+            ("knn_whole_chunk1024", "knn_blocked_chunk1024"),
+        ):
+            same[blocked] = bool(
+                np.array_equal(load(whole, "indices"), load(blocked, "indices"))
+                and np.array_equal(load(whole, "scores"), load(blocked, "scores"))
+            )
+        same["mine_blocked"] = bool(
+            np.array_equal(load("mine_whole", "clusters"), load("mine_blocked", "clusters"))
+        )
+        out["identical_to_unblocked"] = same
+    out["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+    return out
+
+
+def key_blocks_markdown(report: dict) -> str:
+    r, info = report["results"], report["machine"]
+    matmuls = [r[name]["seconds"] for name in ("matmul_start", "matmul_middle", "matmul_end")]
+    mm = sum(matmuls) / len(matmuls)
+    mib = lambda rows: rows * DIM * 4 / 2**20  # noqa: E731
+    lines = [
+        f"# Exact kNN and B3 mining over key blocks at N = {r['n']:,}, d = {DIM} "
+        f"(`benchmarks/bench_b3.py --key-blocks {r['n']} --threads {r['threads']}`)",
+        "",
+        f"Machine: {info['platform']}, CPU `{info.get('cpu_model')}`, amx_bf16={info.get('amx_bf16')}; "
+        f"{info['cpus']} CPUs, {r['threads']} torch threads; load average {r['load_average_1m_start']} → "
+        f"{r['load_average_1m_end']} (shared machine: compare rows of this run only). Inputs: memory-mapped "
+        f"`.npy` (query and positives {mib(r['n']):.1f} MiB each), fp32, k = {SKIP + WINDOW}. Every row is its "
+        "own process; peak RSS is its `VmHWM` and includes torch (~the 'after imports' column) and the pages "
+        "of the memory-mapped inputs it read (file-backed, reclaimable).",
+        f"Bare fp32 N×N matmul (inputs loaded): {' / '.join(str(m) for m in matmuls)} s at start / middle / "
+        f"end; ratios below use their mean, {mm:.2f} s.",
+        "",
+        "| run | key block | row chunk | seconds | × bare matmul | peak RSS MiB | after imports MiB | "
+        "RssFile / RssAnon at end MiB | identical to unblocked |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name in ("matmul_start", "knn_whole", "knn_blocked", "knn_whole_chunk1024", "knn_blocked_chunk1024",
+                 "mine_whole", "mine_blocked"):  # fmt: skip
+        row = r[name]
+        if "error" in row:
+            lines.append(f"| {name} | error: {row['error']} |")
+            continue
+        same = r["identical_to_unblocked"].get(name, "")
+        lines.append(
+            f"| {name} | {row.get('block', 'all')} | {row.get('chunk', 'auto')} | {row['seconds']} | "
+            f"{row['seconds'] / mm:.2f} | {row['peak_rss_mb']} | {row['rss_after_imports_and_mmap_mb']} | "
+            f"{row['rss_file_end_mb']} / {row['rss_anon_end_mb']} | {same} |"
+        )
+    block = r["key_block_size"]
+    lines += [
+        "",
+        f"Resident keys: all {r['n']:,} positives = {mib(r['n']):.1f} MiB unblocked vs {mib(block):.1f} MiB per "
+        f"block of {block:,}. The automatic row chunk fills 256 MiB of scores against one key block, so the "
+        "score block is the same size in both default rows; with a fixed chunk of 1024 rows it shrinks with the "
+        f"key block ({1024 * r['n'] * 4 / 2**20:.0f} → {1024 * block * 4 / 2**20:.0f} MiB).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def scale_markdown(report: dict) -> str:
     r, info = report["results"], report["machine"]
     mm = r["bare_fp32_matmul_s"]
@@ -390,8 +554,30 @@ def main() -> None:
         "--skip-bf16", action="store_true", help="with --scale: no bf16 runs (slow without AMX)"
     )
     parser.add_argument("--exact-only", action="store_true", help="with --scale: matmul + exact runs only")
+    parser.add_argument("--key-blocks", type=int, metavar="N", help="unblocked vs key-blocked kNN at this N")
+    parser.add_argument("--key-block-size", type=int, help="with --key-blocks: B (default N / 8)")
+    parser.add_argument("--key-block-cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HARDBATCH_PROGRESS", "0")
+    if args.key_block_cell:
+        print(json.dumps(key_block_cell(json.loads(args.key_block_cell))))
+        return
+    if args.key_blocks:
+        from hardbatch.io import atomic_write, write_json
+
+        report = {
+            "benchmark": "b3_key_blocks",
+            "machine": machine(),
+            "results": run_key_blocks(args.key_blocks, args.threads, args.key_block_size),
+        }
+        stem = f"b3_key_blocks_{args.key_blocks}_threads{args.threads}"
+        if args.key_block_size:
+            stem += f"_block{args.key_block_size}"
+        write_json(RESULTS / f"{stem}.json", report)
+        with atomic_write(RESULTS / f"{stem}.md") as handle:
+            handle.write(key_blocks_markdown(report))
+        print(key_blocks_markdown(report))
+        return
     if args.scale:
         from hardbatch.io import atomic_write, write_json
 

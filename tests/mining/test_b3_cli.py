@@ -148,3 +148,18 @@ def test_paper_preset(app, tmp_path):
     assert params["count_self"] is True and params["preset"] == "b3-paper"
     result = CliRunner().invoke(app, [*base, "--preset", "b3-paper"])  # K=32, |B|=1024 > 96 examples
     assert isinstance(result.exception, ConfigError) and "larger than the data" in str(result.exception)
+
+
+def test_key_block_size_option_mines_the_same_plan(app, tmp_path):
+    q, p = _embeddings(tmp_path)
+    base = ["mine", "b3", "--query-emb", str(q), "--positive-emb", str(p), "-b", "16", "-k", "8"]
+    base += ["--skip", "1", "--window", "10", "--precision", "fp32"]
+    for name, extra in (("whole", []), ("blocked", ["--key-block-size", "25"])):
+        result = CliRunner().invoke(app, [*base, *extra, "-o", str(tmp_path / f"{name}.parquet")])
+        assert result.exit_code == 0, result.output
+    whole = BatchPlan.load(tmp_path / "whole.parquet")
+    blocked = BatchPlan.load(tmp_path / "blocked.parquet")
+    np.testing.assert_array_equal(blocked.clusters, whole.clusters)
+    assert blocked.stats["knn_info"]["key_blocks"] == 4 and "key_blocks" not in whole.stats["knn_info"]
+    result = CliRunner().invoke(app, [*base, "--key-block-size", "0", "-o", str(tmp_path / "x.parquet")])
+    assert isinstance(result.exception, ConfigError) and "key_block_size" in str(result.exception)

@@ -11,7 +11,9 @@ Backends:
   :func:`hardbatch.graph.topk.select_topk` (the tie rule, group-pruned). With ``precision="bf16"`` (chosen
   by ``"auto"`` where bf16 is fast, :mod:`hardbatch.graph.precision`) blocks are scored in bf16 and
   ``k + margin`` candidates re-scored in fp32 with a per-row proof of exactness. Time O(N_rows · N_keys · d),
-  memory O(N_keys · d) + O(chunk · N_keys) for the block + O(N_rows · k) for the result.
+  memory O(N_keys · d) + O(chunk · N_keys) for the block + O(N_rows · k) for the result; with
+  ``key_block_size=B`` the keys are read B at a time (once) and merged into running top-k lists by the same
+  tie rule, memory O(B · d) + O(chunk · B) + O(N_rows · k).
 * ``"hnsw"``: faiss ``IndexHNSWFlat`` (inner product). Build O(N_keys · M · log N_keys), search
   O(N_rows · ef · log N_keys); memory O(N_keys · (d + M)).
 * ``"ivf"``: faiss ``IndexIVFFlat`` (inner product), ``nlist`` ≈ 4·sqrt(N) lists, ``nprobe`` probed per
@@ -24,6 +26,7 @@ answer on a random sample of rows so the loss of quality is reported, never gues
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,7 +38,7 @@ from hardbatch.device import resolve_device
 from hardbatch.errors import ConfigError
 from hardbatch.graph.precision import bf16_score_error_bound, resolve_precision
 from hardbatch.graph.similarity import as_tensor
-from hardbatch.graph.topk import DEFAULT_BLOCK_BYTES, select_topk, topk_with_ties
+from hardbatch.graph.topk import DEFAULT_BLOCK_BYTES, merge_topk, select_topk, topk_with_ties
 from hardbatch.progress import progress
 from hardbatch.validation import check_chunk_size
 
@@ -105,17 +108,42 @@ def _rescore(row_t: torch.Tensor, key_t: torch.Tensor, columns: torch.Tensor) ->
     return out
 
 
-def _mask_self(block: torch.Tensor, start: int) -> None:
-    local = torch.arange(block.shape[0], device=block.device)
-    block[local, local + start] = float("-inf")
+def _self_pairs(
+    num_rows: int, offset: int, width: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(local rows, block columns) of the rows whose own key, column ``row + offset``, lies in [0, width).
+
+    ``offset`` is the row block's first example minus the key block's first key: every row's own column is
+    in range when the block holds all keys; in a key block only a run of rows (possibly none) has it.
+    """
+    lo, hi = max(0, -offset), min(num_rows, width - offset)
+    local = torch.arange(lo, max(lo, hi), device=device)
+    return local, local + offset
+
+
+def _mask_self(block: torch.Tensor, offset: int) -> None:
+    local, columns = _self_pairs(block.shape[0], offset, block.shape[1], block.device)
+    block[local, columns] = float("-inf")
+
+
+def _scores(row_t: torch.Tensor, key_t: torch.Tensor) -> torch.Tensor:
+    """(R, B) fp32 ``row_t @ key_t.T``; one key is padded to two so that the product stays a matrix product.
+
+    BLAS computes a one-column product as a matrix-vector product (gemv) whose rounding differs from the
+    matrix kernel's: the last key block of a blocked search (N_keys = j·B + 1) would then score its key in
+    other bits than the unblocked search does.
+    """
+    if len(key_t) == 1:
+        return (row_t @ torch.cat([key_t, torch.zeros_like(key_t)]).T)[:, :1].contiguous()
+    return row_t @ key_t.T
 
 
 def _fp32_topk(
-    row_t: torch.Tensor, key_t: torch.Tensor, k: int, start: int, exclude_self: bool
+    row_t: torch.Tensor, key_t: torch.Tensor, k: int, offset: int, exclude_self: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    block = row_t @ key_t.T
+    block = _scores(row_t, key_t)
     if exclude_self:
-        _mask_self(block, start)
+        _mask_self(block, offset)
     return select_topk(block, k)
 
 
@@ -126,7 +154,7 @@ def _bf16_topk(
     key_norm_max: float,
     k: int,
     margin: int,
-    start: int,
+    offset: int,
     exclude_self: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Exact fp32 top-k of one row block from a bf16 pre-selection; returns (values, indices, rows redone).
@@ -135,11 +163,13 @@ def _bf16_topk(
     rule. Any key left out has a bf16 score <= ``bound`` (the (k + margin + 1)-th bf16 score), hence an fp32
     score <= bound + eps; when that is below the k-th re-scored value, the row's top k equals the fp32 top k.
     Rows where the proof fails (a tie run or a dense band of scores across the margin) are redone in fp32.
+    ``key_t`` may be one block of the keys: ``offset`` places each row's own column (see :func:`_self_pairs`)
+    and ``key_norm_max`` bounds that block's key norms, so the proof covers the keys of the block.
     """
     num_keys = key_t.shape[0]
     block = row_t.to(torch.bfloat16) @ key_low.T
     if exclude_self:
-        _mask_self(block, start)
+        _mask_self(block, offset)
     width = min(k + margin, num_keys)
     if width < num_keys:
         low_values, candidates = select_topk(block, width + 1)
@@ -153,17 +183,21 @@ def _bf16_topk(
     candidates = candidates.sort(dim=1).values
     exact = _rescore(row_t, key_t, candidates)
     if exclude_self:
-        own = torch.arange(start, start + len(row_t), device=row_t.device)[:, None]
+        own = torch.arange(offset, offset + len(row_t), device=row_t.device)[:, None]
         exact.masked_fill_(candidates == own, float("-inf"))
     values, positions = topk_with_ties(exact, k)
     indices = candidates.gather(1, positions)
+    if width >= num_keys:  # every column was re-scored in fp32: exact without a proof
+        return values, indices, 0
     eps = row_t.norm(dim=1) * key_norm_max * bf16_score_error_bound(row_t.shape[1])
     unproven = ~(bound + eps < values[:, -1])
     redo = unproven.nonzero().reshape(-1)
     if len(redo):
-        sub = row_t[redo] @ key_t.T
+        sub = _scores(row_t[redo], key_t)
         if exclude_self:
-            sub[torch.arange(len(redo), device=sub.device), redo + start] = float("-inf")
+            own_columns = redo + offset
+            inside = ((own_columns >= 0) & (own_columns < num_keys)).nonzero().reshape(-1)
+            sub[inside, own_columns[inside]] = float("-inf")
         values[redo], indices[redo] = select_topk(sub, k)
     return values, indices, len(redo)
 
@@ -175,6 +209,7 @@ def knn_exact(
     *,
     exclude_self: bool = False,
     chunk_size: int | None = None,
+    key_block_size: int | None = None,
     device: str | torch.device | None = "auto",
     normalize: bool = False,
     precision: str = "auto",
@@ -190,12 +225,31 @@ def knn_exact(
     its fp32 top k; rows without one are redone in fp32, and the margin doubles for the following blocks
     while more than 1 % of rows need it. The result is the fp32 answer in both precisions.
 
+    **Key blocks** (``key_block_size=B``): the keys are read ``B`` at a time (from whatever array was given:
+    a memory-mapped ``.npy`` is never loaded whole) and only one key block is resident. The rows' running top
+    k (of the keys before the block) is merged with each (row block, key block) pair's top k, selected as
+    above, by :func:`hardbatch.graph.topk.merge_topk` under the same total order (score desc, key index asc)
+    with global key indices; ``exclude_self`` masks a row's own key in the one block that holds it, and in
+    bf16 mode each block's candidates carry the proof for that block. (Prepending the running values to the
+    score block and selecting once would save the merge but copy the whole block: measured +270 MiB at
+    N = 20k.) The loop runs key blocks outside and row
+    blocks inside, so the keys are read **once** and the rows ``ceil(N_keys / B)`` times: a rank's row shard
+    is usually the smaller side, and the other order would read all keys once per row block. The answer is
+    the unblocked one (same indices, same fp32 scores) whenever the matmul gives a (row, key) pair the same
+    bits in either block shape: always when the products are exact (quantised embeddings, the tie-heavy
+    case), and for BLAS kernels whose per-element sum order does not depend on the block width (measured on
+    this project's CPUs with MKL: d <= 768 and row blocks of >= 16 rows, key blocks of >= 2 keys; see
+    docs/b3.md). Otherwise scores agree to fp32 rounding and only keys whose scores lie within it may swap.
+
     Args:
-        rows: (N_rows, d) float array (numpy, memory-mapped numpy or torch); read ``chunk_size`` rows at a time.
-        keys: (N_keys, d) float array, kept resident on ``device`` (fp32, plus a bf16 copy in bf16 mode).
+        rows: (N_rows, d) float array (numpy, memory-mapped numpy or torch); read ``chunk_size`` rows at a
+            time (once per key block).
+        keys: (N_keys, d) float array. Without ``key_block_size`` kept resident on ``device`` (fp32, plus a
+            bf16 copy in bf16 mode); with it, read ``key_block_size`` rows at a time, once.
         k: neighbours per row (``k <= N_keys``, or ``N_keys - 1`` with ``exclude_self``).
         exclude_self: rows and keys are aligned (``N_rows == N_keys``); never return key i for row i.
-        chunk_size: rows per block (default: as many as fit in 256 MiB of fp32 scores).
+        chunk_size: rows per block (default: as many as fit in 256 MiB of fp32 scores against one key block).
+        key_block_size: keys resident at a time (None: all of them, one block).
         device: "auto" (CUDA when available), or any torch device.
         normalize: L2-normalise rows and keys first (cosine similarity).
         precision: "auto", "fp32" or "bf16" (speed only; the answer is the fp32 one).
@@ -208,17 +262,27 @@ def knn_exact(
     Returns:
         :class:`KnnResult` with (N_rows, k) int32 indices and float32 scores, best first; equal scores
         are ordered (and, at the k-th place, chosen) by ascending key index, on every device. ``info`` holds
-        the precision, the final margin and the number of rows redone in fp32.
+        the precision, the final margin, the rows redone in fp32 (counted once per key block) and, with
+        key blocks, ``key_block_size`` and ``key_blocks``.
 
-    Complexity: time O(N_rows · N_keys · d) for the matmul plus O(N_rows · N_keys) for one pass of selection
-    (:func:`hardbatch.graph.topk.select_topk`) and O(N_rows · (k + margin) · d) for the re-scoring; memory
-    O(N_keys · d) resident keys + O(chunk · N_keys) for the block + O(N_rows · k) for the result.
+    Raises:
+        ConfigError: ``k`` out of range, misaligned rows with ``exclude_self``, a ``chunk_size``,
+            ``key_block_size`` or ``margin`` that is not a valid integer.
+
+    Complexity: with B = ``key_block_size`` (N_keys when None) and c = ``chunk_size``: time
+    O(N_rows · N_keys · d) for the matmul plus O(N_rows · N_keys) for one pass of selection
+    (:func:`hardbatch.graph.topk.select_topk`), O(N_rows · (k + margin) · d · N_keys / B) for the bf16
+    re-scoring and O(N_rows · k · N_keys / B) for the merges; memory O(B · d) resident keys (×1.5 in
+    bf16 mode) + O(c · d) rows + O(c · B) for the score block + O(N_rows · k) for the result; reads
+    N_keys · d keys once and N_rows · d · ceil(N_keys / B) rows.
 
     Example:
         >>> import numpy as np
         >>> x = np.eye(4, dtype=np.float32) + 0.1
         >>> knn_exact(x, x, 1, exclude_self=True).indices.shape
         (4, 1)
+        >>> knn_exact(x, x, 2, key_block_size=3).indices.tolist() == knn_exact(x, x, 2).indices.tolist()
+        True
     """
     num_rows, num_keys = len(rows), len(keys)
     shard = row_offset is not None
@@ -237,37 +301,63 @@ def knn_exact(
         raise ConfigError(f"margin must be >= 0, got {margin}")
     margin = _DEFAULT_MARGIN if margin is None else int(margin)
     check_chunk_size(chunk_size)
-    chunk = chunk_size or _auto_chunk(num_keys)
-    key_t = as_tensor(keys, dev)
-    if normalize:
-        key_t = torch.nn.functional.normalize(key_t, dim=1)
-    key_low, key_norm_max = None, 0.0
-    if mode == "bf16":
-        key_low = key_t.to(torch.bfloat16)
-        key_norm_max = float(key_t.norm(dim=1).max()) if num_keys else 0.0
+    check_chunk_size(key_block_size, "key_block_size")
+    block_keys = min(int(key_block_size or num_keys), num_keys)
+    chunk = chunk_size or _auto_chunk(block_keys)
     indices = np.empty((num_rows, k), dtype=np.int32)
     scores = np.empty((num_rows, k), dtype=np.float32)
     redone = 0
-    starts = range(0, num_rows, chunk)
-    for start in progress(starts, f"kNN (exact, {mode})", total=len(starts), show=show_progress):
+    key_starts = range(0, num_keys, block_keys)
+    row_starts = range(0, num_rows, chunk)
+    steps = itertools.product(key_starts, row_starts)  # key blocks outside: each is read once
+    loaded = -1
+    key_t = key_low = None
+    key_norm_max = 0.0
+    total = len(key_starts) * len(row_starts)
+    for key_lo, start in progress(steps, f"kNN (exact, {mode})", total=total, show=show_progress):
+        if key_lo != loaded:  # the next key block (the whole array when unblocked, as before)
+            key_t = key_low = None
+            key_t = as_tensor(keys if len(key_starts) == 1 else keys[key_lo : key_lo + block_keys], dev)
+            if normalize:
+                key_t = torch.nn.functional.normalize(key_t, dim=1)
+            if mode == "bf16":
+                key_low = key_t.to(torch.bfloat16)
+                key_norm_max = float(key_t.norm(dim=1).max()) if len(key_t) else 0.0
+            loaded = key_lo
         row_t = as_tensor(rows[start : start + chunk], dev)
         if normalize:
             row_t = torch.nn.functional.normalize(row_t, dim=1)
+        block_k = min(k, len(key_t))
+        offset = start + row_offset - key_lo  # row r's own key is column r + offset of this block
+        stop = start + len(row_t)
+        held = None
+        if key_lo:  # the top of keys [0, key_lo), held in the result arrays, is merged with this block's
+            width = min(k, key_lo)
+            held = (
+                torch.from_numpy(scores[start:stop, :width]).to(dev),
+                torch.from_numpy(indices[start:stop, :width]).to(dev, torch.int64) - key_lo,
+            )
+        merged_k = min(k, key_lo + len(key_t))
         if key_low is None:
-            values, top = _fp32_topk(row_t, key_t, k, start + row_offset, exclude_self)
+            values, top = _fp32_topk(row_t, key_t, block_k, offset, exclude_self)
         else:
             values, top, failed = _bf16_topk(
-                row_t, key_t, key_low, key_norm_max, k, margin, start + row_offset, exclude_self
+                row_t, key_t, key_low, key_norm_max, block_k, margin, offset, exclude_self
             )
             redone += failed
             if failed > 0.01 * len(row_t):  # a dense score band: widen the candidate set
                 margin = min(2 * margin + 1, num_keys)
-        stop = start + len(row_t)
-        indices[start:stop] = top.to(torch.int32).cpu().numpy()
-        scores[start:stop] = values.float().cpu().numpy()
+        if held is not None:  # by counting: the held keys all precede this block's
+            values, top = merge_topk(*held, values, top, merged_k, ordered=True)
+        top = top + key_lo
+        width = top.shape[1]
+        indices[start:stop, :width] = top.to(torch.int32).cpu().numpy()
+        scores[start:stop, :width] = values.float().cpu().numpy()
     info: dict[str, Any] = {"precision": mode, "fp32_rows_redone": redone}
     if mode == "bf16":
         info["margin"] = margin
+    if key_block_size is not None:
+        info.update(key_block_size=block_keys, key_blocks=len(key_starts))
     return KnnResult(indices=indices, scores=scores, info=info)
 
 
@@ -559,6 +649,7 @@ def knn(
     device: str | torch.device | None = "auto",
     chunk_size: int | None = None,
     precision: str = "auto",
+    key_block_size: int | None = None,
     show_progress: bool | None = None,
     **faiss_options: Any,
 ) -> KnnResult:
@@ -574,6 +665,7 @@ def knn(
         device: device of the exact backend.
         chunk_size: rows per block of the exact backend.
         precision: matmul precision of the exact backend ("auto", "fp32", "bf16"; same answer).
+        key_block_size: keys resident at a time in the exact backend (None: all; see :func:`knn_exact`).
         show_progress: progress bar.
         **faiss_options: passed to :func:`knn_faiss` (``hnsw_m``, ``ef_search``, ``nlist``, ``nprobe``...).
 
@@ -598,8 +690,11 @@ def knn(
             device=device,
             normalize=normalize,
             precision=precision,
+            key_block_size=key_block_size,
             show_progress=show_progress,
         )
+    if key_block_size is not None:
+        raise ConfigError("key_block_size only applies to the exact backend (faiss indexes hold every key)")
     if backend in ("hnsw", "ivf"):
         return knn_faiss(
             rows,

@@ -17,7 +17,43 @@ import torch
 
 from hardbatch.device import resolve_device
 
-__all__ = ["as_tensor", "iter_similarity_blocks"]
+__all__ = ["RowSubset", "as_tensor", "iter_similarity_blocks"]
+
+
+class RowSubset:
+    """Rows ``ids`` of a (N, d) numpy array (memory-mapped included), read only when sliced.
+
+    ``subset[a:b]`` returns ``array[ids[a:b]]`` (a copy of those rows only), so a search that reads its keys
+    block by block (:func:`hardbatch.graph.knn.knn_exact` with ``key_block_size``) never holds the whole
+    subset; converting it whole (``np.asarray(subset)``) reads all its rows. Memory O(len(ids)) for the ids.
+
+    Example:
+        >>> subset = RowSubset(np.arange(10.0).reshape(5, 2), np.array([4, 1, 3]))
+        >>> len(subset), subset[1:3].tolist()
+        (3, [[2.0, 3.0], [6.0, 7.0]])
+    """
+
+    def __init__(self, array: np.ndarray, ids: np.ndarray) -> None:
+        self.array = array
+        self.ids = np.asarray(ids, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.ids), *self.array.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
+    def __getitem__(self, item: slice | np.ndarray) -> np.ndarray:
+        return np.asarray(self.array[self.ids[item]])
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        rows = np.asarray(self.array[self.ids])
+        return rows if dtype is None else rows.astype(dtype)
 
 
 def as_tensor(

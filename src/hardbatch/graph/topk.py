@@ -16,6 +16,9 @@ maxima), then selects inside those groups only, and proves on every row that no 
 have entered (rows where it cannot, e.g. a tie run wider than the groups kept, fall back to the full rule).
 
 Time O(rows · N) for one pass over the block plus O(rows · (N/G + k·G) · log k); memory O(rows · (N/G + k·G)).
+
+:func:`merge_topk` combines the top lists of two column ranges (key blocks) under the same rule, so a search
+over key blocks returns what one search over all columns returns.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import math
 
 import torch
 
-__all__ = ["DEFAULT_BLOCK_BYTES", "auto_chunk_size", "select_topk", "topk_with_ties"]
+__all__ = ["DEFAULT_BLOCK_BYTES", "auto_chunk_size", "merge_topk", "select_topk", "topk_with_ties"]
 
 #: Bytes one score block may take when ``chunk_size`` is left to :func:`auto_chunk_size`.
 DEFAULT_BLOCK_BYTES = 256 << 20
@@ -166,3 +169,73 @@ def select_topk(
     if len(redo):
         values[redo], indices[redo] = topk_with_ties(scores[redo], k)
     return values, indices
+
+
+def _merge_ordered(
+    values_a: torch.Tensor, indices_a: torch.Tensor, values_b: torch.Tensor, indices_b: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge two best-first lists whose A indices all lie below B's: each entry's place by counting.
+
+    An A entry is preceded by the B entries scoring strictly higher (an equal B score has the larger index);
+    a B entry by the A entries scoring higher or equal. Two batched binary searches give those counts, so
+    the merge costs O((a + b) · log(a + b)) comparisons and no top-k.
+    """
+    num_rows, width_a = values_a.shape
+    width_b = values_b.shape[1]
+    ascending_a, ascending_b = (-values_a).contiguous(), (-values_b).contiguous()
+    dev = values_a.device
+    place_a = torch.arange(width_a, device=dev) + torch.searchsorted(ascending_b, ascending_a, right=False)
+    place_b = torch.arange(width_b, device=dev) + torch.searchsorted(ascending_a, ascending_b, right=True)
+    values = values_a.new_empty(num_rows, width_a + width_b)
+    indices = torch.empty(num_rows, width_a + width_b, dtype=torch.int64, device=dev)
+    values.scatter_(1, place_a, values_a).scatter_(1, place_b, values_b)
+    indices.scatter_(1, place_a, indices_a.long()).scatter_(1, place_b, indices_b.long())
+    return values[:, :k], indices[:, :k]
+
+
+def merge_topk(
+    values_a: torch.Tensor,
+    indices_a: torch.Tensor,
+    values_b: torch.Tensor,
+    indices_b: torch.Tensor,
+    k: int,
+    *,
+    ordered: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top ``k`` of the union of two candidate lists per row, by the tie rule (score desc, index asc).
+
+    With ``(values_a, indices_a)`` the top list of columns ``A`` and ``(values_b, indices_b)`` that of
+    disjoint columns ``B`` (each best first under the tie rule, holding min(k, |A|) and min(k, |B|) entries),
+    the result is the top ``k`` of ``A ∪ B``: every column of the union's top k is in its own part's top k,
+    because the order is total (no two columns share an index). Scores are carried, never recomputed. When
+    every index of A is below every index of B (a search merging key blocks in order) the two lists are
+    merged by counting (two batched binary searches); otherwise they are sorted.
+
+    Args:
+        values_a: (rows, a) float scores, best first; ``indices_a``: (rows, a) int global column indices.
+        values_b: (rows, b) float scores (same dtype), best first; ``indices_b``: (rows, b) int, disjoint
+            from ``indices_a``.
+        k: entries kept, ``k <= a + b``.
+        ordered: the caller guarantees every A index is below every B index in each row (None: checked).
+
+    Returns:
+        ``(values, indices)``: (rows, k) tensors, best first; ``indices`` int64. Time O(rows · (a+b) · log(a+b)).
+
+    Example:
+        >>> v, i = merge_topk(torch.tensor([[2.0, 1.0]]), torch.tensor([[7, 3]]),
+        ...                   torch.tensor([[2.0, 1.0]]), torch.tensor([[5, 9]]), 3)
+        >>> i.tolist(), v.tolist()
+        ([[5, 7, 3]], [[2.0, 2.0, 1.0]])
+    """
+    if ordered is None:
+        ordered = not (indices_a.shape[1] and indices_b.shape[1]) or bool(
+            (indices_a.amax(1) < indices_b.amin(1)).all()
+        )
+    if ordered:
+        return _merge_ordered(values_a, indices_a, values_b, indices_b, k)
+    values = torch.cat([values_a, values_b], dim=1)
+    indices = torch.cat([indices_a.long(), indices_b.long()], dim=1)
+    # Index ascending first; the stable sort by score descending then keeps that order among equal scores.
+    indices, by_index = indices.sort(dim=1)
+    values, by_score = values.gather(1, by_index).sort(dim=1, descending=True, stable=True)
+    return values[:, :k], indices.gather(1, by_score)[:, :k]

@@ -40,11 +40,11 @@ from hardbatch.graph.knn import KnnResult, recall_report
 from hardbatch.graph.knn import knn as run_knn
 from hardbatch.graph.partition import COMMUNITY_METHODS, balanced_clusters
 from hardbatch.graph.rank_window import filter_window, graph_stats, mutual_graph, rank_window, window_matrix
-from hardbatch.graph.similarity import as_tensor
+from hardbatch.graph.similarity import RowSubset, as_tensor
 from hardbatch.ids import stable_ids
 from hardbatch.mining.plan import BatchPlan, input_hashes
 from hardbatch.progress import StageTimer, peak_rss_mb
-from hardbatch.validation import check_batch_size, check_embeddings, check_same_length
+from hardbatch.validation import check_batch_size, check_chunk_size, check_embeddings, check_same_length
 
 __all__ = ["cluster_hardness", "effective_window", "mine_b3", "per_source_setting"]
 
@@ -243,6 +243,7 @@ def mine_b3(
     normalize: bool = True,
     device: str | torch.device | None = "auto",
     chunk_size: int | None = None,
+    key_block_size: int | None = None,
     faiss_options: dict[str, int] | None = None,
     recall_sample: int = 1000,
     precision: str = "auto",
@@ -281,6 +282,12 @@ def mine_b3(
         normalize: cosine similarity (L2-normalise the embeddings first).
         device: device of the exact kNN ("auto": CUDA when available).
         chunk_size: query rows per similarity block (exact kNN).
+        key_block_size: positives resident at a time in the exact kNN (None: all of them); the positives
+            are then read block by block, once, from ``positive_emb`` (e.g. a memory-mapped ``.npy``), and
+            the ranking is the unblocked one (see :func:`hardbatch.graph.knn.knn_exact`). Memory of the
+            kNN stage O(key_block_size · d + chunk · key_block_size) instead of O(N · d + chunk · N); a
+            source group is then read on demand (:class:`~hardbatch.graph.similarity.RowSubset`), not
+            copied first.
         faiss_options: extra options of :func:`hardbatch.graph.knn.knn_faiss` (``hnsw_m``, ``ef_search``...).
         recall_sample: rows used to measure approximate-kNN recall (0 to skip); the plan stores recall@k
             (``knn_recall``) and the recall of the window ranks [skip, skip + window) (``knn_window_recall``).
@@ -331,6 +338,9 @@ def mine_b3(
         (8, 4)
     """
     num_examples = _validate(query_emb, positive_emb, batch_size, cluster_size, knn, community)
+    check_chunk_size(key_block_size, "key_block_size")
+    if key_block_size is not None and knn != "exact":
+        raise ConfigError(f"key_block_size applies to knn='exact' only, got knn={knn!r}")
     for name, value in (
         ("absolute_margin", absolute_margin),
         ("relative_margin", relative_margin),
@@ -370,8 +380,13 @@ def mine_b3(
     knn_infos: list[dict[str, Any]] = []
     for group_index, ids in enumerate(groups):
         whole = len(groups) == 1
-        q_part = query_emb if whole else _as_numpy(query_emb)[ids]
-        p_part = positive_emb if whole else _as_numpy(positive_emb)[ids]
+        if whole:
+            q_part, p_part = query_emb, positive_emb
+        elif key_block_size is not None and not label_groups[group_index]:
+            # Read on demand, block by block: the key-block bound then holds per source group too.
+            q_part, p_part = RowSubset(_as_numpy(query_emb), ids), RowSubset(_as_numpy(positive_emb), ids)
+        else:
+            q_part, p_part = _as_numpy(query_emb)[ids], _as_numpy(positive_emb)[ids]
         if label_groups[group_index]:
             with timer.stage("labels"):
                 local_window, local_skipped, local_graph = _label_window(
@@ -390,7 +405,7 @@ def mine_b3(
         k = min(group_skip + group_window, len(ids) - 1)
         search = functools.partial(
             _group_knn, q_part, p_part, backend=knn, normalize=normalize, device=device, chunk_size=chunk_size,
-            seed=seed, show_progress=show_progress, precision=precision,
+            seed=seed, show_progress=show_progress, precision=precision, key_block_size=key_block_size,
         )  # fmt: skip
         if k <= group_skip:  # too few examples in this group for any rank past the skipped ones
             if k > 0:
@@ -557,6 +572,7 @@ def _group_knn(
     seed: int,
     show_progress: bool | None,
     precision: str = "auto",
+    key_block_size: int | None = None,
 ) -> KnnResult:
     if backend == "exact":
         return run_knn(
@@ -569,8 +585,11 @@ def _group_knn(
             device=device,
             chunk_size=chunk_size,
             precision=precision,
+            key_block_size=key_block_size,
             show_progress=show_progress,
         )
+    if key_block_size is not None:
+        raise ConfigError(f"key_block_size applies to knn='exact' only, got knn={backend!r}")
     options = dict(faiss_options or {})
     if backend == "ivf":
         options.setdefault("seed", seed)

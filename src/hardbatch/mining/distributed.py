@@ -20,6 +20,10 @@ deterministic code whichever rank holds it, so the plan equals the single-proces
 Cost per rank: time O(N²·d / W) for the ranking; memory O(N·d) for the positives (each rank reads them,
 typically from a memory-mapped ``.npy``), O(chunk·N) for one score block and O(N·k / W) for its results;
 rank 0 also holds the gathered O(N·k) window and runs the O(N·m) graph and partition stages.
+With ``key_block_size=B`` a rank holds one block of B positives at a time instead (O(B·d) + O(chunk·B)):
+every rank reads the blocks itself, once, from the same memory-mapped file, which needs a filesystem the
+ranks share (or a copy per node); no ring exchange of positive blocks is needed then, and none is done. Its
+row shard (N/W query rows) is re-read once per block.
 Only ``knn="exact"`` is distributed (an approximate index would be built on every rank).
 
 GCBS (:func:`mine_gcbs_distributed`) splits its threshold graph the same way: rank 0 runs
@@ -47,6 +51,7 @@ import torch.distributed as dist
 from hardbatch.distributed import comm_device
 from hardbatch.errors import ConfigError
 from hardbatch.graph.knn import KnnResult, knn_exact
+from hardbatch.graph.similarity import RowSubset
 from hardbatch.mining.plan import BatchPlan
 
 if TYPE_CHECKING:
@@ -63,18 +68,24 @@ def _shard(num_rows: int, rank: int, world: int) -> tuple[int, int]:
 
 def _local_search(
     query: Any, positive: Any, ids: np.ndarray | None, k: int, rank: int, world: int, options: dict[str, Any]
-) -> tuple[np.ndarray, np.ndarray]:
-    q_part = query if ids is None else np.asarray(query)[ids]
-    p_part = positive if ids is None else np.asarray(positive)[ids]
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    if ids is None:
+        q_part, p_part = query, positive
+    elif options.get("key_block_size") is not None:  # a source group, read block by block
+        q_part, p_part = RowSubset(np.asarray(query), ids), RowSubset(np.asarray(positive), ids)
+    else:
+        q_part, p_part = np.asarray(query)[ids], np.asarray(positive)[ids]
     lo, hi = _shard(len(q_part), rank, world)
     if hi == lo:
-        return np.empty((0, k), np.int32), np.empty((0, k), np.float32)
+        return np.empty((0, k), np.int32), np.empty((0, k), np.float32), {}
     result = knn_exact(q_part[lo:hi], p_part, k, exclude_self=True, row_offset=lo, **options)
-    return result.indices, result.scores
+    return result.indices, result.scores, result.info
 
 
-def _gather(indices: np.ndarray, scores: np.ndarray, num_rows: int, k: int) -> KnnResult | None:
-    """Concatenate every rank's (rows, k) shard on rank 0, in rank order."""
+def _gather(
+    indices: np.ndarray, scores: np.ndarray, num_rows: int, k: int, info: dict[str, Any] | None = None
+) -> KnnResult | None:
+    """Concatenate every rank's (rows, k) shard on rank 0, in rank order; ``info``: rank 0's search info."""
     rank, world = dist.get_rank(), dist.get_world_size()
     dev = comm_device()
     longest = max(hi - lo for lo, hi in (_shard(num_rows, r, world) for r in range(world)))
@@ -94,7 +105,9 @@ def _gather(indices: np.ndarray, scores: np.ndarray, num_rows: int, k: int) -> K
         parts_i.append(id_list[r][: hi - lo].cpu().numpy().astype(np.int32))
         parts_s.append(value_list[r][: hi - lo].cpu().numpy())
     return KnnResult(
-        indices=np.concatenate(parts_i), scores=np.concatenate(parts_s), info={"world_size": world}
+        indices=np.concatenate(parts_i),
+        scores=np.concatenate(parts_s),
+        info={**(info or {}), "world_size": world},
     )
 
 
@@ -114,7 +127,7 @@ def _serve(query: Any, positive: Any, options: dict[str, Any]) -> None:
             dist.broadcast(buffer, src=0)
             ids = buffer.cpu().numpy()
         num_rows = len(query) if ids is None else len(ids)
-        indices, scores = _local_search(query, positive, ids, k, rank, world, options)
+        indices, scores, _ = _local_search(query, positive, ids, k, rank, world, options)
         _gather(indices, scores, num_rows, k)
 
 
@@ -126,6 +139,7 @@ def mine_b3_distributed(
     device: str | torch.device | None = "auto",
     chunk_size: int | None = None,
     precision: str = "auto",
+    key_block_size: int | None = None,
     **mine_options: Any,
 ) -> BatchPlan | None:
     """:func:`~hardbatch.mining.b3.mine_b3` with the teacher ranking split over the ranks of the default group.
@@ -140,6 +154,9 @@ def mine_b3_distributed(
         device: device of each rank's search (e.g. "cuda:<local rank>" under NCCL).
         chunk_size: rows per similarity block.
         precision: matmul precision of the search (answer is the fp32 one).
+        key_block_size: positives each rank holds at a time (None: all of them). Every rank reads the
+            positives block by block from ``positive_emb`` (the same memory-mapped file on a shared
+            filesystem), so no rank holds all of them; the ranking is unchanged.
         **mine_options: every other :func:`~hardbatch.mining.b3.mine_b3` argument (batch_size, skip...).
 
     Returns:
@@ -152,12 +169,13 @@ def mine_b3_distributed(
 
     if knn != "exact":
         raise ConfigError(f"distributed mining supports knn='exact' only, got {knn!r}")
-    options = {"device": device, "chunk_size": chunk_size, "precision": precision, "normalize": True}
+    options = {"device": device, "chunk_size": chunk_size, "precision": precision, "normalize": True,
+               "key_block_size": key_block_size}  # fmt: skip
     options["normalize"] = bool(mine_options.get("normalize", True))
     options["show_progress"] = mine_options.get("show_progress")
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         plan = mine_b3(query_emb, positive_emb, knn=knn, device=device, chunk_size=chunk_size,
-                       precision=precision, **mine_options)  # fmt: skip
+                       precision=precision, key_block_size=key_block_size, **mine_options)  # fmt: skip
         plan.params["world_size"] = 1
         return plan
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -173,14 +191,15 @@ def mine_b3_distributed(
         dist.broadcast(header, src=0)
         if not whole:
             dist.broadcast(torch.as_tensor(np.asarray(ids, dtype=np.int64), device=dev), src=0)
-        indices, scores = _local_search(q_part, p_part, None, k, 0, world, options)
-        gathered = _gather(indices, scores, len(q_part), k)
+        indices, scores, info = _local_search(q_part, p_part, None, k, 0, world, options)
+        gathered = _gather(indices, scores, len(q_part), k, info)
         assert gathered is not None
         return gathered
 
     try:
         plan = mine_b3(query_emb, positive_emb, knn=knn, device=device, chunk_size=chunk_size,
-                       precision=precision, neighbor_search=search, **mine_options)  # fmt: skip
+                       precision=precision, key_block_size=key_block_size, neighbor_search=search,
+                       **mine_options)  # fmt: skip
     finally:
         dist.broadcast(torch.tensor([_STOP, 0, 0], dtype=torch.int64, device=dev), src=0)
     plan.params["world_size"] = world

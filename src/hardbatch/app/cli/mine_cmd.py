@@ -156,6 +156,13 @@ def mine_b3_command(
     recall_target: Annotated[
         float, typer.Option("--recall-target", help="Window recall the hnsw/ivf search effort is tuned to.")
     ] = 0.95,
+    key_block_size: Annotated[
+        int | None,
+        typer.Option(
+            "--key-block-size",
+            help="Exact kNN: positives held in memory at a time, read block by block (default: all).",
+        ),
+    ] = None,
     shard_size: Annotated[
         int | None,
         typer.Option(
@@ -274,6 +281,7 @@ def mine_b3_command(
         knn=knn,
         precision=precision,
         recall_target=recall_target,
+        key_block_size=key_block_size,
         sources=sources,
         same_source=same_source,
         positive_texts=texts,
