@@ -97,7 +97,7 @@ def check_chunk_size(chunk_size: int | None, what: str = "chunk_size") -> None:
     if chunk_size is None:
         return
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
-        raise ConfigError(f"{what} must be a positive integer (or None for automatic), got {chunk_size!r}")
+        raise ConfigError(f"{what} must be a positive integer, got {chunk_size!r}")
 
 
 def check_batch_size(

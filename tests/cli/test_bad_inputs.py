@@ -142,7 +142,7 @@ CASES = [
          lambda t, m: ["evaluate", _pairs(t), "-m", m, "-o", _readonly(t) / "m.json"],
          "cannot write to", forbid=[EVALUATE], needs=_readonly_possible),
     Case("evaluate with a zero search block", lambda t, m: ["evaluate", _pairs(t), "-m", m, "--chunk-size", "0"],
-         "0 is not in the range x>=1", forbid=[EVALUATE]),
+         "--chunk-size must be a positive integer, got 0", forbid=[EVALUATE]),
     Case("evaluate below a file", lambda t, m: ["evaluate", _pairs(t), "-m", m, "-o", _file(t) / "m.json"],
          "is a file, not a folder", forbid=[EVALUATE]),
     Case("embed into a file", lambda t, m: ["embed", _pairs(t), "-m", m, "-o", _file(t)],

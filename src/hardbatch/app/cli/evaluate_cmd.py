@@ -31,7 +31,7 @@ def evaluate(
     ] = "positives",
     chunk_size: Annotated[
         int | None,
-        typer.Option("--chunk-size", min=1, help="Queries per exact-search block (default: ~256 MB blocks)."),
+        typer.Option("--chunk-size", help="Queries per exact-search block (default: ~256 MB blocks)."),
     ] = None,
     device: Device = "auto",
     cache_dir: Annotated[
@@ -55,9 +55,11 @@ def evaluate(
     from hardbatch.embed import model_fingerprint
     from hardbatch.evaluate.model_eval import direction_tasks, evaluate_texts
     from hardbatch.io import write_json
+    from hardbatch.validation import check_chunk_size
 
     if output is not None:
         check_output_file(output)  # before embedding everything
+    check_chunk_size(chunk_size, "--chunk-size")
     started = time.perf_counter()
     dataset = load_pairs(data)
     tasks = direction_tasks(dataset, corpus, directions)  # type: ignore[arg-type]
