@@ -271,3 +271,19 @@ def test_community_methods_recover_planted_groups_with_exact_k(community):
     assert plan.stats["partition"]["within_edge_fraction"] == 1.0 and plan.params["community"] == community
     with pytest.raises(ConfigError, match="unknown community"):
         mine_b3(query, positive, batch_size=16, cluster_size=8, community="spectral")
+
+
+def test_cluster_hardness_is_the_same_in_any_block_size_and_blocks_stay_within_budget():
+    from hardbatch.mining.b3 import HARDNESS_BLOCK_BYTES, hardness_chunk
+
+    rng = np.random.default_rng(4)
+    query, positive = rng.standard_normal((60, 5)), rng.standard_normal((60, 5))
+    groups = rng.permutation(60).reshape(15, 4)
+    q = query / np.linalg.norm(query, axis=1, keepdims=True)
+    p = positive / np.linalg.norm(positive, axis=1, keepdims=True)
+    naive = np.mean([q[i] @ p[j] for g in groups for i in g for j in g if i != j])
+    for chunk in (1, 4, 15, None):
+        assert cluster_hardness(query, positive, groups, chunk=chunk) == pytest.approx(naive, abs=1e-6)
+    for size, dim in ((32, 384), (8, 1024), (1024, 64)):
+        chunk = hardness_chunk(size, dim)
+        assert chunk >= 1 and chunk * 4 * size * (4 * dim + size) <= HARDNESS_BLOCK_BYTES
