@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -92,12 +94,16 @@ def check_same_length(**sizes: int) -> None:
         raise DataError(f"mismatched lengths: {listed}")
 
 
+def check_positive(value: Any, name: str) -> None:
+    """Raise :class:`ConfigError` naming ``name`` unless ``value`` is a positive integer (bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
 def check_chunk_size(chunk_size: int | None, what: str = "chunk_size") -> None:
     """Raise :class:`ConfigError` unless ``chunk_size`` is ``None`` (automatic) or a positive integer."""
-    if chunk_size is None:
-        return
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
-        raise ConfigError(f"{what} must be a positive integer, got {chunk_size!r}")
+    if chunk_size is not None:
+        check_positive(chunk_size, what)
 
 
 def check_batch_size(

@@ -29,16 +29,17 @@ from hardbatch.embed.models import load_model
 from hardbatch.errors import ConfigError, DataError
 from hardbatch.io import hash_texts
 from hardbatch.progress import progress
+from hardbatch.validation import check_positive
 
 __all__ = [
     "EncodeSchedule",
-    "check_positive",
     "check_takes_images",
     "check_texts",
     "encode_batch",
     "encode_texts",
     "encode_with_loader",
     "finish_encoding",
+    "prepare_encoding",
     "resolve_encoder",
     "restore_training_mode",
     "schedule_encoding",
@@ -117,18 +118,8 @@ def encode_with_loader(
     ``model_info`` (from :func:`~hardbatch.embed.fingerprint.model_fingerprint`) is required with
     ``cache_path``; callers embedding several columns compute it once and share one loaded model.
     """
-    texts = check_texts(texts)
-    check_positive(batch_size, "batch_size")
-    if max_seq_length is not None:
-        check_positive(max_seq_length, "max_seq_length")
-
-    key = None
-    if cache_path is not None:
-        if model_info is None:
-            raise ConfigError("model_info is required to cache embeddings")
-        key = cache_key(
-            model_info, hash_texts(map(value_token, texts)), len(texts), max_seq_length, normalize
-        )
+    texts, key = prepare_encoding(texts, model_info, batch_size, max_seq_length, normalize, cache_path)
+    if key is not None:
         cached = read_cache(cache_path, key, on_stale=on_stale)
         if cached is not None:
             return cached
@@ -139,6 +130,33 @@ def encode_with_loader(
     if key is not None:
         return save_embeddings(cache_path, embeddings, key)
     return embeddings
+
+
+def prepare_encoding(
+    texts: Sequence[Any],
+    model_info: dict[str, str] | None,
+    batch_size: int,
+    max_seq_length: int | None,
+    normalize: bool,
+    cache_path: str | os.PathLike[str] | None,
+) -> tuple[list[Any], dict[str, Any] | None]:
+    """What every encoder checks first: the texts as a list, the sizes, and the cache key (``None``
+    without ``cache_path``).
+
+    Raises:
+        DataError: as :func:`check_texts`.
+        ConfigError: a size that is not a positive integer; ``cache_path`` without ``model_info``.
+    """
+    texts = check_texts(texts)
+    check_positive(batch_size, "batch_size")
+    if max_seq_length is not None:
+        check_positive(max_seq_length, "max_seq_length")
+    if cache_path is None:
+        return texts, None
+    if model_info is None:
+        raise ConfigError("model_info is required to cache embeddings")
+    key = cache_key(model_info, hash_texts(map(value_token, texts)), len(texts), max_seq_length, normalize)
+    return texts, key
 
 
 def resolve_encoder(model: Any, device: str | None = "auto") -> tuple[Any, str | None]:
@@ -167,12 +185,6 @@ def check_texts(texts: Sequence[str]) -> list[str]:
         if not isinstance(text, str) and type(text) is not ImageRef:
             raise DataError(f"texts: row {row} is {type(text).__name__}, expected a string or an ImageRef")
     return texts
-
-
-def check_positive(value: Any, name: str) -> None:
-    """:class:`ConfigError` naming ``name`` unless ``value`` is a positive integer (bool is not)."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 @contextlib.contextmanager

@@ -38,22 +38,19 @@ import torch
 import torch.distributed as dist
 
 from hardbatch import errors
-from hardbatch.data.images import value_token
 from hardbatch.distributed import broadcast_from_rank0, comm_device, is_distributed
-from hardbatch.embed.cache import cache_key, read_cache, save_embeddings
+from hardbatch.embed.cache import read_cache, save_embeddings
 from hardbatch.embed.encode import (
-    check_positive,
     check_takes_images,
-    check_texts,
     encode_batch,
     encode_with_loader,
     finish_encoding,
+    prepare_encoding,
     restore_training_mode,
     schedule_encoding,
     temporary_max_seq_length,
 )
 from hardbatch.embed.pairs import PairEmbeddings, embed_pair_columns
-from hardbatch.io import hash_texts
 from hardbatch.progress import progress
 
 __all__ = ["embed_pairs_sharded", "encode_sharded"]
@@ -134,18 +131,9 @@ def encode_sharded(
             texts, get_encoder, model_info=model_info, batch_size=batch_size, max_seq_length=max_seq_length,
             normalize=normalize, cache_path=cache_path, show_progress=show_progress, on_stale=on_stale,
         )  # fmt: skip
-    texts = check_texts(texts)
-    check_positive(batch_size, "batch_size")
-    if max_seq_length is not None:
-        check_positive(max_seq_length, "max_seq_length")
+    texts, key = prepare_encoding(texts, model_info, batch_size, max_seq_length, normalize, cache_path)
     main = dist.get_rank() == 0
-    key = None
-    if cache_path is not None:
-        if model_info is None:
-            raise errors.ConfigError("model_info is required to cache embeddings")
-        key = cache_key(
-            model_info, hash_texts(map(value_token, texts)), len(texts), max_seq_length, normalize
-        )
+    if key is not None:
         cached = _rank0_cache(cache_path, key, on_stale)
         if cached is not False:
             return cached
