@@ -450,6 +450,212 @@ def run_key_blocks(num: int, threads: int, block: int | None) -> dict:
     return out
 
 
+def large_cell(spec: dict) -> dict:
+    """Child process of ``--large``: one 1M-scale measurement (its own peak RSS) on memory-mapped inputs."""
+    import numpy as np
+    import scipy.sparse as sp
+    import torch
+
+    from hardbatch.graph.knn import knn_exact
+    from hardbatch.mining import cluster_hardness, mine_b3
+    from hardbatch.mining.hierarchical import mine_b3_hierarchical
+    from hardbatch.progress import peak_rss_mb
+
+    torch.set_num_threads(spec["threads"])
+    query = np.load(spec["query"], mmap_mode="r")
+    positive = np.load(spec["positive"], mmap_mode="r")
+    num, what = len(query), spec["what"]
+    common = dict(batch_size=BATCH, cluster_size=K, skip=SKIP, window=WINDOW, device="cpu")
+    started = time.perf_counter()
+    row: dict = {}
+    if what == "exact_block":  # one 4,096-row block of the exact search: extrapolates the N x N cost
+        rows = np.asarray(query[:4096])
+        keys_t = torch.from_numpy(np.asarray(positive))
+        begun = time.perf_counter()
+        torch.from_numpy(rows) @ keys_t.T
+        matmul = time.perf_counter() - begun
+        begun = time.perf_counter()
+        knn_exact(rows, keys_t, SKIP + WINDOW, precision="fp32", device="cpu", show_progress=False)
+        search = time.perf_counter() - begun
+        blocks = num / 4096
+        row = {
+            "block_matmul_s": round(matmul, 3),
+            "block_knn_s": round(search, 3),
+            "bare_matmul_nxn_extrapolated_s": round(matmul * blocks, 1),
+            "exact_knn_extrapolated_s": round(search * blocks, 1),
+        }
+    elif what == "ivf_calibration":  # the nprobe a window recall of 0.95 needs, and what a full search costs
+        import hardbatch.graph.knn as knn_module
+
+        begun = time.perf_counter()
+        keys = knn_module._as_faiss_matrix(positive, False)
+        index = knn_module.build_ivf_index(keys, nlist=None, nprobe=16)
+        lists = int(index.nlist)
+        row = {"nlist": lists, "build_s": round(time.perf_counter() - begun, 2)}
+
+        def set_nprobe(value: int) -> None:
+            index.nprobe = int(min(value, lists))
+
+        ladder = sorted({min(8 * 2**i, lists) for i in range(32) if 8 * 2 ** (i - 1) < lists})
+        nprobe, row["calibration"] = knn_module._calibrate(
+            set_nprobe, ladder, index, query, keys, SKIP + WINDOW, target=0.95, columns=(SKIP, SKIP + WINDOW),
+            sample=500, exclude_self=True, normalize=False, seed=0,
+        )  # fmt: skip
+        row["nprobe_for_0.95"] = nprobe
+        sample = np.sort(np.random.default_rng(11).choice(num, spec["rows"], replace=False))
+        rows = np.ascontiguousarray(query[sample])
+        for value in sorted({16, nprobe}):
+            set_nprobe(value)
+            begun = time.perf_counter()
+            knn_module._search(index, rows, sample, SKIP + WINDOW, True)
+            seconds = time.perf_counter() - begun
+            row[f"search_nprobe{value}_s"] = round(seconds, 2)
+            row[f"full_search_nprobe{value}_extrapolated_s"] = round(seconds * num / spec["rows"], 1)
+        row["rows"] = spec["rows"]
+    elif what == "flat_ivf":
+        plan = mine_b3(
+            query, positive, **common, knn="ivf", faiss_options={"nprobe": spec["nprobe"]},
+            store_neighbors=True, show_progress=False,
+        )  # fmt: skip
+        sp.save_npz(spec["out"] + "_graph.npz", sp.csr_matrix(plan.neighbors))
+        np.save(spec["out"] + "_clusters.npy", plan.clusters)
+        row = {
+            "stages_s": {name: stage["seconds"] for name, stage in plan.stats["stages"].items()},
+            "knn_info": plan.stats.get("knn_info"),
+            "knn_window_recall": plan.stats.get("knn_window_recall"),
+            "partition": plan.stats["partition"],
+            "cluster_mean_sim": round(plan.stats["hardness"]["cluster_mean_sim"], 4),
+        }
+    else:  # hierarchical: exact fp32 B3 inside shards of about shard_size
+        plan = mine_b3_hierarchical(
+            query, positive, **common, shard_size=spec["shard_size"], precision="fp32", show_progress=False
+        )
+        np.save(spec["out"] + "_clusters.npy", plan.clusters)
+        row = {
+            "shards": plan.params["hierarchical"]["shards"],
+            "stages_s": {name: stage["seconds"] for name, stage in plan.stats["stages"].items()},
+            "partition": plan.stats["partition"],
+        }
+        row["cluster_mean_sim"] = round(cluster_hardness(query, positive, plan.clusters), 4)
+    row.update(seconds=round(time.perf_counter() - started, 2), peak_rss_mb=round(peak_rss_mb(), 1))
+    return row
+
+
+def run_large(num: int, threads: int, shard_size: int, nprobe: int) -> dict:
+    """Issue 12 item 2 and 4 at 1M: exact cost (extrapolated from a block), IVF calibrated to 0.95 (search
+    extrapolated from a sample), a whole flat IVF mine (METIS + repair at N), hierarchical exact B3."""
+    import tempfile
+
+    import numpy as np
+    import scipy.sparse as sp
+
+    from _worker import run_worker
+
+    out: dict = {
+        "n": num,
+        "dim": DIM,
+        "threads": threads,
+        "load_average_1m_start": round(os.getloadavg()[0], 2),
+    }
+    with tempfile.TemporaryDirectory(dir=os.environ.get("HARDBATCH_BENCH_TMP")) as folder:
+        query, positive = clustered(num)
+        paths = {"query": os.path.join(folder, "q.npy"), "positive": os.path.join(folder, "p.npy")}
+        np.save(paths["query"], query)
+        np.save(paths["positive"], positive)
+        del query, positive
+
+        def cell(name: str, what: str, **spec) -> dict:
+            spec = {**paths, "what": what, "threads": threads, "out": os.path.join(folder, name), **spec}
+            row = run_worker([sys.executable, __file__, "--large-cell", json.dumps(spec)])
+            out[name] = row
+            print(name, row, file=sys.stderr, flush=True)
+            return row
+
+        cell("exact_block", "exact_block")
+        cell("ivf_calibration", "ivf_calibration", rows=2000)
+        flat = cell("flat_ivf", "flat_ivf", nprobe=nprobe)
+        hier = cell("hierarchical", "hierarchical", shard_size=shard_size)
+        if "error" not in flat and "error" not in hier:
+            graph = sp.load_npz(os.path.join(folder, "flat_ivf_graph.npz")).tocoo()
+
+            def within(name: str) -> float:
+                owner = np.full(num, -1)
+                for index, members in enumerate(np.load(os.path.join(folder, f"{name}_clusters.npy"))):
+                    owner[members] = index
+                inside = (owner[graph.row] == owner[graph.col]) & (owner[graph.row] >= 0)
+                return float(inside.mean()) if graph.nnz else 0.0
+
+            out["within_flat_graph_edge_fraction"] = {
+                "flat_ivf": within("flat_ivf"),
+                "hierarchical": within("hierarchical"),
+            }
+    out["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+    return out
+
+
+def large_markdown(report: dict) -> str:
+    r, info = report["results"], report["machine"]
+    block, cal, flat, hier = (
+        r.get(name, {}) for name in ("exact_block", "ivf_calibration", "flat_ivf", "hierarchical")
+    )
+    mm = block.get("bare_matmul_nxn_extrapolated_s")
+    ratio = lambda seconds: f"{seconds / mm:.2f}" if mm and seconds is not None else "n/a"  # noqa: E731
+    lines = [
+        f"# B3 mining at N = {r['n']:,}, d = {DIM} (`benchmarks/bench_b3.py --large {r['n']}`)",
+        "",
+        f"Machine: {info['platform']}, CPU `{info.get('cpu_model')}`, flags amx_bf16={info.get('amx_bf16')}, "
+        f"avx512_bf16={info.get('avx512_bf16')}; {info['cpus']} CPUs, {r['threads']} threads; load average "
+        f"{r['load_average_1m_start']} → {r['load_average_1m_end']} (shared machine: compare within this run). "
+        "Each row ran in its own process (its own peak RSS).",
+        "",
+        "| measurement | seconds | × bare N×N fp32 matmul | peak RSS MiB | notes |",
+        "|---|---|---|---|---|",
+    ]
+    if "error" not in block and block:
+        lines.append(
+            f"| bare fp32 N×N matmul (from one 4,096-row block) | {mm} | 1.00 | {block['peak_rss_mb']} | "
+            f"block {block['block_matmul_s']} s |"
+        )
+        lines.append(
+            f"| exact fp32 kNN (from the same block) | {block['exact_knn_extrapolated_s']} | "
+            f"{ratio(block['exact_knn_extrapolated_s'])} | | block {block['block_knn_s']} s |"
+        )
+    if cal and "error" not in cal:
+        nprobe = cal["nprobe_for_0.95"]
+        full = cal[f"full_search_nprobe{nprobe}_extrapolated_s"]
+        lines.append(
+            f"| IVF search at nprobe {nprobe} of {cal['nlist']} (calibrated to window recall 0.95; from "
+            f"{cal['rows']:,} rows) | {full} | {ratio(full)} | {cal['peak_rss_mb']} | index build {cal['build_s']} s; "
+            f"calibration (nprobe, window recall) {cal['calibration']}; nprobe 16: "
+            f"{cal['full_search_nprobe16_extrapolated_s']} s |"
+        )
+    if flat and "error" not in flat:
+        part = flat["partition"]
+        lines.append(
+            f"| whole `mine_b3`, IVF nprobe {flat['knn_info'].get('nprobe')} (not calibrated) | {flat['seconds']} | "
+            f"{ratio(flat['seconds'])} | {flat['peak_rss_mb']} | window recall {flat['knn_window_recall']:.3f}; "
+            f"stages {flat['stages_s']}; METIS parts {part.get('metis_min_part')}–{part.get('metis_max_part')}, "
+            f"{part.get('metis_empty_parts')} empty, repair moved {part.get('moved')} |"
+        )
+    if hier and "error" not in hier:
+        lines.append(
+            f"| hierarchical `mine_b3_hierarchical`, exact fp32 in shards | {hier['seconds']} | {ratio(hier['seconds'])} | "
+            f"{hier['peak_rss_mb']} | cluster teacher similarity {hier['cluster_mean_sim']} (flat IVF "
+            f"{flat.get('cluster_mean_sim')}) |"
+        )
+    within = r.get("within_flat_graph_edge_fraction")
+    if within:
+        lines += [
+            "",
+            f"Edges of the flat (IVF) mutual graph inside a cluster: flat {within['flat_ivf']:.3f}, "
+            f"hierarchical {within['hierarchical']:.3f}.",
+        ]
+    errors = {name: row["error"] for name, row in r.items() if isinstance(row, dict) and "error" in row}
+    if errors:
+        lines += ["", f"Failed cells: {errors}"]
+    return "\n".join([*lines, ""])
+
+
 def key_blocks_markdown(report: dict) -> str:
     r, info = report["results"], report["machine"]
     matmuls = [r[name]["seconds"] for name in ("matmul_start", "matmul_middle", "matmul_end")]
@@ -557,10 +763,34 @@ def main() -> None:
     parser.add_argument("--key-blocks", type=int, metavar="N", help="unblocked vs key-blocked kNN at this N")
     parser.add_argument("--key-block-size", type=int, help="with --key-blocks: B (default N / 8)")
     parser.add_argument("--key-block-cell", help=argparse.SUPPRESS)
+    parser.add_argument("--large", type=int, metavar="N", help="1M-scale IVF / hierarchical runs at this N")
+    parser.add_argument(
+        "--shard-size", type=int, default=62_500, help="with --large: hierarchical shard size"
+    )
+    parser.add_argument(
+        "--nprobe", type=int, default=16, help="with --large: nprobe of the whole flat IVF mine"
+    )
+    parser.add_argument("--large-cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HARDBATCH_PROGRESS", "0")
     if args.key_block_cell:
         print(json.dumps(key_block_cell(json.loads(args.key_block_cell))))
+        return
+    if args.large_cell:
+        print(json.dumps(large_cell(json.loads(args.large_cell))))
+        return
+    if args.large:
+        from hardbatch.io import atomic_write, write_json
+
+        report = {
+            "benchmark": "b3_large",
+            "machine": machine(),
+            "results": run_large(args.large, args.threads, args.shard_size, args.nprobe),
+        }
+        write_json(RESULTS / f"b3_large_{args.large}.json", report)
+        with atomic_write(RESULTS / f"b3_large_{args.large}.md") as handle:
+            handle.write(large_markdown(report))
+        print(large_markdown(report))
         return
     if args.key_blocks:
         from hardbatch.io import atomic_write, write_json
