@@ -1,0 +1,206 @@
+"""Benchmark: B3 and GCBS mining over W gloo ranks (``hardbatch.mining.distributed``) against one process.
+
+Issue 12's "2- and 4-rank gloo mining at 200k (same plan, seconds per rank)". Synthetic clustered unit
+vectors (``bench_b3.clustered``: N/50 topics, d = 384) are written once as ``.npy`` files; for every world
+size W (1 = the plain single-process ``mine_b3`` / ``mine_gcbs``), W processes (torch.multiprocessing, gloo,
+file rendezvous) memory-map them and call ``mine_b3_distributed`` (exact fp32, the B3 defaults of
+``bench_b3``) and then ``mine_gcbs_distributed`` (target degree = batch / 2), each in a fresh process group.
+Reported per rank: wall seconds of the call (rank 0 also builds the graph, partitions and batches; the other
+ranks' time includes waiting for it) and peak RSS (VmHWM); for rank 0 the plan's kNN / graph stage time.
+Each plan is compared with the W = 1 plan: B3 clusters and remainder, GCBS batches, element for element.
+
+On one machine the ranks share its cores, so a W-rank run cannot be faster than W = 1 with all threads:
+threads per rank are ``cores // W`` (at least 1) and the figure to read is the overhead of the
+distribution (total rank-seconds against the single process), not a speed-up. On W machines each rank's
+ranking time is the single-process one divided by W.
+
+Time per rank O(N²·d / W) for the ranking; memory per rank O(N·d) for the memory-mapped positives (shared
+page cache on one machine) + O(chunk·N) per block; rank 0 also O(N·k) for the gathered window.
+
+Usage: python benchmarks/bench_mining_distributed.py [--n 200000] [--worlds 1,2,4] [--smoke]
+Writes benchmarks/results/mining_distributed_<N>.json and .md (not with --smoke) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_b3 import BATCH, DIM, SKIP, WINDOW, K, clustered, machine
+
+RESULTS = Path(__file__).parent / "results"
+METHODS = ("b3", "gcbs")
+
+
+def _peak_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("VmHWM not available (Linux only)")
+
+
+def _mine(method: str, query, positive, distributed: bool):
+    """One B3 plan or GCBS result; the distributed entry points on every rank when ``distributed``."""
+    from hardbatch.mining import mine_b3, mine_gcbs
+    from hardbatch.mining.distributed import mine_b3_distributed, mine_gcbs_distributed
+
+    if method == "b3":
+        options = dict(batch_size=BATCH, cluster_size=K, skip=SKIP, window=WINDOW, device="cpu",
+                       precision="fp32", show_progress=False)  # fmt: skip
+        return (mine_b3_distributed if distributed else mine_b3)(query, positive, **options)
+    options = dict(target_degree=BATCH / 2, device="cpu", keep_graph=False, show_progress=False)
+    return (mine_gcbs_distributed if distributed else mine_gcbs)(query, positive, BATCH, **options)
+
+
+def _save(method: str, result, stem: str) -> dict:
+    """Rank 0's answer on disk (for the comparison with W = 1) and its stage times."""
+    import numpy as np
+
+    if method == "b3":
+        np.save(stem + "_clusters.npy", result.clusters)
+        np.save(stem + "_remainder.npy", result.remainder)
+        stages = result.stats["stages"]
+        return {"knn_s": stages["knn"]["seconds"], "total_s": result.stats["total_seconds"]}
+    np.save(stem + "_batches.npy", np.concatenate(result.batches))
+    graph_s = {name: stage["seconds"] for name, stage in result.seconds.items() if isinstance(stage, dict)}
+    return {"stages_s": graph_s, "edges": result.stats.get("edges")}
+
+
+def _worker(rank: int, world: int, spec: dict) -> None:
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(spec["threads"])
+    distributed = world > 1
+    if distributed:
+        dist.init_process_group("gloo", init_method=f"file://{spec['rdv']}", rank=rank, world_size=world)
+    query = np.load(spec["query"], mmap_mode="r")
+    positive = np.load(spec["positive"], mmap_mode="r")
+    if distributed:
+        dist.barrier()
+    started = time.perf_counter()
+    result = _mine(spec["method"], query, positive, distributed)
+    row = {
+        "rank": rank,
+        "seconds": round(time.perf_counter() - started, 2),
+        "peak_rss_mb": round(_peak_mb(), 1),
+    }
+    if rank == 0:
+        row.update(_save(spec["method"], result, spec["stem"]))
+    rows = [row]
+    if distributed:
+        rows = [None] * world
+        dist.all_gather_object(rows, row)
+        dist.destroy_process_group()
+    if rank == 0:
+        Path(spec["stem"] + ".json").write_text(json.dumps(rows))
+
+
+def _same(method: str, stem: str, reference: str) -> bool:
+    import numpy as np
+
+    parts = ("clusters", "remainder") if method == "b3" else ("batches",)
+    return all(
+        np.array_equal(np.load(f"{stem}_{part}.npy"), np.load(f"{reference}_{part}.npy")) for part in parts
+    )
+
+
+def run(num: int, worlds: list[int]) -> dict:
+    import numpy as np
+    import torch.multiprocessing as mp
+
+    cores = os.cpu_count() or 1
+    out: dict = {
+        "n": num,
+        "dim": DIM,
+        "worlds": worlds,
+        "load_average_1m_start": round(os.getloadavg()[0], 2),
+    }
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(dir=os.environ.get("HARDBATCH_BENCH_TMP")) as folder:
+        query, positive = clustered(num)
+        paths = {"query": os.path.join(folder, "q.npy"), "positive": os.path.join(folder, "p.npy")}
+        np.save(paths["query"], query)
+        np.save(paths["positive"], positive)
+        del query, positive
+        for method in METHODS:
+            reference = None
+            for world in worlds:
+                stem = os.path.join(folder, f"{method}_w{world}")
+                spec = {**paths, "method": method, "stem": stem, "rdv": stem + ".rdv",
+                        "threads": max(1, cores // world)}  # fmt: skip
+                started = time.perf_counter()
+                if world == 1:
+                    _worker(0, 1, spec)
+                else:
+                    mp.spawn(_worker, args=(world, spec), nprocs=world, join=True)
+                ranks = json.loads(Path(stem + ".json").read_text())
+                reference = reference or stem
+                row = {
+                    "method": method,
+                    "world": world,
+                    "threads_per_rank": spec["threads"],
+                    "wall_s": round(time.perf_counter() - started, 2),
+                    "ranks": ranks,
+                    "same_as_world_1": _same(method, stem, reference),
+                }
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+    out["rows"] = rows
+    out["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+    return out
+
+
+def markdown(report: dict) -> str:
+    r, info = report["results"], report["machine"]
+    lines = [
+        f"# Distributed mining at N = {r['n']:,}, d = {DIM} (`benchmarks/bench_mining_distributed.py`)",
+        "",
+        f"Machine: {info['platform']}, CPU `{info.get('cpu_model')}`, {info['cpus']} CPUs; gloo ranks on this "
+        f"one machine (threads per rank = cores / W); load average {r['load_average_1m_start']} → "
+        f"{r['load_average_1m_end']}. The ranks share the cores: read the overhead, not a speed-up.",
+        "",
+        "| method | W | threads/rank | wall s | seconds per rank | peak RSS MiB per rank | rank 0 kNN s | "
+        "same plan as W = 1 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in r["rows"]:
+        ranks = row["ranks"]
+        lines.append(
+            f"| {row['method']} | {row['world']} | {row['threads_per_rank']} | {row['wall_s']} | "
+            f"{', '.join(str(x['seconds']) for x in ranks)} | {', '.join(str(x['peak_rss_mb']) for x in ranks)} | "
+            f"{ranks[0].get('knn_s', '')} | {row['same_as_world_1']} |"
+        )
+    return "\n".join([*lines, ""])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200_000)
+    parser.add_argument("--worlds", default="1,2,4")
+    parser.add_argument("--smoke", action="store_true", help="N = 3,000, W = 1, 2; nothing written")
+    args = parser.parse_args()
+    os.environ.setdefault("HARDBATCH_PROGRESS", "0")
+    num, worlds = (3000, [1, 2]) if args.smoke else (args.n, [int(w) for w in args.worlds.split(",")])
+    if worlds[0] != 1:
+        raise SystemExit("--worlds must start with 1 (the reference plan)")
+    report = {"benchmark": "mining_distributed", "machine": machine(), "results": run(num, worlds)}
+    table = markdown(report)
+    print(table)
+    if not args.smoke:
+        from hardbatch.io import atomic_write, write_json
+
+        write_json(RESULTS / f"mining_distributed_{num}.json", report)
+        with atomic_write(RESULTS / f"mining_distributed_{num}.md") as handle:
+            handle.write(table)
+
+
+if __name__ == "__main__":
+    main()
