@@ -48,7 +48,7 @@ def iter_topk(
     check_chunk_size(chunk_size)
     chunk = chunk_size or auto_chunk_size(num_queries, num_corpus)
     blocks = iter_similarity_blocks(
-        query_emb, corpus_emb, chunk_size=chunk, device=device, normalize=normalize
+        query_emb, corpus_emb, chunk_size=chunk, device=device, normalize=normalize, reuse_storage=True
     )
     total = -(-num_queries // chunk)
     for start, block in progress(blocks, "exact search", total=total, show=show_progress):

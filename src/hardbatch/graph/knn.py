@@ -37,7 +37,7 @@ import torch
 from hardbatch.device import resolve_device
 from hardbatch.errors import ConfigError
 from hardbatch.graph.precision import bf16_score_error_bound, resolve_precision
-from hardbatch.graph.similarity import as_tensor
+from hardbatch.graph.similarity import ScoreBuffer, as_tensor
 from hardbatch.graph.topk import DEFAULT_BLOCK_BYTES, merge_topk, select_topk, topk_with_ties
 from hardbatch.progress import progress
 from hardbatch.validation import check_chunk_size
@@ -126,22 +126,27 @@ def _mask_self(block: torch.Tensor, offset: int) -> None:
     block[local, columns] = float("-inf")
 
 
-def _scores(row_t: torch.Tensor, key_t: torch.Tensor) -> torch.Tensor:
-    """(R, B) fp32 ``row_t @ key_t.T``; one key is padded to two so that the product stays a matrix product.
+def _scores(row_t: torch.Tensor, key_t: torch.Tensor, buffer: ScoreBuffer | None = None) -> torch.Tensor:
+    """(R, B) ``row_t @ key_t.T``; one key is padded to two so that the product stays a matrix product.
 
     BLAS computes a one-column product as a matrix-vector product (gemv) whose rounding differs from the
     matrix kernel's: the last key block of a blocked search (N_keys = j·B + 1) would then score its key in
-    other bits than the unblocked search does.
+    other bits than the unblocked search does. With ``buffer`` the block is a view of its reused storage.
     """
     if len(key_t) == 1:
         return (row_t @ torch.cat([key_t, torch.zeros_like(key_t)]).T)[:, :1].contiguous()
-    return row_t @ key_t.T
+    return row_t @ key_t.T if buffer is None else buffer.product(row_t, key_t)
 
 
 def _fp32_topk(
-    row_t: torch.Tensor, key_t: torch.Tensor, k: int, offset: int, exclude_self: bool
+    row_t: torch.Tensor,
+    key_t: torch.Tensor,
+    k: int,
+    offset: int,
+    exclude_self: bool,
+    buffer: ScoreBuffer | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    block = _scores(row_t, key_t)
+    block = _scores(row_t, key_t, buffer)
     if exclude_self:
         _mask_self(block, offset)
     return select_topk(block, k)
@@ -156,6 +161,7 @@ def _bf16_topk(
     margin: int,
     offset: int,
     exclude_self: bool,
+    buffer: ScoreBuffer | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Exact fp32 top-k of one row block from a bf16 pre-selection; returns (values, indices, rows redone).
 
@@ -167,7 +173,8 @@ def _bf16_topk(
     and ``key_norm_max`` bounds that block's key norms, so the proof covers the keys of the block.
     """
     num_keys = key_t.shape[0]
-    block = row_t.to(torch.bfloat16) @ key_low.T
+    row_low = row_t.to(torch.bfloat16)
+    block = row_low @ key_low.T if buffer is None else buffer.product(row_low, key_low)
     if exclude_self:
         _mask_self(block, offset)
     width = min(k + margin, num_keys)
@@ -314,6 +321,7 @@ def knn_exact(
     key_t = key_low = None
     key_norm_max = 0.0
     total = len(key_starts) * len(row_starts)
+    buffer = ScoreBuffer()  # one score block's storage for every (row block, key block) pair
     for key_lo, start in progress(steps, f"kNN (exact, {mode})", total=total, show=show_progress):
         if key_lo != loaded:  # the next key block (the whole array when unblocked, as before)
             key_t = key_low = None
@@ -339,10 +347,10 @@ def knn_exact(
             )
         merged_k = min(k, key_lo + len(key_t))
         if key_low is None:
-            values, top = _fp32_topk(row_t, key_t, block_k, offset, exclude_self)
+            values, top = _fp32_topk(row_t, key_t, block_k, offset, exclude_self, buffer)
         else:
             values, top, failed = _bf16_topk(
-                row_t, key_t, key_low, key_norm_max, block_k, margin, offset, exclude_self
+                row_t, key_t, key_low, key_norm_max, block_k, margin, offset, exclude_self, buffer
             )
             redone += failed
             if failed > 0.01 * len(row_t):  # a dense score band: widen the candidate set

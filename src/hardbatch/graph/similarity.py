@@ -5,6 +5,11 @@ retrieval evaluation) iterates over these blocks, so peak memory is O(chunk_size
 is ever allocated.
 
 Time O(N_rows · N_keys · d), memory O(chunk_size · N_keys) on ``device``.
+
+Score blocks are written into one reused storage (:class:`ScoreBuffer`) instead of a fresh tensor per
+chunk. A 256 MiB fp32 block is above glibc's mmap threshold, so every fresh block is new memory that the
+kernel maps and zeroes page by page on first touch; measured on the 2-core development VM, allocating and
+touching such a block took 0.4-1.7 s against 0.6 s for the 671 × 100k × 384 matmul that fills it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 
 from hardbatch.device import resolve_device
 
-__all__ = ["RowSubset", "as_tensor", "iter_similarity_blocks"]
+__all__ = ["RowSubset", "ScoreBuffer", "as_tensor", "iter_similarity_blocks"]
 
 
 class RowSubset:
@@ -68,6 +73,44 @@ def as_tensor(
         return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
 
 
+class ScoreBuffer:
+    """One storage reused for successive ``rows @ keys.T`` score blocks (see the module docstring for why).
+
+    :meth:`product` returns a view of the storage: it is valid until the next call, so a caller keeps only
+    what it selects from a block, never the block itself. The storage grows to the largest block asked
+    for and is reallocated only when a block needs more elements or another dtype or device. The values
+    are those of ``rows @ keys.T`` bit for bit (the same matrix product writes into it).
+
+    Example:
+        >>> buffer = ScoreBuffer()
+        >>> a, b = torch.randn(3, 4), torch.randn(5, 4)
+        >>> torch.equal(buffer.product(a, b), a @ b.T)
+        True
+    """
+
+    def __init__(self) -> None:
+        self._storage: torch.Tensor | None = None
+
+    def product(self, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """(R, C) ``rows @ keys.T`` for (R, d) ``rows`` and (C, d) ``keys`` of one dtype and device.
+
+        Memory: the storage holds max over calls of R · C elements of that dtype.
+        """
+        size = rows.shape[0] * keys.shape[0]
+        storage = self._storage
+        if (
+            storage is None
+            or storage.numel() < size
+            or storage.dtype != rows.dtype
+            or storage.device != rows.device
+        ):
+            self._storage = storage = None  # free the old storage before taking the new one
+            self._storage = storage = torch.empty(size, dtype=rows.dtype, device=rows.device)
+        out = storage[:size].view(rows.shape[0], keys.shape[0])
+        with torch.no_grad():  # out= products do not record autograd history; scores never need it here
+            return torch.matmul(rows, keys.T, out=out)
+
+
 def iter_similarity_blocks(
     rows: np.ndarray | torch.Tensor,
     keys: np.ndarray | torch.Tensor,
@@ -75,6 +118,7 @@ def iter_similarity_blocks(
     chunk_size: int = 4096,
     device: str | torch.device | None = "auto",
     normalize: bool = False,
+    reuse_storage: bool = False,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(start, rows[start:start+chunk] @ keys.T)`` blocks in fp32 on ``device``.
 
@@ -84,8 +128,11 @@ def iter_similarity_blocks(
         chunk_size: rows per block; peak extra memory is ``chunk_size * N_keys * 4`` bytes.
         device: "auto" (CUDA if available), or any torch device.
         normalize: L2-normalise both sides first (cosine similarity).
+        reuse_storage: write every block into one :class:`ScoreBuffer` (faster on CPU); each yielded block
+            is then overwritten by the next, so the caller must not keep it.
     """
     dev = resolve_device(device)
+    buffer = ScoreBuffer() if reuse_storage else None
     key_t = as_tensor(keys, dev)
     if normalize:
         key_t = torch.nn.functional.normalize(key_t, dim=1)
@@ -93,4 +140,4 @@ def iter_similarity_blocks(
         block = as_tensor(rows[start : start + chunk_size], dev)
         if normalize:
             block = torch.nn.functional.normalize(block, dim=1)
-        yield start, block @ key_t.T
+        yield start, block @ key_t.T if buffer is None else buffer.product(block, key_t)
