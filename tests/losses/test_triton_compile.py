@@ -1,4 +1,4 @@
-"""The InfoNCE Triton kernels compile for Hopper (sm_90) — checked without a GPU.
+"""The InfoNCE and sigmoid Triton kernels compile for Hopper (sm_90) — checked without a GPU.
 
 The CPU interpreter executes the kernels' Python semantics but not Triton's code generator; these tests
 lower representative variants to PTX/cubin with Triton's bundled NVIDIA toolchain, covering the
@@ -48,6 +48,20 @@ VARIANTS = {
         WRITE_OTHER=False,
         HAS_IDS=False,
         HAS_COL=False,
+    ),
+    # The sigmoid (SigLIP) kernels of triton_sigmoid: same tile walk and gradient push, own elementwise part.
+    "sig_fwd_bf16_d768_ids": dict(kind="sig_fwd", d=768, block=(128, 128, 64), num_warps=8, num_stages=3),
+    "sig_bwd_bf16_d768_fast": dict(kind="sig_bwd", d=768, block=(128, 64, 64), num_warps=8, num_stages=2),
+    "sig_bwd_fp16_d33_keyowned_det": dict(
+        kind="sig_bwd",
+        d=33,
+        dtype="float16",
+        block=(64, 64, 64),
+        num_warps=4,
+        num_stages=2,
+        MODE=1,
+        WRITE_OTHER=False,
+        COMPUTE_DSCALE=False,
     ),
 }
 

@@ -154,3 +154,30 @@ def test_bad_kernel_inputs_raise_clear_errors(kernels, change: dict, message: st
 def test_flop_accounting_is_the_infonce_tile_walk(kernels) -> None:
     b, n, d = 1000, 2000, 384
     assert kernels.forward_flops(b, n, d) + kernels.backward_flops(b, n, d) == 8 * b * n * d
+
+
+# ------------------------------------------------------------------------ the GPU benchmark's command line
+
+
+@pytest.fixture(scope="module")
+def bench_loss_gpu():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_loss_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_loss_gpu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_benchmark_parses_the_sigmoid_comparison(bench_loss_gpu) -> None:
+    args = bench_loss_gpu.parse_args(["--loss", "sigmoid", "--sizes", "16384,65536", "--dims", "768"])
+    assert args.methods == list(bench_loss_gpu.SIGMOID_METHODS) and args.sizes == [16384, 65536]
+    assert {"sig_triton", "sig_torch_tiled", "sig_naive", "sig_open_clip", "sig_siglip_kernel"} <= set(
+        args.methods
+    )
+    assert bench_loss_gpu.parse_args([]).methods == list(bench_loss_gpu.METHODS)  # CLIP stays the default
+    with pytest.raises(SystemExit):
+        bench_loss_gpu.parse_args(["--loss", "sigmoid", "--methods", "triton"])  # a CLIP method
+    if not torch.cuda.is_available():
+        assert bench_loss_gpu.main(["--loss", "sigmoid"]) == 2  # no figures without a GPU
