@@ -49,21 +49,15 @@ VARIANTS = {
         HAS_IDS=False,
         HAS_COL=False,
     ),
-    # The sigmoid (SigLIP) kernels of triton_sigmoid: same tile walk and gradient push, own elementwise part.
-    "sig_fwd_bf16_d768_ids": dict(kind="sig_fwd", d=768, block=(128, 128, 64), num_warps=8, num_stages=3),
-    "sig_bwd_bf16_d768_fast": dict(kind="sig_bwd", d=768, block=(128, 64, 64), num_warps=8, num_stages=2),
-    "sig_bwd_fp16_d33_keyowned_det": dict(
-        kind="sig_bwd",
-        d=33,
-        dtype="float16",
-        block=(64, 64, 64),
-        num_warps=4,
-        num_stages=2,
-        MODE=1,
-        WRITE_OTHER=False,
-        COMPUTE_DSCALE=False,
-    ),
 }
+# The sigmoid (SigLIP) kernels of triton_sigmoid: the same tile walk and gradient push with their own
+# elementwise part, compiled in the same configurations (no column direction: HAS_COL does not apply).
+VARIANTS.update(
+    {
+        f"sig_{name}": {**{k: v for k, v in spec.items() if k != "HAS_COL"}, "kind": f"sig_{spec['kind']}"}
+        for name, spec in list(VARIANTS.items())
+    }
+)
 
 
 @pytest.mark.slow

@@ -58,25 +58,28 @@ E2E_CASES = {
 }  # fmt: skip
 
 
-def run_e2e(name: str) -> dict[str, float]:
+def run_e2e(name: str, device: str = "cpu") -> dict[str, float]:
+    """Errors of ``E2E_CASES[name]`` on ``device`` (``"cpu"``: interpreter; ``"cuda"``: compiled kernels)."""
     from hardbatch.losses import reference_sigmoid_loss, sigmoid_loss
 
     dtype, b, n, d, ids, labels_kind, reduction, scale, bias, tile, normalize, near, det = E2E_CASES[name]
     q, k, gen = _inputs(b, n, d, seed=len(name), dtype=dtype, normalize=normalize, near=near)
-    labels = torch.randint(0, n, (b,), generator=gen) if labels_kind == "random" else None
+    q, k = q.to(device), k.to(device)
+    labels = torch.randint(0, n, (b,), generator=gen).to(device) if labels_kind == "random" else None
     kw: dict = {"labels": labels, "reduction": reduction}
     if ids:
-        key_ids = torch.randint(0, 5, (n,), generator=gen)
+        key_ids = torch.randint(0, 5, (n,), generator=gen).to(device)
         # Query i shares its positive's id (so the positive must survive the mask) and collides elsewhere.
-        query_ids = key_ids[labels if labels is not None else torch.arange(b)]
+        query_ids = key_ids[labels if labels is not None else torch.arange(b, device=device)]
         kw.update(query_ids=query_ids, key_ids=key_ids)
 
     def run(fn, cast, **extra):
         qq, kk = q.to(cast).requires_grad_(), k.to(cast).requires_grad_()
-        s = torch.tensor(scale, dtype=cast if cast == torch.float64 else torch.float32, requires_grad=True)
-        bb = torch.tensor(bias, dtype=s.dtype, requires_grad=True)
+        dtype = cast if cast == torch.float64 else torch.float32
+        s = torch.tensor(scale, dtype=dtype, device=device, requires_grad=True)
+        bb = torch.tensor(bias, dtype=dtype, device=device, requires_grad=True)
         loss = fn(qq, kk, s, bb, **kw, **extra)
-        weights = torch.linspace(-1.0, 2.0, loss.numel()).reshape(loss.shape).to(loss.dtype)
+        weights = torch.linspace(-1.0, 2.0, loss.numel(), device=device).reshape(loss.shape).to(loss.dtype)
         grads = torch.autograd.grad(loss, [qq, kk, s, bb], weights)
         return [loss, *grads]
 
@@ -114,7 +117,8 @@ KERNEL_CASES = {
 }
 
 
-def run_kernel(name: str, ts, *, autotuned: bool = False) -> dict[str, float]:
+def run_kernel(name: str, ts, *, autotuned: bool = False, device: str = "cpu") -> dict[str, float]:
+    """Errors of ``KERNEL_CASES[name]``: Triton tiles (interpreter on CPU) vs torch tiles on ``device``."""
     from hardbatch.losses import sigmoid_tiled
 
     b, n, d, ids, tile, fwd_splits, bwd_splits, det = KERNEL_CASES[name]
@@ -126,7 +130,8 @@ def run_kernel(name: str, ts, *, autotuned: bool = False) -> dict[str, float]:
     q_ids = torch.randint(0, 4, (b,), generator=gen) if ids else None
     k_ids = torch.randint(0, 4, (n,), generator=gen) if ids else None
     scale, bias, g_row = torch.tensor(2.5), torch.tensor(-3.0), torch.rand(b, generator=gen) - 0.3
-    args = (q, k, scale, bias, labels, q_ids, k_ids)
+    args = tuple(None if t is None else t.to(device) for t in (q, k, scale, bias, labels, q_ids, k_ids))
+    g_row = g_row.to(device)
     hint = 0 if autotuned else tile
     got_f = ts.sigmoid_forward(*args, hint, hint, num_key_splits=fwd_splits)
     got_b = ts.sigmoid_backward(*args, g_row, hint, hint, deterministic=det, num_key_splits=bwd_splits)
@@ -193,28 +198,12 @@ def _distributed_worker(rank: int, world: int, init_file: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        _check(
-            triton_sigmoid_loss,
-            reference_sigmoid_loss,
-            dist.group.WORLD,
-            world,
-            rank,
-            31,
-            True,
-            "gather",
-            "mean",
-        )
-        _check(
-            triton_sigmoid_loss,
-            reference_sigmoid_loss,
-            dist.group.WORLD,
-            world,
-            rank,
-            32,
-            False,
-            "ring",
-            "sum",
-        )
+        # (seed, equal shards, mode, reduction): gather needs equal shards; the ring takes unequal ones.
+        for seed, equal, mode, reduction in ((31, True, "gather", "mean"), (32, False, "ring", "sum")):
+            group = dist.group.WORLD
+            _check(
+                triton_sigmoid_loss, reference_sigmoid_loss, group, world, rank, seed, equal, mode, reduction
+            )
     finally:
         dist.destroy_process_group()
 
