@@ -24,6 +24,7 @@ from hardbatch.losses.info_nce import resolve_backend  # noqa: E402
 E2E_TOLERANCES = {
     torch.float32: {"loss": 1e-4, "dq": 1e-4, "dk": 1e-4, "dscale": 1e-4, "dbias": 1e-4},
     torch.bfloat16: {"loss": 8e-3, "dq": 2e-2, "dk": 2e-2, "dscale": 1e-3, "dbias": 1e-3},
+    torch.float16: {"loss": 1e-3, "dq": 3e-3, "dk": 3e-3, "dscale": 1e-3, "dbias": 1e-3},
 }
 KERNEL_TOLERANCE = 1e-4
 

@@ -29,11 +29,13 @@ from hardbatch.losses.info_nce import resolve_backend
 RUNNER = Path(__file__).with_name("triton_sigmoid_runner.py")
 ENV = dict(os.environ, TRITON_INTERPRET="1", HARDBATCH_PROGRESS="0", OMP_NUM_THREADS="1")
 
-# fp32: exact IEEE dots in the interpreter. bf16: the loss comes back in bf16 (2^-9 relative) and dx is
-# rounded to bf16 for the gradient matmuls (as on the GPU); scale and bias gradients stay fp32-exact.
+# fp32: exact IEEE dots in the interpreter. bf16 / fp16: the loss comes back in the input dtype and dx is
+# rounded to it for the gradient matmuls (as on the GPU; fp16 with the per-tile rescale); scale and bias
+# gradients stay fp32-exact.
 E2E_TOLERANCES = {
     torch.float32: {"loss": 1e-5, "dq": 1e-5, "dk": 1e-5, "dscale": 1e-5, "dbias": 1e-5},
     torch.bfloat16: {"loss": 8e-3, "dq": 2e-2, "dk": 2e-2, "dscale": 1e-4, "dbias": 1e-4},
+    torch.float16: {"loss": 1e-3, "dq": 3e-3, "dk": 3e-3, "dscale": 1e-4, "dbias": 1e-4},
 }
 KERNEL_TOLERANCE = 1e-5  # Triton vs torch tiles, both fp32 (relative to the largest reference entry)
 

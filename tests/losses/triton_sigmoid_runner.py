@@ -53,6 +53,7 @@ E2E_CASES = {
     "e2e_fp32_ids_shared_mean": (torch.float32, 37, 53, 24, True, "random", "mean", 2.3, -1.5, 16, False, 0, False),
     "e2e_fp32_siglip_init_none": (torch.float32, 37, 53, 24, False, None, "none", 10.0, -10.0, (16, 32), True, 0.3, False),
     "e2e_bf16_ids_sum": (torch.bfloat16, 37, 53, 24, True, "random", "sum", 3.0, -2.0, 16, True, 0.4, False),
+    "e2e_fp16_deterministic_mean": (torch.float16, 37, 53, 24, True, None, "mean", 5.0, -4.0, 16, True, 0.4, True),
     "e2e_fp32_extreme_logits": (torch.float32, 21, 40, 20, False, None, "mean", 100.0, -10.0, 32, True, 0.05, False),
     "e2e_fp32_deterministic_d40": (torch.float32, 33, 47, 40, True, "random", "sum", 1.7, 0.5, 32, False, 0, True),
 }  # fmt: skip
