@@ -7,7 +7,10 @@ allocated. Executed matmul FLOPs 8·b·n·d fwd + bwd (10·b·n·d with the dete
 accumulation, inputs read in their own dtype, scratch O(G·n + S·b) for G row groups and S key splits.
 
 The design (grid layout, atomics vs the deterministic mode, precision, addressing) is described in
-docs/losses.md, section "Triton kernels: design". ``TRITON_INTERPRET=1`` set before importing this module
+docs/losses.md, section "Triton kernels: design". The backward's tile walk (``_owned_tile``,
+``_owner_accumulator``) and gradient push (``_push_tile_grads``, ``_store_owned``) are ``@triton.jit``
+helpers shared with the sigmoid (SigLIP) kernels of ``triton_sigmoid.py``, as are the host-side checks,
+configs and launch layouts. ``TRITON_INTERPRET=1`` set before importing this module
 runs the kernels on CPU tensors in Triton's interpreter (tests only).
 """
 
