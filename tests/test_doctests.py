@@ -15,7 +15,11 @@ import hardbatch
 _SKIP_PREFIXES = ("hardbatch.app",)
 _SKIP_MODULES = {"hardbatch.__main__"}
 # Modules whose optional dependency may be missing: skipped then, not silently passed.
-_OPTIONAL = {"hardbatch.losses.triton_kernels": "triton", "hardbatch.embed.openclip": "open_clip"}
+_OPTIONAL = {
+    "hardbatch.losses.triton_kernels": "triton",
+    "hardbatch.losses.triton_sigmoid": "triton",
+    "hardbatch.embed.openclip": "open_clip",
+}
 
 
 def _library_modules() -> list[str]:

@@ -1,4 +1,4 @@
-"""The InfoNCE Triton kernels compile for Hopper (sm_90) — checked without a GPU.
+"""The InfoNCE and sigmoid Triton kernels compile for Hopper (sm_90) — checked without a GPU.
 
 The CPU interpreter executes the kernels' Python semantics but not Triton's code generator; these tests
 lower representative variants to PTX/cubin with Triton's bundled NVIDIA toolchain, covering the
@@ -50,6 +50,14 @@ VARIANTS = {
         HAS_COL=False,
     ),
 }
+# The sigmoid (SigLIP) kernels of triton_sigmoid: the same tile walk and gradient push with their own
+# elementwise part, compiled in the same configurations (no column direction: HAS_COL does not apply).
+VARIANTS.update(
+    {
+        f"sig_{name}": {**{k: v for k, v in spec.items() if k != "HAS_COL"}, "kind": f"sig_{spec['kind']}"}
+        for name, spec in list(VARIANTS.items())
+    }
+)
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ catches what the CPU interpreter cannot: type/shape errors of the real code gene
 shared-memory needs and register spills. ``compile_variant`` is used by ``test_triton_compile.py``; run this
 file directly to sweep every autotune config (slow: ~10–30 s per compile on a 2-core box)::
 
-    python tests/losses/triton_compile_check.py [--arch 90] [--d 768] [--all-configs]
+    python tests/losses/triton_compile_check.py [--arch 90] [--d 768] [--all-configs] [--loss sigmoid]
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ from pathlib import Path
 _POINTERS_FWD = ("Q", "K", "SCALE", "LABELS", "Q_IDS", "K_IDS", "ROW_PART", "COL_PART", "POS")
 _POINTERS_BWD = (
     "Q", "K", "SCALE", "LABELS", "Q_IDS", "K_IDS", "ROW_LSE", "COL_LSE", "G_ROW", "G_COL", "DQ", "DK", "DSCALE_PART",
+)  # fmt: skip
+_POINTERS_SIG_FWD = ("Q", "K", "SCALE", "BIAS", "LABELS", "Q_IDS", "K_IDS", "ROW_PART")
+_POINTERS_SIG_BWD = (
+    "Q", "K", "SCALE", "BIAS", "LABELS", "Q_IDS", "K_IDS", "G_ROW", "DQ", "DK", "DSCALE_PART", "DBIAS_PART",
 )  # fmt: skip
 _TYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
@@ -76,13 +80,15 @@ def compile_variant(
 ) -> dict:
     """Compile one kernel variant to cubin; returns timing, shared memory, registers and whether wgmma is used.
 
-    ``kind`` is ``"fwd"`` or ``"bwd"``; ``flags`` override the constexpr flags (HAS_IDS, MODE, ...).
+    ``kind`` is ``"fwd"`` / ``"bwd"`` (InfoNCE, ``triton_kernels``) or ``"sig_fwd"`` / ``"sig_bwd"`` (sigmoid,
+    ``triton_sigmoid``); ``flags`` override the constexpr flags (HAS_IDS, MODE, ...).
     """
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from hardbatch.losses import triton_kernels as tk
+    from hardbatch.losses import triton_sigmoid as ts
 
     block_m, block_n, block_d = block
     common = {"D": d, "PRECISION": precision, "DOT_FP32": False, "BLOCK_M": block_m, "BLOCK_N": block_n,
@@ -90,6 +96,17 @@ def compile_variant(
     if kind == "fwd":
         fn, pointers = tk._fwd_kernel, _POINTERS_FWD
         constexprs = {**common, "COMPUTE_COL": flags.pop("COMPUTE_COL", True)}
+    elif kind == "sig_fwd":
+        fn, pointers, constexprs = ts._fwd_kernel, _POINTERS_SIG_FWD, dict(common)
+    elif kind == "sig_bwd":
+        fn, pointers = ts._bwd_kernel, _POINTERS_SIG_BWD
+        constexprs = {
+            **common,
+            "MODE": flags.pop("MODE", 0),
+            "WRITE_OTHER": flags.pop("WRITE_OTHER", True),
+            "COMPUTE_DSCALE": flags.pop("COMPUTE_DSCALE", True),
+            "IS_FP16": dtype == "float16",
+        }
     else:
         fn, pointers = tk._bwd_kernel, _POINTERS_BWD
         constexprs = {
@@ -134,6 +151,7 @@ def compile_variant(
         "shared_bytes": compiled.metadata.shared,
         "uses_wgmma": "wgmma" in ptx,
         "uses_mma": "mma.sync" in ptx or "wgmma" in ptx,
+        "approx_log": "lg2.approx" in ptx,
         **_resource_usage(compiled.asm["cubin"]),
     }
 
@@ -144,6 +162,7 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=768)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--all-configs", action="store_true", help="every autotune config (slow)")
+    parser.add_argument("--loss", choices=("info_nce", "sigmoid"), default="info_nce", help="which kernels")
     args = parser.parse_args()
     from hardbatch.losses import triton_kernels as tk
 
@@ -156,9 +175,11 @@ def main() -> None:
     bwd = list(shapes(tk._hopper_backward_configs()))
     if not args.all_configs:
         fwd, bwd = fwd[:1], bwd[:1]
-    variants = [("fwd", s, {}) for s in fwd]
-    variants += [("bwd", s, {}) for s in bwd]  # fast mode: row-owned, atomic dk
-    variants += [("bwd", bwd[0], {"WRITE_OTHER": False, "MODE": 1, "COMPUTE_DSCALE": False})]  # det dk kernel
+    prefix = "" if args.loss == "info_nce" else "sig_"  # the sigmoid kernels share the config lists
+    variants = [(prefix + "fwd", s, {}) for s in fwd]
+    variants += [(prefix + "bwd", s, {}) for s in bwd]  # fast mode: row-owned, atomic dk
+    det_dk = {"WRITE_OTHER": False, "MODE": 1, "COMPUTE_DSCALE": False}
+    variants += [(prefix + "bwd", bwd[0], det_dk)]  # deterministic mode's key-owned dk kernel
     for kind, (block, warps, stages), flags in variants:
         try:
             info = compile_variant(

@@ -1,4 +1,4 @@
-"""Exact, memory-efficient contrastive losses: tiled InfoNCE/CLIP (CPU, Triton, distributed) + GradCache.
+"""Exact, memory-efficient contrastive losses: tiled InfoNCE/CLIP and sigmoid (CPU, Triton, distributed) + GradCache.
 
 Public API:
     info_nce, reference_info_nce, InfoNCELoss                           the loss (functional, ground truth, module)
@@ -9,9 +9,10 @@ Public API:
     HardbatchSigmoidLoss                                                 its sentence-transformers loss
     ClipLoss (module ``hardbatch.losses.open_clip``)                     OpenCLIP ``ClipLoss`` drop-in
 
-The Triton kernels (``hardbatch.losses.triton_kernels``) are imported lazily, only when a CUDA tensor
-reaches :func:`info_nce` with Triton installed; the sentence-transformers adapter and the gradient cache
-are imported on first attribute access.
+The Triton kernels (``hardbatch.losses.triton_kernels``, ``hardbatch.losses.triton_sigmoid``) are imported
+lazily, only when a CUDA tensor reaches :func:`info_nce` / :func:`sigmoid_loss` with Triton installed (or
+``backend="triton"`` asks for them); the sentence-transformers adapter and the gradient cache are imported
+on first attribute access.
 """
 
 from __future__ import annotations

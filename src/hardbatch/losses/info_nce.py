@@ -42,41 +42,51 @@ __all__ = ["BACKENDS", "info_nce", "resolve_backend"]
 
 BACKENDS = ("auto", "torch", "triton")
 BACKEND_ENV = "HARDBATCH_LOSS_BACKEND"
-_TRITON_MODULE = "hardbatch.losses.triton_kernels"
+# Kernel modules per loss: (torch tiles, Triton kernels), both implementing one contract.
+_KERNEL_MODULES = {
+    "info_nce": ("hardbatch.losses.tiled", "hardbatch.losses.triton_kernels"),
+    "sigmoid_loss": ("hardbatch.losses.sigmoid_tiled", "hardbatch.losses.triton_sigmoid"),
+}
 
 
-def _triton_available() -> bool:
-    return (
-        importlib.util.find_spec("triton") is not None
-        and importlib.util.find_spec(_TRITON_MODULE) is not None
-    )
+def _triton_available(module: str) -> bool:
+    return importlib.util.find_spec("triton") is not None and importlib.util.find_spec(module) is not None
 
 
 def resolve_backend(
-    backend: str | None, device: torch.device, sample: torch.Tensor | None = None
+    backend: str | None,
+    device: torch.device,
+    sample: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    *,
+    loss: str = "info_nce",
 ) -> tuple[str, ModuleType]:
-    """Pick the kernel module: ``triton`` for CUDA tensors when Triton is importable, else ``torch``.
+    """Pick the kernel module of ``loss``: ``triton`` for CUDA tensors when Triton is importable, else ``torch``.
 
     ``backend=None`` reads ``$HARDBATCH_LOSS_BACKEND`` (default ``auto``). The Triton module is imported
-    lazily, only when it is actually used; ``sample`` (an input tensor) lets ``auto`` fall back to torch
-    for dtypes the kernels do not cover.
+    lazily, only when it is actually used; ``sample`` (an input tensor, or the query and key tensors) lets
+    ``auto`` fall back to torch for what the kernels do not cover (float64, mixed dtypes). ``loss`` is
+    ``"info_nce"`` (``tiled`` / ``triton_kernels``) or ``"sigmoid_loss"`` (``sigmoid_tiled`` /
+    ``triton_sigmoid``).
     """
     name = backend if backend is not None else os.environ.get(BACKEND_ENV, "auto")
     if name not in BACKENDS:
         raise ConfigError(f"backend: expected one of {BACKENDS}, got {name!r}")
+    torch_module, triton_module = _KERNEL_MODULES[loss]
     if name == "auto":
-        if device.type != "cuda" or not _triton_available():
-            return "torch", tiled
-        kernels = importlib.import_module(_TRITON_MODULE)
-        # e.g. float64 inputs: the kernels cover fp32/bf16/fp16 only.
-        if sample is not None and not kernels.triton_supported(sample):
-            return "torch", tiled
+        if device.type != "cuda" or not _triton_available(triton_module):
+            return "torch", importlib.import_module(torch_module)
+        kernels = importlib.import_module(triton_module)
+        samples = sample if isinstance(sample, tuple) else () if sample is None else (sample,)
+        # e.g. float64 inputs: the kernels cover fp32/bf16/fp16 only, with one dtype for q and k.
+        mixed = len({t.dtype for t in samples}) > 1
+        if mixed or not all(kernels.triton_supported(t) for t in samples):
+            return "torch", importlib.import_module(torch_module)
         return "triton", kernels
     if name == "torch":
-        return name, tiled
+        return name, importlib.import_module(torch_module)
     if importlib.util.find_spec("triton") is None:
-        raise MissingExtraError("triton", "triton", "backend='triton' of info_nce")
-    return name, importlib.import_module(_TRITON_MODULE)
+        raise MissingExtraError("triton", "triton", f"backend='triton' of {loss}")
+    return name, importlib.import_module(triton_module)
 
 
 def _default_tile(name: str, device: torch.device) -> tuple[int | None, int | None]:
@@ -381,7 +391,7 @@ def info_nce(
         True
     """
     checked = check_loss_inputs(query, key, labels, scale, query_ids, key_ids, reduction)
-    name, kernels = resolve_backend(backend, query.device, query)
+    name, kernels = resolve_backend(backend, query.device, (query, key))
     tile_b, tile_n = parse_tile_size(tile_size, _default_tile(name, query.device))
     dplan = plan_call(group, distributed, query, key, query_ids is not None)
     plan = _Plan(

@@ -35,6 +35,7 @@ class HardbatchSigmoidLoss(SentenceTransformersLoss):
         distributed: str = "auto",
         mask_duplicates: bool = False,
         tile_size: int | tuple[int, int] | None = None,
+        backend: str | None = None,
     ) -> None:
         """Sigmoid (SigLIP) loss with in-batch and hard negatives, tiled, for sentence-transformers.
 
@@ -51,6 +52,7 @@ class HardbatchSigmoidLoss(SentenceTransformersLoss):
             mask_duplicates: leave out (anchor, candidate) pairs whose candidate text equals the anchor's
                 positive (same token ids).
             tile_size: tile of the loss kernel.
+            backend: ``auto`` | ``torch`` | ``triton`` (see :func:`hardbatch.losses.sigmoid_loss`).
 
         Requirements:
             (anchor, positive) pairs or (anchor, positive, negative_1, ..., negative_m) tuples; no labels.
@@ -73,11 +75,14 @@ class HardbatchSigmoidLoss(SentenceTransformersLoss):
             self.logit_bias = nn.Parameter(torch.tensor(float(bias), dtype=torch.float32))
         self.init_scale, self.init_bias = float(scale), float(bias)
         self.distributed = distributed
+        self.backend = backend
 
     def _stacked_loss(self, query: Tensor, keys: Tensor, **shared: Any) -> Tensor:
         scale = self.logit_scale.exp() if self.learnable else self.init_scale
         bias = self.logit_bias if self.learnable else self.init_bias
-        return sigmoid_loss(query, keys, scale, bias, distributed=self.distributed, **shared)
+        return sigmoid_loss(
+            query, keys, scale, bias, distributed=self.distributed, backend=self.backend, **shared
+        )
 
     def get_config_dict(self) -> dict[str, Any]:
         own = {"scale": self.init_scale, "bias": self.init_bias, "learnable": self.learnable}

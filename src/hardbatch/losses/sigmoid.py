@@ -10,8 +10,13 @@ Complexity (b queries, n keys per rank, d dims, W ranks):
     time   8·b·n·d FLOPs per rank and key block (forward 2, backward 6: recompute + two gradient matmuls),
            ≈3·b·n transcendental ops; against all W·n keys in distributed mode.
     memory O((b + n)·d) inputs + fp32 gradient accumulators, O(b) per-query losses, two fp32
-           tile_b × tile_n scratch tiles. ``gather`` adds W·n·d (keys) + W·n·d·4 B (key gradients) per rank;
-           ``ring`` adds two key blocks and two fp32 key-gradient blocks, independent of W.
+           tile_b × tile_n scratch tiles (torch tiles; the Triton kernels keep tiles in registers and add
+           an O(S·b) buffer of per-split sums). ``gather`` adds W·n·d (keys) + W·n·d·4 B (key gradients)
+           per rank; ``ring`` adds two key blocks and two fp32 key-gradient blocks, independent of W.
+
+Backends: the per-block tile functions ``sigmoid_forward`` / ``sigmoid_backward`` come from
+``sigmoid_tiled`` (torch ops, CPU and fallback) or ``triton_sigmoid`` (fused Triton kernels, CUDA), chosen
+by ``backend=`` as for :func:`info_nce`; the local, gather and ring modes all call them per key block.
 
 References:
     Zhai et al., "Sigmoid Loss for Language Image Pre-Training" (SigLIP), arXiv 2303.15343.
@@ -20,12 +25,13 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import torch
 
-from hardbatch.losses import sigmoid_tiled
 from hardbatch.losses.distributed import gather_keys, mean_over_ranks, reduce_scatter_rows
+from hardbatch.losses.info_nce import _default_tile, resolve_backend
 from hardbatch.losses.inputs import (
     as_scalar,
     check_loss_inputs,
@@ -34,7 +40,6 @@ from hardbatch.losses.inputs import (
     reduce_rows,
 )
 from hardbatch.losses.ring import Ring, add_into, circulate, plan_call
-from hardbatch.losses.tiled import DEFAULT_TILE_CPU, DEFAULT_TILE_CUDA
 
 __all__ = ["sigmoid_loss"]
 
@@ -42,8 +47,9 @@ __all__ = ["sigmoid_loss"]
 @dataclass(frozen=True)
 class _SigmoidPlan:
     reduction: str
-    tile_b: int
-    tile_n: int
+    tile_b: int | None
+    tile_n: int | None
+    kernels: ModuleType  # sigmoid_tiled (torch tiles) or triton_sigmoid: one contract
     group: Any
     mode: str  # "local" | "gather" | "ring"
     world: int
@@ -78,14 +84,14 @@ class _SigmoidLoss(torch.autograd.Function):
             def block_loss(step: int, blocks: list[torch.Tensor | None]) -> None:
                 lab = labels if step == 0 else no_positive
                 per_row.add_(
-                    sigmoid_tiled.sigmoid_forward(
+                    plan.kernels.sigmoid_forward(
                         query, blocks[0], scale32, bias32, lab, query_ids, blocks[1], *tiles
                     )
                 )
 
             circulate(Ring(plan.group), plan.key_rows, [key, key_ids], block_loss)
         else:
-            per_row = sigmoid_tiled.sigmoid_forward(
+            per_row = plan.kernels.sigmoid_forward(
                 query, keys, scale32, bias32, global_labels, query_ids, key_ids_all, *tiles
             )
         ctx.plan = plan
@@ -109,7 +115,7 @@ class _SigmoidLoss(torch.autograd.Function):
 
             def block_grad(step: int, blocks: list[torch.Tensor | None]) -> torch.Tensor:
                 lab = labels if step == 0 else no_positive
-                dq, dk, ds, db = sigmoid_tiled.sigmoid_backward(
+                dq, dk, ds, db = plan.kernels.sigmoid_backward(
                     query, blocks[0], scale32, bias32, lab, query_ids, blocks[1], g_row, *tiles
                 )
                 d_query.add_(dq)
@@ -120,7 +126,7 @@ class _SigmoidLoss(torch.autograd.Function):
             d_key = circulate(Ring(plan.group), plan.key_rows, [keys, key_ids], block_grad, add_into)
             d_scale, d_bias = totals[0], totals[1]
         else:
-            d_query, d_keys, d_scale, d_bias = sigmoid_tiled.sigmoid_backward(
+            d_query, d_keys, d_scale, d_bias = plan.kernels.sigmoid_backward(
                 query, keys, scale32, bias32, labels, query_ids, key_ids, g_row, *tiles
             )
             d_key = reduce_scatter_rows(d_keys, plan.group) if plan.mode == "gather" else d_keys
@@ -155,6 +161,7 @@ def sigmoid_loss(
     group: Any = None,
     distributed: str = "auto",
     reduction: str = "mean",
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Exact sigmoid (SigLIP) loss without a b × n matrix.
 
@@ -163,7 +170,8 @@ def sigmoid_loss(
     ``−(1/b) Σ_i Σ_j log σ(z_ij·x_ij)`` (SigLIP's normalisation by the batch size, not by b·n).
 
     Args:
-        query: (b, d) float tensor (fp32/bf16/fp16; tiles are computed in fp32).
+        query: (b, d) float tensor (fp32/bf16/fp16; torch tiles are computed in fp32, Triton tiles read
+            the inputs in their dtype with fp32 accumulation; softplus, σ and all sums are fp32).
         key: (n, d) float tensor; with the default labels n >= b and keys beyond b are extra (hard)
             negatives of every query.
         scale: logit scale, a float or a one-element tensor that may require grad (exact gradient).
@@ -174,8 +182,9 @@ def sigmoid_loss(
         query_ids: (b,) int64 and ``key_ids`` (n,) int64: pair (i, j) is left out when
             ``key_ids[j] == query_ids[i]`` and j is not i's positive (as in :func:`info_nce`).
         key_ids: see ``query_ids``.
-        tile_size: ``int`` or ``(tile_b, tile_n)``; default 1024² on CPU, 4096² on CUDA. Scratch memory
-            is 2 · tile_b · tile_n · 4 bytes.
+        tile_size: ``int`` or ``(tile_b, tile_n)``; default 1024² on CPU, 4096² for torch tiles on CUDA
+            (scratch 2 · tile_b · tile_n · 4 bytes), autotuned blocks on the Triton backend (then an upper
+            bound; no b × n scratch at all).
         group: a ``torch.distributed`` process group (or ``True``): every rank's keys are negatives of
             every query. Gradient convention as :func:`info_nce` (local loss; DDP averaging gives the
             global-batch gradient; scale and bias gradients averaged over ranks).
@@ -184,6 +193,11 @@ def sigmoid_loss(
             (gather while W·n·d·(itemsize + 4) bytes ≤ ``hardbatch.losses.ring.GATHER_MAX_BYTES`` and
             shards are equal, else ring).
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` ((b,) per-query losses).
+        backend: ``"auto"`` (the Triton kernels of :mod:`hardbatch.losses.triton_sigmoid` for CUDA
+            tensors of one fp32/bf16/fp16 dtype when Triton is installed, else the torch tiles of
+            :mod:`hardbatch.losses.sigmoid_tiled`), ``"torch"`` or ``"triton"`` (CPU tensors only under
+            ``TRITON_INTERPRET=1``); None reads ``$HARDBATCH_LOSS_BACKEND``. Every ``distributed`` mode
+            runs its local tiles on the chosen backend.
 
     Returns:
         Scalar loss (or (b,) losses) in the promoted input dtype; gradients in each input's dtype.
@@ -203,10 +217,12 @@ def sigmoid_loss(
     """
     checked = check_loss_inputs(query, key, labels, scale, query_ids, key_ids, reduction)
     bias_t = as_scalar(bias, "bias", query.device)
-    default = DEFAULT_TILE_CUDA if query.device.type == "cuda" else DEFAULT_TILE_CPU
-    tile_b, tile_n = parse_tile_size(tile_size, default)
+    name, kernels = resolve_backend(backend, query.device, (query, key), loss="sigmoid_loss")
+    tile_b, tile_n = parse_tile_size(tile_size, _default_tile(name, query.device))
     dplan = plan_call(group, distributed, query, key, checked.query_ids is not None)
-    plan = _SigmoidPlan(reduction, tile_b, tile_n, group, dplan.mode, dplan.world, dplan.rank, dplan.key_rows)
+    plan = _SigmoidPlan(
+        reduction, tile_b, tile_n, kernels, group, dplan.mode, dplan.world, dplan.rank, dplan.key_rows
+    )
     return _SigmoidLoss.apply(
         query, key, checked.scale, bias_t, checked.labels, checked.query_ids, checked.key_ids, plan
     )

@@ -28,6 +28,7 @@ class SigmoidLoss(ScaledLossModule):
         group: process group for distributed training (gradient convention as :func:`info_nce`).
         distributed: ``auto`` | ``gather`` | ``ring``.
         reduction: ``mean`` | ``sum`` | ``none``.
+        backend: ``auto`` | ``torch`` | ``triton`` (see :func:`sigmoid_loss`).
 
     Example:
         >>> loss_fn = SigmoidLoss()
@@ -47,11 +48,13 @@ class SigmoidLoss(ScaledLossModule):
         group: Any = None,
         distributed: str = "auto",
         reduction: str = "mean",
+        backend: str | None = None,
     ) -> None:
         super().__init__(scale, reduction, tile_size, group)
         self.learnable = learnable
         self._init_logits(learnable, scale, bias)
         self.distributed = distributed
+        self.backend = backend
 
     @property
     def bias(self) -> float | torch.Tensor:
@@ -59,7 +62,9 @@ class SigmoidLoss(ScaledLossModule):
         return self.logit_bias if self.learnable else self.fixed_bias
 
     def _loss_fn(self, query: torch.Tensor, key: torch.Tensor, **shared: Any) -> torch.Tensor:
-        return sigmoid_loss(query, key, self.scale, self.bias, distributed=self.distributed, **shared)
+        return sigmoid_loss(
+            query, key, self.scale, self.bias, distributed=self.distributed, backend=self.backend, **shared
+        )
 
     def extra_repr(self) -> str:
         kind = "learnable" if self.learnable else "fixed"

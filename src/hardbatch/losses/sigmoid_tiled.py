@@ -1,5 +1,8 @@
 """PyTorch tile kernels of the sigmoid (SigLIP) loss: never materialise the b × n logits.
 
+The CPU backend and the fallback of :func:`hardbatch.losses.sigmoid_loss`; ``triton_sigmoid.py`` implements
+the same two functions with fused Triton kernels for CUDA.
+
 With ``x_ij = scale · q_i·k_j + bias`` and ``z_ij = +1`` for query i's positive ``labels[i]``, −1 otherwise,
 the per-query loss is ``Σ_j −log σ(z_ij·x_ij)`` over the unmasked keys. Because
 ``−log σ(−x) = softplus(x)`` and ``−log σ(x) = softplus(x) − x``, it is

@@ -7,7 +7,10 @@ allocated. Executed matmul FLOPs 8·b·n·d fwd + bwd (10·b·n·d with the dete
 accumulation, inputs read in their own dtype, scratch O(G·n + S·b) for G row groups and S key splits.
 
 The design (grid layout, atomics vs the deterministic mode, precision, addressing) is described in
-docs/losses.md, section "Triton kernels: design". ``TRITON_INTERPRET=1`` set before importing this module
+docs/losses.md, section "Triton kernels: design". The backward's tile walk (``_owned_tile``,
+``_owner_accumulator``) and gradient push (``_push_tile_grads``, ``_store_owned``) are ``@triton.jit``
+helpers shared with the sigmoid (SigLIP) kernels of ``triton_sigmoid.py``, as are the host-side checks,
+configs and launch layouts. ``TRITON_INTERPRET=1`` set before importing this module
 runs the kernels on CPU tensors in Triton's interpreter (tests only).
 """
 
@@ -245,6 +248,210 @@ def _lse_combine_kernel(PART, OUT, R, C, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _owner_accumulator(
+    B, N, MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr
+):
+    """(zeroed owned-gradient block, number of inner tiles) of a backward program in ``MODE``."""
+    if MODE == 0:
+        num_inner = tl.cdiv(N, BLOCK_N)
+        owner_acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    else:
+        num_inner = tl.cdiv(B, BLOCK_M)
+        owner_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    return owner_acc, num_inner
+
+
+@triton.jit
+def _owned_tile(
+    owner,
+    inner,
+    Q,
+    K,
+    LABELS,
+    Q_IDS,
+    K_IDS,
+    B,
+    N,
+    stride_qb,
+    stride_qd,
+    stride_kn,
+    stride_kd,
+    D: tl.constexpr,
+    MODE: tl.constexpr,
+    HAS_IDS: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Dot products and masks of the tile a backward program visits at step ``inner``.
+
+    MODE 0: ``owner`` is a row block and ``inner`` a key tile; MODE 1 the other way round. Returns
+    (start_m, start_n, rows, cols, row_ok, col_ok, Q_blk, K_blk, dots, valid, is_pos).
+    """
+    if MODE == 0:
+        start_m = owner * BLOCK_M
+        start_n = inner * BLOCK_N
+    else:
+        start_m = inner * BLOCK_M
+        start_n = owner * BLOCK_N
+    rows = start_m + tl.arange(0, BLOCK_M)
+    cols = start_n + tl.arange(0, BLOCK_N)
+    row_ok = rows < B
+    col_ok = cols < N
+    Q_blk = Q + start_m.to(tl.int64) * stride_qb
+    K_blk = K + start_n.to(tl.int64) * stride_kn
+    labels = tl.load(LABELS + rows, mask=row_ok, other=-1)
+    q_ids = labels
+    k_ids = cols
+    if HAS_IDS:
+        q_ids = tl.load(Q_IDS + rows, mask=row_ok, other=0)
+        k_ids = tl.load(K_IDS + cols, mask=col_ok, other=0)
+    dots = _logits_tile(
+        Q_blk, K_blk, row_ok, col_ok, stride_qb, stride_qd, stride_kn, stride_kd,
+        D, PRECISION, DOT_FP32, BLOCK_M, BLOCK_N, BLOCK_D,
+    )  # fmt: skip
+    valid, is_pos = _tile_masks(cols, row_ok, col_ok, labels, q_ids, k_ids, HAS_IDS)
+    return start_m, start_n, rows, cols, row_ok, col_ok, Q_blk, K_blk, dots, valid, is_pos
+
+
+@triton.jit
+def _push_tile_grads(
+    ds,
+    Q_blk,
+    K_blk,
+    DQ,
+    DK,
+    start_m,
+    start_n,
+    row_ok,
+    col_ok,
+    owner_acc,
+    NUM_SPLITS,
+    stride_qb,
+    stride_qd,
+    stride_kn,
+    stride_kd,
+    D: tl.constexpr,
+    MODE: tl.constexpr,
+    WRITE_OTHER: tl.constexpr,
+    IS_FP16: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Add ``ds @ k`` into dq and ``ds.T @ q`` into dk for one tile, ``BLOCK_D`` feature columns at a time.
+
+    ``ds`` is the fp32 (BLOCK_M, BLOCK_N) gradient w.r.t. the tile's unscaled dot products (already times
+    the scale; 0 where masked / out of range), shared by every loss built on these tiles. It is cast to the
+    input dtype for the two matmuls (FlashAttention's choice), fp16 with a per-tile rescale. The owned side
+    (MODE 0: dq of this row block, MODE 1: dk of this key tile) is accumulated in ``owner_acc`` when d fits
+    one chunk (returned; :func:`_store_owned` writes it), else read-modify-written (one split) or added
+    atomically; with WRITE_OTHER the other side is added atomically.
+    """
+    SINGLE_CHUNK: tl.constexpr = D <= BLOCK_D
+    EVEN_D: tl.constexpr = D % BLOCK_D == 0
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    # fp16 has a narrow exponent range: normalise the tile by its max so tiny gradients survive the cast.
+    amax = tl.max(tl.max(tl.abs(ds), axis=1), axis=0)
+    if IS_FP16:
+        ds = ds * tl.where(amax > 0.0, 1.0 / amax, 0.0)
+    ds_op = ds.to(Q_blk.dtype.element_ty)
+    if DOT_FP32:  # interpreter emulation of a bf16 dot: round dS to bf16, multiply in fp32
+        ds_op = ds_op.to(tl.float32)
+    q_ptrs = Q_blk + offs_m[:, None] * stride_qb + offs_d[None, :] * stride_qd
+    k_ptrs = K_blk + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+    dq_ptrs = DQ + start_m.to(tl.int64) * D + offs_m[:, None] * D + offs_d[None, :]
+    dk_ptrs = DK + start_n.to(tl.int64) * D + offs_n[:, None] * D + offs_d[None, :]
+    for d0 in range(0, D, BLOCK_D):
+        if EVEN_D:
+            q_mask = row_ok[:, None]
+            k_mask = col_ok[:, None]
+        else:
+            d_ok = (d0 + offs_d) < D
+            q_mask = row_ok[:, None] & d_ok[None, :]
+            k_mask = col_ok[:, None] & d_ok[None, :]
+        # dq needs k (row-owned programs, or as the atomic "other" side); dk needs q.
+        if (MODE == 0) or WRITE_OTHER:
+            kc = tl.load(k_ptrs, mask=k_mask, other=0.0)
+            if DOT_FP32:
+                kc = kc.to(tl.float32)
+            dq_part = tl.dot(ds_op, kc, input_precision=PRECISION)
+            if IS_FP16:
+                dq_part = dq_part * amax
+        if (MODE == 1) or WRITE_OTHER:
+            qc = tl.load(q_ptrs, mask=q_mask, other=0.0)
+            if DOT_FP32:
+                qc = qc.to(tl.float32)
+            dk_part = tl.dot(tl.trans(ds_op), qc, input_precision=PRECISION)
+            if IS_FP16:
+                dk_part = dk_part * amax
+        if MODE == 0:
+            own_part, own_ptrs, own_mask = dq_part, dq_ptrs, q_mask
+        else:
+            own_part, own_ptrs, own_mask = dk_part, dk_ptrs, k_mask
+        if SINGLE_CHUNK:
+            owner_acc += own_part
+        elif NUM_SPLITS == 1:
+            # Sole owner of these rows: plain read-modify-write, deterministic.
+            tl.store(own_ptrs, tl.load(own_ptrs, mask=own_mask, other=0.0) + own_part, mask=own_mask)
+        else:
+            tl.atomic_add(own_ptrs, own_part, mask=own_mask, sem="relaxed")
+        if WRITE_OTHER:
+            if MODE == 0:
+                tl.atomic_add(dk_ptrs, dk_part, mask=k_mask, sem="relaxed")
+            else:
+                tl.atomic_add(dq_ptrs, dq_part, mask=q_mask, sem="relaxed")
+        q_ptrs += BLOCK_D * stride_qd
+        k_ptrs += BLOCK_D * stride_kd
+        dq_ptrs += BLOCK_D
+        dk_ptrs += BLOCK_D
+    return owner_acc
+
+
+@triton.jit
+def _store_owned(
+    owner_acc,
+    DQ,
+    DK,
+    owner,
+    B,
+    N,
+    NUM_SPLITS,
+    D: tl.constexpr,
+    MODE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Write the owned gradient block kept in registers (only when d fits one chunk; else a no-op)."""
+    SINGLE_CHUNK: tl.constexpr = D <= BLOCK_D
+    if SINGLE_CHUNK:
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        # d fits one chunk: the owned gradient block stayed in registers for the whole inner loop.
+        d_ok = offs_d < D
+        if MODE == 0:
+            own_rows = owner * BLOCK_M + offs_m
+            ptrs = DQ + (owner * BLOCK_M).to(tl.int64) * D + offs_m[:, None] * D + offs_d[None, :]
+            mask = (own_rows < B)[:, None] & d_ok[None, :]
+        else:
+            own_cols = owner * BLOCK_N + offs_n
+            ptrs = DK + (owner * BLOCK_N).to(tl.int64) * D + offs_n[:, None] * D + offs_d[None, :]
+            mask = (own_cols < N)[:, None] & d_ok[None, :]
+        if NUM_SPLITS == 1:
+            tl.store(ptrs, owner_acc, mask=mask)
+        else:
+            tl.atomic_add(ptrs, owner_acc, mask=mask, sem="relaxed")
+
+
+@triton.jit
 def _bwd_kernel(
     Q,
     K,
@@ -291,43 +498,14 @@ def _bwd_kernel(
     owner = tl.program_id(0)
     split = tl.program_id(1)
     NUM_SPLITS = tl.num_programs(1)  # the grid's second axis, chosen per config by the launch grid
-    SINGLE_CHUNK: tl.constexpr = D <= BLOCK_D
-    EVEN_D: tl.constexpr = D % BLOCK_D == 0
     scale = tl.load(SCALE).to(tl.float32)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    if MODE == 0:
-        num_inner = tl.cdiv(N, BLOCK_N)
-        owner_acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    else:
-        num_inner = tl.cdiv(B, BLOCK_M)
-        owner_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    owner_acc, num_inner = _owner_accumulator(B, N, MODE, BLOCK_M, BLOCK_N, BLOCK_D)
     dscale_acc = tl.sum(tl.zeros((BLOCK_M,), dtype=tl.float32), axis=0)
     for inner in range(split, num_inner, NUM_SPLITS):
-        if MODE == 0:
-            start_m = owner * BLOCK_M
-            start_n = inner * BLOCK_N
-        else:
-            start_m = inner * BLOCK_M
-            start_n = owner * BLOCK_N
-        rows = start_m + offs_m
-        cols = start_n + offs_n
-        row_ok = rows < B
-        col_ok = cols < N
-        Q_blk = Q + start_m.to(tl.int64) * stride_qb
-        K_blk = K + start_n.to(tl.int64) * stride_kn
-        labels = tl.load(LABELS + rows, mask=row_ok, other=-1)
-        q_ids = labels
-        k_ids = cols
-        if HAS_IDS:
-            q_ids = tl.load(Q_IDS + rows, mask=row_ok, other=0)
-            k_ids = tl.load(K_IDS + cols, mask=col_ok, other=0)
-        dots = _logits_tile(
-            Q_blk, K_blk, row_ok, col_ok, stride_qb, stride_qd, stride_kn, stride_kd,
-            D, PRECISION, DOT_FP32, BLOCK_M, BLOCK_N, BLOCK_D,
+        start_m, start_n, rows, cols, row_ok, col_ok, Q_blk, K_blk, dots, valid, is_pos = _owned_tile(
+            owner, inner, Q, K, LABELS, Q_IDS, K_IDS, B, N, stride_qb, stride_qd, stride_kn, stride_kd,
+            D, MODE, HAS_IDS, PRECISION, DOT_FP32, BLOCK_M, BLOCK_N, BLOCK_D,
         )  # fmt: skip
-        valid, is_pos = _tile_masks(cols, row_ok, col_ok, labels, q_ids, k_ids, HAS_IDS)
         s = dots * scale
         row_lse = tl.load(ROW_LSE + rows, mask=row_ok, other=0.0)
         g_row = tl.load(G_ROW + rows, mask=row_ok, other=0.0)
@@ -344,76 +522,12 @@ def _bwd_kernel(
         ds = tl.where(valid, ds, 0.0)
         if COMPUTE_DSCALE:
             dscale_acc += tl.sum(tl.sum(ds * dots, axis=1), axis=0)
-        ds = ds * scale
-        # fp16 has a narrow exponent range: normalise the tile by its max so tiny gradients survive the cast.
-        amax = tl.max(tl.max(tl.abs(ds), axis=1), axis=0)
-        if IS_FP16:
-            ds = ds * tl.where(amax > 0.0, 1.0 / amax, 0.0)
-        ds_op = ds.to(Q.dtype.element_ty)
-        if DOT_FP32:  # interpreter emulation of a bf16 dot: round dS to bf16, multiply in fp32
-            ds_op = ds_op.to(tl.float32)
-        q_ptrs = Q_blk + offs_m[:, None] * stride_qb + offs_d[None, :] * stride_qd
-        k_ptrs = K_blk + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
-        dq_ptrs = DQ + start_m.to(tl.int64) * D + offs_m[:, None] * D + offs_d[None, :]
-        dk_ptrs = DK + start_n.to(tl.int64) * D + offs_n[:, None] * D + offs_d[None, :]
-        for d0 in range(0, D, BLOCK_D):
-            if EVEN_D:
-                q_mask = row_ok[:, None]
-                k_mask = col_ok[:, None]
-            else:
-                d_ok = (d0 + offs_d) < D
-                q_mask = row_ok[:, None] & d_ok[None, :]
-                k_mask = col_ok[:, None] & d_ok[None, :]
-            # dq needs k (row-owned programs, or as the atomic "other" side); dk needs q.
-            if (MODE == 0) or WRITE_OTHER:
-                kc = tl.load(k_ptrs, mask=k_mask, other=0.0)
-                if DOT_FP32:
-                    kc = kc.to(tl.float32)
-                dq_part = tl.dot(ds_op, kc, input_precision=PRECISION)
-                if IS_FP16:
-                    dq_part = dq_part * amax
-            if (MODE == 1) or WRITE_OTHER:
-                qc = tl.load(q_ptrs, mask=q_mask, other=0.0)
-                if DOT_FP32:
-                    qc = qc.to(tl.float32)
-                dk_part = tl.dot(tl.trans(ds_op), qc, input_precision=PRECISION)
-                if IS_FP16:
-                    dk_part = dk_part * amax
-            if MODE == 0:
-                own_part, own_ptrs, own_mask = dq_part, dq_ptrs, q_mask
-            else:
-                own_part, own_ptrs, own_mask = dk_part, dk_ptrs, k_mask
-            if SINGLE_CHUNK:
-                owner_acc += own_part
-            elif NUM_SPLITS == 1:
-                # Sole owner of these rows: plain read-modify-write, deterministic.
-                tl.store(own_ptrs, tl.load(own_ptrs, mask=own_mask, other=0.0) + own_part, mask=own_mask)
-            else:
-                tl.atomic_add(own_ptrs, own_part, mask=own_mask, sem="relaxed")
-            if WRITE_OTHER:
-                if MODE == 0:
-                    tl.atomic_add(dk_ptrs, dk_part, mask=k_mask, sem="relaxed")
-                else:
-                    tl.atomic_add(dq_ptrs, dq_part, mask=q_mask, sem="relaxed")
-            q_ptrs += BLOCK_D * stride_qd
-            k_ptrs += BLOCK_D * stride_kd
-            dq_ptrs += BLOCK_D
-            dk_ptrs += BLOCK_D
-    if SINGLE_CHUNK:
-        # d fits one chunk: the owned gradient block stayed in registers for the whole inner loop.
-        d_ok = offs_d < D
-        if MODE == 0:
-            own_rows = owner * BLOCK_M + offs_m
-            ptrs = DQ + (owner * BLOCK_M).to(tl.int64) * D + offs_m[:, None] * D + offs_d[None, :]
-            mask = (own_rows < B)[:, None] & d_ok[None, :]
-        else:
-            own_cols = owner * BLOCK_N + offs_n
-            ptrs = DK + (owner * BLOCK_N).to(tl.int64) * D + offs_n[:, None] * D + offs_d[None, :]
-            mask = (own_cols < N)[:, None] & d_ok[None, :]
-        if NUM_SPLITS == 1:
-            tl.store(ptrs, owner_acc, mask=mask)
-        else:
-            tl.atomic_add(ptrs, owner_acc, mask=mask, sem="relaxed")
+        owner_acc = _push_tile_grads(
+            ds * scale, Q_blk, K_blk, DQ, DK, start_m, start_n, row_ok, col_ok, owner_acc, NUM_SPLITS,
+            stride_qb, stride_qd, stride_kn, stride_kd, D, MODE, WRITE_OTHER, IS_FP16, PRECISION, DOT_FP32,
+            BLOCK_M, BLOCK_N, BLOCK_D,
+        )  # fmt: skip
+    _store_owned(owner_acc, DQ, DK, owner, B, N, NUM_SPLITS, D, MODE, BLOCK_M, BLOCK_N, BLOCK_D)
     if COMPUTE_DSCALE:
         tl.store(DSCALE_PART + owner * NUM_SPLITS + split, dscale_acc)
 
@@ -552,7 +666,7 @@ def _check_inputs(
     if q.dtype != k.dtype:
         raise ConfigError(f"q and k must have the same dtype; got {q.dtype} and {k.dtype}")
     if q.dtype not in _SUPPORTED_DTYPES:
-        raise ConfigError(f"Triton InfoNCE kernels support float32/bfloat16/float16 inputs; got {q.dtype}")
+        raise ConfigError(f"Triton loss kernels support float32/bfloat16/float16 inputs; got {q.dtype}")
     if q.device != k.device:
         raise ConfigError(f"q and k must be on the same device; got {q.device} and {k.device}")
     b, n = q.shape[0], k.shape[0]
@@ -587,7 +701,7 @@ def _require_supported(q: torch.Tensor) -> None:
     """Checked after all shape/label checks, so those errors read the same on CPU and CUDA."""
     if not triton_supported(q):
         raise ConfigError(
-            f"Triton InfoNCE kernels need CUDA tensors (got {q.device}); on CPU use the torch tiled path, "
+            f"Triton loss kernels need CUDA tensors (got {q.device}); on CPU use the torch tiled path, "
             "or set TRITON_INTERPRET=1 before importing this module to run Triton's interpreter"
         )
 
