@@ -17,7 +17,7 @@ import torch
 
 from hardbatch.device import resolve_device
 
-__all__ = ["RowSubset", "as_tensor", "iter_similarity_blocks"]
+__all__ = ["RowSubset", "as_tensor", "block_scores", "iter_similarity_blocks"]
 
 
 class RowSubset:
@@ -66,6 +66,26 @@ def as_tensor(
         # Read-only memory maps are never written through the tensor; copying them would defeat the mmap.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
+
+
+def block_scores(row_t: torch.Tensor, key_t: torch.Tensor) -> torch.Tensor:
+    """(R, B) fp32 ``row_t @ key_t.T``; one key is padded to two so that the product stays a matrix product.
+
+    BLAS computes a one-column product as a matrix-vector product (gemv) whose rounding differs from the
+    matrix kernel's: the last key block of a blocked search (N_keys = j·B + 1) would then score its key in
+    other bits than the unblocked search does. Used by every key-blocked pass (kNN, threshold graph).
+
+    Args:
+        row_t: (R, d) float32 tensor.
+        key_t: (B, d) float32 tensor on the same device.
+
+    Example:
+        >>> block_scores(torch.ones(2, 3), torch.ones(1, 3)).tolist()
+        [[3.0], [3.0]]
+    """
+    if len(key_t) == 1:
+        return (row_t @ torch.cat([key_t, torch.zeros_like(key_t)]).T)[:, :1].contiguous()
+    return row_t @ key_t.T
 
 
 def iter_similarity_blocks(
