@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from hardbatch import errors
 
 __all__ = [
     "broadcast_from_rank0",
     "comm_device",
     "is_distributed",
+    "raise_together",
     "rank",
     "rank0_computes",
     "rank0_first",
@@ -86,3 +89,33 @@ def rank0_first() -> Iterator[None]:
     yield
     if main and is_distributed():
         dist.barrier()
+
+
+def raise_together(failure: BaseException | None, what: str) -> None:
+    """A collective: raise on every rank when any rank failed, instead of leaving the others waiting.
+
+    Every rank calls it at the same point with its own failure (None when it succeeded). The failing rank
+    raises its own exception; the others raise the first failure's error class when it is a
+    :class:`~hardbatch.errors.HardbatchError` (a user error: same class, same message), else a RuntimeError
+    naming the rank and ``what`` it was doing. Only names and messages travel (``all_gather_object``
+    between our own ranks). A no-op that re-raises ``failure`` on one process.
+
+    Example:
+        >>> raise_together(None, "mining")
+    """
+    if not is_distributed():
+        if failure is not None:
+            raise failure
+        return
+    report = None if failure is None else (type(failure).__name__, str(failure))
+    reports: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(reports, report)
+    if failure is not None:
+        raise failure
+    for where, report in enumerate(reports):
+        if report is not None:
+            name, message = report
+            error = getattr(errors, name, None)
+            if isinstance(error, type) and issubclass(error, errors.HardbatchError):
+                raise error(message)
+            raise RuntimeError(f"rank {where} failed while {what}: {name}: {message}")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from recording import Recording
 
 from hardbatch.errors import ConfigError
 from hardbatch.graph.threshold import threshold_graph, threshold_working_set
@@ -117,27 +118,6 @@ def test_density_cap_stops_exactly_where_the_unblocked_graph_does(block):
         )  # fmt: skip
 
 
-class _Recording:
-    """A (N, d) array-like that serves only slices and records them; converting it whole fails."""
-
-    def __init__(self, array):
-        self.array = array
-        self.shape = array.shape
-        self.slices: list[tuple[int, int]] = []
-
-    def __len__(self):
-        return len(self.array)
-
-    def __getitem__(self, item):
-        assert isinstance(item, slice) and item.step is None, item
-        lo, hi, _ = item.indices(len(self.array))
-        self.slices.append((lo, hi))
-        return np.asarray(self.array[item])
-
-    def __array__(self, *args, **kwargs):
-        raise AssertionError("the whole array was materialised")
-
-
 def test_key_blocks_read_a_memmap_once_one_block_at_a_time(tmp_path):
     x = _quantised()
     np.save(tmp_path / "keys.npy", x)
@@ -145,7 +125,7 @@ def test_key_blocks_read_a_memmap_once_one_block_at_a_time(tmp_path):
     t = _tied_threshold(x, x)
     expected = threshold_graph(x, x, t, precision="fp32", **COMMON)
     _assert_same_csr(threshold_graph(x, mapped, t, precision="fp32", key_block_size=40, **COMMON), expected)
-    keys, rows = _Recording(mapped), _Recording(x)
+    keys, rows = Recording(mapped), Recording(x)
     got = threshold_graph(rows, keys, t, precision="fp32", key_block_size=40, **COMMON)
     _assert_same_csr(got, expected)
     assert keys.slices == [(0, 40), (40, 80), (80, 120), (120, 150)]  # each key read once
@@ -157,7 +137,7 @@ def test_auto_key_block_from_a_memory_budget():
     t = _tied_threshold(x, x)
     whole = threshold_graph(x, x, t, precision="fp32", **COMMON)
     budget = threshold_working_set(300, 12, 32, "fp32", normalize=False)
-    keys = _Recording(x)
+    keys = Recording(x)
     got = threshold_graph(x, keys, t, precision="fp32", key_block_size="auto", memory_budget=budget, **COMMON)
     _assert_same_csr(got, whole)
     assert max(hi - lo for lo, hi in keys.slices) == 300  # the largest block whose working set fits

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import typer
-from typer.testing import CliRunner
 
 from hardbatch.errors import ConfigError
-from hardbatch.mining import BatchPlan
 from hardbatch.mining.gcbs import mine_gcbs
 
 
@@ -77,45 +74,3 @@ def test_memory_budget_chooses_the_block(tmp_path):
         mine_gcbs(q, p, 20, key_block_size=50, graph_method="ivf", device="cpu")
     with pytest.raises(ConfigError, match="not both"):
         mine_gcbs(q, p, 20, key_block_size=50, memory_budget="1GiB", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def app():
-    from hardbatch.app.cli.mine_cmd import register
-
-    app = typer.Typer()
-    app.callback()(lambda: None)
-    register(app)
-    return app
-
-
-def test_cli_key_block_size_and_memory_budget_mine_the_same_plans(app, tmp_path):
-    import json
-
-    q, p = _data(n=120)
-    np.save(tmp_path / "q.npy", q)
-    np.save(tmp_path / "p.npy", p)
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"query": f"q{i}", "positive": f"p{i}"}) + "\n" for i in range(120)))
-    emb = ["--query-emb", str(tmp_path / "q.npy"), "--positive-emb", str(tmp_path / "p.npy")]
-    gcbs = ["mine", "gcbs", str(data), *emb, "-b", "12", "--target-degree", "6", "--precision", "fp32"]
-    b3 = ["mine", "b3", *emb, "-b", "12", "-k", "6", "--skip", "1", "--window", "8", "--precision", "fp32"]
-    runs = {"whole": [], "blocked": ["--key-block-size", "25"], "budget": ["--memory-budget", "40MiB"]}
-    plans = {}
-    for command, base in (("gcbs", gcbs), ("b3", b3)):
-        for name, extra in runs.items():
-            out = tmp_path / f"{command}-{name}.parquet"
-            result = CliRunner().invoke(app, [*base, *extra, "-o", str(out)])
-            assert result.exit_code == 0, result.output
-            plans[command, name] = BatchPlan.load(out)
-        for name in ("blocked", "budget"):
-            np.testing.assert_array_equal(plans[command, name].clusters, plans[command, "whole"].clusters)
-    assert plans["gcbs", "blocked"].stats["gcbs"]["key_blocks"] == 5
-    assert "key_blocks" not in plans["gcbs", "whole"].stats["gcbs"]
-    assert plans["b3", "budget"].stats["knn_info"]["memory_budget"] == 40 * 2**20
-    result = CliRunner().invoke(app, [*gcbs, "--key-block-size", "auto", "-o", str(tmp_path / "x.parquet")])
-    assert isinstance(result.exception, ConfigError) and "needs memory_budget" in str(result.exception)
-    result = CliRunner().invoke(app, [*b3, "--memory-budget", "lots", "-o", str(tmp_path / "x.parquet")])
-    assert isinstance(result.exception, ConfigError) and "memory_budget" in str(result.exception)
-    result = CliRunner().invoke(app, [*b3, "--key-block-size", "x1", "-o", str(tmp_path / "x.parquet")])
-    assert isinstance(result.exception, ConfigError) and "--key-block-size" in str(result.exception)

@@ -8,7 +8,10 @@ above a *global* quantile q of all N_rows × N_keys similarities. Both steps her
   sampled keys (all of them when the matrix has at most ``sample_size`` entries). It keeps only the
   running top ``m = (1 - q) · entries`` values, so memory is O(chunk_size · sampled_keys + m).
 * :func:`threshold_graph` streams the full product and keeps the coordinates above the threshold as a
-  CSR matrix; memory O(chunk_size · N_keys + nnz).
+  CSR matrix; memory O(N_keys · d + chunk_size · N_keys + nnz). With ``key_block_size=B`` the keys are read
+  B at a time (a memory-mapped ``.npy`` is never resident whole) and the CSR is the unblocked one:
+  O(B · d + chunk_size · B + nnz) (:func:`threshold_working_set` gives the bound in bytes, and
+  ``memory_budget`` picks B from it, :mod:`hardbatch.graph.budget`).
 * :func:`ivf_threshold_graph` is the approximate alternative for large N (faiss ``faiss`` extra): each row
   is compared only with the keys in its ``nprobe`` nearest IVF lists, so the pass costs about
   ``nprobe / nlist`` of the exact one. Every edge it returns is above the threshold; it misses the edges
@@ -345,12 +348,18 @@ def threshold_key_block(
     precision: str,
     normalize: bool = True,
 ) -> int | None:
-    """The key block :func:`threshold_graph` runs with: None (all keys), the integer given, or the largest
-    block whose :func:`threshold_working_set` fits ``memory_budget`` (``precision``: "fp32" or "bf16", as
-    resolved for the device).
+    """The key block :func:`threshold_graph` runs with: None (all keys), the given one, or the budget's.
+
+    With ``memory_budget`` it is the largest block whose :func:`threshold_working_set` fits
+    (``precision``: "fp32" or "bf16", as resolved for the device).
 
     Raises:
         ConfigError: bad options, or a budget too small for the smallest block.
+
+    Example:
+        >>> import numpy as np
+        >>> threshold_key_block(None, threshold_working_set(1000, 8, 64), np.ones((5000, 8)), 64, "fp32")
+        1000
     """
     from hardbatch.graph.budget import resolve_key_block_size
 

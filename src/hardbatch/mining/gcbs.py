@@ -24,8 +24,10 @@ Decisions the paper leaves open, made explicit here:
   As a rule of thumb the average degree (1 - q) · N should stay below the batch size (hub-heavy real
   data collapses sooner than clustered synthetic data).
 
-Cost per refresh: O(N² · d) for the similarity pass (it dominates), O(N + nnz) memory beyond one
-``chunk_size × N`` block, plus O(nnz log Δ) for RCM. The embedding pass is the caller's. For large N on a
+Cost per refresh: O(N² · d) for the similarity pass (it dominates), O(N·d + N + nnz) memory beyond one
+``chunk_size × N`` block, plus O(nnz log Δ) for RCM. With ``key_block_size`` (or ``memory_budget``) the
+positives are read block by block and nothing is copied whole: O(B·d + chunk_size·B + N + nnz) (the
+bounds of every stage are in :func:`mine_gcbs`). The embedding pass is the caller's. For large N on a
 CPU, ``graph_method="ivf"`` replaces the exact pass by a faiss IVF range search at about ``nprobe / nlist``
 of its cost (:func:`~hardbatch.graph.threshold.ivf_threshold_graph`), missing a few edges.
 
