@@ -200,7 +200,7 @@ def threshold_working_set(
                          worse)
         bf16    + 48 MiB (three 16 MiB pieces of gathered candidate pairs being re-scored)
 
-    Calibrated on a 2-core CPU (peak anonymous memory growth of the pass, memory-mapped inputs): 0.4-0.9
+    Calibrated on a 2-core CPU (peak anonymous memory growth of the pass, memory-mapped inputs): 0.3-0.9
     of this bound. The edges found (8 bytes each while collected, ~5 in the CSR) come on top: the graph
     is the stage's output, about (1 - q)·N_rows·N_keys edges.
 
