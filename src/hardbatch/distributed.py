@@ -95,10 +95,11 @@ def raise_together(failure: BaseException | None, what: str) -> None:
     """A collective: raise on every rank when any rank failed, instead of leaving the others waiting.
 
     Every rank calls it at the same point with its own failure (None when it succeeded). The failing rank
-    raises its own exception; the others raise the first failure's error class when it is a
-    :class:`~hardbatch.errors.HardbatchError` (a user error: same class, same message), else a RuntimeError
-    naming the rank and ``what`` it was doing. Only names and messages travel (``all_gather_object``
-    between our own ranks). A no-op that re-raises ``failure`` on one process.
+    raises its own exception; the others raise the first failure as the nearest
+    :class:`~hardbatch.errors.HardbatchError` class of :mod:`hardbatch.errors` among its bases (a user
+    error: same message; a ``DenseGraphError`` arrives as the ``ConfigError`` it is), else as a
+    RuntimeError naming the rank and ``what`` it was doing. Only class names and messages travel
+    (``all_gather_object`` between our own ranks). On one process it just raises ``failure``, if any.
 
     Example:
         >>> raise_together(None, "mining")
@@ -107,15 +108,16 @@ def raise_together(failure: BaseException | None, what: str) -> None:
         if failure is not None:
             raise failure
         return
-    report = None if failure is None else (type(failure).__name__, str(failure))
+    report = None if failure is None else ([c.__name__ for c in type(failure).__mro__], str(failure))
     reports: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(reports, report)
     if failure is not None:
         raise failure
     for where, report in enumerate(reports):
         if report is not None:
-            name, message = report
-            error = getattr(errors, name, None)
-            if isinstance(error, type) and issubclass(error, errors.HardbatchError):
-                raise error(message)
-            raise RuntimeError(f"rank {where} failed while {what}: {name}: {message}")
+            names, message = report
+            for name in names:
+                error = getattr(errors, name, None)
+                if isinstance(error, type) and issubclass(error, errors.HardbatchError):
+                    raise error(message)
+            raise RuntimeError(f"rank {where} failed while {what}: {names[0]}: {message}")

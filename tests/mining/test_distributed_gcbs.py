@@ -4,7 +4,8 @@ One spawn of 2 ranks serves every check:
 
 * failures: a rank > 0 that fails while building its slice of the graph (a user error, or any other
   exception), a rank > 0 whose embeddings have another shape than rank 0's, rank 0 failing before the graph
-  (a bad batch size) and after it (a graph too dense), and a rank > 0 failing while ranking B3 queries, each
+  (a bad batch size) and after it (a graph too dense), a rank > 0 with a bad option of its own (a budget too
+  small: an error, not a "too dense" slice), and a rank > 0 failing while ranking B3 queries, each
   raise on **every** rank, well before the process group's (short) timeout: the same error class and message
   for a user error, a RuntimeError naming the failed rank otherwise. Without the shared failure report a
   rank left waiting in the gather (or a mismatched collective) times out, and the check fails;
@@ -87,6 +88,9 @@ def _failure_checks(rank: int, q, p) -> None:
     # Rank 0 fails before the graph, and after it: every rank raises its error, none returns None.
     _promptly(ConfigError, "larger than the data", lambda: mine_gcbs_distributed(q, p, 500, **OPTIONS))
     _promptly(ConfigError, "edges per row", lambda: gcbs(max_avg_degree=2.0))
+    # A rank's own bad option is that error, not taken for "too dense" (only the density cap is).
+    _promptly(ConfigError, "too small for the threshold graph",
+              lambda: gcbs(memory_budget="16KiB" if rank == 1 else None))  # fmt: skip
     # B3: a rank > 0 that fails while ranking its shard of queries stops every rank too.
     search = distributed.knn_exact
     if rank == 1:

@@ -38,6 +38,7 @@ from hardbatch.validation import check_chunk_size
 
 __all__ = [
     "DEFAULT_QUANTILE_SAMPLE",
+    "DenseGraphError",
     "degree_for_quantile",
     "estimate_similarity_quantile",
     "ivf_threshold_graph",
@@ -176,10 +177,14 @@ def estimate_similarity_quantile(
     return float(torch.topk(best, keep, sorted=False).values.min())
 
 
+class DenseGraphError(ConfigError):
+    """The graph above the threshold has more than ``max_avg_degree`` edges per row (a threshold too low)."""
+
+
 def _check_density(edges: int, max_edges: int, threshold: float, max_avg_degree: float) -> None:
     """Stop a graph build before a threshold far too low exhausts memory."""
     if edges > max_edges:
-        raise ConfigError(
+        raise DenseGraphError(
             f"the graph above threshold {threshold:.4f} has more than {max_avg_degree:g} edges per row on "
             "average; raise the quantile (or lower target_degree)"
         )
@@ -273,8 +278,8 @@ def threshold_graph(
         (N_rows, N_keys) ``scipy.sparse.csr_array`` of int8 ones, column indices sorted within each row.
 
     Raises:
-        ConfigError: a graph denser than ``max_avg_degree``, bad key-block options, a budget too small for
-            the smallest key block.
+        DenseGraphError: (a ConfigError) a graph denser than ``max_avg_degree``.
+        ConfigError: bad key-block options, a budget too small for the smallest key block.
 
     Time O(N_rows · N_keys · d) (+ O(candidates · d) re-scoring in bf16, + O(nnz · log(N_keys / B)) for the
     merge of key blocks); memory O(B · d + chunk_size · B) (:func:`threshold_working_set`) + O(nnz), with

@@ -300,7 +300,7 @@ def _local_graph(
     ``rows`` and ``keys`` are normalised tensors, or with key blocks the arrays as given (normalised block
     by block, the same bits per row).
     """
-    from hardbatch.graph.threshold import threshold_graph
+    from hardbatch.graph.threshold import DenseGraphError, threshold_graph
 
     if len(rows) == 0:
         return sp.csr_array((0, len(keys)), dtype=np.int8)
@@ -316,9 +316,7 @@ def _local_graph(
             memory_budget=options["memory_budget"],
             show_progress=options["show_progress"] if dist.get_rank() == 0 else False,
         )  # fmt: skip
-    except ConfigError as exc:
-        if "edges per row" not in str(exc):  # bad options are errors; only the density cap means "too dense"
-            raise
+    except DenseGraphError:  # other errors (bad options) are raised as they are
         return None
 
 
