@@ -27,7 +27,8 @@ test: $(STAMP)
 # Every hypothesis property with the "slow" profile (>= 200 examples each, no per-test CI caps).
 PROPERTY_TESTS := tests/samplers/test_sampler_properties.py tests/samplers/test_nodup_duplicates.py \
 	tests/samplers/test_b3_sampler.py tests/graph/test_partition.py tests/graph/test_rank_window.py \
-	tests/mining/test_plan.py tests/losses/test_triton_interpret.py
+	tests/mining/test_plan.py tests/losses/test_triton_interpret.py tests/graph/test_knn_key_blocks.py \
+	tests/graph/test_threshold_key_blocks.py tests/graph/test_budget.py
 test-slow: $(STAMP)
 	HYPOTHESIS_PROFILE=slow $(BIN)/python -m pytest -q -m "not distributed" $(PROPERTY_TESTS)
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from hardbatch import errors
 
 __all__ = [
     "broadcast_from_rank0",
     "comm_device",
     "is_distributed",
+    "raise_together",
     "rank",
     "rank0_computes",
     "rank0_first",
@@ -86,3 +89,35 @@ def rank0_first() -> Iterator[None]:
     yield
     if main and is_distributed():
         dist.barrier()
+
+
+def raise_together(failure: BaseException | None, what: str) -> None:
+    """A collective: raise on every rank when any rank failed, instead of leaving the others waiting.
+
+    Every rank calls it at the same point with its own failure (None when it succeeded). The failing rank
+    raises its own exception; the others raise the first failure as the nearest
+    :class:`~hardbatch.errors.HardbatchError` class of :mod:`hardbatch.errors` among its bases (a user
+    error: same message; a ``DenseGraphError`` arrives as the ``ConfigError`` it is), else as a
+    RuntimeError naming the rank and ``what`` it was doing. Only class names and messages travel
+    (``all_gather_object`` between our own ranks). On one process it just raises ``failure``, if any.
+
+    Example:
+        >>> raise_together(None, "mining")
+    """
+    if not is_distributed():
+        if failure is not None:
+            raise failure
+        return
+    report = None if failure is None else ([c.__name__ for c in type(failure).__mro__], str(failure))
+    reports: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(reports, report)
+    if failure is not None:
+        raise failure
+    for where, report in enumerate(reports):
+        if report is not None:
+            names, message = report
+            for name in names:
+                error = getattr(errors, name, None)
+                if isinstance(error, type) and issubclass(error, errors.HardbatchError):
+                    raise error(message)
+            raise RuntimeError(f"rank {where} failed while {what}: {names[0]}: {message}")

@@ -14,6 +14,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from recording import Recording
 
 from hardbatch.errors import ConfigError
 from hardbatch.graph.knn import knn, knn_exact
@@ -106,26 +107,6 @@ def test_row_shards_with_offset_and_key_blocks_equal_the_full_search():
     assert not (full.indices == np.arange(150)[:, None]).any()
 
 
-class _Recording:
-    """A (N, d) array-like that serves only slices and records them; converting it whole fails."""
-
-    def __init__(self, array):
-        self.array = array
-        self.slices: list[tuple[int, int]] = []
-
-    def __len__(self):
-        return len(self.array)
-
-    def __getitem__(self, item):
-        assert isinstance(item, slice) and item.step is None, item
-        lo, hi, _ = item.indices(len(self.array))
-        self.slices.append((lo, hi))
-        return np.asarray(self.array[item])
-
-    def __array__(self, *args, **kwargs):
-        raise AssertionError("the whole array was materialised")
-
-
 def test_key_blocks_read_a_memmap_once_one_block_at_a_time(tmp_path):
     x = _quantised(n=150)
     np.save(tmp_path / "keys.npy", x)
@@ -135,7 +116,7 @@ def test_key_blocks_read_a_memmap_once_one_block_at_a_time(tmp_path):
         x, mapped, 30, exclude_self=True, precision="fp32", chunk_size=32, key_block_size=40, device="cpu"
     )
     np.testing.assert_array_equal(on_disk.indices, expected.indices)
-    keys, rows = _Recording(mapped), _Recording(x)
+    keys, rows = Recording(mapped), Recording(x)
     got = knn_exact(
         rows, keys, 30, exclude_self=True, precision="fp32", chunk_size=32, key_block_size=40, device="cpu"
     )

@@ -163,3 +163,31 @@ def test_key_block_size_option_mines_the_same_plan(app, tmp_path):
     assert blocked.stats["knn_info"]["key_blocks"] == 4 and "key_blocks" not in whole.stats["knn_info"]
     result = CliRunner().invoke(app, [*base, "--key-block-size", "0", "-o", str(tmp_path / "x.parquet")])
     assert isinstance(result.exception, ConfigError) and "key_block_size" in str(result.exception)
+
+
+def test_cli_key_block_size_and_memory_budget_mine_the_same_plans(app, tmp_path):
+    q, p = _embeddings(tmp_path)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"query": f"q{i}", "positive": f"p{i}"}) + "\n" for i in range(96)))
+    emb = ["--query-emb", str(q), "--positive-emb", str(p)]
+    gcbs = ["mine", "gcbs", str(data), *emb, "-b", "12", "--target-degree", "6", "--precision", "fp32"]
+    b3 = ["mine", "b3", *emb, "-b", "12", "-k", "6", "--skip", "1", "--window", "8", "--precision", "fp32"]
+    runs = {"whole": [], "blocked": ["--key-block-size", "25"], "budget": ["--memory-budget", "40MiB"]}
+    plans = {}
+    for command, base in (("gcbs", gcbs), ("b3", b3)):
+        for name, extra in runs.items():
+            out = tmp_path / f"{command}-{name}.parquet"
+            result = CliRunner().invoke(app, [*base, *extra, "-o", str(out)])
+            assert result.exit_code == 0, result.output
+            plans[command, name] = BatchPlan.load(out)
+        for name in ("blocked", "budget"):
+            np.testing.assert_array_equal(plans[command, name].clusters, plans[command, "whole"].clusters)
+    assert plans["gcbs", "blocked"].stats["gcbs"]["key_blocks"] == 4
+    assert "key_blocks" not in plans["gcbs", "whole"].stats["gcbs"]
+    assert plans["b3", "budget"].stats["knn_info"]["memory_budget"] == 40 * 2**20
+    result = CliRunner().invoke(app, [*gcbs, "--key-block-size", "auto", "-o", str(tmp_path / "x.parquet")])
+    assert isinstance(result.exception, ConfigError) and "needs memory_budget" in str(result.exception)
+    result = CliRunner().invoke(app, [*b3, "--memory-budget", "lots", "-o", str(tmp_path / "x.parquet")])
+    assert isinstance(result.exception, ConfigError) and "memory_budget" in str(result.exception)
+    result = CliRunner().invoke(app, [*b3, "--key-block-size", "x1", "-o", str(tmp_path / "x.parquet")])
+    assert isinstance(result.exception, ConfigError) and "--key-block-size" in str(result.exception)

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 
 from hardbatch import errors
-from hardbatch.distributed import broadcast_from_rank0, comm_device, is_distributed
+from hardbatch.distributed import broadcast_from_rank0, comm_device, is_distributed, raise_together
 from hardbatch.embed.cache import read_cache, save_embeddings
 from hardbatch.embed.encode import (
     check_takes_images,
@@ -154,7 +154,7 @@ def encode_sharded(
                     local.append(encode_batch(encoder, schedule, batch, normalize, encode_device))
     except Exception as exc:  # an unreadable image, a model that does not load, out of memory...
         failure = exc
-    _raise_together(failure)
+    raise_together(failure, "embedding")
     result = _all_gather_rows(local, schedule.batches, len(schedule.unique))
     embeddings = finish_encoding(result, schedule, texts)  # the same check, the same error, on every rank
     if key is None:
@@ -166,29 +166,8 @@ def encode_sharded(
             written = save_embeddings(cache_path, embeddings, key)
         except Exception as exc:
             failure = exc
-    _raise_together(failure)
+    raise_together(failure, "embedding")
     return written if main else embeddings
-
-
-def _raise_together(failure: BaseException | None) -> None:
-    """A collective: raise on every rank when any rank failed, instead of leaving the others waiting.
-
-    The failing rank raises its own exception; the others raise the first failure's error class when it is a
-    :class:`~hardbatch.errors.HardbatchError` (a user error, same message), else a RuntimeError naming the
-    rank. Only names and messages travel (``all_gather_object`` between our own ranks).
-    """
-    report = None if failure is None else (type(failure).__name__, str(failure))
-    reports: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(reports, report)
-    if failure is not None:
-        raise failure
-    for where, report in enumerate(reports):
-        if report is not None:
-            name, message = report
-            error = getattr(errors, name, None)
-            if isinstance(error, type) and issubclass(error, errors.HardbatchError):
-                raise error(message)
-            raise RuntimeError(f"rank {where} failed while embedding: {name}: {message}")
 
 
 def _rank0_cache(path: Any, key: dict[str, Any], on_stale: str) -> np.ndarray | Literal[False]:
@@ -196,7 +175,7 @@ def _rank0_cache(path: Any, key: dict[str, Any], on_stale: str) -> np.ndarray | 
 
     Only rank 0 reads first (one stale warning, one decision); the others then memory-map the file, or
     receive rank 0's rows when they cannot read it. An error on rank 0 (a stale cache with
-    ``on_stale="error"``, an unreadable file) is raised on every rank (:func:`_raise_together`).
+    ``on_stale="error"``, an unreadable file) is raised on every rank (:func:`hardbatch.distributed.raise_together`).
     """
     cached, failure = None, None
     if dist.get_rank() == 0:
@@ -204,7 +183,7 @@ def _rank0_cache(path: Any, key: dict[str, Any], on_stale: str) -> np.ndarray | 
             cached = read_cache(path, key, on_stale=on_stale)  # type: ignore[arg-type]
         except Exception as exc:
             failure = exc
-    _raise_together(failure)
+    raise_together(failure, "embedding")
     if not broadcast_from_rank0(cached is not None):
         return False
     if dist.get_rank() != 0:

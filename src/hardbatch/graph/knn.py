@@ -36,8 +36,9 @@ import torch
 
 from hardbatch.device import resolve_device
 from hardbatch.errors import ConfigError
+from hardbatch.graph.budget import check_key_block_options, parse_memory_size, resolve_key_block_size
 from hardbatch.graph.precision import bf16_score_error_bound, resolve_precision
-from hardbatch.graph.similarity import ScoreBuffer, as_tensor
+from hardbatch.graph.similarity import ScoreBuffer, as_tensor, block_scores
 from hardbatch.graph.topk import DEFAULT_BLOCK_BYTES, merge_topk, select_topk, topk_with_ties
 from hardbatch.progress import progress
 from hardbatch.validation import check_chunk_size
@@ -52,6 +53,7 @@ __all__ = [
     "knn_exact",
     "knn_faiss",
     "knn_recall",
+    "knn_working_set",
     "recall_report",
 ]
 
@@ -92,15 +94,66 @@ def _check_k(k: int, num_keys: int, exclude_self: bool) -> None:
         )
 
 
-def _auto_chunk(num_keys: int) -> int:
-    return int(max(16, min(8192, DEFAULT_BLOCK_BYTES // max(1, 4 * num_keys))))
+def _auto_chunk(num_keys: int, block_entries: int = DEFAULT_BLOCK_BYTES // 4) -> int:
+    """Rows per block: as many as keep the score block at ``block_entries`` scores (256 MiB of fp32), 16-8192."""
+    return int(max(16, min(_MAX_AUTO_CHUNK, block_entries // max(1, num_keys))))
+
+
+def _budget_block_entries(budget: int, precision: str) -> int:
+    """Scores per block of the automatic chunk under a memory budget: at most half the budget, 256 MiB fp32."""
+    return int(min(DEFAULT_BLOCK_BYTES // 4, budget // (2 * _BYTES_PER_SCORE[precision])))
+
+
+def knn_working_set(
+    key_block: int,
+    dim: int,
+    chunk_size: int | None = None,
+    precision: str = "fp32",
+    block_entries: int = DEFAULT_BLOCK_BYTES // 4,
+) -> int:
+    """Upper bound in bytes of what :func:`knn_exact` holds with key blocks of ``key_block`` keys.
+
+    With B = ``key_block``, d = ``dim`` and c = ``chunk_size`` (automatic: c·B <= ``block_entries`` scores
+    with 16 <= c <= 8192, bounded here by ``min(8192·B, max(16·B, block_entries))`` scores and 8192 rows)::
+
+        keys    8·B·d    (the fp32 block and its normalised copy while it is made)
+                + 2·B·d  (its bf16 copy, bf16 mode)
+        rows    8·c·d    (a row block and its normalised copy)
+        scores  16·c·B   fp32: the block, the selection's temporaries (group maxima, masks, top-k buffers)
+                         and what the allocator keeps of the previous block's; measured 5.7-14 bytes per score
+                32·c·B   bf16: the bf16 block and its selection, plus the fp32 block of rows redone
+                         (measured ~27 bytes per score)
+        bf16    + 64 MiB (the gathered candidate keys of one re-scoring piece)
+
+    Calibrated on a 2-core CPU (peak anonymous memory growth of the search on memory-mapped inputs): 0.3-0.8
+    of this bound. The result, 8·N_rows·k bytes (int32 indices and fp32 scores), comes on top.
+
+    Example:
+        >>> round(knn_working_set(100_000, 384, 1024) / 2**30, 3)
+        1.815
+    """
+    if chunk_size is None:
+        rows, entries = _MAX_AUTO_CHUNK, min(_MAX_AUTO_CHUNK * key_block, max(16 * key_block, block_entries))
+    else:
+        rows, entries = int(chunk_size), int(chunk_size) * key_block
+    bf16 = precision == "bf16"
+    total = key_block * dim * (10 if bf16 else 8) + 8 * rows * dim + _BYTES_PER_SCORE[precision] * entries
+    return int(total + (_RESCORE_BYTES if bf16 else 0))
+
+
+#: Largest automatic row chunk.
+_MAX_AUTO_CHUNK = 8192
+#: Budgeted bytes per score of a block with its selection temporaries (see :func:`knn_working_set`).
+_BYTES_PER_SCORE = {"fp32": 16, "bf16": 32}
+#: Bytes of gathered candidate keys per re-scoring piece (bf16 mode).
+_RESCORE_BYTES = 64 << 20
 
 
 def _rescore(row_t: torch.Tensor, key_t: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """(R, c) fp32 products of each row with its own candidate keys, gathered in ~64 MiB pieces."""
     num_rows, width = columns.shape
     out = torch.empty(num_rows, width, dtype=torch.float32, device=row_t.device)
-    step = max(1, (64 << 20) // max(1, width * key_t.shape[1] * 4))
+    step = max(1, _RESCORE_BYTES // max(1, width * key_t.shape[1] * 4))
     for lo in range(0, num_rows, step):
         hi = min(lo + step, num_rows)
         gathered = key_t[columns[lo:hi]]  # (r, c, d)
@@ -126,18 +179,6 @@ def _mask_self(block: torch.Tensor, offset: int) -> None:
     block[local, columns] = float("-inf")
 
 
-def _scores(row_t: torch.Tensor, key_t: torch.Tensor, buffer: ScoreBuffer | None = None) -> torch.Tensor:
-    """(R, B) ``row_t @ key_t.T``; one key is padded to two so that the product stays a matrix product.
-
-    BLAS computes a one-column product as a matrix-vector product (gemv) whose rounding differs from the
-    matrix kernel's: the last key block of a blocked search (N_keys = j·B + 1) would then score its key in
-    other bits than the unblocked search does. With ``buffer`` the block is a view of its reused storage.
-    """
-    if len(key_t) == 1:
-        return (row_t @ torch.cat([key_t, torch.zeros_like(key_t)]).T)[:, :1].contiguous()
-    return row_t @ key_t.T if buffer is None else buffer.product(row_t, key_t)
-
-
 def _fp32_topk(
     row_t: torch.Tensor,
     key_t: torch.Tensor,
@@ -146,7 +187,7 @@ def _fp32_topk(
     exclude_self: bool,
     buffer: ScoreBuffer | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    block = _scores(row_t, key_t, buffer)
+    block = block_scores(row_t, key_t, buffer)
     if exclude_self:
         _mask_self(block, offset)
     return select_topk(block, k)
@@ -200,7 +241,7 @@ def _bf16_topk(
     unproven = ~(bound + eps < values[:, -1])
     redo = unproven.nonzero().reshape(-1)
     if len(redo):
-        sub = _scores(row_t[redo], key_t)
+        sub = block_scores(row_t[redo], key_t)
         if exclude_self:
             own_columns = redo + offset
             inside = ((own_columns >= 0) & (own_columns < num_keys)).nonzero().reshape(-1)
@@ -216,7 +257,8 @@ def knn_exact(
     *,
     exclude_self: bool = False,
     chunk_size: int | None = None,
-    key_block_size: int | None = None,
+    key_block_size: int | str | None = None,
+    memory_budget: int | str | None = None,
     device: str | torch.device | None = "auto",
     normalize: bool = False,
     precision: str = "auto",
@@ -256,7 +298,12 @@ def knn_exact(
         k: neighbours per row (``k <= N_keys``, or ``N_keys - 1`` with ``exclude_self``).
         exclude_self: rows and keys are aligned (``N_rows == N_keys``); never return key i for row i.
         chunk_size: rows per block (default: as many as fit in 256 MiB of fp32 scores against one key block).
-        key_block_size: keys resident at a time (None: all of them, one block).
+        key_block_size: keys resident at a time (None: all of them, one block; "auto": chosen from
+            ``memory_budget``).
+        memory_budget: bytes (or a size like "4GiB") for the resident key block, row block and score block
+            (:func:`knn_working_set`); alone it means ``key_block_size="auto"``: the largest block that fits
+            (:func:`hardbatch.graph.budget.key_block_for_budget`), with the automatic ``chunk_size`` filling
+            at most half the budget with scores. The result (8·N_rows·k bytes) comes on top.
         device: "auto" (CUDA when available), or any torch device.
         normalize: L2-normalise rows and keys first (cosine similarity).
         precision: "auto", "fp32" or "bf16" (speed only; the answer is the fp32 one).
@@ -270,11 +317,13 @@ def knn_exact(
         :class:`KnnResult` with (N_rows, k) int32 indices and float32 scores, best first; equal scores
         are ordered (and, at the k-th place, chosen) by ascending key index, on every device. ``info`` holds
         the precision, the final margin, the rows redone in fp32 (counted once per key block) and, with
-        key blocks, ``key_block_size`` and ``key_blocks``.
+        key blocks, ``key_block_size`` and ``key_blocks`` (with a budget also ``memory_budget`` in bytes and
+        the ``chunk_size`` used).
 
     Raises:
         ConfigError: ``k`` out of range, misaligned rows with ``exclude_self``, a ``chunk_size``,
-            ``key_block_size`` or ``margin`` that is not a valid integer.
+            ``key_block_size`` or ``margin`` that is not a valid integer, ``"auto"`` without a budget, an
+            integer block with a budget, a budget too small for the smallest key block.
 
     Complexity: with B = ``key_block_size`` (N_keys when None) and c = ``chunk_size``: time
     O(N_rows · N_keys · d) for the matmul plus O(N_rows · N_keys) for one pass of selection
@@ -308,9 +357,8 @@ def knn_exact(
         raise ConfigError(f"margin must be >= 0, got {margin}")
     margin = _DEFAULT_MARGIN if margin is None else int(margin)
     check_chunk_size(chunk_size)
-    check_chunk_size(key_block_size, "key_block_size")
-    block_keys = min(int(key_block_size or num_keys), num_keys)
-    chunk = chunk_size or _auto_chunk(block_keys)
+    block_keys, block_entries = _budget_key_block(key_block_size, memory_budget, keys, chunk_size, mode)
+    chunk = chunk_size or _auto_chunk(block_keys, block_entries)
     indices = np.empty((num_rows, k), dtype=np.int32)
     scores = np.empty((num_rows, k), dtype=np.float32)
     redone = 0
@@ -364,9 +412,30 @@ def knn_exact(
     info: dict[str, Any] = {"precision": mode, "fp32_rows_redone": redone}
     if mode == "bf16":
         info["margin"] = margin
-    if key_block_size is not None:
+    if key_block_size is not None or memory_budget is not None:
         info.update(key_block_size=block_keys, key_blocks=len(key_starts))
+    if memory_budget is not None:
+        info.update(memory_budget=parse_memory_size(memory_budget), chunk_size=chunk)
     return KnnResult(indices=indices, scores=scores, info=info)
+
+
+def _budget_key_block(
+    key_block_size: int | str | None,
+    memory_budget: int | str | None,
+    keys: Any,
+    chunk_size: int | None,
+    mode: str,
+) -> tuple[int, int]:
+    """(keys per block, scores per block of the automatic chunk) from the key-block options."""
+    num_keys, entries = len(keys), DEFAULT_BLOCK_BYTES // 4
+    if memory_budget is not None:
+        check_key_block_options(key_block_size, memory_budget)
+        entries = _budget_block_entries(parse_memory_size(memory_budget), mode)
+    block = resolve_key_block_size(
+        key_block_size, memory_budget, num_keys,
+        lambda b: knn_working_set(b, int(keys.shape[1]), chunk_size, mode, entries), f"the exact kNN ({mode})",
+    )  # fmt: skip
+    return max(1, min(block or num_keys, num_keys)), entries
 
 
 def _as_faiss_matrix(array: np.ndarray | torch.Tensor, normalize: bool) -> np.ndarray:
@@ -657,7 +726,8 @@ def knn(
     device: str | torch.device | None = "auto",
     chunk_size: int | None = None,
     precision: str = "auto",
-    key_block_size: int | None = None,
+    key_block_size: int | str | None = None,
+    memory_budget: int | str | None = None,
     show_progress: bool | None = None,
     **faiss_options: Any,
 ) -> KnnResult:
@@ -673,7 +743,9 @@ def knn(
         device: device of the exact backend.
         chunk_size: rows per block of the exact backend.
         precision: matmul precision of the exact backend ("auto", "fp32", "bf16"; same answer).
-        key_block_size: keys resident at a time in the exact backend (None: all; see :func:`knn_exact`).
+        key_block_size: keys resident at a time in the exact backend (None: all; "auto": from the budget;
+            see :func:`knn_exact`).
+        memory_budget: bytes (or "4GiB") the exact backend's key and score blocks may take.
         show_progress: progress bar.
         **faiss_options: passed to :func:`knn_faiss` (``hnsw_m``, ``ef_search``, ``nlist``, ``nprobe``...).
 
@@ -699,10 +771,13 @@ def knn(
             normalize=normalize,
             precision=precision,
             key_block_size=key_block_size,
+            memory_budget=memory_budget,
             show_progress=show_progress,
         )
-    if key_block_size is not None:
-        raise ConfigError("key_block_size only applies to the exact backend (faiss indexes hold every key)")
+    if key_block_size is not None or memory_budget is not None:
+        raise ConfigError(
+            "key_block_size and memory_budget only apply to the exact backend (faiss indexes hold every key)"
+        )
     if backend in ("hnsw", "ivf"):
         return knn_faiss(
             rows,

@@ -22,7 +22,7 @@ import torch
 
 from hardbatch.device import resolve_device
 
-__all__ = ["RowSubset", "ScoreBuffer", "as_tensor", "iter_similarity_blocks"]
+__all__ = ["RowSubset", "ScoreBuffer", "as_tensor", "block_scores", "iter_similarity_blocks"]
 
 
 class RowSubset:
@@ -109,6 +109,28 @@ class ScoreBuffer:
         out = storage[:size].view(rows.shape[0], keys.shape[0])
         with torch.no_grad():  # out= products do not record autograd history; scores never need it here
             return torch.matmul(rows, keys.T, out=out)
+
+
+def block_scores(row_t: torch.Tensor, key_t: torch.Tensor, buffer: ScoreBuffer | None = None) -> torch.Tensor:
+    """(R, B) ``row_t @ key_t.T``; one key is padded to two so that the product stays a matrix product.
+
+    BLAS computes a one-column product as a matrix-vector product (gemv) whose rounding differs from the
+    matrix kernel's: the last key block of a blocked search (N_keys = j·B + 1) would then score its key in
+    other bits than the unblocked search does. Used by every key-blocked pass (kNN, threshold graph).
+
+    Args:
+        row_t: (R, d) float32 tensor.
+        key_t: (B, d) float32 tensor on the same device.
+        buffer: write the block into this reused storage (the result is then a view of it, valid until
+            the buffer's next product).
+
+    Example:
+        >>> block_scores(torch.ones(2, 3), torch.ones(1, 3)).tolist()
+        [[3.0], [3.0]]
+    """
+    if len(key_t) == 1:
+        return (row_t @ torch.cat([key_t, torch.zeros_like(key_t)]).T)[:, :1].contiguous()
+    return row_t @ key_t.T if buffer is None else buffer.product(row_t, key_t)
 
 
 def iter_similarity_blocks(

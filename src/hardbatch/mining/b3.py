@@ -36,6 +36,7 @@ import scipy.sparse as sp
 import torch
 
 from hardbatch.errors import ConfigError
+from hardbatch.graph.budget import check_key_block_options
 from hardbatch.graph.knn import KnnResult, recall_report
 from hardbatch.graph.knn import knn as run_knn
 from hardbatch.graph.partition import COMMUNITY_METHODS, balanced_clusters
@@ -44,7 +45,7 @@ from hardbatch.graph.similarity import RowSubset, as_tensor
 from hardbatch.ids import stable_ids
 from hardbatch.mining.plan import BatchPlan, input_hashes
 from hardbatch.progress import StageTimer, peak_rss_mb
-from hardbatch.validation import check_batch_size, check_chunk_size, check_embeddings, check_same_length
+from hardbatch.validation import check_batch_size, check_embeddings, check_same_length
 
 __all__ = ["cluster_hardness", "effective_window", "mine_b3", "per_source_setting"]
 
@@ -264,7 +265,8 @@ def mine_b3(
     normalize: bool = True,
     device: str | torch.device | None = "auto",
     chunk_size: int | None = None,
-    key_block_size: int | None = None,
+    key_block_size: int | str | None = None,
+    memory_budget: int | str | None = None,
     faiss_options: dict[str, int] | None = None,
     recall_sample: int = 1000,
     precision: str = "auto",
@@ -308,7 +310,11 @@ def mine_b3(
             the ranking is the unblocked one (see :func:`hardbatch.graph.knn.knn_exact`). Memory of the
             kNN stage O(key_block_size · d + chunk · key_block_size) instead of O(N · d + chunk · N); a
             source group is then read on demand (:class:`~hardbatch.graph.similarity.RowSubset`), not
-            copied first.
+            copied first. ``"auto"``: the largest block whose working set fits ``memory_budget``, chosen per
+            source group (:func:`hardbatch.graph.knn.knn_working_set`).
+        memory_budget: bytes (or a size like "4GiB") the exact kNN's key block, row block and score block
+            may take; alone it means ``key_block_size="auto"``. The running top lists (8·N·(p+m) bytes) and
+            the later stages come on top (see docs/b3.md, "Streaming inputs and memory bounds").
         faiss_options: extra options of :func:`hardbatch.graph.knn.knn_faiss` (``hnsw_m``, ``ef_search``...).
         recall_sample: rows used to measure approximate-kNN recall (0 to skip); the plan stores recall@k
             (``knn_recall``) and the recall of the window ranks [skip, skip + window) (``knn_window_recall``).
@@ -359,9 +365,10 @@ def mine_b3(
         (8, 4)
     """
     num_examples = _validate(query_emb, positive_emb, batch_size, cluster_size, knn, community)
-    check_chunk_size(key_block_size, "key_block_size")
-    if key_block_size is not None and knn != "exact":
-        raise ConfigError(f"key_block_size applies to knn='exact' only, got knn={knn!r}")
+    check_key_block_options(key_block_size, memory_budget)
+    blocked = key_block_size is not None or memory_budget is not None
+    if blocked and knn != "exact":
+        raise ConfigError(f"key_block_size and memory_budget apply to knn='exact' only, got knn={knn!r}")
     for name, value in (
         ("absolute_margin", absolute_margin),
         ("relative_margin", relative_margin),
@@ -403,7 +410,7 @@ def mine_b3(
         whole = len(groups) == 1
         if whole:
             q_part, p_part = query_emb, positive_emb
-        elif key_block_size is not None and not label_groups[group_index]:
+        elif blocked and not label_groups[group_index]:
             # Read on demand, block by block: the key-block bound then holds per source group too.
             q_part, p_part = RowSubset(_as_numpy(query_emb), ids), RowSubset(_as_numpy(positive_emb), ids)
         else:
@@ -427,6 +434,7 @@ def mine_b3(
         search = functools.partial(
             _group_knn, q_part, p_part, backend=knn, normalize=normalize, device=device, chunk_size=chunk_size,
             seed=seed, show_progress=show_progress, precision=precision, key_block_size=key_block_size,
+            memory_budget=memory_budget,
         )  # fmt: skip
         if k <= group_skip:  # too few examples in this group for any rank past the skipped ones
             if k > 0:
@@ -593,7 +601,8 @@ def _group_knn(
     seed: int,
     show_progress: bool | None,
     precision: str = "auto",
-    key_block_size: int | None = None,
+    key_block_size: int | str | None = None,
+    memory_budget: int | str | None = None,
 ) -> KnnResult:
     if backend == "exact":
         return run_knn(
@@ -607,10 +616,11 @@ def _group_knn(
             chunk_size=chunk_size,
             precision=precision,
             key_block_size=key_block_size,
+            memory_budget=memory_budget,
             show_progress=show_progress,
         )
-    if key_block_size is not None:
-        raise ConfigError(f"key_block_size applies to knn='exact' only, got knn={backend!r}")
+    if key_block_size is not None or memory_budget is not None:
+        raise ConfigError(f"key_block_size and memory_budget apply to knn='exact' only, got knn={backend!r}")
     options = dict(faiss_options or {})
     if backend == "ivf":
         options.setdefault("seed", seed)

@@ -33,7 +33,19 @@ only, so it is the single-process threshold), broadcasts it (float64, exact), ev
 by ``all_gather``, then padded (row, column) pairs by ``dist.gather``), which orders and batches as one
 process. Cost per rank: time O(N²·d / W); memory O(N·d) for the positives, O(chunk·N) for one block and
 O(nnz / W) for its slice; rank 0 also O(sample·d) time for the threshold, W × the largest slice while
-gathering, the O(N + nnz) graph and RCM.
+gathering, the O(N + nnz) graph and RCM. With ``key_block_size=B`` (or ``memory_budget``) no rank normalises
+or holds the inputs whole: each reads its row shard and the positives B at a time from the given arrays
+(the same memory-mapped file), O(B·d + chunk·B) (:func:`hardbatch.graph.threshold.threshold_working_set`),
+and rank 0's quantile sample O(sqrt(sample)·d); the slices and the graph are unchanged.
+
+**Failures.** The ranks > 0 wait in a serve loop for rank 0's next request. Within a request every rank
+reports its outcome before the results travel (:func:`hardbatch.distributed.raise_together`, one
+``all_gather_object`` of an error name and message or None), so a rank that fails (bad input, a shape that
+differs from rank 0's, out of memory) makes every rank raise at once instead of leaving the others in the
+gather until the process group's timeout; a failure of rank 0 outside a request (its own input checks, a
+graph too dense, RCM, METIS) is sent as a ``_FAIL`` header and the same report. Every rank then raises: a
+:class:`~hardbatch.errors.HardbatchError` with its class and message, anything else as a RuntimeError naming
+the failed rank (the failing rank raises its own exception). Tested in ``tests/mining/test_distributed_gcbs.py``.
 
 Embeddings computed by the ranks themselves (``torchrun ... mine b3 DATA`` without embedding files) come from
 :mod:`hardbatch.embed.sharded`, which gives every rank the full single-process query and positive matrices.
@@ -41,15 +53,16 @@ Embeddings computed by the ranks themselves (``torchrun ... mine b3 DATA`` witho
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.distributed as dist
 
-from hardbatch.distributed import comm_device
-from hardbatch.errors import ConfigError
+from hardbatch.distributed import comm_device, raise_together
+from hardbatch.errors import ConfigError, DataError
 from hardbatch.graph.knn import KnnResult, knn_exact
 from hardbatch.graph.similarity import RowSubset
 from hardbatch.mining.plan import BatchPlan
@@ -59,7 +72,11 @@ if TYPE_CHECKING:
 
 __all__ = ["mine_b3_distributed", "mine_gcbs_distributed"]
 
-_STOP, _SEARCH, _GRAPH = 0, 1, 2
+_STOP, _SEARCH, _GRAPH, _FAIL = 0, 1, 2, 3
+_B3_WHAT = "ranking its shard of B3 queries"
+_GCBS_WHAT = "building its slice of the GCBS graph"
+
+T = TypeVar("T")
 
 
 def _shard(num_rows: int, rank: int, world: int) -> tuple[int, int]:
@@ -71,7 +88,8 @@ def _local_search(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     if ids is None:
         q_part, p_part = query, positive
-    elif options.get("key_block_size") is not None:  # a source group, read block by block
+    elif options["key_block_size"] is not None or options["memory_budget"] is not None:
+        # a source group, read block by block
         q_part, p_part = RowSubset(np.asarray(query), ids), RowSubset(np.asarray(positive), ids)
     else:
         q_part, p_part = np.asarray(query)[ids], np.asarray(positive)[ids]
@@ -111,15 +129,68 @@ def _gather(
     )
 
 
+def _attempt(work: Callable[..., T], *args: Any) -> tuple[T | None, BaseException | None]:
+    """``(work(*args), None)``, or ``(None, the exception)``: a rank's part of a collective step."""
+    try:
+        return work(*args), None
+    except Exception as exc:  # bad input, out of memory, a bug: every rank must hear of it
+        return None, exc
+
+
+class _Leader:
+    """Rank 0's side of the request loop: a failure anywhere ends every rank's call with an error.
+
+    The other ranks wait in a serve loop for rank 0's next header. Within a request every rank reports
+    its outcome (:func:`hardbatch.distributed.raise_together`) before the results are gathered, so a rank
+    that fails makes every rank raise at once (instead of leaving the others in the gather until the
+    process group's timeout). A failure of rank 0 outside a request (its own checks, RCM, METIS...) is sent
+    as a ``_FAIL`` header followed by the same report. ``shared`` is set while a report is being exchanged:
+    the other ranks have then left their loop, and no further header may be sent.
+    """
+
+    def __init__(self, send_header: Callable[[int], None], what: str) -> None:
+        self.send_header, self.what, self.shared = send_header, what, False
+
+    def report(self, failure: BaseException | None) -> None:
+        """Within a request: every rank's outcome; raises on every rank when one failed."""
+        self.shared = True
+        raise_together(failure, self.what)
+        self.shared = False
+
+    def run(self, work: Callable[[], T]) -> T:
+        """Rank 0's ``work()``; afterwards the other ranks stop, or raise rank 0's failure."""
+        try:
+            result = work()
+        except BaseException as exc:
+            if not self.shared:
+                self.send_header(_FAIL)
+                raise_together(exc, self.what)  # re-raises ``exc`` here; the other ranks raise its report
+            raise
+        self.send_header(_STOP)
+        return result
+
+
+def _follow(command: int, failure: BaseException | None, what: str) -> bool:
+    """Ranks > 0: True to serve the request; False on stop; raises rank 0's (or this rank's) failure."""
+    if command == _FAIL:
+        raise_together(failure, what)  # rank 0 reports its failure: raise it here
+        raise RuntimeError("rank 0 sent a failure without reporting one")  # unreachable unless a bug
+    if command == _STOP:
+        if failure is not None:  # this rank failed before any request needed it
+            raise failure
+        return False
+    return True
+
+
 def _serve(query: Any, positive: Any, options: dict[str, Any]) -> None:
-    """Ranks > 0: answer rank 0's search requests until it sends the stop message."""
+    """Ranks > 0: answer rank 0's search requests until it sends the stop (or failure) message."""
     rank, world = dist.get_rank(), dist.get_world_size()
     dev = comm_device()
     while True:
         header = torch.zeros(3, dtype=torch.int64, device=dev)
         dist.broadcast(header, src=0)
         command, k, count = (int(v) for v in header.tolist())
-        if command == _STOP:
+        if not _follow(command, None, _B3_WHAT):
             return
         ids = None
         if count >= 0:
@@ -127,7 +198,9 @@ def _serve(query: Any, positive: Any, options: dict[str, Any]) -> None:
             dist.broadcast(buffer, src=0)
             ids = buffer.cpu().numpy()
         num_rows = len(query) if ids is None else len(ids)
-        indices, scores, _ = _local_search(query, positive, ids, k, rank, world, options)
+        found, failure = _attempt(_local_search, query, positive, ids, k, rank, world, options)
+        raise_together(failure, _B3_WHAT)
+        indices, scores, _ = found
         _gather(indices, scores, num_rows, k)
 
 
@@ -139,7 +212,8 @@ def mine_b3_distributed(
     device: str | torch.device | None = "auto",
     chunk_size: int | None = None,
     precision: str = "auto",
-    key_block_size: int | None = None,
+    key_block_size: int | str | None = None,
+    memory_budget: int | str | None = None,
     **mine_options: Any,
 ) -> BatchPlan | None:
     """:func:`~hardbatch.mining.b3.mine_b3` with the teacher ranking split over the ranks of the default group.
@@ -156,26 +230,33 @@ def mine_b3_distributed(
         precision: matmul precision of the search (answer is the fp32 one).
         key_block_size: positives each rank holds at a time (None: all of them). Every rank reads the
             positives block by block from ``positive_emb`` (the same memory-mapped file on a shared
-            filesystem), so no rank holds all of them; the ranking is unchanged.
+            filesystem), so no rank holds all of them; the ranking is unchanged. "auto": chosen from
+            ``memory_budget`` by every rank alike (:func:`hardbatch.graph.knn.knn_exact`).
+        memory_budget: bytes (or "4GiB") each rank's key and score blocks may take; alone it means
+            ``key_block_size="auto"``.
         **mine_options: every other :func:`~hardbatch.mining.b3.mine_b3` argument (batch_size, skip...).
 
     Returns:
         The plan on rank 0 (``params["world_size"]`` set), None on the other ranks.
 
     Raises:
-        ConfigError: an approximate ``knn`` backend.
+        ConfigError: an approximate ``knn`` backend. Anything a rank raises while ranking (bad input, out of
+            memory) or rank 0 raises while mining is raised on every rank at once
+            (:func:`hardbatch.distributed.raise_together`): the same class and message for a
+            :class:`~hardbatch.errors.HardbatchError`, else a RuntimeError naming the failed rank.
     """
     from hardbatch.mining.b3 import mine_b3
 
     if knn != "exact":
         raise ConfigError(f"distributed mining supports knn='exact' only, got {knn!r}")
     options = {"device": device, "chunk_size": chunk_size, "precision": precision, "normalize": True,
-               "key_block_size": key_block_size}  # fmt: skip
+               "key_block_size": key_block_size, "memory_budget": memory_budget}  # fmt: skip
     options["normalize"] = bool(mine_options.get("normalize", True))
     options["show_progress"] = mine_options.get("show_progress")
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         plan = mine_b3(query_emb, positive_emb, knn=knn, device=device, chunk_size=chunk_size,
-                       precision=precision, key_block_size=key_block_size, **mine_options)  # fmt: skip
+                       precision=precision, key_block_size=key_block_size, memory_budget=memory_budget,
+                       **mine_options)  # fmt: skip
         plan.params["world_size"] = 1
         return plan
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -184,6 +265,10 @@ def mine_b3_distributed(
         return None
     dev = comm_device()
     num_examples = len(query_emb)
+    leader = _Leader(
+        lambda command: dist.broadcast(torch.tensor([command, 0, 0], dtype=torch.int64, device=dev), src=0),
+        _B3_WHAT,
+    )
 
     def search(q_part: Any, p_part: Any, k: int, ids: np.ndarray) -> KnnResult:
         whole = len(ids) == num_examples
@@ -191,17 +276,18 @@ def mine_b3_distributed(
         dist.broadcast(header, src=0)
         if not whole:
             dist.broadcast(torch.as_tensor(np.asarray(ids, dtype=np.int64), device=dev), src=0)
-        indices, scores, info = _local_search(q_part, p_part, None, k, 0, world, options)
+        found, failure = _attempt(_local_search, q_part, p_part, None, k, 0, world, options)
+        leader.report(failure)
+        indices, scores, info = found
         gathered = _gather(indices, scores, len(q_part), k, info)
         assert gathered is not None
         return gathered
 
-    try:
-        plan = mine_b3(query_emb, positive_emb, knn=knn, device=device, chunk_size=chunk_size,
-                       precision=precision, key_block_size=key_block_size, neighbor_search=search,
-                       **mine_options)  # fmt: skip
-    finally:
-        dist.broadcast(torch.tensor([_STOP, 0, 0], dtype=torch.int64, device=dev), src=0)
+    plan = leader.run(
+        lambda: mine_b3(query_emb, positive_emb, knn=knn, device=device, chunk_size=chunk_size,
+                        precision=precision, key_block_size=key_block_size, memory_budget=memory_budget,
+                        neighbor_search=search, **mine_options)
+    )  # fmt: skip
     plan.params["world_size"] = world
     return plan
 
@@ -209,8 +295,12 @@ def mine_b3_distributed(
 def _local_graph(
     rows: Any, keys: Any, threshold: float, row_offset: int, num_rows: int, options: dict[str, Any]
 ) -> sp.csr_array | None:
-    """This rank's (rows, N) slice of the GCBS threshold graph; None when it alone breaks the density cap."""
-    from hardbatch.graph.threshold import threshold_graph
+    """This rank's (rows, N) slice of the GCBS threshold graph; None when it alone breaks the density cap.
+
+    ``rows`` and ``keys`` are normalised tensors, or with key blocks the arrays as given (normalised block
+    by block, the same bits per row).
+    """
+    from hardbatch.graph.threshold import DenseGraphError, threshold_graph
 
     if len(rows) == 0:
         return sp.csr_array((0, len(keys)), dtype=np.int8)
@@ -221,11 +311,17 @@ def _local_graph(
     try:
         return threshold_graph(
             rows, keys, threshold, chunk_size=options["chunk_size"], device=options["device"],
-            normalize=False, drop_diagonal=True, row_offset=row_offset, max_avg_degree=local_degree,
+            normalize=_blocked(options), drop_diagonal=True, row_offset=row_offset, max_avg_degree=local_degree,
+            precision=options["precision"], key_block_size=options["key_block_size"],
+            memory_budget=options["memory_budget"],
             show_progress=options["show_progress"] if dist.get_rank() == 0 else False,
         )  # fmt: skip
-    except ConfigError:
+    except DenseGraphError:  # other errors (bad options) are raised as they are
         return None
+
+
+def _blocked(options: dict[str, Any]) -> bool:
+    return options["key_block_size"] is not None or options["memory_budget"] is not None
 
 
 def _gather_graph(
@@ -278,6 +374,27 @@ def _gather_graph(
     return sp.csr_array((data, col_idx, indptr), shape=(num_rows, num_rows))
 
 
+def _check_shape(query: Any, positive: Any, num_rows: int, dim: int) -> None:
+    """This rank's inputs have rank 0's shape (N, d): a rank reading another file fails, not mines it."""
+    rank = dist.get_rank()
+    for name, array in (("query", query), ("positive", positive)):
+        shape = tuple(array.shape)
+        if shape != (num_rows, dim):
+            raise DataError(
+                f"{name} embeddings on rank {rank}: shape {shape}, but rank 0 mines ({num_rows}, {dim}); "
+                "every rank must read the same embeddings"
+            )
+
+
+def _checked_slice(
+    query: Any, positive: Any, prepared: tuple[Any, Any], threshold: float, lo: int, options: dict[str, Any]
+) -> sp.csr_array | None:
+    """Ranks > 0: the shape check against rank 0's, then this rank's slice of the graph."""
+    num_rows, dim = options["shape"]
+    _check_shape(query, positive, num_rows, dim)
+    return _local_graph(*prepared, threshold, lo, num_rows, options)
+
+
 def _serve_graph(query: Any, positive: Any, options: dict[str, Any]) -> None:
     """Ranks > 0: build this rank's slice of the GCBS graph when rank 0 sends the threshold, until stop."""
     from hardbatch.device import resolve_device
@@ -285,19 +402,28 @@ def _serve_graph(query: Any, positive: Any, options: dict[str, Any]) -> None:
 
     rank, world = dist.get_rank(), dist.get_world_size()
     dev = comm_device()
-    num_rows = len(query)
-    lo, hi = _shard(num_rows, rank, world)
-    # Normalised while rank 0 estimates the threshold; row-wise, so the slice equals rank 0's rows lo:hi.
-    search_device = resolve_device(options["device"])
-    rows = normalize_rows(query[lo:hi], search_device)
-    keys = normalize_rows(positive, search_device)
+    lo, hi = _shard(len(query), rank, world)
+
+    def prepare() -> tuple[Any, Any]:
+        if _blocked(options):  # read block by block where needed, never all positives at once
+            return query[lo:hi], positive
+        # Normalised while rank 0 estimates the threshold; row-wise, so the slice equals rank 0's rows lo:hi.
+        search_device = resolve_device(options["device"])
+        return normalize_rows(query[lo:hi], search_device), normalize_rows(positive, search_device)
+
+    prepared, failure = _attempt(prepare)
     while True:
-        header = torch.zeros(2, dtype=torch.float64, device=dev)
+        header = torch.zeros(4, dtype=torch.float64, device=dev)
         dist.broadcast(header, src=0)
         command, threshold = int(header[0].item()), float(header[1].item())
-        if command == _STOP:
+        if not _follow(command, failure, _GCBS_WHAT):
             return
-        local = _local_graph(rows, keys, threshold, lo, num_rows, options)
+        num_rows = int(header[2].item())
+        options = {**options, "shape": (num_rows, int(header[3].item()))}
+        local = None
+        if failure is None:
+            local, failure = _attempt(_checked_slice, query, positive, prepared, threshold, lo, options)
+        raise_together(failure, _GCBS_WHAT)
         _gather_graph(local, num_rows, threshold, options["max_avg_degree"])
 
 
@@ -310,6 +436,9 @@ def mine_gcbs_distributed(
     device: str | torch.device | None = "auto",
     chunk_size: int = 2048,
     max_avg_degree: float = 1024.0,
+    precision: str = "auto",
+    key_block_size: int | str | None = None,
+    memory_budget: int | str | None = None,
     show_progress: bool | None = None,
     **gcbs_options: Any,
 ) -> GCBSResult | None:
@@ -326,7 +455,8 @@ def mine_gcbs_distributed(
     Cost per rank: time O(N²·d / W) for the graph (rank 0 also O(sample_size·d) for the threshold and
     O(nnz log Δ) for RCM); memory O(N·d) for the positives, O(chunk_size·N) for one block and O(nnz / W)
     for its slice; rank 0 also holds the query embeddings, W times the largest slice while gathering
-    (O(nnz) for balanced slices) and the O(N + nnz) graph.
+    (O(nnz) for balanced slices) and the O(N + nnz) graph. With key blocks of B: O(B·d + chunk_size·B)
+    instead of O(N·d + chunk_size·N) on every rank, and rank 0 holds no embeddings whole either.
 
     Args:
         query_emb: (N, d) float query embeddings (numpy, memory-mapped numpy or torch).
@@ -336,6 +466,12 @@ def mine_gcbs_distributed(
         device: device of each rank's similarity pass (e.g. "cuda:<local rank>" under NCCL).
         chunk_size: rows per similarity block.
         max_avg_degree: refuse graphs denser than this, as one process does.
+        precision: matmul precision of every rank's graph pass (the graph is the fp32 one).
+        key_block_size: positives each rank holds at a time (None: all; "auto": from ``memory_budget``).
+            Every rank reads them block by block from ``positive_emb`` (the same memory-mapped file on a
+            filesystem the ranks share); the graph is unchanged.
+        memory_budget: bytes (or "4GiB") each rank's key, row and score blocks may take; alone it means
+            ``key_block_size="auto"``.
         show_progress: rank 0's progress bar.
         **gcbs_options: every other :func:`~hardbatch.mining.gcbs.mine_gcbs` argument (quantile, seed...).
 
@@ -344,16 +480,21 @@ def mine_gcbs_distributed(
         plan records it), None on the other ranks.
 
     Raises:
-        ConfigError: ``graph_method="ivf"``, or anything :func:`~hardbatch.mining.gcbs.mine_gcbs` raises
-            (on rank 0; the other ranks then return None).
+        ConfigError: ``graph_method="ivf"``.
+        DataError: a rank's embeddings differ in shape from rank 0's (raised on every rank).
+        Exception: anything :func:`~hardbatch.mining.gcbs.mine_gcbs` raises on rank 0, or any rank raises
+            while building its slice, is raised on every rank at once (see "Failures" in the module
+            docstring): the same class and message for a :class:`~hardbatch.errors.HardbatchError`, a
+            RuntimeError naming the failed rank otherwise.
     """
     from hardbatch.mining.gcbs import mine_gcbs
 
     if graph_method != "exact":
         raise ConfigError(f"distributed GCBS supports graph_method='exact' only, got {graph_method!r}")
     common = dict(
-        device=device, chunk_size=chunk_size, max_avg_degree=max_avg_degree, show_progress=show_progress
-    )
+        device=device, chunk_size=chunk_size, max_avg_degree=max_avg_degree, show_progress=show_progress,
+        precision=precision, key_block_size=key_block_size, memory_budget=memory_budget,
+    )  # fmt: skip
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         result = mine_gcbs(query_emb, positive_emb, batch_size, **common, **gcbs_options)
         result.params["world_size"] = 1
@@ -364,17 +505,23 @@ def mine_gcbs_distributed(
         return None
     dev = comm_device()
 
-    def search(x: torch.Tensor, y: torch.Tensor, threshold: float) -> sp.csr_array:
-        dist.broadcast(torch.tensor([_GRAPH, threshold], dtype=torch.float64, device=dev), src=0)
+    def send(command: int, threshold: float = 0.0, shape: tuple[int, int] = (0, 0)) -> None:
+        header = torch.tensor([command, threshold, *shape], dtype=torch.float64, device=dev)
+        dist.broadcast(header, src=0)
+
+    leader = _Leader(send, _GCBS_WHAT)
+
+    def search(x: Any, y: Any, threshold: float) -> sp.csr_array:
+        send(_GRAPH, threshold, (len(x), int(x.shape[1])))
         lo, hi = _shard(len(x), 0, world)
-        local = _local_graph(x[lo:hi], y, threshold, lo, len(x), common)
+        local, failure = _attempt(_local_graph, x[lo:hi], y, threshold, lo, len(x), common)
+        leader.report(failure)
         graph = _gather_graph(local, len(x), threshold, max_avg_degree)
         assert graph is not None
         return graph
 
-    try:
-        result = mine_gcbs(query_emb, positive_emb, batch_size, graph_search=search, **common, **gcbs_options)
-    finally:
-        dist.broadcast(torch.tensor([_STOP, 0.0], dtype=torch.float64, device=dev), src=0)
+    result = leader.run(
+        lambda: mine_gcbs(query_emb, positive_emb, batch_size, graph_search=search, **common, **gcbs_options)
+    )
     result.params["world_size"] = world
     return result

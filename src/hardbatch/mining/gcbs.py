@@ -24,8 +24,10 @@ Decisions the paper leaves open, made explicit here:
   As a rule of thumb the average degree (1 - q) · N should stay below the batch size (hub-heavy real
   data collapses sooner than clustered synthetic data).
 
-Cost per refresh: O(N² · d) for the similarity pass (it dominates), O(N + nnz) memory beyond one
-``chunk_size × N`` block, plus O(nnz log Δ) for RCM. The embedding pass is the caller's. For large N on a
+Cost per refresh: O(N² · d) for the similarity pass (it dominates), O(N·d + N + nnz) memory beyond one
+``chunk_size × N`` block, plus O(nnz log Δ) for RCM. With ``key_block_size`` (or ``memory_budget``) the
+positives are read block by block and nothing is copied whole: O(B·d + chunk_size·B + N + nnz) (the
+bounds of every stage are in :func:`mine_gcbs`). The embedding pass is the caller's. For large N on a
 CPU, ``graph_method="ivf"`` replaces the exact pass by a faiss IVF range search at about ``nprobe / nlist``
 of its cost (:func:`~hardbatch.graph.threshold.ivf_threshold_graph`), missing a few edges.
 
@@ -49,6 +51,7 @@ import torch
 from hardbatch.device import resolve_device
 from hardbatch.errors import ConfigError
 from hardbatch.graph.ordering import bandwidth, degree_stats, rcm_order, same_batch_fraction, symmetrize
+from hardbatch.graph.precision import resolve_precision
 from hardbatch.graph.threshold import (
     DEFAULT_QUANTILE_SAMPLE,
     degree_for_quantile,
@@ -57,6 +60,7 @@ from hardbatch.graph.threshold import (
     normalize_rows,
     quantile_for_degree,
     threshold_graph,
+    threshold_key_block,
 )
 from hardbatch.mining.plan import input_hashes
 from hardbatch.progress import StageTimer
@@ -169,6 +173,9 @@ def mine_gcbs(
     keep_graph: bool = True,
     graph_method: str = "exact",
     nprobe: int = 32,
+    precision: str = "auto",
+    key_block_size: int | str | None = None,
+    memory_budget: int | str | None = None,
     dataset_hash: str | None = None,
     hash_inputs: bool = True,
     show_progress: bool | None = None,
@@ -196,14 +203,25 @@ def mine_gcbs(
             search over ``nprobe`` of about 4·sqrt(N) lists: roughly ``nprobe / nlist`` of the work, some
             edges missed; needs the ``faiss`` extra). The quantile is estimated exactly on a sample either way.
         nprobe: IVF lists searched per example with ``graph_method="ivf"``.
+        precision: matmul precision of the exact graph pass: "auto" (bf16 where fast), "fp32" or "bf16";
+            the graph is the fp32 one either way (:func:`~hardbatch.graph.threshold.threshold_graph`).
+        key_block_size: positives resident at a time in the exact graph pass (None: all of them; "auto":
+            chosen from ``memory_budget``). The embeddings are then never normalised up front: the quantile
+            sample and the graph pass read (and normalise) the rows they need from the given arrays, e.g.
+            memory-mapped ``.npy`` files, so no stage holds all positives; the graph, the order and the
+            batches are the unblocked ones.
+        memory_budget: bytes (or "4GiB") for the graph pass's key block, row block and score block
+            (:func:`~hardbatch.graph.threshold.threshold_working_set`); alone it means
+            ``key_block_size="auto"``.
         dataset_hash: fingerprint of the dataset the embeddings came from (recorded in the plan).
         hash_inputs: hash the embeddings for :meth:`GCBSResult.to_plan` (O(N·d); the per-epoch sampler
             refresh turns it off).
         show_progress: progress bar for the similarity pass.
         graph_search: replaces the exact threshold-graph pass of step 3: called once as
-            ``fn(x, y, threshold)`` with the (N, d) normalised fp32 query and positive tensors, it returns the
-            directed (N, N) graph :func:`~hardbatch.graph.threshold.threshold_graph` would (diagonal left
-            out, at most ``max_avg_degree`` edges per row). :func:`hardbatch.mining.distributed.mine_gcbs_distributed`
+            ``fn(x, y, threshold)`` with the (N, d) normalised fp32 query and positive tensors (with key
+            blocks: the arrays as given, to be normalised block by block), it returns the directed (N, N)
+            graph :func:`~hardbatch.graph.threshold.threshold_graph` would (diagonal left out, at most
+            ``max_avg_degree`` edges per row). :func:`hardbatch.mining.distributed.mine_gcbs_distributed`
             uses it to split the pass over ranks.
 
     Returns:
@@ -211,7 +229,15 @@ def mine_gcbs(
 
     Raises:
         DataError: embeddings are not finite 2-D float arrays of matching shape.
-        ConfigError: bad batch size, quantile, or a graph that would be too dense.
+        ConfigError: bad batch size, quantile, key-block options (``graph_method="ivf"`` holds every key),
+            a budget too small for the smallest key block, or a graph that would be too dense.
+
+    Memory per stage (N examples, d dimensions, c = ``chunk_size``, B = key block, S = ``sample_size``,
+    m = (1 - q)·S sampled values kept): normalisation O(N·d) for the fp32 copies of both sides (none with
+    key blocks); quantile O(sqrt(S)·d) sampled rows and keys + O(c·sqrt(S)) scores + O(m); graph
+    O(N·d + c·N) without key blocks, :func:`~hardbatch.graph.threshold.threshold_working_set` (B·d + c·B)
+    with them, + O(nnz) edges either way; symmetrise and RCM O(N + nnz); input hashes and validation stream
+    the inputs in chunks.
 
     Example:
         >>> import numpy as np
@@ -233,13 +259,23 @@ def mine_gcbs(
         raise ConfigError(f"nprobe must be a positive integer, got {nprobe!r}")  # faiss asserts otherwise
     timer = StageTimer()
     dev = resolve_device(device)
+    blocked = key_block_size is not None or memory_budget is not None
+    block = None
+    if blocked:
+        if graph_method != "exact":
+            raise ConfigError("key_block_size and memory_budget apply to graph_method='exact' only")
+        block = threshold_key_block(
+            key_block_size, memory_budget, positive_emb, chunk_size, resolve_precision(precision, dev)
+        )
     with timer.stage("normalize"):
-        x = normalize_rows(query_emb, dev)
-        y = normalize_rows(positive_emb, dev)
+        # Row-wise normalisation gives every row the same bits up front or block by block, so with key blocks
+        # the inputs are read (and normalised) where needed instead of copied whole.
+        x = query_emb if blocked else normalize_rows(query_emb, dev)
+        y = positive_emb if blocked else normalize_rows(positive_emb, dev)
     with timer.stage("quantile"):
         threshold = estimate_similarity_quantile(
             x, y, q, sample_size=sample_size, seed=0 if seed is None else seed, chunk_size=chunk_size,
-            device=dev, normalize=False,
+            device=dev, normalize=blocked,
         )  # fmt: skip
     with timer.stage("threshold_graph"):
         if graph_method == "ivf":
@@ -251,8 +287,9 @@ def mine_gcbs(
             directed = graph_search(x, y, threshold)
         else:
             directed = threshold_graph(
-                x, y, threshold, chunk_size=chunk_size, device=dev, normalize=False, drop_diagonal=True,
-                max_avg_degree=max_avg_degree, show_progress=show_progress,
+                x, y, threshold, chunk_size=chunk_size, device=dev, normalize=blocked, drop_diagonal=True,
+                max_avg_degree=max_avg_degree, precision=precision, key_block_size=block,
+                show_progress=show_progress,
             )  # fmt: skip
         del x, y
         graph = symmetrize(directed)
@@ -264,6 +301,8 @@ def mine_gcbs(
         for index, batch in enumerate(batches):
             batch_of[batch] = index
     stats = _graph_report(graph, directed, order, batch_of, batch_size, q, threshold)
+    if blocked:
+        stats.update(key_block_size=int(min(block or n, n)), key_blocks=-(-n // min(block or n, n)))
     params: dict[str, Any] = {"seed": seed, "target_degree": target_degree, "offset": offset}
     if graph_method != "exact":
         params.update(graph_method=graph_method, nprobe=nprobe)

@@ -15,7 +15,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hardbatch.app.cli.options import ExampleBatchSize, PlanOutput, TeacherDevice
+from hardbatch.app.cli.options import (
+    ExampleBatchSize,
+    KeyBlockSize,
+    MemoryBudget,
+    PlanOutput,
+    TeacherDevice,
+    key_block_option,
+)
 from hardbatch.app.cli.output import check_output_file
 from hardbatch.app.cli.teacher import EmbDir, PositiveEmb, QueryEmb, TeacherMaxSeqLength, teacher_embeddings
 
@@ -156,13 +163,8 @@ def mine_b3_command(
     recall_target: Annotated[
         float, typer.Option("--recall-target", help="Window recall the hnsw/ivf search effort is tuned to.")
     ] = 0.95,
-    key_block_size: Annotated[
-        int | None,
-        typer.Option(
-            "--key-block-size",
-            help="Exact kNN: positives held in memory at a time, read block by block (default: all).",
-        ),
-    ] = None,
+    key_block_size: KeyBlockSize = None,
+    memory_budget: MemoryBudget = None,
     shard_size: Annotated[
         int | None,
         typer.Option(
@@ -281,7 +283,8 @@ def mine_b3_command(
         knn=knn,
         precision=precision,
         recall_target=recall_target,
-        key_block_size=key_block_size,
+        key_block_size=key_block_option(key_block_size),
+        memory_budget=memory_budget,
         sources=sources,
         same_source=same_source,
         positive_texts=texts,
@@ -417,6 +420,11 @@ def mine_gcbs_command(
         ),
     ] = "exact",
     nprobe: Annotated[int, typer.Option("--nprobe", help="IVF lists searched per example.")] = 32,
+    precision: Annotated[
+        str, typer.Option("--precision", help="Exact graph matmul: auto (bf16 where fast) | fp32 | bf16.")
+    ] = "auto",
+    key_block_size: KeyBlockSize = None,
+    memory_budget: MemoryBudget = None,
     query_emb: QueryEmb = None,
     positive_emb: PositiveEmb = None,
     emb_dir: EmbDir = None,
@@ -442,7 +450,9 @@ def mine_gcbs_command(
     query, positive = teacher_emb.query, teacher_emb.positive
     result = mine_gcbs(
         query, positive, batch_size, quantile=quantile, target_degree=target_degree, seed=seed, device=device,
-        graph_method=graph_method, nprobe=nprobe, dataset_hash=dataset.fingerprint,
+        graph_method=graph_method, nprobe=nprobe, precision=precision,
+        key_block_size=key_block_option(key_block_size), memory_budget=memory_budget,
+        dataset_hash=dataset.fingerprint,
     )  # fmt: skip
     if result is None:  # a distributed rank other than 0: rank 0 writes the plan
         return
@@ -455,6 +465,8 @@ def mine_gcbs_command(
                 "giant_component_fraction", "bandwidth_before", "bandwidth_after", "same_batch_edge_fraction"):  # fmt: skip
         value = s[key]
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    if "key_block_size" in s:
+        table.add_row("key_block_size × key_blocks", f"{s['key_block_size']} × {s['key_blocks']}")
     for stage, value in result.seconds.items():
         table.add_row(f"{stage} (s)", f"{value['seconds']:.2f}")
     console.print(table)

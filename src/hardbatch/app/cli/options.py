@@ -16,11 +16,14 @@ __all__ = [
     "Device",
     "EncodeBatchSize",
     "ExampleBatchSize",
+    "KeyBlockSize",
     "MaxSeqLength",
+    "MemoryBudget",
     "Model",
     "PairData",
     "PlanOutput",
     "TeacherDevice",
+    "key_block_option",
 ]
 
 PairData = Annotated[
@@ -38,3 +41,36 @@ MaxSeqLength = Annotated[
 Device = Annotated[str, typer.Option("--device", help="'auto' (CUDA if available), 'cpu', 'cuda:0', ...")]
 TeacherDevice = Annotated[str, typer.Option("--device", help="'auto', 'cpu', 'cuda:0', ...")]
 PlanOutput = Annotated[Path, typer.Option("--output", "-o", help="Output batch plan (.parquet).")]
+KeyBlockSize = Annotated[
+    str | None,
+    typer.Option(
+        "--key-block-size",
+        help="Exact pass: positives held in memory at a time, read block by block (default: all), or "
+        "'auto' (from --memory-budget).",
+    ),
+]
+MemoryBudget = Annotated[
+    str | None,
+    typer.Option(
+        "--memory-budget",
+        help="Exact pass: memory for the resident positives and score blocks, e.g. 4GiB or 512MiB; picks "
+        "the key block (--key-block-size auto).",
+    ),
+]
+
+
+def key_block_option(text: str | None) -> int | str | None:
+    """``--key-block-size``'s value for the library: None, ``"auto"`` or an integer (checked there).
+
+    Example:
+        >>> key_block_option("4096"), key_block_option("auto"), key_block_option(None)
+        (4096, 'auto', None)
+    """
+    if text is None or text.strip().lower() == "auto":
+        return None if text is None else "auto"
+    try:
+        return int(text)
+    except ValueError:
+        from hardbatch.errors import ConfigError
+
+        raise ConfigError(f"--key-block-size expects a positive integer or 'auto', got {text!r}") from None
