@@ -522,19 +522,22 @@ def exact_rows(
         device: torch device.
 
     Returns:
-        (S, k) int64 key ids, best first. Time O(S · N_keys · d), memory O(1024 · N_keys).
+        (S, k) int64 key ids, best first. Time O(S · N_keys · d), memory O(c · N_keys) for a score block
+        of c = min(1024, 256 MiB / (4 · N_keys)) rows.
     """
     dev = resolve_device(device)
     key_t = as_tensor(keys, dev)
     if normalize:
         key_t = torch.nn.functional.normalize(key_t, dim=1)
     out = np.empty((len(ids), k), dtype=np.int64)
-    for lo in range(0, len(ids), 1024):
-        chunk = np.asarray(ids[lo : lo + 1024])
+    step = min(1024, _auto_chunk(len(key_t)))
+    buffer = ScoreBuffer()
+    for lo in range(0, len(ids), step):
+        chunk = np.asarray(ids[lo : lo + step])
         row_t = as_tensor(rows[chunk] if isinstance(rows, torch.Tensor) else np.asarray(rows[chunk]), dev)
         if normalize:
             row_t = torch.nn.functional.normalize(row_t, dim=1)
-        block = row_t @ key_t.T
+        block = block_scores(row_t, key_t, buffer)
         if exclude_self:
             block[torch.arange(len(chunk), device=dev), torch.as_tensor(chunk, device=dev)] = float("-inf")
         out[lo : lo + len(chunk)] = select_topk(block, k)[1].cpu().numpy()
