@@ -647,4 +647,6 @@ def mine_b3_hierarchical_distributed(
     raise_together(failure, "merging the hierarchical shard plans")
     if plan is not None:
         plan.params["world_size"] = world
+        seconds = plan.stats["rank_seconds"]
+        seconds += [0.0] * (world - len(seconds))  # ranks left without a shard (fewer shards than ranks)
     return plan
