@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from datetime import timedelta
 
 import numpy as np
@@ -26,14 +25,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from failing_ranks import TIMEOUT, failing, promptly
 
 from hardbatch.errors import ConfigError, DataError
 from hardbatch.mining.gcbs import mine_gcbs
 
 pytestmark = pytest.mark.distributed
 
-#: Seconds a gloo collective waits for the other ranks; each failure must arrive well within it.
-TIMEOUT = 20
 CASES = {
     "blocked_sampled": dict(target_degree=8, sample_size=4000, seed=3, key_block_size=37),
     "budget_exact_quantile": dict(quantile=0.99, seed=0, memory_budget=340_000),
@@ -49,20 +47,6 @@ def _data():
     return (3 * q).astype(np.float32), p.astype(np.float32)
 
 
-def _promptly(error, match, call) -> None:
-    started = time.perf_counter()
-    with pytest.raises(error, match=match):
-        call()
-    assert time.perf_counter() - started < TIMEOUT / 2, "the failure arrived only near the timeout"
-
-
-def _failing(message):
-    def fail(*args, **kwargs):
-        raise DataError(message) if message.startswith("row") else RuntimeError(message)
-
-    return fail
-
-
 def _failure_checks(rank: int, q, p) -> None:
     import hardbatch.graph.threshold as threshold
     import hardbatch.mining.distributed as distributed
@@ -74,28 +58,28 @@ def _failure_checks(rank: int, q, p) -> None:
     original = threshold.threshold_graph
     # A rank > 0 fails while building its slice: a user error travels as itself...
     if rank == 1:
-        threshold.threshold_graph = _failing("row 7: unreadable embedding")
-    _promptly(DataError, "row 7: unreadable embedding", gcbs)
+        threshold.threshold_graph = failing("row 7: unreadable embedding")
+    promptly(DataError, "row 7: unreadable embedding", gcbs)
     # ... any other exception as a RuntimeError naming the rank (the failing rank raises its own).
     if rank == 1:
-        threshold.threshold_graph = _failing("out of memory")
+        threshold.threshold_graph = failing("out of memory")
     expected = "out of memory" if rank == 1 else "rank 1 failed while building its slice of the GCBS graph"
-    _promptly(RuntimeError, expected, gcbs)
+    promptly(RuntimeError, expected, gcbs)
     threshold.threshold_graph = original
     # A rank > 0 whose file differs from rank 0's (a truncated copy on another node).
-    _promptly(DataError, r"positive embeddings on rank 1: shape \(300, 24\)",
+    promptly(DataError, r"positive embeddings on rank 1: shape \(300, 24\)",
               lambda: gcbs(positive=p[:-1] if rank == 1 else p))  # fmt: skip
     # Rank 0 fails before the graph, and after it: every rank raises its error, none returns None.
-    _promptly(ConfigError, "larger than the data", lambda: mine_gcbs_distributed(q, p, 500, **OPTIONS))
-    _promptly(ConfigError, "edges per row", lambda: gcbs(max_avg_degree=2.0))
+    promptly(ConfigError, "larger than the data", lambda: mine_gcbs_distributed(q, p, 500, **OPTIONS))
+    promptly(ConfigError, "edges per row", lambda: gcbs(max_avg_degree=2.0))
     # A rank's own bad option is that error, not taken for "too dense" (only the density cap is).
-    _promptly(ConfigError, "too small for the threshold graph",
+    promptly(ConfigError, "too small for the threshold graph",
               lambda: gcbs(memory_budget="16KiB" if rank == 1 else None))  # fmt: skip
     # B3: a rank > 0 that fails while ranking its shard of queries stops every rank too.
     search = distributed.knn_exact
     if rank == 1:
-        distributed.knn_exact = _failing("row 3: cannot rank")
-    _promptly(DataError, "row 3: cannot rank", lambda: mine_b3_distributed(
+        distributed.knn_exact = failing("row 3: cannot rank")
+    promptly(DataError, "row 3: cannot rank", lambda: mine_b3_distributed(
         q, p, batch_size=20, cluster_size=10, skip=2, window=8, device="cpu", show_progress=False))  # fmt: skip
     distributed.knn_exact = search
 

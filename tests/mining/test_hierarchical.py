@@ -69,3 +69,25 @@ def test_shard_size_below_k_is_refused():
     q, p, _ = _data(100)
     with pytest.raises(ConfigError, match="shard_size"):
         coarse_shards(q, p, np.arange(100), shard_size=5, cluster_size=10)
+
+
+def test_each_source_is_mined_with_its_own_settings_and_texts():
+    """Per source, the plan equals mining that source's rows alone with its own skip, window and texts."""
+    q, p, topic = _data(900)
+    sources = np.where(np.arange(len(q)) % 3 == 0, "a", "b")
+    # A quarter of each topic shares a positive text: many candidates to filter inside each shard.
+    texts = [f"topic {t}, text {i % 4}" for i, t in enumerate(topic)]
+    common = dict(batch_size=20, cluster_size=10, shard_size=250, device="cpu", precision="fp32",
+                  show_progress=False)  # fmt: skip
+    plan = mine_b3_hierarchical(q, p, sources=sources, positive_texts=texts, skip={"a": 1, "*": 4},
+                                window={"a": 6, "*": 12}, **common)  # fmt: skip
+    assert plan.params["skip"] == {"a": 1, "b": 4} and plan.params["window"] == {"a": 6, "b": 12}
+    unfiltered = mine_b3_hierarchical(q, p, sources=sources, skip={"a": 1, "*": 4}, window={"a": 6, "*": 12},
+                                      **common)  # fmt: skip
+    assert not np.array_equal(unfiltered.clusters, plan.clusters)  # the texts do filter on this data
+    for code, (name, skip, window) in enumerate((("a", 1, 6), ("b", 4, 12))):
+        ids = np.flatnonzero(sources == name)
+        alone = mine_b3_hierarchical(q[ids], p[ids], positive_texts=[texts[i] for i in ids], skip=skip,
+                                     window=window, **common)  # fmt: skip
+        np.testing.assert_array_equal(plan.clusters[plan.cluster_sources == code], ids[alone.clusters])
+        np.testing.assert_array_equal(plan.remainder[plan.remainder_sources == code], ids[alone.remainder])

@@ -38,6 +38,21 @@ or holds the inputs whole: each reads its row shard and the positives B at a tim
 (the same memory-mapped file), O(B·d + chunk·B) (:func:`hardbatch.graph.threshold.threshold_working_set`),
 and rank 0's quantile sample O(sqrt(sample)·d); the slices and the graph are unchanged.
 
+Hierarchical B3 (:func:`mine_b3_hierarchical_distributed`, ``torchrun ... mine b3 --shard-size S``) spreads
+whole shards instead of query rows: rank 0 cuts the coarse shards once (k-means, whose float sums may depend
+on the thread count, so the ranks never recompute them) and broadcasts them with the input shape; every rank
+mines the shards :func:`assign_shards` gives it (largest first, to the least loaded rank by Σ s², the same
+on every rank) with the one-process :meth:`~hardbatch.mining.hierarchical.HierarchicalRun.mine`, alone
+(any ``knn`` backend, key blocks: nothing is exchanged while a shard is mined); the results (int32 positions
+in their shards) are gathered to rank 0 (``gather_object``), which merges them in shard order with the
+one-process :meth:`~hardbatch.mining.hierarchical.HierarchicalRun.merge`. Cost per rank: time
+Σ_own O(s²·d) ≈ O(N·s·d / W); memory O(s·(d + m)) for one shard (a memory-mapped input is read at its rows
+only) + O(N) for the shard ids; rank 0 also O(N·C·d) for the cut (streamed) and O(N·d) streamed for the
+merge's hashes and hardness. No serve loop here: each of the three steps (options and cut, mining, merge)
+ends in a :func:`~hardbatch.distributed.raise_together` report, so a failure on any rank raises on every
+rank (same plan as one process with 2 and 3 gloo ranks, failures with 2:
+``tests/mining/test_distributed_hierarchical.py``).
+
 **Failures.** The ranks > 0 wait in a serve loop for rank 0's next request. Within a request every rank
 reports its outcome before the results travel (:func:`hardbatch.distributed.raise_together`, one
 ``all_gather_object`` of an error name and message or None), so a rank that fails (bad input, a shape that
@@ -53,7 +68,8 @@ Embeddings computed by the ranks themselves (``torchrun ... mine b3 DATA`` witho
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -61,7 +77,7 @@ import scipy.sparse as sp
 import torch
 import torch.distributed as dist
 
-from hardbatch.distributed import comm_device, raise_together
+from hardbatch.distributed import broadcast_from_rank0, comm_device, is_distributed, raise_together
 from hardbatch.errors import ConfigError, DataError
 from hardbatch.graph.knn import KnnResult, knn_exact
 from hardbatch.graph.similarity import RowSubset
@@ -69,8 +85,14 @@ from hardbatch.mining.plan import BatchPlan
 
 if TYPE_CHECKING:
     from hardbatch.mining.gcbs import GCBSResult
+    from hardbatch.mining.hierarchical import HierarchicalRun, Shard, ShardResult
 
-__all__ = ["mine_b3_distributed", "mine_gcbs_distributed"]
+__all__ = [
+    "assign_shards",
+    "mine_b3_distributed",
+    "mine_b3_hierarchical_distributed",
+    "mine_gcbs_distributed",
+]
 
 _STOP, _SEARCH, _GRAPH, _FAIL = 0, 1, 2, 3
 _B3_WHAT = "ranking its shard of B3 queries"
@@ -525,3 +547,106 @@ def mine_gcbs_distributed(
     )
     result.params["world_size"] = world
     return result
+
+
+def assign_shards(sizes: Sequence[int], world: int) -> list[int]:
+    """The rank of every shard: largest first, each to the least loaded rank, load = Σ s² (the ranking).
+
+    Deterministic (ties: lower shard index first, lower rank first), so every rank computes the same
+    assignment from the same sizes. O(C · W) for C shards.
+
+    Args:
+        sizes: examples per shard, in shard order.
+        world: W, the number of ranks.
+
+    Returns:
+        One rank per shard.
+
+    Example:
+        >>> assign_shards([100, 100, 100, 50, 50], 2)
+        [0, 1, 0, 1, 1]
+    """
+    load, owner = [0] * world, [0] * len(sizes)
+    for index in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        target = min(range(world), key=lambda r: (load[r], r))
+        owner[index] = target
+        load[target] += int(sizes[index]) ** 2
+    return owner
+
+
+def _mine_share(
+    run: HierarchicalRun, query: Any, positive: Any, shards: list[Shard], shape: tuple[int, int]
+) -> dict[int, ShardResult]:
+    """This rank's shards, mined (after the check that its inputs have rank 0's shape)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    _check_shape(query, positive, *shape)
+    owner = assign_shards([len(shard.ids) for shard in shards], world)
+    return {i: run.mine(query, positive, shard) for i, shard in enumerate(shards) if owner[i] == rank}
+
+
+def mine_b3_hierarchical_distributed(
+    query_emb: np.ndarray | torch.Tensor, positive_emb: np.ndarray | torch.Tensor, **options: Any
+) -> BatchPlan | None:
+    """:func:`~hardbatch.mining.hierarchical.mine_b3_hierarchical` with its shards spread over the ranks.
+
+    Call it on every rank with the same inputs (e.g. the same memory-mapped ``.npy`` files) and options
+    after ``torch.distributed.init_process_group``; a single process (no group initialised) mines alone.
+    Rank 0 cuts the coarse shards (k-means: its float sums may depend on threads, so it runs once) and
+    broadcasts them; each rank mines the shards :func:`assign_shards` gives it, in one process each
+    (any ``knn`` backend, key blocks...); the shard results are gathered to rank 0, which merges them in
+    shard order with the single-process code, so the plan is the single-process one (``world_size`` apart).
+
+    Cost per rank: time Σ_own O(s² · d) ≈ O(N · s · d / W) for balanced shards; memory O(s · (d + m)) for
+    one shard at a time (a memory-mapped input is read at its shards' rows only) + O(N) for the shard ids.
+    Rank 0 also cuts the shards (O(N · C · d) assignment, streamed in blocks), receives W result shares
+    (O(N) int32 in all) and merges (input hashes and hardness: O(N · d) streamed, O(N) for the plan).
+
+    Args:
+        query_emb: (N, d) float teacher query embeddings (numpy, memory-mapped numpy or torch).
+        positive_emb: (N, d) float teacher positive embeddings.
+        **options: :func:`~hardbatch.mining.hierarchical.mine_b3_hierarchical`'s keyword arguments
+            (batch_size, shard_size, sources, positive_texts, skip...), the same on every rank.
+
+    Returns:
+        The plan on rank 0 (``params["world_size"]`` set; ``stats["rank_seconds"]``: shard mining seconds
+        per rank), None on the other ranks.
+
+    Raises:
+        Exception: anything a rank raises (bad options, embeddings of another shape than rank 0's, a
+            shard's mining, rank 0's cut or merge) is raised on every rank at once
+            (:func:`hardbatch.distributed.raise_together`): the same class and message for a
+            :class:`~hardbatch.errors.HardbatchError`, a RuntimeError naming the failed rank otherwise.
+    """
+    from hardbatch.mining.hierarchical import HierarchicalRun, mine_b3_hierarchical
+
+    if not is_distributed():
+        plan = mine_b3_hierarchical(query_emb, positive_emb, **options)
+        plan.params["world_size"] = 1
+        return plan
+    started = time.perf_counter()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if rank != 0:
+        options = {**options, "show_progress": False}
+    run, failure = _attempt(lambda: HierarchicalRun.of(len(query_emb), options))
+    cut = None
+    if rank == 0 and failure is None:  # the shape travels with the shards: every rank checks its own
+        cut, failure = _attempt(
+            lambda: ((len(query_emb), int(query_emb.shape[1])), run.shards(query_emb, positive_emb))
+        )
+    raise_together(failure, "cutting the hierarchical shards")
+    shape, shards = broadcast_from_rank0(cut)
+    share, failure = _attempt(_mine_share, run, query_emb, positive_emb, shards, shape)
+    raise_together(failure, "mining its hierarchical shards")
+    shares: list[Any] | None = [None] * world if rank == 0 else None
+    dist.gather_object(share, shares, dst=0)
+    plan = None
+    if rank == 0:
+        results = {index: result for part in shares for index, result in part.items()}
+        ordered = [results[index] for index in range(len(shards))]
+        plan, failure = _attempt(lambda: run.merge(query_emb, positive_emb, shards, ordered, started=started))
+    raise_together(failure, "merging the hierarchical shard plans")
+    if plan is not None:
+        plan.params["world_size"] = world
+        seconds = plan.stats["rank_seconds"]
+        seconds += [0.0] * (world - len(seconds))  # ranks left without a shard (fewer shards than ranks)
+    return plan

@@ -11,24 +11,32 @@ and an N × N ranking. Here the examples are first cut into shards of about ``sh
    shards therefore hold neighbouring topics, and each shard is topically tight.
 2. **B3 inside each shard**: :func:`~hardbatch.mining.b3.mine_b3` (exact or IVF kNN, METIS, exact-K repair)
    on the shard only, so the ranking costs O(n · shard_size · d) instead of O(n² · d) and METIS never sees
-   more than ``shard_size`` nodes. Shards are independent: they can be spread over ranks or machines.
-3. The shard plans are merged: every example is in exactly one cluster of exactly K or in the remainder
-   (< K per source), as in a flat plan.
+   more than ``shard_size`` nodes, with the shard's source's ``skip``, ``window`` and classification
+   setting and its slice of ``positive_texts``. Shards are independent.
+3. The shard plans are merged in shard order: every example is in exactly one cluster of exactly K or in
+   the remainder (< K per source), as in a flat plan.
+
+The three steps are the methods of :class:`HierarchicalRun`; :func:`mine_b3_hierarchical` runs them in one
+process, :func:`hardbatch.mining.distributed.mine_b3_hierarchical_distributed` runs step 1 on rank 0, step 2
+for each rank's share of the shards and step 3 on rank 0 (the same code, so the same plan).
 
 What it costs: pairs that are each other's hard negatives but fall into different shards cannot share a
 cluster. ``benchmarks/bench_b3.py --hierarchical`` measures it against flat B3 (within-cluster edge fraction
 of the *flat* graph, batch hardness).
 
 Time O(n · C · d) for k-means assignment + Σ_shards O(s² · d) for the rankings (s = shard size), i.e.
-O(n · s · d) in all; memory O(n · d) for the (memory-mapped) embeddings, O(s · d + s · m) per shard, O(n)
-for the merged plan.
+O(n · s · d) in all (÷ W over W ranks); memory: the embeddings are read in blocks (k-means assignment,
+hashes, hardness) and one shard's rows at a time (a memory-mapped ``.npy`` is never loaded whole),
+O(s · d + s · m) per shard, O(n) for the shard ids and the merged plan.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,7 +45,7 @@ import torch
 from hardbatch.errors import ConfigError, require
 from hardbatch.mining.plan import BatchPlan, input_hashes
 
-__all__ = ["coarse_shards", "mine_b3_hierarchical"]
+__all__ = ["HierarchicalRun", "Shard", "ShardResult", "coarse_shards", "mine_b3_hierarchical"]
 
 
 def _unit(array: np.ndarray) -> np.ndarray:
@@ -145,6 +153,249 @@ def coarse_shards(
     return [ordered[lo : lo + per_shard] for lo in range(0, n, per_shard)]
 
 
+@dataclass(frozen=True)
+class Shard:
+    """One coarse shard: the example ids of one source group that are mined together.
+
+    Attributes:
+        code: the source's code (index into the plan's ``source_names``; 0 without sources).
+        ids: (s,) int64 example ids.
+    """
+
+    code: int
+    ids: np.ndarray
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """One shard's B3 result in positions of :attr:`Shard.ids` (int32: what travels to rank 0 is 4 B/example).
+
+    Attributes:
+        clusters: (c, K) int32 positions, one cluster per row.
+        remainder: (r,) int32 positions in no cluster.
+        stats: the shard plan's timings, graph and partition counts; None for a shard too small to mine.
+        rank: the rank that mined it (0 in one process).
+    """
+
+    clusters: np.ndarray
+    remainder: np.ndarray
+    stats: dict[str, Any] | None
+    rank: int = 0
+
+
+class HierarchicalRun:
+    """The settings of one hierarchical run and its three steps: shards, B3 per shard, merge.
+
+    :func:`mine_b3_hierarchical` runs the steps in one process;
+    :func:`hardbatch.mining.distributed.mine_b3_hierarchical_distributed` runs :meth:`shards` on rank 0,
+    :meth:`mine` for each rank's share of the shards and :meth:`merge` on rank 0, so both build the plan
+    with the same code. Construction only checks and resolves options (O(N) for the source codes).
+
+    Args:
+        num_examples: N.
+        batch_size, cluster_size, shard_size, skip, window, classification, sources, seed, show_progress,
+        dataset_hash: as in :func:`mine_b3_hierarchical`.
+        mine_options: the other :func:`~hardbatch.mining.b3.mine_b3` arguments (``positive_texts`` is
+            sliced per shard; plan-wide options that make no sense per shard are dropped).
+
+    Raises:
+        ConfigError: bad sizes, per-source settings naming unknown sources.
+    """
+
+    def __init__(
+        self,
+        num_examples: int,
+        *,
+        batch_size: int,
+        cluster_size: int,
+        shard_size: int,
+        skip: int | Mapping[str, int],
+        window: int | Mapping[str, int],
+        classification: bool | Sequence[str],
+        sources: Sequence[Any] | np.ndarray | None,
+        seed: int,
+        show_progress: bool | None,
+        dataset_hash: str | None,
+        mine_options: dict[str, Any],
+    ) -> None:
+        from hardbatch.mining.b3 import _classification_groups, _source_codes, per_source_setting
+
+        if batch_size % cluster_size or batch_size > num_examples:
+            raise ConfigError(f"batch_size={batch_size} must be a multiple of K={cluster_size} and <= N")
+        self.num_examples, self.batch_size, self.cluster_size = num_examples, batch_size, cluster_size
+        self.shard_size, self.seed, self.show_progress = shard_size, seed, show_progress
+        self.dataset_hash = dataset_hash
+        options = dict(mine_options)
+        for option in ("store_window", "store_neighbors", "same_source"):
+            options.pop(option, None)
+        self.texts = options.pop("positive_texts", None)  # sliced per shard
+        self.options = options
+        if sources is None:
+            self.codes, self.names = np.zeros(num_examples, dtype=np.int32), None
+        else:
+            self.codes, self.names = _source_codes(sources, num_examples)
+        # Per-source settings resolved here: a shard is mined without sources, so it gets its source's values.
+        self.skips = per_source_setting(skip, "skip", self.names, minimum=0)
+        self.windows = per_source_setting(window, "window", self.names, minimum=1)
+        self.labels = _classification_groups(classification, self.names)
+
+    @classmethod
+    def of(cls, num_examples: int, options: Mapping[str, Any]) -> HierarchicalRun:
+        """The run of ``mine_b3_hierarchical(query, positive, **options)`` over N = ``num_examples``.
+
+        The options are bound against :func:`mine_b3_hierarchical`'s signature, so its defaults (and its
+        error for a missing ``batch_size``) hold here too, written once.
+
+        Raises:
+            ConfigError: a missing ``batch_size``, or what the constructor raises.
+        """
+        try:
+            bound = inspect.signature(mine_b3_hierarchical).bind(None, None, **options)
+        except TypeError as exc:
+            raise ConfigError(f"hierarchical mining: {exc}") from None
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        for unused in ("query_emb", "positive_emb"):
+            arguments.pop(unused)
+        return cls(num_examples, mine_options=arguments.pop("mine_options"), **arguments)
+
+    def shards(self, query_emb: Any, positive_emb: Any) -> list[Shard]:
+        """The coarse shards of every source, in source order (:func:`coarse_shards`; reads all rows once)."""
+        shards = []
+        for code in range(int(self.codes.max()) + 1 if self.num_examples else 0):
+            group = np.flatnonzero(self.codes == code)
+            cut = coarse_shards(query_emb, positive_emb, group, shard_size=self.shard_size,
+                                cluster_size=self.cluster_size, seed=self.seed)  # fmt: skip
+            shards += [Shard(code, ids) for ids in cut]
+        return shards
+
+    def mine(self, query_emb: Any, positive_emb: Any, shard: Shard) -> ShardResult:
+        """B3 on the shard's rows only (a memory-mapped input reads just them): O(s² · d) time, O(s · (d + m))."""
+        from hardbatch.distributed import rank
+        from hardbatch.mining.b3 import mine_b3
+
+        ids, skip = shard.ids, self.skips[shard.code]
+        if len(ids) < 2 * self.cluster_size or len(ids) <= skip + 1:
+            # Too small to mine: all of it is remainder, as a flat plan's per-source remainder.
+            return ShardResult(np.empty((0, self.cluster_size), np.int32), np.arange(len(ids), dtype=np.int32),
+                               None, rank())  # fmt: skip
+        texts = None if self.texts is None else [self.texts[int(i)] for i in ids]
+        plan = mine_b3(np.asarray(query_emb[ids]), np.asarray(positive_emb[ids]), batch_size=self.cluster_size,
+                       cluster_size=self.cluster_size, skip=skip, window=self.windows[shard.code],
+                       classification=self.labels[shard.code], seed=self.seed, store_window=False,
+                       store_neighbors=False, show_progress=self.show_progress, positive_texts=texts,
+                       **self.options)  # fmt: skip
+        stats = {key: plan.stats[key] for key in ("stages", "graph", "partition")}
+        stats["seconds"] = plan.stats["total_seconds"]
+        return ShardResult(plan.clusters.astype(np.int32), plan.remainder.astype(np.int32), stats, rank())
+
+    def merge(
+        self,
+        query_emb: Any,
+        positive_emb: Any,
+        shards: Sequence[Shard],
+        results: Sequence[ShardResult],
+        *,
+        started: float,
+    ) -> BatchPlan:
+        """The plan of all shards, in shard order: every example in one cluster of exactly K or the remainder.
+
+        Reads every row twice more, streamed (input hashes; the hardness statistic of up to 4,096 clusters at
+        a time): O(N · d) time, O(N) memory for the plan.
+        """
+        from hardbatch.progress import peak_rss_mb
+
+        k = self.cluster_size
+        clusters = [shard.ids[result.clusters] for shard, result in zip(shards, results)]
+        remainder = [shard.ids[result.remainder] for shard, result in zip(shards, results)]
+        all_clusters = np.concatenate(clusters).reshape(-1, k) if clusters else np.empty((0, k), np.int64)
+        mined = [(shard, result) for shard, result in zip(shards, results) if result.stats is not None]
+        stats = {
+            "total_seconds": 0.0,  # set last
+            "peak_rss_mb": 0.0,
+            **_shard_stats(mined),
+            "hardness": self._hardness(query_emb, positive_emb, all_clusters),
+            "num_clusters": len(all_clusters),
+            "remainder": int(sum(len(r) for r in remainder)),
+        }
+        per_source = self.names is not None and bool(shards)
+        plan = BatchPlan(
+            clusters=all_clusters,
+            remainder=np.concatenate(remainder) if remainder else np.empty(0, np.int64),
+            num_examples=self.num_examples,
+            params=self._params(num_shards=len(mined)),
+            hashes=input_hashes(query_emb, positive_emb, self.dataset_hash),
+            stats=stats,
+            cluster_sources=_source_column(shards, clusters) if per_source else None,
+            remainder_sources=_source_column(shards, remainder) if per_source else None,
+            source_names=self.names,
+        )
+        stats["total_seconds"] = round(time.perf_counter() - started, 3)
+        stats["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        return plan
+
+    def _hardness(self, query_emb: Any, positive_emb: Any, clusters: np.ndarray) -> dict[str, float]:
+        from hardbatch.mining.b3 import cluster_hardness
+
+        normalize = bool(self.options.get("normalize", True))
+        random_groups = np.random.default_rng(self.seed).permutation(self.num_examples)[: clusters.size]
+        return {
+            "cluster_mean_sim": cluster_hardness(query_emb, positive_emb, clusters, normalize=normalize),
+            "random_mean_sim": cluster_hardness(
+                query_emb, positive_emb, random_groups.reshape(-1, self.cluster_size), normalize=normalize
+            ),
+        }
+
+    def _params(self, num_shards: int) -> dict[str, Any]:
+        from hardbatch.mining.b3 import _setting_param
+
+        simple = {key: v for key, v in self.options.items() if isinstance(v, int | float | str | bool)}
+        return {
+            "method": "b3",
+            "batch_size": int(self.batch_size),
+            "cluster_size": int(self.cluster_size),
+            "seed": int(self.seed),
+            "same_source": self.names is not None,
+            "per_source": self.names is not None,
+            "hierarchical": {"shard_size": int(self.shard_size), "shards": num_shards},
+            "filter_same_text": self.texts is not None,
+            **simple,
+            "skip": _setting_param(self.skips, self.names),
+            "window": _setting_param(self.windows, self.names),
+            "classification": [n for n, lab in zip(self.names or ["*"], self.labels) if lab],
+        }
+
+
+def _source_column(shards: Sequence[Shard], parts: Sequence[np.ndarray]) -> np.ndarray:
+    """The source code of every row of the concatenated ``parts`` (one part per shard)."""
+    return np.concatenate(
+        [np.full(len(part), shard.code, dtype=np.int32) for shard, part in zip(shards, parts)]
+    )
+
+
+def _shard_stats(mined: Sequence[tuple[Shard, ShardResult]]) -> dict[str, Any]:
+    """Stages, graph and partition counts summed over the mined shards; seconds per shard and per rank."""
+    stats_list = [result.stats for _, result in mined]
+    rank_seconds = [0.0] * (max((result.rank for _, result in mined), default=0) + 1)
+    for _, result in mined:
+        rank_seconds[result.rank] = round(rank_seconds[result.rank] + result.stats["seconds"], 3)
+    partition = _sum_counts([s["partition"] for s in stats_list])
+    graph = _sum_counts([s["graph"] for s in stats_list])
+    edges = graph.get("mutual_edges", 0)
+    # Within the shards' own graphs (edges between shards are never built in this mode).
+    partition["within_edge_fraction"] = 1.0 - partition.get("cut", 0) / edges if edges else 0.0
+    return {
+        "stages": _sum_stages(stats_list),
+        "graph": graph,
+        "partition": partition,
+        "shards": [
+            {"size": len(shard.ids), "seconds": result.stats["seconds"], "rank": result.rank}
+            for shard, result in mined
+        ],
+        "rank_seconds": rank_seconds,  # shard mining seconds per rank (their sum is work, not wall time)
+    }
+
+
 def mine_b3_hierarchical(
     query_emb: np.ndarray | torch.Tensor,
     positive_emb: np.ndarray | torch.Tensor,
@@ -152,13 +403,19 @@ def mine_b3_hierarchical(
     batch_size: int,
     cluster_size: int = 32,
     shard_size: int = 200_000,
+    skip: int | Mapping[str, int] = 30,
+    window: int | Mapping[str, int] = 100,
+    classification: bool | Sequence[str] = False,
     sources: Sequence[Any] | np.ndarray | None = None,
     seed: int = 0,
     dataset_hash: str | None = None,
     show_progress: bool | None = None,
     **mine_options: Any,
 ) -> BatchPlan:
-    """B3 plan of coarse shards mined independently (see the module docstring).
+    """B3 plan of coarse shards mined independently, in one process (see the module docstring).
+
+    :func:`hardbatch.mining.distributed.mine_b3_hierarchical_distributed` spreads the shards over the ranks
+    of a process group and returns the same plan.
 
     Args:
         query_emb: (N, d) float teacher query embeddings (memory-mapped numpy is read shard by shard).
@@ -166,106 +423,37 @@ def mine_b3_hierarchical(
         batch_size: |B| of the plan (a multiple of K).
         cluster_size: K.
         shard_size: largest shard mined in one piece (METIS and ranking size).
+        skip: p, an int or per source (``{"vqa": 70, "*": 30}``); a shard is mined with its source's p.
+        window: m, an int or per source.
+        classification: sources whose positives are class labels (True: all), as in
+            :func:`~hardbatch.mining.b3.mine_b3`.
         sources: (N,) source per example; shards never cross sources.
         seed: k-means, METIS and shuffle seed.
         dataset_hash: stored in the plan.
         show_progress: progress bars of the shard runs.
-        **mine_options: other :func:`~hardbatch.mining.b3.mine_b3` arguments (skip, window, knn...).
+        **mine_options: other :func:`~hardbatch.mining.b3.mine_b3` arguments (count_self, knn, margins...).
 
     Returns:
         A :class:`BatchPlan` over all N examples (``params["hierarchical"]`` records the shards), without the
         neighbour graph (each shard's graph is dropped after its partition).
 
     Raises:
-        ConfigError: bad sizes, or options that only make sense for a flat plan.
+        ConfigError: bad sizes, or per-source settings that name no source.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.random.default_rng(0).normal(size=(400, 8)).astype(np.float32)
+        >>> plan = mine_b3_hierarchical(x, x, batch_size=20, cluster_size=10, shard_size=200, skip=2,
+        ...                             window=10, device="cpu", show_progress=False)
+        >>> plan.params["hierarchical"], plan.clusters.shape
+        ({'shard_size': 200, 'shards': 2}, (40, 10))
     """
-    from hardbatch.mining.b3 import mine_b3
-
-    for option in ("store_window", "store_neighbors", "same_source"):
-        mine_options.pop(option, None)
-    texts = mine_options.pop("positive_texts", None)  # sliced per shard below
-    num_examples = len(query_emb)
-    if batch_size % cluster_size or batch_size > num_examples:
-        raise ConfigError(f"batch_size={batch_size} must be a multiple of K={cluster_size} and <= N")
     started = time.perf_counter()
-    hashes = input_hashes(query_emb, positive_emb, dataset_hash)
-    if sources is None:
-        codes, names = np.zeros(num_examples, dtype=np.int32), None
-    else:
-        values = np.asarray([str(s) for s in sources], dtype=object)
-        uniq, codes = np.unique(values, return_inverse=True)
-        codes, names = codes.astype(np.int32), [str(u) for u in uniq]
-    clusters, remainder, cluster_codes, remainder_codes = [], [], [], []
-    shard_stats: list[dict[str, Any]] = []
-    for code in range(int(codes.max()) + 1 if num_examples else 0):
-        group = np.flatnonzero(codes == code)
-        shards = coarse_shards(
-            query_emb, positive_emb, group, shard_size=shard_size, cluster_size=cluster_size, seed=seed
-        )
-        for shard in shards:
-            if len(shard) < 2 * cluster_size or len(shard) <= mine_options.get("skip", 30) + 1:
-                remainder.append(shard)  # too small to mine: like a flat plan's per-source remainder
-                remainder_codes.append(np.full(len(shard), code, dtype=np.int32))
-                continue
-            sub_q, sub_p = np.asarray(query_emb[shard]), np.asarray(positive_emb[shard])
-            shard_texts = None if texts is None else [texts[int(i)] for i in shard]
-            plan = mine_b3(sub_q, sub_p, batch_size=cluster_size, cluster_size=cluster_size, seed=seed,
-                           store_window=False, store_neighbors=False, show_progress=show_progress,
-                           positive_texts=shard_texts, **mine_options)  # fmt: skip
-            clusters.append(shard[plan.clusters])
-            remainder.append(shard[plan.remainder])
-            cluster_codes.append(np.full(len(plan.clusters), code, dtype=np.int32))
-            remainder_codes.append(np.full(len(plan.remainder), code, dtype=np.int32))
-            shard_stats.append({
-                "size": len(shard), "seconds": plan.stats["total_seconds"],
-                "stages": plan.stats["stages"], "graph": plan.stats["graph"],
-                "partition": plan.stats["partition"],
-            })  # fmt: skip
-    all_clusters = np.concatenate(clusters) if clusters else np.empty((0, cluster_size), np.int64)
-    params = {
-        "method": "b3",
-        "batch_size": int(batch_size),
-        "cluster_size": int(cluster_size),
-        "seed": int(seed),
-        "same_source": sources is not None,
-        "per_source": sources is not None,
-        "hierarchical": {"shard_size": int(shard_size), "shards": len(shard_stats)},
-        "filter_same_text": texts is not None,
-        **{key: value for key, value in mine_options.items() if isinstance(value, int | float | str | bool)},
-    }
-    from hardbatch.mining.b3 import cluster_hardness
-    from hardbatch.progress import peak_rss_mb
-
-    random_groups = np.random.default_rng(seed).permutation(num_examples)[: all_clusters.size]
-    stats = {
-        "total_seconds": round(time.perf_counter() - started, 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "stages": _sum_stages(shard_stats),
-        "graph": _sum_counts([s["graph"] for s in shard_stats]),
-        "partition": _sum_counts([s["partition"] for s in shard_stats]),
-        "hardness": {
-            "cluster_mean_sim": cluster_hardness(query_emb, positive_emb, all_clusters),
-            "random_mean_sim": cluster_hardness(
-                query_emb, positive_emb, random_groups.reshape(-1, cluster_size)
-            ),
-        },
-        "shards": [{"size": s["size"], "seconds": s["seconds"]} for s in shard_stats],
-        "num_clusters": len(all_clusters),
-        "remainder": int(sum(len(r) for r in remainder)),
-    }
-    edges = stats["graph"].get("mutual_edges", 0)
-    # Within the shards' own graphs (edges between shards are never built in this mode).
-    stats["partition"]["within_edge_fraction"] = (
-        1.0 - stats["partition"].get("cut", 0) / edges if edges else 0.0
-    )
-    return BatchPlan(
-        clusters=all_clusters,
-        remainder=np.concatenate(remainder) if remainder else np.empty(0, np.int64),
-        num_examples=num_examples,
-        params=params,
-        hashes=hashes,
-        stats=stats,
-        cluster_sources=np.concatenate(cluster_codes) if names is not None and cluster_codes else None,
-        remainder_sources=np.concatenate(remainder_codes) if names is not None and remainder_codes else None,
-        source_names=names,
-    )
+    run = HierarchicalRun(
+        len(query_emb), batch_size=batch_size, cluster_size=cluster_size, shard_size=shard_size, skip=skip,
+        window=window, classification=classification, sources=sources, seed=seed, show_progress=show_progress,
+        dataset_hash=dataset_hash, mine_options=mine_options,
+    )  # fmt: skip
+    shards = run.shards(query_emb, positive_emb)
+    results = [run.mine(query_emb, positive_emb, shard) for shard in shards]
+    return run.merge(query_emb, positive_emb, shards, results, started=started)

@@ -168,7 +168,9 @@ def mine_b3_command(
     shard_size: Annotated[
         int | None,
         typer.Option(
-            "--shard-size", help="Hierarchical mode (10M+): coarse shards of at most this size, B3 in each."
+            "--shard-size",
+            help="Hierarchical mode (10M+): coarse shards of at most this size, B3 in each (under torchrun "
+            "the shards are spread over the ranks).",
         ),
     ] = None,
     query_emb: QueryEmb = None,
@@ -206,7 +208,8 @@ def mine_b3_command(
     """Mine B3 batches: teacher ranks → rank-window mutual graph → METIS clusters of K → batch plan.
 
     Under ``torchrun --nproc-per-node W -m hardbatch mine b3 ...`` (WORLD_SIZE > 1) the teacher ranking is
-    split over the W ranks (gloo on CPU, NCCL with CUDA devices) and rank 0 writes the plan once. Every rank
+    split over the W ranks (gloo on CPU, NCCL with CUDA devices), or with ``--shard-size`` the hierarchical
+    shards are, and rank 0 writes the plan once. Every rank
     memory-maps --query-emb/--positive-emb when given; otherwise each rank encodes its share of the pairs
     with the teacher and the shares are exchanged (rank 0 writes the embedding cache).
     """
@@ -214,16 +217,17 @@ def mine_b3_command(
     from hardbatch.mining import mine_b3
 
     check_output_file(out)  # before minutes of embedding and mining
-    if _world_size() > 1:
-        if shard_size is not None:
-            raise ConfigError("--shard-size (hierarchical mining) runs in one process; drop it or torchrun")
-        mine_b3 = _distributed(device, "mine_b3_distributed")
-    elif shard_size is not None:
+    if shard_size is not None:  # hierarchical: under torchrun the shards are spread over the ranks
         from functools import partial
 
         from hardbatch.mining.hierarchical import mine_b3_hierarchical
 
-        mine_b3 = partial(mine_b3_hierarchical, shard_size=shard_size)
+        hierarchical = mine_b3_hierarchical
+        if _world_size() > 1:
+            hierarchical = _distributed(device, "mine_b3_hierarchical_distributed")
+        mine_b3 = partial(hierarchical, shard_size=shard_size)
+    elif _world_size() > 1:
+        mine_b3 = _distributed(device, "mine_b3_distributed")
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
