@@ -463,6 +463,9 @@ def run_key_blocks(num: int, threads: int, block: int | None) -> dict:
     return out
 
 
+LARGE_CELLS = ("exact_block", "ivf_calibration", "flat_ivf", "hierarchical")
+
+
 def large_cell(spec: dict) -> dict:
     """Child process of ``--large``: one 1M-scale measurement (its own peak RSS) on memory-mapped inputs."""
     import numpy as np
@@ -564,7 +567,9 @@ def large_cell(spec: dict) -> dict:
     return row
 
 
-def run_large(num: int, threads: int, shard_size: int, nprobe: int) -> dict:
+def run_large(
+    num: int, threads: int, shard_size: int, nprobe: int, cells: tuple[str, ...] = LARGE_CELLS
+) -> dict:
     """Issue 12 item 2 and 4 at 1M: exact cost (extrapolated from a block), IVF calibrated to 0.95 (search
     extrapolated from a sample), a whole flat IVF mine (METIS + repair at N), hierarchical exact B3."""
     import tempfile
@@ -588,6 +593,8 @@ def run_large(num: int, threads: int, shard_size: int, nprobe: int) -> dict:
         del query, positive
 
         def cell(name: str, what: str, **spec) -> dict:
+            if name not in cells:
+                return {"error": "not run"}
             spec = {**paths, "what": what, "threads": threads, "out": os.path.join(folder, name), **spec}
             row = run_worker([sys.executable, __file__, "--large-cell", json.dumps(spec)])
             out[name] = row
@@ -674,7 +681,11 @@ def large_markdown(report: dict) -> str:
             f"Edges of the flat (IVF) mutual graph inside a cluster: flat {within['flat_ivf']:.3f}, "
             f"hierarchical {within['hierarchical']:.3f}.",
         ]
-    errors = {name: row["error"] for name, row in r.items() if isinstance(row, dict) and "error" in row}
+    errors = {
+        name: row["error"]
+        for name, row in r.items()
+        if isinstance(row, dict) and row.get("error") not in (None, "not run")
+    }
     if errors:
         lines += ["", f"Failed cells: {errors}"]
     return "\n".join([*lines, ""])
@@ -796,6 +807,9 @@ def main() -> None:
     parser.add_argument(
         "--nprobe", type=int, default=16, help="with --large: nprobe of the whole flat IVF mine"
     )
+    parser.add_argument(
+        "--cells", default=",".join(LARGE_CELLS), help="with --large: which measurements (default all)"
+    )
     parser.add_argument("--large-cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HARDBATCH_PROGRESS", "0")
@@ -808,13 +822,19 @@ def main() -> None:
     if args.large:
         from hardbatch.io import atomic_write, write_json
 
+        cells = tuple(name for name in args.cells.split(",") if name)
+        unknown = sorted(set(cells) - set(LARGE_CELLS))
+        if unknown:
+            parser.error(f"unknown --cells {unknown}; expected some of {', '.join(LARGE_CELLS)}")
+
         report = {
             "benchmark": "b3_large",
             "machine": machine(),
-            "results": run_large(args.large, args.threads, args.shard_size, args.nprobe),
+            "results": run_large(args.large, args.threads, args.shard_size, args.nprobe, cells),
         }
-        write_json(RESULTS / f"b3_large_{args.large}.json", report)
-        with atomic_write(RESULTS / f"b3_large_{args.large}.md") as handle:
+        stem = f"b3_large_{args.large}" + ("" if set(cells) == set(LARGE_CELLS) else "_" + "_".join(cells))
+        write_json(RESULTS / f"{stem}.json", report)
+        with atomic_write(RESULTS / f"{stem}.md") as handle:
             handle.write(large_markdown(report))
         print(large_markdown(report))
         return
