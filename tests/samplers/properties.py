@@ -59,11 +59,13 @@ def base_remainder(sampler: HardBatchSampler) -> int:
     return sampler.batch_size * sampler.world_size - 1
 
 
-def _check_sizes(sampler: HardBatchSampler, batches: list[list[int]]) -> None:
+def _check_sizes(sampler: HardBatchSampler, batches: list[list[int]], expected_len: int) -> None:
+    """``expected_len``: ``len(sampler)`` taken before the epoch was iterated (iteration advances the
+    epoch, and a sampler's length may differ between epochs, e.g. the no-duplicates sampler's)."""
     b = sampler.batch_size
     name = type(sampler).__name__
-    assert len(batches) == len(sampler), (
-        f"{name}: len()={len(sampler)} but {len(batches)} batches were yielded"
+    assert len(batches) == expected_len, (
+        f"{name}: len()={expected_len} but {len(batches)} batches were yielded"
     )
     if sampler.full_batches_only:
         assert all(len(batch) == b for batch in batches), f"{name}: a batch is not of size {b}"
@@ -120,12 +122,13 @@ def check_sampler_properties(
         expected_len = len(sampler)
         batches = list(sampler)
         assert len(batches) == expected_len
-        _check_sizes(sampler, batches)
+        _check_sizes(sampler, batches, expected_len)
         _check_coverage(sampler, batches, max_uncovered)
         assert sampler.epoch == epoch + 1, "a completed iteration must advance the epoch"
         assert batches == sampler.batches(epoch), "iteration must equal batches(epoch)"
+        following_len = len(sampler)
         following = list(sampler)
-        _check_sizes(sampler, following)
+        _check_sizes(sampler, following, following_len)
         _check_coverage(sampler, following, max_uncovered)
         if varies_with_epoch and len(batches) > 1:
             assert batches != following, "consecutive epochs gave the same batches"

@@ -64,3 +64,15 @@ def test_the_fixture_catches_a_sampler_that_ignores_texts():
         for s in range(20)
     )
     assert epochs_with_repeats >= 18
+
+
+def test_len_is_that_of_the_epoch_about_to_be_iterated():
+    # Seed 901 gives 26, 26, 25 batches in epochs 0-2: len() must follow the epoch, and the property
+    # suite must compare each iteration with the len() taken before it (it once compared with the next).
+    sampler = make_nodup(seed=901, world_size=1, drop_last=False)
+    counts = [len(sampler.batches(epoch)) for epoch in range(3)]
+    assert len(set(counts)) > 1, counts  # the fixture really has epoch-dependent lengths
+    for epoch in range(3):
+        assert sampler.epoch == epoch
+        expected = len(sampler)
+        assert len(list(sampler)) == expected == counts[epoch]
