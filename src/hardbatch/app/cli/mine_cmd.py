@@ -326,6 +326,19 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def _leave_group() -> None:
+    """Destroy the process group this command joined, before the interpreter's own teardown.
+
+    A gloo group left to static destructors can abort its process ("terminate called without an active
+    exception", SIGABRT) when the peer is still connected: a rank that has nothing left to do (the other
+    ranks return as soon as rank 0 has the results) then fails the whole torchrun job after a good run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _distributed(device: str, name: str):
     """A :mod:`hardbatch.mining.distributed` miner over the torchrun world.
 
@@ -340,10 +353,13 @@ def _distributed(device: str, name: str):
     from hardbatch.mining import distributed
 
     if not dist.is_initialized():
+        import atexit
+
         cuda = torch.cuda.is_available() and device != "cpu"
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if cuda else "gloo")
+        atexit.register(_leave_group)
     miner = getattr(distributed, name)
 
     def run(*args, **kwargs):
