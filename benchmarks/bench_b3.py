@@ -69,6 +69,17 @@ def clustered(num: int, dim: int = DIM, seed: int = 0):
     return sample(), sample()
 
 
+def write_clustered(num: int, folder: str) -> dict[str, str]:
+    """:func:`clustered` data saved as ``folder/q.npy`` and ``folder/p.npy`` (for cells that memory-map it)."""
+    import numpy as np
+
+    query, positive = clustered(num)
+    paths = {"query": os.path.join(folder, "q.npy"), "positive": os.path.join(folder, "p.npy")}
+    np.save(paths["query"], query)
+    np.save(paths["positive"], positive)
+    return paths
+
+
 def naive_mutual_edges(window) -> int:
     """The official B3 code's graph build: Python set of directed pairs, keep pairs whose reverse exists."""
     pairs = [(i, int(j)) for i, row in enumerate(window.tolist()) for j in row if j >= 0 and j != i]
@@ -419,11 +430,7 @@ def run_key_blocks(num: int, threads: int, block: int | None) -> dict:
     out: dict = {"n": num, "dim": DIM, "key_block_size": block, "threads": threads}
     out["load_average_1m_start"] = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory() as folder:
-        query, positive = clustered(num)
-        paths = {"query": os.path.join(folder, "q.npy"), "positive": os.path.join(folder, "p.npy")}
-        np.save(paths["query"], query)
-        np.save(paths["positive"], positive)
-        del query, positive
+        paths = write_clustered(num, folder)
 
         def cell(name: str, what: str, **spec) -> dict:
             spec = {**paths, "what": what, "threads": threads, "out": os.path.join(folder, name), **spec}
@@ -586,11 +593,7 @@ def run_large(
         "load_average_1m_start": round(os.getloadavg()[0], 2),
     }
     with tempfile.TemporaryDirectory(dir=os.environ.get("HARDBATCH_BENCH_TMP")) as folder:
-        query, positive = clustered(num)
-        paths = {"query": os.path.join(folder, "q.npy"), "positive": os.path.join(folder, "p.npy")}
-        np.save(paths["query"], query)
-        np.save(paths["positive"], positive)
-        del query, positive
+        paths = write_clustered(num, folder)
 
         def cell(name: str, what: str, **spec) -> dict:
             if name not in cells:

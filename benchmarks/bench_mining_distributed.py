@@ -31,18 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_b3 import BATCH, DIM, SKIP, WINDOW, K, clustered, machine
+from bench_b3 import BATCH, DIM, SKIP, WINDOW, K, machine, write_clustered
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("b3", "gcbs")
-
-
-def _peak_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("VmHWM not available (Linux only)")
 
 
 def _mine(method: str, query, positive, distributed: bool):
@@ -77,6 +69,8 @@ def _worker(rank: int, world: int, spec: dict) -> None:
     import torch
     import torch.distributed as dist
 
+    from hardbatch.progress import peak_rss_mb
+
     torch.set_num_threads(spec["threads"])
     distributed = world > 1
     if distributed:
@@ -90,7 +84,7 @@ def _worker(rank: int, world: int, spec: dict) -> None:
     row = {
         "rank": rank,
         "seconds": round(time.perf_counter() - started, 2),
-        "peak_rss_mb": round(_peak_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
     if rank == 0:
         row.update(_save(spec["method"], result, spec["stem"]))
@@ -113,7 +107,6 @@ def _same(method: str, stem: str, reference: str) -> bool:
 
 
 def run(num: int, worlds: list[int]) -> dict:
-    import numpy as np
     import torch.multiprocessing as mp
 
     cores = os.cpu_count() or 1
@@ -125,11 +118,7 @@ def run(num: int, worlds: list[int]) -> dict:
     }
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("HARDBATCH_BENCH_TMP")) as folder:
-        query, positive = clustered(num)
-        paths = {"query": os.path.join(folder, "q.npy"), "positive": os.path.join(folder, "p.npy")}
-        np.save(paths["query"], query)
-        np.save(paths["positive"], positive)
-        del query, positive
+        paths = write_clustered(num, folder)
         for method in METHODS:
             reference = None
             for world in worlds:
