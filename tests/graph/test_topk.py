@@ -46,3 +46,42 @@ def test_select_topk_with_minus_inf_and_narrow_rows():
     assert indices[:, :3].tolist() == [[0, 2, 1]] * 3 and indices[:, 3:].tolist() == [[3, 4]] * 3
     narrow = torch.tensor([[1.0, 2.0, 2.0, 0.0]])
     assert select_topk(narrow, 2)[1].tolist() == [[1, 2]]
+
+
+@pytest.mark.parametrize("where", ["tail", "one_group", "spread"])
+def test_select_topk_where_the_best_columns_lie(where):
+    # Groups are strided (group g = columns g, g + N/G, ...) and the last N mod G columns belong to none:
+    # the best values placed in the tail, or all in one group, must still be found.
+    rng = np.random.default_rng(3)
+    width, group, k = 5003, 16, 9  # 5003 = 16 · 312 + 11: an 11-column tail
+    scores = rng.normal(size=(4, width)).astype(np.float32)
+    stride = width // group
+    if where == "tail":
+        best = np.arange(stride * group, width)
+    elif where == "one_group":
+        best = 5 + stride * np.arange(group)
+    else:
+        best = rng.permutation(width)[:k]
+    scores[:, best] = 50.0 + rng.permutation(len(best))[None, :]
+    values, indices = select_topk(torch.from_numpy(scores), k, group=group)
+    expected = _reference(scores, k)
+    np.testing.assert_array_equal(indices.numpy(), expected)
+    np.testing.assert_array_equal(values.numpy(), np.take_along_axis(scores, expected, 1))
+
+
+def test_select_topk_prunes_instead_of_falling_back(monkeypatch):
+    # Random rows are proven by the pruning; the full-row rule must not run on (almost) every row.
+    import hardbatch.graph.topk as topk_module
+
+    seen = []
+    full_rule = topk_module.topk_with_ties
+
+    def spy(scores, k):
+        seen.append(len(scores))
+        return full_rule(scores, k)
+
+    monkeypatch.setattr(topk_module, "topk_with_ties", spy)
+    scores = torch.from_numpy(np.random.default_rng(0).normal(size=(64, 20000)).astype(np.float32))
+    _, indices = select_topk(scores, 20)
+    np.testing.assert_array_equal(indices.numpy(), _reference(scores.numpy(), 20))
+    assert sum(seen) <= 2
