@@ -7,6 +7,7 @@ import pytest
 
 from hardbatch.errors import ConfigError
 from hardbatch.mining.hierarchical import coarse_shards, mine_b3_hierarchical
+from key_block_cases import bad_key_blocks
 
 
 def _data(n=1300, dim=12, topics=26, seed=0):
@@ -123,14 +124,7 @@ def test_key_blocks_and_a_budget_mine_the_unblocked_hierarchical_plan(tmp_path):
         assert blocked.params["key_block_size"] == 37
 
 
-BAD_KEY_BLOCKS = {
-    "zero block": (dict(key_block_size=0), "key_block_size must be a positive integer"),
-    "auto without budget": (dict(key_block_size="auto"), "needs memory_budget"),
-    "block and budget": (dict(key_block_size=37, memory_budget="1GiB"), "not both"),
-    "budget too small": (dict(memory_budget="1KiB"), "too small for the exact kNN"),
-    "garbage budget": (dict(memory_budget="lots"), "memory_budget must be a size"),
-    "approximate knn": (dict(key_block_size=37, knn="ivf"), "knn='exact' only"),
-}
+BAD_KEY_BLOCKS = bad_key_blocks("exact kNN", {"knn": "ivf"})
 
 
 @pytest.mark.parametrize("case", sorted(BAD_KEY_BLOCKS))

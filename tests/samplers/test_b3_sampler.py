@@ -7,6 +7,7 @@ from properties import check_sampler_properties, planted_embeddings
 from hardbatch.errors import ConfigError, StaleCacheError
 from hardbatch.mining import BatchPlan, mine_b3
 from hardbatch.samplers import B3BatchSampler
+from key_block_cases import bad_key_blocks
 
 N, K, B = 203, 4, 8
 QUERY, POSITIVE, TOPIC = planted_embeddings(num_topics=7, per_topic=29, seed=1)
@@ -213,14 +214,7 @@ def test_key_block_mine_options_through_the_registry():
     assert _knn_infos(auto.plan)[0]["memory_budget"] == 64 * 2**20
 
 
-BAD_KEY_BLOCKS = {
-    "zero block": (dict(key_block_size=0), "key_block_size must be a positive integer"),
-    "auto without budget": (dict(key_block_size="auto"), "needs memory_budget"),
-    "block and budget": (dict(key_block_size=37, memory_budget="1GiB"), "not both"),
-    "budget too small": (dict(memory_budget="1KiB"), "too small for the exact kNN"),
-    "garbage budget": (dict(memory_budget="lots"), "memory_budget must be a size"),
-    "approximate knn": (dict(key_block_size=37, knn="hnsw"), "knn='exact' only"),
-}
+BAD_KEY_BLOCKS = bad_key_blocks("exact kNN", {"knn": "hnsw"})
 
 
 @pytest.mark.parametrize("case", sorted(BAD_KEY_BLOCKS))

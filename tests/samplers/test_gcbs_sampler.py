@@ -10,6 +10,7 @@ from properties import planted_embeddings
 
 from hardbatch.errors import ConfigError, DataError, HardbatchError
 from hardbatch.samplers import GCBSBatchSampler, model_embed_fn
+from key_block_cases import bad_key_blocks
 
 QUERY, POSITIVE, TOPIC = planted_embeddings(num_topics=6, per_topic=40, dim=16, noise=0.2, seed=4)
 
@@ -181,13 +182,7 @@ def test_key_block_options_pass_through_the_registry_factory_and_cli_option_stri
 
 
 BAD_KEY_BLOCKS = {
-    "zero block": (dict(key_block_size=0), "key_block_size must be a positive integer"),
-    "auto without budget": (dict(key_block_size="auto"), "needs memory_budget"),
-    "block and budget": (dict(key_block_size=37, memory_budget="1GiB"), "not both"),
-    "budget too small": (dict(memory_budget="1KiB"), "too small for the threshold graph"),
-    "garbage budget": (dict(memory_budget="lots"), "memory_budget must be a size"),
-    "garbage block": (dict(key_block_size="big"), "key_block_size must be a positive integer or 'auto'"),
-    "ivf": (dict(key_block_size=37, graph_method="ivf"), "graph_method='exact' only"),
+    **bad_key_blocks("threshold graph", {"graph_method": "ivf"}),
     "precision": (dict(precision="fp16"), "unknown precision 'fp16'"),
 }
 
