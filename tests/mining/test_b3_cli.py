@@ -191,3 +191,41 @@ def test_cli_key_block_size_and_memory_budget_mine_the_same_plans(app, tmp_path)
     assert isinstance(result.exception, ConfigError) and "memory_budget" in str(result.exception)
     result = CliRunner().invoke(app, [*b3, "--key-block-size", "x1", "-o", str(tmp_path / "x.parquet")])
     assert isinstance(result.exception, ConfigError) and "--key-block-size" in str(result.exception)
+
+
+def test_shard_size_with_key_blocks_and_a_budget_mines_the_same_hierarchical_plan(app, tmp_path):
+    q, p = _embeddings(tmp_path, n=300)
+    base = ["mine", "b3", "--query-emb", str(q), "--positive-emb", str(p), "-b", "20", "-k", "10",
+            "--skip", "1", "--window", "10", "--precision", "fp32", "--device", "cpu", "--shard-size", "150"]  # fmt: skip
+    runs = {"whole": [], "blocked": ["--key-block-size", "37"], "budget": ["--memory-budget", "64MiB"]}
+    plans = {}
+    for name, extra in runs.items():
+        result = CliRunner().invoke(app, [*base, *extra, "-o", str(tmp_path / f"{name}.parquet")])
+        assert result.exit_code == 0, result.output
+        plans[name] = BatchPlan.load(tmp_path / f"{name}.parquet")
+    assert plans["whole"].params["hierarchical"] == {"shard_size": 150, "shards": 2}
+    for name in ("blocked", "budget"):
+        np.testing.assert_array_equal(plans[name].clusters, plans["whole"].clusters)
+        np.testing.assert_array_equal(plans[name].remainder, plans["whole"].remainder)
+    assert [s["key_blocks"] for s in plans["blocked"].stats["shards"]] == [5, 5]  # 150 keys in blocks of 37
+    assert [s["key_block_size"] for s in plans["budget"].stats["shards"]] == [150, 150]
+    assert plans["budget"].params["memory_budget"] == "64MiB"
+    for extra, message in ((["--memory-budget", "1KiB"], "too small for the exact kNN"),
+                           (["--key-block-size", "auto"], "needs memory_budget"),
+                           (["--key-block-size", "0"], "key_block_size must be a positive integer")):  # fmt: skip
+        result = CliRunner().invoke(app, [*base, *extra, "-o", str(tmp_path / "x.parquet")])
+        assert isinstance(result.exception, ConfigError) and message in str(result.exception), result.output
+        assert not (tmp_path / "x.parquet").exists()
+
+
+def test_bad_key_block_options_are_refused_before_the_data_is_read(app, tmp_path):
+    missing = str(tmp_path / "no-such-pairs.jsonl")  # reading it would be a DataError
+    for command, extra, message in (
+        ("b3", ["--memory-budget", "lots"], "memory_budget must be a size"),
+        ("b3", ["--key-block-size", "64", "--knn", "hnsw"], "knn='exact' only"),
+        ("gcbs", ["--key-block-size", "64", "--memory-budget", "1GiB"], "not both"),
+    ):
+        result = CliRunner().invoke(
+            app, ["mine", command, missing, *extra, "-o", str(tmp_path / "x.parquet")]
+        )
+        assert isinstance(result.exception, ConfigError) and message in str(result.exception), result.output

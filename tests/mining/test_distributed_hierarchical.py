@@ -52,6 +52,7 @@ def _runs(sources, texts):
         "sources": dict(common, sources=sources, positive_texts=texts, skip={"a": 2, "*": 4}),
         "global": dict(common, skip=3, count_self=False),
         "one_shard": dict(common, skip=3, shard_size=N),  # fewer shards than ranks: the others idle
+        "key_blocks": dict(common, skip=3, count_self=False, key_block_size=37),  # "global", blocked
     }
 
 
@@ -81,8 +82,11 @@ def _failure_checks(rank: int, q, p, options) -> None:
     expected = "merge bug" if rank == 0 else "rank 0 failed while merging the hierarchical shard plans"
     promptly(RuntimeError, expected, lambda: mine(q, p, **options))
     HierarchicalRun.merge = original_merge
-    # Every rank's own bad option.
+    # Every rank's own bad option, found before the shards are cut.
     promptly(ConfigError, "multiple of K", lambda: mine(q, p, **{**options, "batch_size": 25}))
+    promptly(
+        ConfigError, "too small for the exact kNN", lambda: mine(q, p, **{**options, "memory_budget": "1KiB"})
+    )
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -99,6 +103,8 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         runs = _runs(sources, texts)
         if world == 2:
             _failure_checks(rank, q, p, runs["global"])
+        else:
+            del runs["key_blocks"]  # once is enough (2 ranks): 3 ranks run the same code
         for name, options in runs.items():
             plan = mine_b3_hierarchical_distributed(q, p, **options)
             if rank == 0:
@@ -146,11 +152,19 @@ def test_spread_shards_give_the_one_process_plan(tmp_path, world):
     np.save(tmp_path / "q.npy", q)
     np.save(tmp_path / "p.npy", p)
     mp.spawn(_worker, args=(world, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world, join=True)
-    for name in ("sources", "global", "one_shard"):
+    for name in ("sources", "global", "one_shard", *(["key_blocks"] if world == 2 else [])):
         spread = BatchPlan.load(tmp_path / f"{name}-{world}.parquet")
         single = BatchPlan.load(tmp_path / f"{name}-single.parquet")
         _assert_same_plan(spread, single, world)
         _check_invariants(spread, sources if name == "sources" else None)
+    if world == 2:  # key blocks reach every rank's shards and give the unblocked plan
+        blocked = BatchPlan.load(tmp_path / "key_blocks-2.parquet")
+        unblocked = BatchPlan.load(tmp_path / "global-single.parquet")
+        np.testing.assert_array_equal(blocked.clusters, unblocked.clusters)
+        assert all(
+            shard["key_block_size"] == 37 and shard["key_blocks"] > 1 for shard in blocked.stats["shards"]
+        )
+        assert {shard["rank"] for shard in blocked.stats["shards"]} == {0, 1}
     assert BatchPlan.load(tmp_path / f"sources-{world}.parquet").params["skip"] == {"a": 2, "b": 4, "c": 4}
 
 

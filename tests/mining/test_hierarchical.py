@@ -7,6 +7,7 @@ import pytest
 
 from hardbatch.errors import ConfigError
 from hardbatch.mining.hierarchical import coarse_shards, mine_b3_hierarchical
+from key_block_cases import bad_key_blocks
 
 
 def _data(n=1300, dim=12, topics=26, seed=0):
@@ -91,3 +92,66 @@ def test_each_source_is_mined_with_its_own_settings_and_texts():
                                      window=window, **common)  # fmt: skip
         np.testing.assert_array_equal(plan.clusters[plan.cluster_sources == code], ids[alone.clusters])
         np.testing.assert_array_equal(plan.remainder[plan.remainder_sources == code], ids[alone.remainder])
+
+
+# ----------------------------------------------------------------- key blocks and memory budget
+KB_COMMON = dict(batch_size=20, cluster_size=10, shard_size=300, skip=2, window=10, device="cpu",
+                 precision="fp32", chunk_size=64, show_progress=False)  # fmt: skip
+
+
+def test_key_blocks_and_a_budget_mine_the_unblocked_hierarchical_plan(tmp_path):
+    from hardbatch.graph.knn import knn_working_set
+
+    q, p, _ = _data(600)
+    np.save(tmp_path / "p.npy", p)
+    mapped = np.load(tmp_path / "p.npy", mmap_mode="r")
+    sources = np.where(np.arange(600) < 450, "big", "small")
+    for extra in ({}, {"sources": sources}):
+        whole = mine_b3_hierarchical(q, p, **KB_COMMON, **extra)
+        blocked = mine_b3_hierarchical(q, mapped, key_block_size=37, **KB_COMMON, **extra)
+        budget = mine_b3_hierarchical(q, mapped, memory_budget=knn_working_set(260, 12, 64, "fp32"),
+                                      **KB_COMMON, **extra)  # fmt: skip
+        for plan in (blocked, budget):
+            np.testing.assert_array_equal(plan.clusters, whole.clusters)
+            np.testing.assert_array_equal(plan.remainder, whole.remainder)
+        # Every shard's kNN ran with the blocks (an option dropped on the way records none).
+        sizes = [shard["size"] for shard in blocked.stats["shards"]]
+        assert [(s["key_block_size"], s["key_blocks"]) for s in blocked.stats["shards"]] == [
+            (37, -(-size // 37)) for size in sizes
+        ]
+        assert [s["key_block_size"] for s in budget.stats["shards"]] == [min(260, size) for size in sizes]
+        assert all("key_blocks" not in shard for shard in whole.stats["shards"])
+        assert blocked.params["key_block_size"] == 37
+
+
+BAD_KEY_BLOCKS = bad_key_blocks("exact kNN", {"knn": "ivf"})
+
+
+@pytest.mark.parametrize("case", sorted(BAD_KEY_BLOCKS))
+def test_bad_key_block_options_fail_before_any_shard_is_cut_or_mined(monkeypatch, case):
+    from hardbatch.mining import distributed, hierarchical
+
+    def never(*args, **kwargs):
+        raise AssertionError("shards cut or mined before the options were checked")
+
+    monkeypatch.setattr(hierarchical, "coarse_shards", never)
+    monkeypatch.setattr(hierarchical.HierarchicalRun, "mine", never)
+    q, p, _ = _data(600)
+    bad, message = BAD_KEY_BLOCKS[case]
+    with pytest.raises(ConfigError, match=message):
+        mine_b3_hierarchical(q, p, **KB_COMMON, **bad)
+    with pytest.raises(ConfigError, match=message):  # no process group: the one-process run
+        distributed.mine_b3_hierarchical_distributed(q, p, **KB_COMMON, **bad)
+
+
+def test_a_budget_is_checked_against_the_largest_shard_that_is_mined():
+    from hardbatch.graph.knn import knn_working_set
+    from hardbatch.mining.hierarchical import HierarchicalRun
+
+    fits_150 = knn_working_set(150, 12, 64, "fp32")  # the shards of 150 fit whole; 256 keys would not
+    options = {**KB_COMMON, "shard_size": 150, "memory_budget": fits_150}
+    HierarchicalRun.of(600, options, dim=12)
+    with pytest.raises(ConfigError, match="too small"):
+        HierarchicalRun.of(600, {**options, "shard_size": 300}, dim=12)
+    with pytest.raises(ConfigError, match="too small"):  # the d it will run with counts
+        HierarchicalRun.of(600, options, dim=64)

@@ -182,3 +182,27 @@ def test_a_plan_mined_with_positive_texts_re_mines_with_the_datasets_texts():
     list(without)
     with pytest.raises(ConfigError, match="needs the training dataset"):
         list(without)
+
+
+def test_a_plan_mined_with_key_blocks_re_mines_with_them():
+    blocked_plan = mine_b3(*TEACHER, key_block_size=37, precision="fp32", **OPTIONS)
+    assert blocked_plan.params["key_block_size"] == 37
+    np.testing.assert_array_equal(
+        blocked_plan.clusters, mine_b3(*TEACHER, precision="fp32", **OPTIONS).clusters
+    )
+    sampler = B3BatchSampler(
+        num_examples=N, batch_size=B, plan=blocked_plan, remine_every=1, embed_fn=Recorder()
+    )
+    list(sampler)
+    batches = list(sampler)  # epoch 1: re-mined, with the plan's key blocks
+    assert sampler.plan.stats["knn_info"]["key_block_size"] == 37  # dropped: no key blocks recorded
+    assert batches == _reference_batches(sampler, 1, 1, precision="fp32")  # the unblocked plan's batches
+
+
+def test_a_plan_whose_budget_cannot_fit_fails_at_construction_when_it_will_be_re_mined():
+    from hardbatch.mining import BatchPlan
+
+    bad = BatchPlan(PLAN.clusters, PLAN.remainder, N, {**PLAN.params, "memory_budget": "1KiB"})
+    B3BatchSampler(num_examples=N, batch_size=B, plan=bad)  # static: nothing will be mined
+    with pytest.raises(ConfigError, match="too small for the exact kNN"):
+        B3BatchSampler(num_examples=N, batch_size=B, plan=bad, remine_every=1, embed_fn=Recorder())

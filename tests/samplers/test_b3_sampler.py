@@ -7,6 +7,7 @@ from properties import check_sampler_properties, planted_embeddings
 from hardbatch.errors import ConfigError, StaleCacheError
 from hardbatch.mining import BatchPlan, mine_b3
 from hardbatch.samplers import B3BatchSampler
+from key_block_cases import bad_key_blocks
 
 N, K, B = 203, 4, 8
 QUERY, POSITIVE, TOPIC = planted_embeddings(num_topics=7, per_topic=29, seed=1)
@@ -163,3 +164,67 @@ def test_errors():
     state = B3BatchSampler(num_examples=N, batch_size=B, plan=PLAN).state_dict()
     with pytest.raises(ConfigError, match="different batch plan"):
         B3BatchSampler(num_examples=N, batch_size=B, plan=SOURCE_PLAN).load_state_dict(state)
+
+
+# ----------------------------------------------------------------- key blocks and memory budget
+KB_QUERY, KB_POSITIVE, _ = planted_embeddings(num_topics=6, per_topic=50, dim=16, seed=9)
+KB_SOURCES = np.where(np.arange(300) % 3 == 0, "a", "b")
+KB_MINE = {"cluster_size": 5, "skip": 2, "window": 12, "device": "cpu", "precision": "fp32", "chunk_size": 64,
+           "show_progress": False}  # fmt: skip
+
+
+def _knn_infos(plan: BatchPlan) -> list[dict]:
+    infos = plan.stats["knn_info"]
+    return infos if isinstance(infos, list) else [infos]
+
+
+@pytest.mark.parametrize("per_source", [False, True])
+def test_lazy_mining_with_key_blocks_or_a_budget_gives_the_unblocked_batches(per_source):
+    from hardbatch.graph.knn import knn_working_set
+
+    mine = {**KB_MINE, **({"sources": KB_SOURCES} if per_source else {})}
+
+    def make(**extra):
+        return B3BatchSampler(num_examples=300, batch_size=10, seed=1, query_emb=KB_QUERY,
+                              positive_emb=KB_POSITIVE, mine_options={**mine, **extra})  # fmt: skip
+
+    whole, blocked = make(), make(key_block_size=37)
+    # Blocks of 260 of 300 keys; the groups of 100 and 200 fit whole (no block below min(n, 256) keys).
+    budget = make(memory_budget=knn_working_set(260, 16, 64, "fp32"))
+    for epoch in (0, 1):
+        assert blocked.batches(epoch) == whole.batches(epoch) == budget.batches(epoch)
+    assert blocked.plan.fingerprint == whole.plan.fingerprint
+    # The options reached mine_b3's kNN (dropped, no key blocks would be recorded).
+    assert all(info["key_block_size"] == 37 and info["key_blocks"] > 1 for info in _knn_infos(blocked.plan))
+    blocks = [(info["key_block_size"], info["key_blocks"]) for info in _knn_infos(budget.plan)]
+    assert blocks == ([(100, 1), (200, 1)] if per_source else [(260, 2)])
+    assert "key_blocks" not in _knn_infos(whole.plan)[0]
+    assert blocked.plan.params["key_block_size"] == 37 and "key_block_size" not in whole.plan.params
+
+
+def test_key_block_mine_options_through_the_registry():
+    from hardbatch.samplers import SamplerInputs, build_sampler
+
+    inputs = SamplerInputs(num_examples=300, teacher=(KB_QUERY, KB_POSITIVE))
+    whole = build_sampler("b3", inputs, 10, mine_options=KB_MINE)
+    # Values as JSON gives them (`--sampler-option 'mine_options={"memory_budget": "64MiB", ...}'`).
+    auto = build_sampler("b3", inputs, 10, mine_options={**KB_MINE, "key_block_size": "auto",
+                                                        "memory_budget": "64MiB"})  # fmt: skip
+    assert auto.batches(0) == whole.batches(0)
+    assert _knn_infos(auto.plan)[0]["memory_budget"] == 64 * 2**20
+
+
+BAD_KEY_BLOCKS = bad_key_blocks("exact kNN", {"knn": "hnsw"})
+
+
+@pytest.mark.parametrize("case", sorted(BAD_KEY_BLOCKS))
+def test_bad_key_block_mine_options_fail_at_construction(case):
+    from hardbatch.samplers import SamplerInputs, build_sampler
+
+    bad, message = BAD_KEY_BLOCKS[case]
+    with pytest.raises(ConfigError, match=message):
+        B3BatchSampler(num_examples=300, batch_size=10, query_emb=KB_QUERY, positive_emb=KB_POSITIVE,
+                       mine_options={**KB_MINE, **bad})  # fmt: skip
+    inputs = SamplerInputs(num_examples=300, teacher=(KB_QUERY, KB_POSITIVE))
+    with pytest.raises(ConfigError, match=message):
+        build_sampler("b3", inputs, 10, mine_options={**KB_MINE, **bad})

@@ -10,6 +10,7 @@ from properties import planted_embeddings
 
 from hardbatch.errors import ConfigError, DataError, HardbatchError
 from hardbatch.samplers import GCBSBatchSampler, model_embed_fn
+from key_block_cases import bad_key_blocks
 
 QUERY, POSITIVE, TOPIC = planted_embeddings(num_topics=6, per_topic=40, dim=16, noise=0.2, seed=4)
 
@@ -121,3 +122,95 @@ def test_global_batches_are_one_contiguous_chunk_split_over_ranks():
     assert purity > 0.9
     legacy = GCBSBatchSampler(num_examples=240, batch_size=40, world_size=2, global_batches=False, **options)
     assert len(legacy) == 6 and legacy.batches(0) != split.batches(0)
+
+
+# ----------------------------------------------------------------- key blocks and memory budget
+KB_QUERY, KB_POSITIVE, _ = planted_embeddings(num_topics=6, per_topic=50, dim=16, noise=0.3, seed=9)
+KB_OPTIONS = dict(num_examples=300, batch_size=30, target_degree=20, device="cpu", precision="fp32",
+                  chunk_size=64, seed=2)  # fmt: skip
+
+
+def _kb_budget(block: int) -> int:
+    """A budget whose largest fitting key block is ``block`` (threshold pass, d = 16, 64 rows, fp32)."""
+    from hardbatch.graph.threshold import threshold_working_set
+
+    return threshold_working_set(block, 16, 64, "fp32")
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_key_blocks_and_a_memory_budget_give_the_unblocked_batches(fixed):
+    teacher = (
+        dict(query_emb=KB_QUERY, positive_emb=KB_POSITIVE)
+        if fixed
+        else dict(embed_fn=lambda epoch: (KB_QUERY, KB_POSITIVE))
+    )
+    whole = GCBSBatchSampler(**KB_OPTIONS, **teacher)
+    blocked = GCBSBatchSampler(**KB_OPTIONS, **teacher, key_block_size=37)
+    budget = GCBSBatchSampler(**KB_OPTIONS, **teacher, memory_budget=_kb_budget(260))
+    for epoch in (0, 1):
+        expected = whole.batches(epoch)
+        assert blocked.batches(epoch) == expected and budget.batches(epoch) == expected
+    # The options reached the graph pass (a sampler that dropped them would record no key blocks).
+    assert (blocked.last_stats["key_block_size"], blocked.last_stats["key_blocks"]) == (37, 9)
+    assert (budget.last_stats["key_block_size"], budget.last_stats["key_blocks"]) == (260, 2)
+    assert "key_blocks" not in whole.last_stats
+
+
+def test_key_block_options_pass_through_the_registry_factory_and_cli_option_strings():
+    from hardbatch.app.cli.inspect_cmd import _parse_options, build_strategy_batches
+    from hardbatch.samplers import SamplerInputs, build_sampler, sampler_factory
+    from hardbatch.train.config import check_sampler_options
+
+    reference = GCBSBatchSampler(**KB_OPTIONS, query_emb=KB_QUERY, positive_emb=KB_POSITIVE).batches(0)
+    own = {k: v for k, v in KB_OPTIONS.items() if k not in ("num_examples", "batch_size")}
+    inputs = SamplerInputs(num_examples=300, teacher=(KB_QUERY, KB_POSITIVE))
+    # JSON values as `--option gcbs.NAME=VALUE` / `--sampler-option NAME=VALUE` parse them.
+    parsed = _parse_options(["gcbs.key_block_size=auto", "gcbs.memory_budget=64MiB"])
+    assert parsed == {"gcbs": {"key_block_size": "auto", "memory_budget": "64MiB"}}
+    assert _parse_options(["gcbs.key_block_size=37"]) == {"gcbs": {"key_block_size": 37}}
+    check_sampler_options("gcbs", {**parsed["gcbs"], "precision": "fp32"})
+    auto = build_sampler("gcbs", inputs, 30, **own, **parsed["gcbs"])
+    assert auto.batches(0) == reference and auto.last_stats["key_block_size"] == 300
+    make = sampler_factory("gcbs", query_emb=KB_QUERY, positive_emb=KB_POSITIVE, key_block_size=37, **own)
+    made = make(list(range(300)), batch_size=30, drop_last=True, valid_label_columns=None, seed=2)
+    assert made.batches(0) == reference and made.last_stats["key_blocks"] == 9
+    _, _, details = build_strategy_batches(
+        ["gcbs"], list(range(300)), 30, KB_QUERY, KB_POSITIVE, seed=2,
+        options={"gcbs": {**own, "key_block_size": 37}},
+    )  # fmt: skip
+    assert details["gcbs"]["gcbs"]["key_blocks"] == 9
+
+
+BAD_KEY_BLOCKS = {
+    **bad_key_blocks("threshold graph", {"graph_method": "ivf"}),
+    "precision": (dict(precision="fp16"), "unknown precision 'fp16'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_KEY_BLOCKS))
+def test_bad_key_block_options_fail_at_construction(case):
+    from hardbatch.samplers import SamplerInputs, build_sampler
+
+    bad, message = BAD_KEY_BLOCKS[case]
+
+    def never(epoch):
+        raise AssertionError("embedded before the options were checked")
+
+    options = {**KB_OPTIONS, **bad}
+    with pytest.raises(ConfigError, match=message):
+        GCBSBatchSampler(**options, embed_fn=never)
+    with pytest.raises(ConfigError, match=message):
+        GCBSBatchSampler(**options, query_emb=KB_QUERY, positive_emb=KB_POSITIVE)
+    own = {k: v for k, v in options.items() if k not in ("num_examples", "batch_size")}
+    with pytest.raises(ConfigError, match=message):
+        build_sampler("gcbs", SamplerInputs(num_examples=300, teacher=(KB_QUERY, KB_POSITIVE)), 30, **own)
+
+
+def test_a_budget_too_small_for_the_fixed_embeddings_fails_at_construction():
+    # Fits 256 keys of d = 1 (the stand-in before embed_fn has run) but not of the fixed teacher's d = 16.
+    from hardbatch.graph.threshold import threshold_working_set
+
+    budget = threshold_working_set(256, 1, 64, "fp32")
+    GCBSBatchSampler(**KB_OPTIONS, embed_fn=lambda epoch: (KB_QUERY, KB_POSITIVE), memory_budget=budget)
+    with pytest.raises(ConfigError, match="too small for the threshold graph"):
+        GCBSBatchSampler(**KB_OPTIONS, query_emb=KB_QUERY, positive_emb=KB_POSITIVE, memory_budget=budget)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from typing import Any
 
 from hardbatch.errors import ConfigError
 
@@ -34,6 +35,7 @@ __all__ = [
     "check_key_block_options",
     "format_bytes",
     "key_block_for_budget",
+    "key_shape",
     "parse_memory_size",
     "resolve_key_block_size",
 ]
@@ -119,6 +121,19 @@ def check_key_block_options(key_block_size: int | str | None, memory_budget: int
             f"give key_block_size={key_block_size} or memory_budget={memory_budget!r}, not both "
             "(the budget chooses the key block)"
         )
+
+
+def key_shape(keys: Any) -> tuple[int, int]:
+    """``(N_keys, d)`` of a 2-D key array, or a shape given as a tuple (to size blocks before the keys exist).
+
+    Example:
+        >>> import numpy as np
+        >>> key_shape((300, 8)), key_shape(np.zeros((3, 2)))
+        ((300, 8), (3, 2))
+    """
+    if isinstance(keys, tuple):
+        return int(keys[0]), int(keys[1])
+    return len(keys), int(keys.shape[1])
 
 
 def key_block_for_budget(budget: int, num_keys: int, working_set: Callable[[int], int], stage: str) -> int:

@@ -36,7 +36,12 @@ import torch
 
 from hardbatch.device import resolve_device
 from hardbatch.errors import ConfigError
-from hardbatch.graph.budget import check_key_block_options, parse_memory_size, resolve_key_block_size
+from hardbatch.graph.budget import (
+    check_key_block_options,
+    key_shape,
+    parse_memory_size,
+    resolve_key_block_size,
+)
 from hardbatch.graph.precision import bf16_score_error_bound, resolve_precision
 from hardbatch.graph.similarity import ScoreBuffer, as_tensor, block_scores
 from hardbatch.graph.topk import DEFAULT_BLOCK_BYTES, merge_topk, select_topk, topk_with_ties
@@ -52,6 +57,7 @@ __all__ = [
     "knn",
     "knn_exact",
     "knn_faiss",
+    "knn_key_block",
     "knn_recall",
     "knn_working_set",
     "recall_report",
@@ -419,6 +425,50 @@ def knn_exact(
     return KnnResult(indices=indices, scores=scores, info=info)
 
 
+def knn_key_block(
+    key_block_size: int | str | None,
+    memory_budget: int | str | None,
+    keys: np.ndarray | torch.Tensor | tuple[int, int],
+    chunk_size: int | None = None,
+    precision: str = "fp32",
+) -> int | None:
+    """The key block :func:`knn_exact` runs with: None (all keys), the given one, or the budget's choice.
+
+    Resolving it before any work is done lets a caller reject a budget up front. With ``memory_budget`` it is
+    the largest block whose :func:`knn_working_set` fits (with the automatic chunk's score budget when
+    ``chunk_size`` is None). O(log N_keys) time, O(1) memory.
+
+    Args:
+        key_block_size, memory_budget: as in :func:`knn_exact`.
+        keys: the (N_keys, d) keys, or just their shape ``(N_keys, d)``.
+        chunk_size: rows per block (None: automatic).
+        precision: "fp32" or "bf16", as resolved for the device (:func:`~hardbatch.graph.precision.resolve_precision`).
+
+    Raises:
+        ConfigError: bad options, or a budget too small for the smallest block.
+
+    Example:
+        >>> knn_key_block(None, "1GiB", (10_000, 384), 1024)
+        10000
+        >>> knn_key_block(37, None, (300, 8)), knn_key_block(None, None, (300, 8))
+        (37, None)
+    """
+    num_keys, dim = key_shape(keys)
+    entries = _block_entries(memory_budget, key_block_size, precision)
+    return resolve_key_block_size(
+        key_block_size, memory_budget, num_keys,
+        lambda b: knn_working_set(b, dim, chunk_size, precision, entries), f"the exact kNN ({precision})",
+    )  # fmt: skip
+
+
+def _block_entries(memory_budget: int | str | None, key_block_size: int | str | None, mode: str) -> int:
+    """Scores per block of the automatic chunk: 256 MiB of fp32 scores, or at most half the budget."""
+    if memory_budget is None:
+        return DEFAULT_BLOCK_BYTES // 4
+    check_key_block_options(key_block_size, memory_budget)
+    return _budget_block_entries(parse_memory_size(memory_budget), mode)
+
+
 def _budget_key_block(
     key_block_size: int | str | None,
     memory_budget: int | str | None,
@@ -427,15 +477,9 @@ def _budget_key_block(
     mode: str,
 ) -> tuple[int, int]:
     """(keys per block, scores per block of the automatic chunk) from the key-block options."""
-    num_keys, entries = len(keys), DEFAULT_BLOCK_BYTES // 4
-    if memory_budget is not None:
-        check_key_block_options(key_block_size, memory_budget)
-        entries = _budget_block_entries(parse_memory_size(memory_budget), mode)
-    block = resolve_key_block_size(
-        key_block_size, memory_budget, num_keys,
-        lambda b: knn_working_set(b, int(keys.shape[1]), chunk_size, mode, entries), f"the exact kNN ({mode})",
-    )  # fmt: skip
-    return max(1, min(block or num_keys, num_keys)), entries
+    num_keys = len(keys)
+    block = knn_key_block(key_block_size, memory_budget, keys, chunk_size, mode)
+    return max(1, min(block or num_keys, num_keys)), _block_entries(memory_budget, key_block_size, mode)
 
 
 def _as_faiss_matrix(array: np.ndarray | torch.Tensor, normalize: bool) -> np.ndarray:

@@ -354,7 +354,7 @@ def threshold_graph(
 def threshold_key_block(
     key_block_size: int | str | None,
     memory_budget: int | str | None,
-    keys: np.ndarray | torch.Tensor,
+    keys: np.ndarray | torch.Tensor | tuple[int, int],
     chunk_size: int,
     precision: str,
     normalize: bool = True,
@@ -362,7 +362,8 @@ def threshold_key_block(
     """The key block :func:`threshold_graph` runs with: None (all keys), the given one, or the budget's.
 
     With ``memory_budget`` it is the largest block whose :func:`threshold_working_set` fits
-    (``precision``: "fp32" or "bf16", as resolved for the device).
+    (``precision``: "fp32" or "bf16", as resolved for the device). ``keys`` is the (N_keys, d) key array or
+    just its shape ``(N_keys, d)`` (to check a budget before the keys exist).
 
     Raises:
         ConfigError: bad options, or a budget too small for the smallest block.
@@ -372,12 +373,13 @@ def threshold_key_block(
         >>> threshold_key_block(None, threshold_working_set(1000, 8, 64), np.ones((5000, 8)), 64, "fp32")
         1000
     """
-    from hardbatch.graph.budget import resolve_key_block_size
+    from hardbatch.graph.budget import key_shape, resolve_key_block_size
 
     check_chunk_size(chunk_size)
+    num_keys, dim = key_shape(keys)
     return resolve_key_block_size(
-        key_block_size, memory_budget, len(keys),
-        lambda b: threshold_working_set(b, int(keys.shape[1]), chunk_size, precision, normalize),
+        key_block_size, memory_budget, num_keys,
+        lambda b: threshold_working_set(b, dim, chunk_size, precision, normalize),
         f"the threshold graph ({precision})",
     )  # fmt: skip
 

@@ -35,11 +35,13 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from hardbatch.device import resolve_device
 from hardbatch.errors import ConfigError
 from hardbatch.graph.budget import check_key_block_options
-from hardbatch.graph.knn import KnnResult, recall_report
+from hardbatch.graph.knn import KnnResult, knn_key_block, recall_report
 from hardbatch.graph.knn import knn as run_knn
 from hardbatch.graph.partition import COMMUNITY_METHODS, balanced_clusters
+from hardbatch.graph.precision import resolve_precision
 from hardbatch.graph.rank_window import filter_window, graph_stats, mutual_graph, rank_window, window_matrix
 from hardbatch.graph.similarity import RowSubset, as_tensor
 from hardbatch.ids import stable_ids
@@ -47,7 +49,14 @@ from hardbatch.mining.plan import BatchPlan, input_hashes
 from hardbatch.progress import StageTimer, peak_rss_mb
 from hardbatch.validation import check_batch_size, check_embeddings, check_same_length
 
-__all__ = ["cluster_hardness", "effective_window", "mine_b3", "per_source_setting"]
+__all__ = [
+    "KEY_BLOCK_OPTIONS",
+    "check_key_blocks",
+    "cluster_hardness",
+    "effective_window",
+    "mine_b3",
+    "per_source_setting",
+]
 
 #: Key of a per-source mapping that applies to every source not named in it.
 DEFAULT_KEY = "*"
@@ -174,6 +183,49 @@ def _validate(
     if knn_backend not in _KNN_BACKENDS:
         raise ConfigError(f"unknown knn backend {knn_backend!r}; expected one of {', '.join(_KNN_BACKENDS)}")
     return num_examples
+
+
+#: :func:`mine_b3` options that bound the exact kNN's memory; they never change the plan.
+KEY_BLOCK_OPTIONS = ("key_block_size", "memory_budget")
+
+
+def check_key_blocks(options: Mapping[str, Any], *, num_keys: int | None = None, dim: int = 1) -> None:
+    """Reject :func:`mine_b3`'s key-block options before anything is embedded or mined.
+
+    Malformed or contradictory ``key_block_size`` / ``memory_budget``
+    (:func:`~hardbatch.graph.budget.check_key_block_options`) and key blocks with an approximate ``knn``
+    always; with ``num_keys`` and a budget, also a budget too small for the exact kNN's smallest key block
+    (:func:`~hardbatch.graph.knn.knn_key_block`, with the options' ``chunk_size`` and the ``precision`` the
+    ``device`` resolves it to: an unknown precision or device is an error then). O(log num_keys) time,
+    O(1) memory.
+
+    Args:
+        options: :func:`mine_b3` keyword arguments (only ``key_block_size``, ``memory_budget``, ``knn``,
+            ``chunk_size``, ``precision`` and ``device`` are read; missing ones take mine_b3's defaults).
+        num_keys: the most keys one kNN searches (N, the largest source group or shard); None: skip the
+            budget's fit.
+        dim: d of the embeddings; 1 when not known yet (a lower bound: then only budgets that fit no
+            embedding are found here, the others when the kNN starts).
+
+    Raises:
+        ConfigError: naming the option at fault.
+
+    Example:
+        >>> check_key_blocks({"memory_budget": "1GiB"}, num_keys=10_000, dim=384)
+        >>> check_key_blocks({"key_block_size": "auto"})
+        Traceback (most recent call last):
+        ...
+        hardbatch.errors.ConfigError: key_block_size='auto' needs memory_budget (e.g. '4GiB')
+    """
+    block, budget = options.get("key_block_size"), options.get("memory_budget")
+    check_key_block_options(block, budget)
+    knn = options.get("knn", "exact")
+    if (block is not None or budget is not None) and knn != "exact":
+        raise ConfigError(f"key_block_size and memory_budget apply to knn='exact' only, got knn={knn!r}")
+    if num_keys is not None and budget is not None:
+        device = resolve_device(options.get("device", "auto"))
+        mode = resolve_precision(options.get("precision", "auto"), device)
+        knn_key_block(block, budget, (num_keys, dim), options.get("chunk_size"), mode)
 
 
 def per_source_setting(
@@ -314,7 +366,8 @@ def mine_b3(
             source group (:func:`hardbatch.graph.knn.knn_working_set`).
         memory_budget: bytes (or a size like "4GiB") the exact kNN's key block, row block and score block
             may take; alone it means ``key_block_size="auto"``. The running top lists (8·N·(p+m) bytes) and
-            the later stages come on top (see docs/b3.md, "Streaming inputs and memory bounds").
+            the later stages come on top (see docs/b3.md, "Streaming inputs and memory bounds"). Both
+            options, when given, are recorded in ``params`` (a sampler's re-mine uses them again).
         faiss_options: extra options of :func:`hardbatch.graph.knn.knn_faiss` (``hnsw_m``, ``ef_search``...).
         recall_sample: rows used to measure approximate-kNN recall (0 to skip); the plan stores recall@k
             (``knn_recall``) and the recall of the window ranks [skip, skip + window) (``knn_window_recall``).
@@ -365,10 +418,8 @@ def mine_b3(
         (8, 4)
     """
     num_examples = _validate(query_emb, positive_emb, batch_size, cluster_size, knn, community)
-    check_key_block_options(key_block_size, memory_budget)
+    check_key_blocks({"key_block_size": key_block_size, "memory_budget": memory_budget, "knn": knn})
     blocked = key_block_size is not None or memory_budget is not None
-    if blocked and knn != "exact":
-        raise ConfigError(f"key_block_size and memory_budget apply to knn='exact' only, got knn={knn!r}")
     for name, value in (
         ("absolute_margin", absolute_margin),
         ("relative_margin", relative_margin),
@@ -546,6 +597,8 @@ def mine_b3(
         "precision": precision,
         "recall_target": recall_target,
     }
+    # Recorded only when given (a re-mine uses them again); they bound memory, the plan is the same.
+    params.update({k: v for k, v in zip(KEY_BLOCK_OPTIONS, (key_block_size, memory_budget)) if v is not None})
     stats = {
         "stages": timer.as_dict(),
         "total_seconds": round(time.perf_counter() - started, 3),

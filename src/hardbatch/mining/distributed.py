@@ -627,7 +627,7 @@ def mine_b3_hierarchical_distributed(
     rank, world = dist.get_rank(), dist.get_world_size()
     if rank != 0:
         options = {**options, "show_progress": False}
-    run, failure = _attempt(lambda: HierarchicalRun.of(len(query_emb), options))
+    run, failure = _attempt(lambda: HierarchicalRun.of(len(query_emb), options, int(query_emb.shape[1])))
     cut = None
     if rank == 0 and failure is None:  # the shape travels with the shards: every rank checks its own
         cut, failure = _attempt(

@@ -66,7 +66,14 @@ from hardbatch.mining.plan import input_hashes
 from hardbatch.progress import StageTimer
 from hardbatch.validation import check_batch_size, check_embeddings
 
-__all__ = ["GRAPH_METHODS", "GCBSResult", "GraphCollapseWarning", "cut_batches", "mine_gcbs"]
+__all__ = [
+    "GRAPH_METHODS",
+    "GCBSResult",
+    "GraphCollapseWarning",
+    "cut_batches",
+    "gcbs_key_block",
+    "mine_gcbs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +161,40 @@ def _resolve_quantile(quantile: float | None, target_degree: float | None, num_k
             raise ConfigError("give either quantile or target_degree, not both")
         return quantile_for_degree(target_degree, num_keys)
     return 0.999 if quantile is None else float(quantile)
+
+
+def gcbs_key_block(
+    key_block_size: int | str | None,
+    memory_budget: int | str | None,
+    keys: np.ndarray | torch.Tensor | tuple[int, int],
+    *,
+    chunk_size: int = 2048,
+    precision: str = "auto",
+    device: str | torch.device | None = "auto",
+    graph_method: str = "exact",
+) -> int | None:
+    """The key block of :func:`mine_gcbs`'s exact graph pass (None: all positives resident), checked.
+
+    ``keys`` are the (N, d) positives or just their shape; a caller that does not know d yet (a sampler
+    before its first refresh) gives ``(N, 1)``, which finds the budgets too small for any d. O(log N).
+
+    Raises:
+        ConfigError: malformed or contradictory options (:func:`~hardbatch.graph.budget.check_key_block_options`),
+            key blocks with ``graph_method="ivf"`` (it holds every key), an unknown precision or device, or a
+            budget too small for the smallest key block (:func:`~hardbatch.graph.threshold.threshold_key_block`).
+
+    Example:
+        >>> gcbs_key_block(None, "64MiB", (300, 24), chunk_size=64, precision="fp32", device="cpu")
+        300
+        >>> gcbs_key_block(37, None, (300, 24), device="cpu"), gcbs_key_block(None, None, (300, 24))
+        (37, None)
+    """
+    if key_block_size is None and memory_budget is None:
+        return None
+    if graph_method != "exact":
+        raise ConfigError("key_block_size and memory_budget apply to graph_method='exact' only")
+    mode = resolve_precision(precision, resolve_device(device))
+    return threshold_key_block(key_block_size, memory_budget, keys, chunk_size, mode)
 
 
 def mine_gcbs(
@@ -260,13 +301,8 @@ def mine_gcbs(
     timer = StageTimer()
     dev = resolve_device(device)
     blocked = key_block_size is not None or memory_budget is not None
-    block = None
-    if blocked:
-        if graph_method != "exact":
-            raise ConfigError("key_block_size and memory_budget apply to graph_method='exact' only")
-        block = threshold_key_block(
-            key_block_size, memory_budget, positive_emb, chunk_size, resolve_precision(precision, dev)
-        )
+    block = gcbs_key_block(key_block_size, memory_budget, positive_emb, chunk_size=chunk_size,
+                           precision=precision, device=dev, graph_method=graph_method)  # fmt: skip
     with timer.stage("normalize"):
         # Row-wise normalisation gives every row the same bits up front or block by block, so with key blocks
         # the inputs are read (and normalised) where needed instead of copied whole.

@@ -27,7 +27,8 @@ of the *flat* graph, batch hardness).
 Time O(n · C · d) for k-means assignment + Σ_shards O(s² · d) for the rankings (s = shard size), i.e.
 O(n · s · d) in all (÷ W over W ranks); memory: the embeddings are read in blocks (k-means assignment,
 hashes, hardness) and one shard's rows at a time (a memory-mapped ``.npy`` is never loaded whole),
-O(s · d + s · m) per shard, O(n) for the shard ids and the merged plan.
+O(s · d + s · m) per shard (its kNN's score and key blocks bounded by ``key_block_size`` / ``memory_budget``
+as in :func:`~hardbatch.mining.b3.mine_b3`), O(n) for the shard ids and the merged plan.
 """
 
 from __future__ import annotations
@@ -86,6 +87,14 @@ def _sum_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return total
 
 
+def _shard_length(n: int, size: int, cluster_size: int) -> int:
+    """Examples in every shard but the last when n examples are cut into shards of at most ``size`` (a
+    multiple of K): equal shards in multiples of K rather than full ones plus a small last one."""
+    if n <= size:
+        return n
+    return math.ceil(n / math.ceil(n / size) / cluster_size) * cluster_size
+
+
 def coarse_shards(
     query_emb: np.ndarray | torch.Tensor,
     positive_emb: np.ndarray | torch.Tensor,
@@ -125,8 +134,7 @@ def coarse_shards(
     if n <= size:
         return [ids]
     num_shards = math.ceil(n / size)
-    # Equal shards (in multiples of K) rather than full ones plus a small last one.
-    per_shard = math.ceil(n / num_shards / cluster_size) * cluster_size
+    per_shard = _shard_length(n, size, cluster_size)
     faiss = require("faiss", "faiss", "hierarchical mining (k-means)")
     dim = np.asarray(query_emb[:1]).shape[1]
     rng = np.random.default_rng([int(seed), 0x5A4D])
@@ -197,9 +205,12 @@ class HierarchicalRun:
         dataset_hash: as in :func:`mine_b3_hierarchical`.
         mine_options: the other :func:`~hardbatch.mining.b3.mine_b3` arguments (``positive_texts`` is
             sliced per shard; plan-wide options that make no sense per shard are dropped).
+        dim: d of the embeddings, to check a ``memory_budget`` against the largest shard's kNN up front
+            (1 when unknown: only budgets too small for any d are found then).
 
     Raises:
-        ConfigError: bad sizes, per-source settings naming unknown sources.
+        ConfigError: bad sizes, per-source settings naming unknown sources, bad key-block options
+            (:func:`~hardbatch.mining.b3.check_key_blocks`).
     """
 
     def __init__(
@@ -217,6 +228,7 @@ class HierarchicalRun:
         show_progress: bool | None,
         dataset_hash: str | None,
         mine_options: dict[str, Any],
+        dim: int = 1,
     ) -> None:
         from hardbatch.mining.b3 import _classification_groups, _source_codes, per_source_setting
 
@@ -238,13 +250,30 @@ class HierarchicalRun:
         self.skips = per_source_setting(skip, "skip", self.names, minimum=0)
         self.windows = per_source_setting(window, "window", self.names, minimum=1)
         self.labels = _classification_groups(classification, self.names)
+        self._check_key_blocks(dim)
+
+    def _check_key_blocks(self, dim: int) -> None:
+        """Key-block options checked once, before any shard is cut or mined, against the largest shard
+        that will be mined (its size follows from the source sizes alone: O(N) for the counts)."""
+        from hardbatch.mining.b3 import check_key_blocks
+
+        k = self.cluster_size
+        size = (int(self.shard_size) // k) * k  # below K: coarse_shards says so
+        counts = np.bincount(self.codes, minlength=len(self.skips)) if self.num_examples else []
+        lengths = []
+        for code, count in enumerate(counts):
+            length = _shard_length(int(count), size, k) if size else 0
+            # Shards too small to mine and label-level sources (they rank labels) run no kNN.
+            if not self.labels[code] and length >= 2 * k and length > self.skips[code] + 1:
+                lengths.append(length)
+        check_key_blocks(self.options, num_keys=max(lengths) if lengths else None, dim=dim)
 
     @classmethod
-    def of(cls, num_examples: int, options: Mapping[str, Any]) -> HierarchicalRun:
+    def of(cls, num_examples: int, options: Mapping[str, Any], dim: int = 1) -> HierarchicalRun:
         """The run of ``mine_b3_hierarchical(query, positive, **options)`` over N = ``num_examples``.
 
         The options are bound against :func:`mine_b3_hierarchical`'s signature, so its defaults (and its
-        error for a missing ``batch_size``) hold here too, written once.
+        error for a missing ``batch_size``) hold here too, written once. ``dim``: d, see the constructor.
 
         Raises:
             ConfigError: a missing ``batch_size``, or what the constructor raises.
@@ -257,7 +286,7 @@ class HierarchicalRun:
         arguments = dict(bound.arguments)
         for unused in ("query_emb", "positive_emb"):
             arguments.pop(unused)
-        return cls(num_examples, mine_options=arguments.pop("mine_options"), **arguments)
+        return cls(num_examples, mine_options=arguments.pop("mine_options"), dim=dim, **arguments)
 
     def shards(self, query_emb: Any, positive_emb: Any) -> list[Shard]:
         """The coarse shards of every source, in source order (:func:`coarse_shards`; reads all rows once)."""
@@ -287,6 +316,7 @@ class HierarchicalRun:
                        **self.options)  # fmt: skip
         stats = {key: plan.stats[key] for key in ("stages", "graph", "partition")}
         stats["seconds"] = plan.stats["total_seconds"]
+        stats.update(_key_block_stats(plan.stats.get("knn_info") or {}))
         return ShardResult(plan.clusters.astype(np.int32), plan.remainder.astype(np.int32), stats, rank())
 
     def merge(
@@ -373,6 +403,11 @@ def _source_column(shards: Sequence[Shard], parts: Sequence[np.ndarray]) -> np.n
     )
 
 
+def _key_block_stats(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """The key block and block count a shard's kNN ran with (none when its positives were all resident)."""
+    return {key: stats[key] for key in ("key_block_size", "key_blocks") if key in stats}
+
+
 def _shard_stats(mined: Sequence[tuple[Shard, ShardResult]]) -> dict[str, Any]:
     """Stages, graph and partition counts summed over the mined shards; seconds per shard and per rank."""
     stats_list = [result.stats for _, result in mined]
@@ -389,7 +424,12 @@ def _shard_stats(mined: Sequence[tuple[Shard, ShardResult]]) -> dict[str, Any]:
         "graph": graph,
         "partition": partition,
         "shards": [
-            {"size": len(shard.ids), "seconds": result.stats["seconds"], "rank": result.rank}
+            {
+                "size": len(shard.ids),
+                "seconds": result.stats["seconds"],
+                "rank": result.rank,
+                **_key_block_stats(result.stats),
+            }
             for shard, result in mined
         ],
         "rank_seconds": rank_seconds,  # shard mining seconds per rank (their sum is work, not wall time)
@@ -431,14 +471,22 @@ def mine_b3_hierarchical(
         seed: k-means, METIS and shuffle seed.
         dataset_hash: stored in the plan.
         show_progress: progress bars of the shard runs.
-        **mine_options: other :func:`~hardbatch.mining.b3.mine_b3` arguments (count_self, knn, margins...).
+        **mine_options: other :func:`~hardbatch.mining.b3.mine_b3` arguments (count_self, knn, margins...),
+            the same for every shard. Among them ``key_block_size`` (B, or ``"auto"`` with a budget) and
+            ``memory_budget`` (bytes or ``"4GiB"``) bound each shard's exact kNN as in ``mine_b3``: its
+            working set is then O(B·d + chunk·B) instead of O(s·d + chunk·s) for a shard of s examples
+            (the shard's own rows, 2·s·d floats, are read whole either way) and the plan is the unblocked
+            one; a budget is resolved per shard (``stats["shards"]`` records each shard's
+            ``key_block_size`` and ``key_blocks``).
 
     Returns:
         A :class:`BatchPlan` over all N examples (``params["hierarchical"]`` records the shards), without the
         neighbour graph (each shard's graph is dropped after its partition).
 
     Raises:
-        ConfigError: bad sizes, or per-source settings that name no source.
+        ConfigError: bad sizes, per-source settings that name no source, or bad key-block options: malformed,
+            contradictory, with an approximate ``knn``, or a budget too small for the largest shard's
+            smallest key block; all found before any shard is cut or mined.
 
     Example:
         >>> import numpy as np
@@ -452,7 +500,7 @@ def mine_b3_hierarchical(
     run = HierarchicalRun(
         len(query_emb), batch_size=batch_size, cluster_size=cluster_size, shard_size=shard_size, skip=skip,
         window=window, classification=classification, sources=sources, seed=seed, show_progress=show_progress,
-        dataset_hash=dataset_hash, mine_options=mine_options,
+        dataset_hash=dataset_hash, mine_options=mine_options, dim=int(query_emb.shape[1]),
     )  # fmt: skip
     shards = run.shards(query_emb, positive_emb)
     results = [run.mine(query_emb, positive_emb, shard) for shard in shards]

@@ -67,6 +67,8 @@ _REMINE_PARAMS = (
     "faiss_options",
     "precision",
     "recall_target",
+    "key_block_size",  # recorded only when the plan was mined with key blocks (mining.b3.KEY_BLOCK_OPTIONS)
+    "memory_budget",
 )
 
 __all__ = ["B3BatchSampler"]
@@ -88,7 +90,10 @@ class B3BatchSampler(HardBatchSampler):
         query_emb: (N, d) float teacher query embeddings, to mine lazily (on first use).
         positive_emb: (N, d) float teacher positive embeddings, to mine lazily.
         mine_options: keyword arguments of :func:`~hardbatch.mining.mine_b3` for lazy mining
-            (``cluster_size``, ``skip``, ``window``, ``knn``, ``sources``...).
+            (``cluster_size``, ``skip``, ``window``, ``knn``, ``sources``, ``precision``...), re-used by
+            re-mines. ``key_block_size`` (B, or "auto") and ``memory_budget`` ("4GiB") bound the exact kNN's
+            memory as in ``mine_b3`` (same plan); they are checked here, a budget too small for the kNN's
+            smallest key block included. A plan mined with them re-mines with them too.
         same_source: keep every full batch within one source (default: the plan's setting).
         num_hard_negatives: h, B3++ hard negatives *per example* (:meth:`hard_negatives` returns h · |B|);
             0 (the default) disables.
@@ -106,7 +111,8 @@ class B3BatchSampler(HardBatchSampler):
 
     Raises:
         ConfigError: no plan and no embeddings; ``remine_every`` < 1 or without ``embed_fn``; a plan that
-            cannot be re-mined (not mined by ``mine_b3``, or hierarchical).
+            cannot be re-mined (not mined by ``mine_b3``, or hierarchical); bad key-block options of the
+            mining to come (:func:`~hardbatch.mining.b3.check_key_blocks`).
 
     Example:
         >>> import numpy as np
@@ -200,6 +206,7 @@ class B3BatchSampler(HardBatchSampler):
             raise ConfigError("embed_fn is used only with remine_every")
         self.remine_every = int(remine_every) if remine_every is not None else None
         self.embed_fn = embed_fn
+        self._check_key_blocks(plan, query_emb)
         #: ``(epoch it was mined for, plan)`` of the latest re-mine, ``None`` before the first.
         self._remined: tuple[int, BatchPlan] | None = None
         self._active: BatchPlan | None = None
@@ -209,6 +216,29 @@ class B3BatchSampler(HardBatchSampler):
         self.remine_history: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------- construction helpers
+    def _check_key_blocks(self, plan: BatchPlan | None, query_emb: Any) -> None:
+        """Key-block options of the mining to come (lazy, or re-mines) checked now, not at its start.
+
+        The budget is checked against the largest source group's kNN (O(N) for the counts), with d of the
+        teacher embeddings; a re-mine's d (the student's) is not known yet: a one-dimensional stand-in
+        then finds the budgets too small for any d.
+        """
+        from hardbatch.mining.b3 import check_key_blocks
+
+        if plan is None:
+            options, dim = self.mine_options, int(query_emb.shape[1])
+            sources = options.get("sources")
+            codes = (
+                None if sources is None else np.unique(np.asarray(sources, dtype=str), return_inverse=True)[1]
+            )
+        elif self.remine_every is not None:
+            options = {key: plan.params[key] for key in _REMINE_PARAMS if key in plan.params}
+            dim, codes = 1, plan.example_sources()
+        else:
+            return  # a static plan: nothing will be mined
+        largest = self.num_examples if codes is None else int(np.bincount(np.ravel(codes)).max())
+        check_key_blocks(options, num_keys=largest, dim=dim)
+
     @classmethod
     def input_kwargs(cls, inputs: SamplerInputs, options: Mapping[str, Any]) -> dict[str, Any]:
         """The plan when one is offered, else the teacher's embeddings to mine one lazily; with

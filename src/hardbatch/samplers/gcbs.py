@@ -35,11 +35,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from hardbatch.device import resolve_device
 from hardbatch.distributed import broadcast_from_rank0
 from hardbatch.embed.cache import as_embeddings
 from hardbatch.errors import ConfigError, HardbatchError
+from hardbatch.graph.precision import resolve_precision
 from hardbatch.graph.threshold import DEFAULT_QUANTILE_SAMPLE
-from hardbatch.mining.gcbs import GRAPH_METHODS, GCBSResult, mine_gcbs
+from hardbatch.mining.gcbs import GRAPH_METHODS, GCBSResult, gcbs_key_block, mine_gcbs
 from hardbatch.samplers._data import query_positive_texts
 from hardbatch.samplers.base import HardBatchSampler
 from hardbatch.samplers.global_batch import split_global_batches
@@ -120,6 +122,14 @@ class GCBSBatchSampler(HardBatchSampler):
         graph_method: ``"exact"`` similarity pass or ``"ivf"`` (faiss range search, approximate; for large N
             on a CPU). See :func:`hardbatch.mining.mine_gcbs`.
         nprobe: IVF lists searched per example with ``graph_method="ivf"``.
+        precision: matmul precision of the exact graph pass: "auto" (bf16 where fast), "fp32" or "bf16";
+            the graph is the fp32 one either way.
+        key_block_size: positives resident at a time in the exact graph pass (None: all of them; "auto":
+            chosen from ``memory_budget``); the batches are the unblocked ones, and the pass holds
+            O(B·d + chunk_size·B) instead of O(N·d + chunk_size·N) (see :func:`~hardbatch.mining.mine_gcbs`).
+            ``last_stats`` records the ``key_block_size`` and ``key_blocks`` used.
+        memory_budget: bytes (or "4GiB", "512MiB") for the graph pass's key, row and score blocks; alone it
+            means ``key_block_size="auto"``, the largest block that fits, chosen at every refresh.
         global_batches: with ``world_size`` P > 1, cut the RCM order into global batches of
             ``batch_size · P`` (one contiguous chunk per optimiser step) and give each rank one slice
             (default). ``False``: consecutive per-device chunks go to different ranks (before 0.2).
@@ -154,6 +164,9 @@ class GCBSBatchSampler(HardBatchSampler):
         collapse_fraction: float = 0.9,
         graph_method: str = "exact",
         nprobe: int = 32,
+        precision: str = "auto",
+        key_block_size: int | str | None = None,
+        memory_budget: int | str | None = None,
         global_batches: bool = True,
         **base: Any,
     ) -> None:
@@ -163,10 +176,12 @@ class GCBSBatchSampler(HardBatchSampler):
             raise ConfigError("GCBSBatchSampler needs either embed_fn or both query_emb and positive_emb")
         if quantile is not None and target_degree is not None:
             raise ConfigError("give either quantile or target_degree, not both")
+        dim = 1  # d is unknown before embed_fn runs: a stand-in that finds budgets too small for any d
         if fixed:
             q = as_embeddings(query_emb, "query_emb", self.num_examples)  # type: ignore[arg-type]
             p = as_embeddings(positive_emb, "positive_emb", self.num_examples)  # type: ignore[arg-type]
             embed_fn = _fixed(q, p)
+            dim = int(p.shape[1])
         self.embed_fn: EmbedFn = embed_fn  # type: ignore[assignment]
         self.quantile = quantile
         self.target_degree = target_degree
@@ -183,6 +198,13 @@ class GCBSBatchSampler(HardBatchSampler):
         if isinstance(nprobe, bool) or int(nprobe) != nprobe or nprobe < 1:
             raise ConfigError(f"nprobe must be a positive integer, got {nprobe!r}")  # faiss asserts otherwise
         self.nprobe = int(nprobe)
+        resolve_precision(precision, resolve_device(device))  # a bad name is found now, not at epoch 0
+        # Key-block options too (against the fixed positives' shape, else the stand-in d above).
+        gcbs_key_block(key_block_size, memory_budget, (self.num_examples, dim), chunk_size=self.chunk_size,
+                       precision=precision, device=device, graph_method=graph_method)  # fmt: skip
+        self.precision = precision
+        self.key_block_size = key_block_size
+        self.memory_budget = memory_budget
         self.global_batches = bool(global_batches)
         if (
             self.global_batches
@@ -248,6 +270,9 @@ class GCBSBatchSampler(HardBatchSampler):
             collapse_fraction=self.collapse_fraction,
             graph_method=self.graph_method,
             nprobe=self.nprobe,
+            precision=self.precision,
+            key_block_size=self.key_block_size,
+            memory_budget=self.memory_budget,
             keep_graph=False,
             hash_inputs=False,
         )

@@ -215,8 +215,12 @@ def mine_b3_command(
     """
     from hardbatch.errors import ConfigError
     from hardbatch.mining import mine_b3
+    from hardbatch.mining.b3 import check_key_blocks
 
     check_output_file(out)  # before minutes of embedding and mining
+    # Malformed or contradictory key-block options too (a budget's fit is checked once N and d are known).
+    check_key_blocks({"key_block_size": key_block_option(key_block_size), "memory_budget": memory_budget,
+                      "knn": knn})  # fmt: skip
     if shard_size is not None:  # hierarchical: under torchrun the shards are spread over the ranks
         from functools import partial
 
@@ -456,9 +460,11 @@ def mine_gcbs_command(
     and the threshold graph are split over the W ranks and rank 0 writes the plan once.
     """
     from hardbatch.data import load_pairs
+    from hardbatch.graph.budget import check_key_block_options
     from hardbatch.mining.gcbs import mine_gcbs
 
     check_output_file(out)
+    check_key_block_options(key_block_option(key_block_size), memory_budget)  # before embedding
     if _world_size() > 1:
         mine_gcbs = _distributed(device, "mine_gcbs_distributed")
     started = time.perf_counter()
