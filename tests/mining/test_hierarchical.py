@@ -34,6 +34,37 @@ def test_coarse_shards_partition_ids_in_multiples_of_k_and_group_topics():
     assert purity > 0.8
 
 
+def _topic_mates_in_one_shard(centroids_per_shard: int) -> float:
+    """Mean fraction of topic-mate pairs that share a shard: 40 tight topics of 25 cut into 4 shards."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 32)).astype(np.float32)
+    topic = rng.permutation(np.repeat(np.arange(40), 25))
+    x = centres[topic] + 0.3 * rng.normal(size=(1000, 32)).astype(np.float32)
+    fractions = []
+    for seed in range(3):
+        shards = coarse_shards(
+            x, x, np.arange(1000), shard_size=250, cluster_size=10, seed=seed,
+            centroids_per_shard=centroids_per_shard,
+        )  # fmt: skip
+        owner = np.empty(1000, dtype=np.int64)
+        for index, shard in enumerate(shards):
+            owner[shard] = index
+        for t in range(40):
+            members = owner[topic == t]
+            fractions.append(np.mean(members[:, None] == members[None, :]))
+    return float(np.mean(fractions))
+
+
+def test_fine_centroids_keep_topics_inside_one_shard():
+    # One centroid per shard cuts the affinity-ordered members of a centroid at every shard boundary,
+    # splitting many topics; runs of fine centroids put the boundaries between (almost) whole topics.
+    assert _topic_mates_in_one_shard(1) < 0.95
+    assert _topic_mates_in_one_shard(16) >= 0.97
+    with pytest.raises(ConfigError, match="centroids_per_shard"):
+        coarse_shards(np.eye(40, dtype=np.float32), np.eye(40, dtype=np.float32), np.arange(40),
+                      shard_size=20, cluster_size=10, centroids_per_shard=0)  # fmt: skip
+
+
 def test_hierarchical_plan_covers_every_example_once_with_exact_cluster_sizes():
     q, p, _ = _data()
     sources = np.where(np.arange(len(q)) < 1000, "big", "small")

@@ -4,11 +4,14 @@ Flat B3 needs the whole N-node rank-window graph in one METIS call (measured ~20
 and an N × N ranking. Here the examples are first cut into shards of about ``shard_size``:
 
 1. **Coarse partition** (per source when ``sources`` is given): spherical k-means (faiss) with
-   C = ceil(n / shard_size) centroids on the mean of the normalised query and positive embeddings; the
-   centroids are chained greedily (each next centroid is the nearest unused one), examples are ordered by
-   (centroid position in the chain, similarity to their centroid, descending) and the order is cut into
-   consecutive shards whose sizes are multiples of K (all but the last shard of a source). Neighbouring
-   shards therefore hold neighbouring topics, and each shard is topically tight.
+   C = 16 · ceil(n / shard_size) centroids (:data:`CENTROIDS_PER_SHARD`) on the mean of the normalised
+   query and positive embeddings; the centroids are chained greedily (each next centroid is the nearest
+   unused one), examples are ordered by (centroid position in the chain, similarity to their centroid,
+   descending) and the order is cut into consecutive shards whose sizes are multiples of K (all but the last
+   shard of a source). A shard is thus a run of ~16 neighbouring fine clusters: a shard boundary cuts
+   through one fine cluster at most, where one centroid per shard cut through every coarse one (100k
+   synthetic pairs in 16 shards: batch hardness 0.210 against 0.092 with one centroid per shard, flat B3
+   0.293; see docs/b3.md).
 2. **B3 inside each shard**: :func:`~hardbatch.mining.b3.mine_b3` (exact or IVF kNN, METIS, exact-K repair)
    on the shard only, so the ranking costs O(n · shard_size · d) instead of O(n² · d) and METIS never sees
    more than ``shard_size`` nodes, with the shard's source's ``skip``, ``window`` and classification
@@ -24,8 +27,8 @@ What it costs: pairs that are each other's hard negatives but fall into differen
 cluster. ``benchmarks/bench_b3.py --hierarchical`` measures it against flat B3 (within-cluster edge fraction
 of the *flat* graph, batch hardness).
 
-Time O(n · C · d) for k-means assignment + Σ_shards O(s² · d) for the rankings (s = shard size), i.e.
-O(n · s · d) in all (÷ W over W ranks); memory: the embeddings are read in blocks (k-means assignment,
+Time O(n · C · d) for the k-means assignment (+ O(256 · C² · d · 20) to train it on a sample of 256 · C)
++ Σ_shards O(s² · d) for the rankings (s = shard size), i.e. O(n · s · d) in all (÷ W over W ranks); memory: the embeddings are read in blocks (k-means assignment,
 hashes, hardness) and one shard's rows at a time (a memory-mapped ``.npy`` is never loaded whole),
 O(s · d + s · m) per shard (its kNN's score and key blocks bounded by ``key_block_size`` / ``memory_budget``
 as in :func:`~hardbatch.mining.b3.mine_b3`), O(n) for the shard ids and the merged plan.
@@ -46,7 +49,19 @@ import torch
 from hardbatch.errors import ConfigError, require
 from hardbatch.mining.plan import BatchPlan, input_hashes
 
-__all__ = ["HierarchicalRun", "Shard", "ShardResult", "coarse_shards", "mine_b3_hierarchical"]
+__all__ = [
+    "CENTROIDS_PER_SHARD",
+    "HierarchicalRun",
+    "Shard",
+    "ShardResult",
+    "coarse_shards",
+    "mine_b3_hierarchical",
+]
+
+#: k-means centroids per shard of the coarse partition. Measured on 100k synthetic pairs cut into 16 shards
+#: (batch hardness; flat B3 0.293): 1 per shard 0.092, 4: 0.154, 16: 0.210, 64: 0.209 (and slower); on 20k
+#: in 4 shards (flat 0.229): 1: 0.135, 4: 0.179, 16: 0.206, 64: 0.203.
+CENTROIDS_PER_SHARD = 16
 
 
 def _unit(array: np.ndarray) -> np.ndarray:
@@ -104,6 +119,7 @@ def coarse_shards(
     cluster_size: int,
     seed: int = 0,
     chunk: int = 65536,
+    centroids_per_shard: int = CENTROIDS_PER_SHARD,
 ) -> list[np.ndarray]:
     """Cut the examples ``ids`` into topical shards of at most ``shard_size`` (multiples of K but the last).
 
@@ -115,6 +131,8 @@ def coarse_shards(
         cluster_size: K.
         seed: k-means seed.
         chunk: rows per assignment block (memory O(chunk · d)).
+        centroids_per_shard: k-means centroids per shard (at most one per 8 examples); the chained
+            centroids are cut into runs, so more centroids move the shard boundaries off topics.
 
     Returns:
         Shards (int64 id arrays) whose concatenation is a permutation of ``ids``.
@@ -135,18 +153,21 @@ def coarse_shards(
         return [ids]
     num_shards = math.ceil(n / size)
     per_shard = _shard_length(n, size, cluster_size)
+    if int(centroids_per_shard) < 1:
+        raise ConfigError(f"centroids_per_shard must be >= 1, got {centroids_per_shard}")
+    num_centroids = max(num_shards, min(int(centroids_per_shard) * num_shards, n // 8))
     faiss = require("faiss", "faiss", "hierarchical mining (k-means)")
     dim = np.asarray(query_emb[:1]).shape[1]
     rng = np.random.default_rng([int(seed), 0x5A4D])
-    train = np.sort(rng.choice(n, size=min(n, 256 * num_shards), replace=False))
+    train = np.sort(rng.choice(n, size=min(n, 256 * num_centroids), replace=False))
     mean = _unit(_unit(np.asarray(query_emb[ids[train]])) + _unit(np.asarray(positive_emb[ids[train]])))
     kmeans = faiss.Kmeans(
-        dim, num_shards, niter=20, seed=int(seed), spherical=True, min_points_per_centroid=1
+        dim, num_centroids, niter=20, seed=int(seed), spherical=True, min_points_per_centroid=1
     )
     kmeans.train(mean)
     centroids = _unit(kmeans.centroids)
-    position = np.empty(num_shards, dtype=np.int64)
-    position[_chain(centroids)] = np.arange(num_shards)
+    position = np.empty(num_centroids, dtype=np.int64)
+    position[_chain(centroids)] = np.arange(num_centroids)
     assign = np.empty(n, dtype=np.int64)
     affinity = np.empty(n, dtype=np.float32)
     for lo in range(0, n, chunk):
