@@ -206,3 +206,26 @@ def test_a_plan_whose_budget_cannot_fit_fails_at_construction_when_it_will_be_re
     B3BatchSampler(num_examples=N, batch_size=B, plan=bad)  # static: nothing will be mined
     with pytest.raises(ConfigError, match="too small for the exact kNN"):
         B3BatchSampler(num_examples=N, batch_size=B, plan=bad, remine_every=1, embed_fn=Recorder())
+
+
+def test_mine_options_with_a_plan_set_how_its_re_mines_run_and_nothing_else():
+    blocked_plan = mine_b3(*TEACHER, key_block_size=37, precision="fp32", **OPTIONS)
+    # A budget replaces the plan's block size as a pair (the two together would be a ConfigError).
+    sampler = B3BatchSampler(
+        num_examples=N, batch_size=B, plan=blocked_plan, remine_every=1, embed_fn=Recorder(),
+        mine_options={"memory_budget": "16MiB"},
+    )  # fmt: skip
+    options = sampler.remine_options()
+    assert options["memory_budget"] == "16MiB" and "key_block_size" not in options
+    list(sampler)
+    batches = list(sampler)  # epoch 1: re-mined under the budget, same plan as unblocked
+    assert sampler.plan.stats["knn_info"]["memory_budget"] == 16 << 20
+    assert batches == _reference_batches(sampler, 1, 1, precision="fp32")
+    # Options that would change the plan cannot apply to a given one: an error, not silently ignored.
+    with pytest.raises(ConfigError, match=r"mine_options \['skip'\] cannot apply to a given plan"):
+        B3BatchSampler(num_examples=N, batch_size=B, plan=PLAN, mine_options={"skip": 5})
+    with pytest.raises(ConfigError, match="too small for the exact kNN"):
+        B3BatchSampler(
+            num_examples=N, batch_size=B, plan=PLAN, remine_every=1, embed_fn=Recorder(),
+            mine_options={"memory_budget": "1KiB"},
+        )  # fmt: skip

@@ -71,6 +71,10 @@ _REMINE_PARAMS = (
     "memory_budget",
 )
 
+#: ``mine_b3`` options that change how a re-mine runs, never its plan (the exact kNN's answer is the same in
+#: every precision and key-block size): with a plan, ``mine_options`` may set only these, for its re-mines.
+_RESOURCE_OPTIONS = ("precision", "key_block_size", "memory_budget", "device", "chunk_size", "show_progress")
+
 __all__ = ["B3BatchSampler"]
 
 
@@ -93,7 +97,10 @@ class B3BatchSampler(HardBatchSampler):
             (``cluster_size``, ``skip``, ``window``, ``knn``, ``sources``, ``precision``...), re-used by
             re-mines. ``key_block_size`` (B, or "auto") and ``memory_budget`` ("4GiB") bound the exact kNN's
             memory as in ``mine_b3`` (same plan); they are checked here, a budget too small for the kNN's
-            smallest key block included. A plan mined with them re-mines with them too.
+            smallest key block included. A plan mined with them re-mines with them too. With a ``plan``,
+            only options that change how its re-mines run, not their result, are accepted (``precision``,
+            ``key_block_size``, ``memory_budget``, ``device``, ``chunk_size``, ``show_progress``); they
+            override the plan's recorded ones; any other is a ConfigError (the plan's own are used).
         same_source: keep every full batch within one source (default: the plan's setting).
         num_hard_negatives: h, B3++ hard negatives *per example* (:meth:`hard_negatives` returns h · |B|);
             0 (the default) disables.
@@ -186,6 +193,13 @@ class B3BatchSampler(HardBatchSampler):
                 )
             plan.check_matches(num_examples=self.num_examples, expected_hash=expected_hash)
             cluster_size = plan.cluster_size
+            ignored = sorted(set(self.mine_options) - set(_RESOURCE_OPTIONS))
+            if ignored:
+                raise ConfigError(
+                    f"mine_options {ignored} cannot apply to a given plan (it was mined with its own "
+                    f"parameters, which its re-mines reuse); with a plan, mine_options may only set "
+                    f"{', '.join(_RESOURCE_OPTIONS)}"
+                )
         if self.whole_clusters and self.batch_size % cluster_size != 0:
             raise ConfigError(
                 f"batch_size={self.batch_size} must be a multiple of the cluster size {cluster_size}"
@@ -216,6 +230,18 @@ class B3BatchSampler(HardBatchSampler):
         self.remine_history: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------- construction helpers
+    def _with_resources(self, plan_options: dict[str, Any]) -> dict[str, Any]:
+        """A plan's re-mine options with ``mine_options``' resource options (checked in ``__init__``) on top.
+
+        The key-block pair is replaced as a whole: a budget given here must not meet the plan's block size.
+        """
+        options = dict(plan_options)
+        if {"key_block_size", "memory_budget"} & set(self.mine_options):
+            options.pop("key_block_size", None)
+            options.pop("memory_budget", None)
+        options.update(self.mine_options)
+        return options
+
     def _check_key_blocks(self, plan: BatchPlan | None, query_emb: Any) -> None:
         """Key-block options of the mining to come (lazy, or re-mines) checked now, not at its start.
 
@@ -233,6 +259,7 @@ class B3BatchSampler(HardBatchSampler):
             )
         elif self.remine_every is not None:
             options = {key: plan.params[key] for key in _REMINE_PARAMS if key in plan.params}
+            options = self._with_resources(options)
             dim, codes = 1, plan.example_sources()
         else:
             return  # a static plan: nothing will be mined
@@ -336,6 +363,7 @@ class B3BatchSampler(HardBatchSampler):
         params = plan.params
         options = {key: params[key] for key in _REMINE_PARAMS if key in params}
         options["batch_size"] = self.batch_size
+        options = self._with_resources(options)
         if plan.has_sources:
             names = np.asarray(plan.source_names, dtype=object)
             options["sources"] = names[plan.example_sources()].tolist()
