@@ -10,7 +10,7 @@ and an N × N ranking. Here the examples are first cut into shards of about ``sh
    descending) and the order is cut into consecutive shards whose sizes are multiples of K (all but the last
    shard of a source). A shard is thus a run of ~16 neighbouring fine clusters: a shard boundary cuts
    through one fine cluster at most, where one centroid per shard cut through every coarse one (100k
-   synthetic pairs in 16 shards: batch hardness 0.210 against 0.092 with one centroid per shard, flat B3
+   synthetic pairs in 17 shards: batch hardness 0.208 against 0.092 with one centroid per shard, flat B3
    0.293; see docs/b3.md).
 2. **B3 inside each shard**: :func:`~hardbatch.mining.b3.mine_b3` (exact or IVF kNN, METIS, exact-K repair)
    on the shard only, so the ranking costs O(n · shard_size · d) instead of O(n² · d) and METIS never sees
@@ -58,9 +58,10 @@ __all__ = [
     "mine_b3_hierarchical",
 ]
 
-#: k-means centroids per shard of the coarse partition. Measured on 100k synthetic pairs cut into 16 shards
-#: (batch hardness; flat B3 0.293): 1 per shard 0.092, 4: 0.154, 16: 0.210, 64: 0.209 (and slower); on 20k
-#: in 4 shards (flat 0.229): 1: 0.135, 4: 0.179, 16: 0.206, 64: 0.203.
+#: k-means centroids per shard of the coarse partition. Measured on 100k synthetic pairs cut into 17 shards
+#: (``benchmarks/results/hierarchical_100000_shards6250.md``; batch hardness, flat B3 0.293): 1 per shard
+#: 0.092 in 12.7 s, 4: 0.162 in 14.8 s, 16: 0.208 in 21.7 s, 64: 0.208 in 36.0 s; on 20k in 4 shards (flat
+#: 0.229): 1: 0.135, 4: 0.179, 16: 0.206, 64: 0.203.
 CENTROIDS_PER_SHARD = 16
 
 
