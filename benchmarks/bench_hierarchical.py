@@ -4,14 +4,15 @@ Issue 12 item 4 ("measure what it costs against flat METIS: within-cluster edge 
 Synthetic clustered unit vectors (``bench_b3.clustered``: N/50 topics, d = 384). One flat exact ``mine_b3``
 gives the reference graph and hardness; then ``mine_b3_hierarchical`` with shards of ``--shard-size`` runs
 once per value of ``--centroids`` (k-means centroids per shard of the coarse cut,
-:func:`hardbatch.mining.hierarchical.coarse_shards`; 1 = one centroid per shard, the cut before
-:data:`~hardbatch.mining.hierarchical.CENTROIDS_PER_SHARD`). All runs share one process and its load.
+:func:`hardbatch.mining.hierarchical.coarse_shards`, with ``examples_per_centroid=0``; 1 = one centroid per
+shard, the cut before :data:`~hardbatch.mining.hierarchical.CENTROIDS_PER_SHARD`), and once with the
+library's default rule (``max(16 · shards, min(N / 400, 4096))`` centroids). All runs share one process.
 
 Reported per run: seconds, batch hardness (mean teacher similarity inside a cluster; random groups and the
 flat plan for reference) and the fraction of the *flat* mutual graph's edges that fall inside a cluster.
 
 Time: flat O(N² d); each hierarchical run O(N · s · d) for shards of s, plus O(256 · C² · d) k-means
-training for C = centroids × shards. Memory O(N · d) for the inputs (resident here) + one shard's blocks.
+training for C centroids. Memory O(N · d) for the inputs (resident here) + one shard's blocks.
 
 Usage: python benchmarks/bench_hierarchical.py [--n 100000] [--shard-size 6250] [--centroids 1,4,16,64]
 Writes benchmarks/results/hierarchical_<N>_shards<S>.json and .md and prints the table.
@@ -68,12 +69,16 @@ def run(num: int, shard_size: int, centroids: list[int], threads: int) -> dict:
     cut = hierarchical.coarse_shards
     rows = []
     try:
-        for per_shard in centroids:
-            hierarchical.coarse_shards = functools.partial(cut, centroids_per_shard=per_shard)
+        # Per shard only (examples_per_centroid=0), then the library's default rule.
+        for per_shard in [*centroids, None]:
+            options = (
+                {} if per_shard is None else {"centroids_per_shard": per_shard, "examples_per_centroid": 0}
+            )
+            hierarchical.coarse_shards = functools.partial(cut, **options)
             started = time.perf_counter()
             plan = hierarchical.mine_b3_hierarchical(query, positive, shard_size=shard_size, **common)
             row = {
-                "centroids_per_shard": per_shard,
+                "centroids_per_shard": "default" if per_shard is None else per_shard,
                 "shards": plan.params["hierarchical"]["shards"],
                 "seconds": round(time.perf_counter() - started, 2),
                 "cluster_mean_sim": round(plan.stats["hardness"]["cluster_mean_sim"], 4),

@@ -4,14 +4,14 @@ Flat B3 needs the whole N-node rank-window graph in one METIS call (measured ~20
 and an N × N ranking. Here the examples are first cut into shards of about ``shard_size``:
 
 1. **Coarse partition** (per source when ``sources`` is given): spherical k-means (faiss) with
-   C = 16 · ceil(n / shard_size) centroids (:data:`CENTROIDS_PER_SHARD`) on the mean of the normalised
-   query and positive embeddings; the centroids are chained greedily (each next centroid is the nearest
-   unused one), examples are ordered by (centroid position in the chain, similarity to their centroid,
+   C = max(16 · shards, min(n / 400, 4096)) centroids (:data:`CENTROIDS_PER_SHARD`,
+   :data:`EXAMPLES_PER_CENTROID`) on the mean of the normalised query and positive embeddings; the
+   centroids are chained greedily (each next centroid is the nearest unused one), examples are ordered by (centroid position in the chain, similarity to their centroid,
    descending) and the order is cut into consecutive shards whose sizes are multiples of K (all but the last
-   shard of a source). A shard is thus a run of ~16 neighbouring fine clusters: a shard boundary cuts
+   shard of a source). A shard is thus a run of ≥ 16 neighbouring fine clusters: a shard boundary cuts
    through one fine cluster at most, where one centroid per shard cut through every coarse one (100k
-   synthetic pairs in 17 shards: batch hardness 0.208 against 0.092 with one centroid per shard, flat B3
-   0.293; see docs/b3.md).
+   synthetic pairs in 17 shards: batch hardness 0.197 against 0.059 with one centroid per shard, flat B3
+   0.293; 1M: 0.241 against 0.031; see docs/b3.md).
 2. **B3 inside each shard**: :func:`~hardbatch.mining.b3.mine_b3` (exact or IVF kNN, METIS, exact-K repair)
    on the shard only, so the ranking costs O(n · shard_size · d) instead of O(n² · d) and METIS never sees
    more than ``shard_size`` nodes, with the shard's source's ``skip``, ``window`` and classification
@@ -27,7 +27,7 @@ What it costs: pairs that are each other's hard negatives but fall into differen
 cluster. ``benchmarks/bench_b3.py --hierarchical`` measures it against flat B3 (within-cluster edge fraction
 of the *flat* graph, batch hardness).
 
-Time O(n · C · d) for the k-means assignment (+ O(256 · C² · d · 20) to train it on a sample of 256 · C)
+Time O(n · C · d) for the k-means assignment (+ O(64 · C² · d · 10) to train it on a sample of 64 · C)
 + Σ_shards O(s² · d) for the rankings (s = shard size), i.e. O(n · s · d) in all (÷ W over W ranks); memory: the embeddings are read in blocks (k-means assignment,
 hashes, hardness) and one shard's rows at a time (a memory-mapped ``.npy`` is never loaded whole),
 O(s · d + s · m) per shard (its kNN's score and key blocks bounded by ``key_block_size`` / ``memory_budget``
@@ -51,6 +51,7 @@ from hardbatch.mining.plan import BatchPlan, input_hashes
 
 __all__ = [
     "CENTROIDS_PER_SHARD",
+    "EXAMPLES_PER_CENTROID",
     "HierarchicalRun",
     "Shard",
     "ShardResult",
@@ -59,10 +60,18 @@ __all__ = [
 ]
 
 #: k-means centroids per shard of the coarse partition. Measured on 100k synthetic pairs cut into 17 shards
-#: (``benchmarks/results/hierarchical_100000_shards6250.md``; batch hardness, flat B3 0.293): 1 per shard
-#: 0.092 in 12.7 s, 4: 0.162 in 14.8 s, 16: 0.208 in 21.7 s, 64: 0.208 in 36.0 s; on 20k in 4 shards (flat
-#: 0.229): 1: 0.135, 4: 0.179, 16: 0.206, 64: 0.203.
+#: (``benchmarks/results/hierarchical_100000_shards6250.md``; batch hardness, flat B3 0.293; per-shard rule
+#: alone): 1 per shard 0.059, 4: 0.111, 16: 0.197 in 15.9 s, 64: 0.209 in 28.4 s.
 CENTROIDS_PER_SHARD = 16
+#: ... and at least one centroid per this many examples (up to :data:`MAX_CENTROIDS`), so a fine cluster
+#: stays about 3× the reach of B3's rank window (p + m = 130) however many examples share a shard. 1M
+#: synthetic pairs in 17 shards (``b3_large_1000000_hierarchical.md``): 272 centroids (16 per shard) gave
+#: batch hardness 0.096 (357 s in all), 2,500 gave 0.241 (428 s, 4.9 GB peak).
+EXAMPLES_PER_CENTROID = 400
+#: Cap of the fine centroids: k-means training costs O(64 · C² · d) per iteration (10 iterations on a
+#: sample of 64 · C), the assignment O(n · C · d).
+MAX_CENTROIDS = 4096
+_TRAIN_PER_CENTROID = 64
 
 
 def _unit(array: np.ndarray) -> np.ndarray:
@@ -121,6 +130,7 @@ def coarse_shards(
     seed: int = 0,
     chunk: int = 65536,
     centroids_per_shard: int = CENTROIDS_PER_SHARD,
+    examples_per_centroid: int = EXAMPLES_PER_CENTROID,
 ) -> list[np.ndarray]:
     """Cut the examples ``ids`` into topical shards of at most ``shard_size`` (multiples of K but the last).
 
@@ -134,6 +144,8 @@ def coarse_shards(
         chunk: rows per assignment block (memory O(chunk · d)).
         centroids_per_shard: k-means centroids per shard (at most one per 8 examples); the chained
             centroids are cut into runs, so more centroids move the shard boundaries off topics.
+        examples_per_centroid: at least one centroid per this many examples, up to
+            :data:`MAX_CENTROIDS` (0: per shard only).
 
     Returns:
         Shards (int64 id arrays) whose concatenation is a permutation of ``ids``.
@@ -156,14 +168,26 @@ def coarse_shards(
     per_shard = _shard_length(n, size, cluster_size)
     if int(centroids_per_shard) < 1:
         raise ConfigError(f"centroids_per_shard must be >= 1, got {centroids_per_shard}")
-    num_centroids = max(num_shards, min(int(centroids_per_shard) * num_shards, n // 8))
+    if int(examples_per_centroid) < 0:
+        raise ConfigError(f"examples_per_centroid must be >= 0, got {examples_per_centroid}")
+    by_size = min(n // int(examples_per_centroid), MAX_CENTROIDS) if examples_per_centroid else 0
+    wanted = max(int(centroids_per_shard) * num_shards, by_size)
+    num_centroids = max(num_shards, min(wanted, n // 8))
     faiss = require("faiss", "faiss", "hierarchical mining (k-means)")
     dim = np.asarray(query_emb[:1]).shape[1]
     rng = np.random.default_rng([int(seed), 0x5A4D])
-    train = np.sort(rng.choice(n, size=min(n, 256 * num_centroids), replace=False))
+    # 64 points per centroid and 10 iterations: at C = 2,500 (1M examples) faiss's 256 and 20 made the cut
+    # ~10 min of a 16 min run (hardness 0.266); these took 428 s in all (0.241).
+    train = np.sort(rng.choice(n, size=min(n, _TRAIN_PER_CENTROID * num_centroids), replace=False))
     mean = _unit(_unit(np.asarray(query_emb[ids[train]])) + _unit(np.asarray(positive_emb[ids[train]])))
     kmeans = faiss.Kmeans(
-        dim, num_centroids, niter=20, seed=int(seed), spherical=True, min_points_per_centroid=1
+        dim,
+        num_centroids,
+        niter=10,
+        seed=int(seed),
+        spherical=True,
+        min_points_per_centroid=1,
+        max_points_per_centroid=_TRAIN_PER_CENTROID,
     )
     kmeans.train(mean)
     centroids = _unit(kmeans.centroids)
