@@ -453,8 +453,20 @@ def knn_key_block(
         >>> knn_key_block(37, None, (300, 8)), knn_key_block(None, None, (300, 8))
         (37, None)
     """
-    num_keys, dim = key_shape(keys)
     entries = _block_entries(memory_budget, key_block_size, precision)
+    return _resolve_key_block(key_block_size, memory_budget, keys, chunk_size, precision, entries)
+
+
+def _resolve_key_block(
+    key_block_size: int | str | None,
+    memory_budget: int | str | None,
+    keys: np.ndarray | torch.Tensor | tuple[int, int],
+    chunk_size: int | None,
+    precision: str,
+    entries: int,
+) -> int | None:
+    """:func:`knn_key_block` for a known automatic-chunk score budget ``entries``."""
+    num_keys, dim = key_shape(keys)
     return resolve_key_block_size(
         key_block_size, memory_budget, num_keys,
         lambda b: knn_working_set(b, dim, chunk_size, precision, entries), f"the exact kNN ({precision})",
@@ -478,8 +490,9 @@ def _budget_key_block(
 ) -> tuple[int, int]:
     """(keys per block, scores per block of the automatic chunk) from the key-block options."""
     num_keys = len(keys)
-    block = knn_key_block(key_block_size, memory_budget, keys, chunk_size, mode)
-    return max(1, min(block or num_keys, num_keys)), _block_entries(memory_budget, key_block_size, mode)
+    entries = _block_entries(memory_budget, key_block_size, mode)
+    block = _resolve_key_block(key_block_size, memory_budget, keys, chunk_size, mode, entries)
+    return max(1, min(block or num_keys, num_keys)), entries
 
 
 def _as_faiss_matrix(array: np.ndarray | torch.Tensor, normalize: bool) -> np.ndarray:

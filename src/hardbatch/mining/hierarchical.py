@@ -6,9 +6,9 @@ and an N × N ranking. Here the examples are first cut into shards of about ``sh
 1. **Coarse partition** (per source when ``sources`` is given): spherical k-means (faiss) with
    C = max(16 · shards, min(n / 400, 4096)) centroids (:data:`CENTROIDS_PER_SHARD`,
    :data:`EXAMPLES_PER_CENTROID`) on the mean of the normalised query and positive embeddings; the
-   centroids are chained greedily (each next centroid is the nearest unused one), examples are ordered by (centroid position in the chain, similarity to their centroid,
-   descending) and the order is cut into consecutive shards whose sizes are multiples of K (all but the last
-   shard of a source). A shard is thus a run of ≥ 16 neighbouring fine clusters: a shard boundary cuts
+   centroids are chained greedily (each next centroid is the nearest unused one), examples are ordered by
+   (centroid position in the chain, similarity to their centroid, descending) and the order is cut into
+   consecutive shards whose sizes are multiples of K (all but the last shard of a source). A shard is thus a run of ≥ 16 neighbouring fine clusters: a shard boundary cuts
    through one fine cluster at most, where one centroid per shard cut through every coarse one (100k
    synthetic pairs in 17 shards: batch hardness 0.197 against 0.059 with one centroid per shard, flat B3
    0.293; 1M: 0.241 against 0.031; see docs/b3.md).
@@ -24,14 +24,15 @@ process, :func:`hardbatch.mining.distributed.mine_b3_hierarchical_distributed` r
 for each rank's share of the shards and step 3 on rank 0 (the same code, so the same plan).
 
 What it costs: pairs that are each other's hard negatives but fall into different shards cannot share a
-cluster. ``benchmarks/bench_b3.py --hierarchical`` measures it against flat B3 (within-cluster edge fraction
+cluster. ``benchmarks/bench_hierarchical.py`` measures it against flat B3 (within-cluster edge fraction
 of the *flat* graph, batch hardness).
 
 Time O(n · C · d) for the k-means assignment (+ O(64 · C² · d · 10) to train it on a sample of 64 · C)
-+ Σ_shards O(s² · d) for the rankings (s = shard size), i.e. O(n · s · d) in all (÷ W over W ranks); memory: the embeddings are read in blocks (k-means assignment,
-hashes, hardness) and one shard's rows at a time (a memory-mapped ``.npy`` is never loaded whole),
-O(s · d + s · m) per shard (its kNN's score and key blocks bounded by ``key_block_size`` / ``memory_budget``
-as in :func:`~hardbatch.mining.b3.mine_b3`), O(n) for the shard ids and the merged plan.
++ Σ_shards O(s² · d) for the rankings (s = shard size), i.e. O(n · s · d) in all (÷ W over W ranks);
+memory: the embeddings are read in blocks (k-means assignment, hashes, hardness) and one shard's rows at a
+time (a memory-mapped ``.npy`` is never loaded whole), O(s · d + s · m) per shard (its kNN's score and key
+blocks bounded by ``key_block_size`` / ``memory_budget`` as in :func:`~hardbatch.mining.b3.mine_b3`), O(n)
+for the shard ids and the merged plan.
 """
 
 from __future__ import annotations

@@ -230,12 +230,13 @@ class B3BatchSampler(HardBatchSampler):
         self.remine_history: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------- construction helpers
-    def _with_resources(self, plan_options: dict[str, Any]) -> dict[str, Any]:
-        """A plan's re-mine options with ``mine_options``' resource options (checked in ``__init__``) on top.
+    def _recorded_options(self, plan: BatchPlan) -> dict[str, Any]:
+        """The plan's recorded mining parameters, with ``mine_options``' resource options (checked in
+        ``__init__``) on top.
 
         The key-block pair is replaced as a whole: a budget given here must not meet the plan's block size.
         """
-        options = dict(plan_options)
+        options = {key: plan.params[key] for key in _REMINE_PARAMS if key in plan.params}
         if {"key_block_size", "memory_budget"} & set(self.mine_options):
             options.pop("key_block_size", None)
             options.pop("memory_budget", None)
@@ -258,9 +259,7 @@ class B3BatchSampler(HardBatchSampler):
                 None if sources is None else np.unique(np.asarray(sources, dtype=str), return_inverse=True)[1]
             )
         elif self.remine_every is not None:
-            options = {key: plan.params[key] for key in _REMINE_PARAMS if key in plan.params}
-            options = self._with_resources(options)
-            dim, codes = 1, plan.example_sources()
+            options, dim, codes = self._recorded_options(plan), 1, plan.example_sources()
         else:
             return  # a static plan: nothing will be mined
         largest = self.num_examples if codes is None else int(np.bincount(np.ravel(codes)).max())
@@ -361,9 +360,7 @@ class B3BatchSampler(HardBatchSampler):
             return {"seed": self.seed, **self.mine_options, "batch_size": self.batch_size}
         plan = self.base_plan
         params = plan.params
-        options = {key: params[key] for key in _REMINE_PARAMS if key in params}
-        options["batch_size"] = self.batch_size
-        options = self._with_resources(options)
+        options = {**self._recorded_options(plan), "batch_size": self.batch_size}
         if plan.has_sources:
             names = np.asarray(plan.source_names, dtype=object)
             options["sources"] = names[plan.example_sources()].tolist()
