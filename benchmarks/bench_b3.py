@@ -277,6 +277,7 @@ def run_scale(num: int, threads: int, skip_bf16: bool = False, exact_only: bool 
         row = {
             "total_s": round(total, 2),
             "knn_s": plan.stats["stages"]["knn"]["seconds"],
+            "stages_s": {name: stage["seconds"] for name, stage in plan.stats["stages"].items()},
             "bare_matmul_before_s": round(before, 2),
             "ratio_to_matmul": round(total / before, 3),
             "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -767,6 +768,16 @@ def scale_markdown(report: dict) -> str:
             f"{row['knn_s']} | "
             f"{'' if agree is None else f'{agree:.4f}'} | {row['knn_window_recall'] or ''} | {row['knn_info']} |"
         )
+    stages = r.get("exact_fp32", {}).get("stages_s")
+    if stages:
+        outside = sum(seconds for name, seconds in stages.items() if name != "knn")
+        lines += [
+            "",
+            "Stages of exact_fp32, seconds: "
+            + ", ".join(f"{name} {seconds:.2f}" for name, seconds in stages.items())
+            + f" (outside the kNN {outside:.2f} s = {outside / r['exact_fp32']['bare_matmul_before_s']:.2f}× "
+            "the matmul).",
+        ]
     h = r.get("hierarchical_4_shards")
     if h is None:
         return "\n".join([*lines, ""])

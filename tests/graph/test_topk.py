@@ -85,3 +85,30 @@ def test_select_topk_prunes_instead_of_falling_back(monkeypatch):
     _, indices = select_topk(scores, 20)
     np.testing.assert_array_equal(indices.numpy(), _reference(scores.numpy(), 20))
     assert sum(seen) <= 2
+
+
+@pytest.mark.parametrize("count", [150, 5000, 5003])
+@pytest.mark.parametrize("where", ["spread", "one_super_group", "tail", "ties"])
+def test_best_groups_are_a_top_set_with_its_bound(count, where):
+    # 150 maxima take the one-level path, 5000 and 5003 the super-groups (5003: a 3-group tail at that level).
+    from hardbatch.graph.topk import _best_groups
+
+    rng = np.random.default_rng(count)
+    kept = 20
+    maxima = rng.normal(size=(5, count)).astype(np.float32)
+    fold = int((count / kept) ** 0.5)
+    if where == "one_super_group":
+        maxima[:, 7 + (count // fold) * np.arange(fold)] = 40.0 + np.arange(fold)
+    elif where == "tail":
+        maxima[:, (count // fold) * fold :] = 50.0
+    elif where == "ties":
+        maxima = rng.integers(0, 8, size=(5, count)).astype(np.float32)
+    groups, bound = _best_groups(torch.from_numpy(maxima), kept)
+    assert groups.shape == (5, kept + 1)
+    expected_bound = -np.sort(-maxima, axis=1)[:, kept]
+    np.testing.assert_array_equal(bound.numpy(), expected_bound)
+    for row, chosen, limit in zip(maxima, groups.numpy(), expected_bound):
+        assert len(set(chosen.tolist())) == kept + 1
+        assert (row[chosen] >= limit).all()
+        left_out = np.setdiff1d(np.arange(count), chosen)
+        assert (row[left_out] <= limit).all()
