@@ -10,7 +10,9 @@ ids, mini-batch ``--mini-batch`` texts per encoder call) through:
 Each (method, b) runs in a fresh subprocess, so its peak RSS (VmHWM) is its own. "extra peak MB" is the peak
 above the RSS after the model exists and one warm-up step at b = mini-batch ran (the memory the cached step
 needs on top of the model and its gradients; VmHWM is reset before the step). Time is one fwd + bwd after the
-warm-up; with ``--repeats`` the methods run interleaved and the best time counts. The same seed gives every
+warm-up; with ``--repeats`` the methods run interleaved (the order rotated
+each round) and the best time counts; the table also gives the runs' range and the process CPU time (all
+threads), which a shared machine's load disturbs less than the wall clock. The same seed gives every
 method the same weights and the same token ids. Use ``--threads 1`` on a loaded machine (OpenMP spin-waits).
 
 Memory of a cached step should be O(b·d) (embeddings and their gradients) + one mini-batch of activations;
@@ -129,13 +131,15 @@ def run_one(method: str, model_name: str, b: int, tokens: int, mini_batch: int, 
     cols = features(b, tokens, seed=2)
     _reset_peak()
     base_rss = rss_mb()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     step(cols)
     seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
     peak = peak_rss_mb()
     grad_norm = float(sum(p.grad.double().pow(2).sum() for p in model.parameters() if p.grad is not None))
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "peak_rss_mb": peak,
         "extra_peak_mb": peak - base_rss,
         "grad_norm": grad_norm**0.5,
@@ -180,9 +184,11 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     rows = []
     for b in sizes:
-        runs: dict[str, list[dict]] = {m: [] for m in args.methods.split(",")}
-        for _ in range(args.repeats):  # interleaved, so load changes hit every method alike
-            for method in runs:
+        methods = args.methods.split(",")
+        runs: dict[str, list[dict]] = {m: [] for m in methods}
+        for repeat in range(args.repeats):  # interleaved, so load changes hit every method alike
+            # Rotated, so no method is always the first (cold) one.
+            for method in methods[repeat % len(methods) :] + methods[: repeat % len(methods)]:
                 result = _child(method, args.model, b, tokens, args.mini_batch, args.threads)
                 runs[method].append(result)
                 print(json.dumps({"b": b, "method": method, **result}), flush=True)
@@ -192,6 +198,9 @@ def main() -> None:
             if ok:
                 best = min(ok, key=lambda r: r["seconds"])
                 row.update(best)
+                row["seconds_range"] = [min(r["seconds"] for r in ok), max(r["seconds"] for r in ok)]
+                if all("cpu_seconds" in r for r in ok):
+                    row["cpu_seconds"] = min(r["cpu_seconds"] for r in ok)
                 row["peak_rss_mb"] = min(r["peak_rss_mb"] for r in ok)
                 row["extra_peak_mb"] = min(r["extra_peak_mb"] for r in ok)
             else:
@@ -249,21 +258,30 @@ def _markdown(report: dict) -> str:
         f"method in its own process, {p.get('repeats', 1)} interleaved run(s) each (best time, lowest peak). "
         "Ratios: method / st_cmnrl (< 1: hardbatch faster / smaller).",
         "",
-        "| b | method | seconds | peak RSS MB | extra peak MB | time ratio | peak ratio |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| b | method | seconds | runs' range s | CPU s | peak RSS MB | extra peak MB | time ratio | peak ratio |",
+        "|---:|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         if "seconds" not in r:
-            lines.append(f"| {r['b']:,} | {r['method']} | error: {r.get('error', '')} | | | | |")
+            lines.append(f"| {r['b']:,} | {r['method']} | error: {r.get('error', '')} | | | | | | |")
             continue
         time_ratio = f"{r['time_vs_st']:.2f}" if "time_vs_st" in r else ""
         peak_ratio = f"{r['peak_vs_st']:.2f}" if "peak_vs_st" in r else ""
         lines.append(
-            f"| {r['b']:,} | {r['method']} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | "
+            f"| {r['b']:,} | {r['method']} | {r['seconds']:.2f} | {_range(r)} | {_cpu(r)} | {r['peak_rss_mb']:.0f} | "
             f"{r['extra_peak_mb']:.0f} | {time_ratio} | {peak_ratio} |"
         )
     lines.append("")
     return "\n".join(lines)
+
+
+def _range(row: dict) -> str:
+    low, high = row.get("seconds_range", (row["seconds"], row["seconds"]))
+    return f"{low:.1f}–{high:.1f}"
+
+
+def _cpu(row: dict) -> str:
+    return f"{row['cpu_seconds']:.1f}" if "cpu_seconds" in row else ""
 
 
 if __name__ == "__main__":
