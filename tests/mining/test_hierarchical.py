@@ -63,6 +63,10 @@ def test_fine_centroids_keep_topics_inside_one_shard():
     with pytest.raises(ConfigError, match="centroids_per_shard"):
         coarse_shards(np.eye(40, dtype=np.float32), np.eye(40, dtype=np.float32), np.arange(40),
                       shard_size=20, cluster_size=10, centroids_per_shard=0)  # fmt: skip
+    for bad in ({"centroids_per_shard": 0}, {"examples_per_centroid": -1}):  # one shard: no k-means runs
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            coarse_shards(np.eye(40, dtype=np.float32), np.eye(40, dtype=np.float32), np.arange(40),
+                          shard_size=40, cluster_size=10, **bad)  # fmt: skip
 
 
 def test_hierarchical_plan_covers_every_example_once_with_exact_cluster_sizes():

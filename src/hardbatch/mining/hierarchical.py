@@ -162,15 +162,16 @@ def coarse_shards(
     size = (int(shard_size) // cluster_size) * cluster_size
     if size < cluster_size:
         raise ConfigError(f"shard_size={shard_size} must be at least cluster_size={cluster_size}")
+    # Checked before the one-shard shortcut, so a bad setting fails on small data too, not first at scale.
+    if int(centroids_per_shard) < 1:
+        raise ConfigError(f"centroids_per_shard must be >= 1, got {centroids_per_shard}")
+    if int(examples_per_centroid) < 0:
+        raise ConfigError(f"examples_per_centroid must be >= 0, got {examples_per_centroid}")
     n = len(ids)
     if n <= size:
         return [ids]
     num_shards = math.ceil(n / size)
     per_shard = _shard_length(n, size, cluster_size)
-    if int(centroids_per_shard) < 1:
-        raise ConfigError(f"centroids_per_shard must be >= 1, got {centroids_per_shard}")
-    if int(examples_per_centroid) < 0:
-        raise ConfigError(f"examples_per_centroid must be >= 0, got {examples_per_centroid}")
     by_size = min(n // int(examples_per_centroid), MAX_CENTROIDS) if examples_per_centroid else 0
     wanted = max(int(centroids_per_shard) * num_shards, by_size)
     num_centroids = max(num_shards, min(wanted, n // 8))
