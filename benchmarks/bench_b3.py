@@ -569,10 +569,21 @@ def large_cell(spec: dict) -> dict:
             "shards": plan.params["hierarchical"]["shards"],
             "stages_s": {name: stage["seconds"] for name, stage in plan.stats["stages"].items()},
             "partition": plan.stats["partition"],
+            "coarse_window_recall": plan.stats.get("coarse_window_recall"),
         }
         row["cluster_mean_sim"] = round(cluster_hardness(query, positive, plan.clusters), 4)
     row.update(seconds=round(time.perf_counter() - started, 2), peak_rss_mb=round(peak_rss_mb(), 1))
     return row
+
+
+def _coarse_recall_note(row: dict) -> str:
+    recall = row.get("coarse_window_recall")
+    if not recall:
+        return ""
+    return (
+        f"; flat exact window kept by the shards {recall['window_recall']:.3f} (inside the shard "
+        f"{recall['shard_coverage']:.3f}, {recall['sample']} examples)"
+    )
 
 
 def run_large(
@@ -676,7 +687,7 @@ def large_markdown(report: dict) -> str:
         lines.append(
             f"| hierarchical `mine_b3_hierarchical`, exact fp32 in shards | {hier['seconds']} | {ratio(hier['seconds'])} | "
             f"{hier['peak_rss_mb']} | cluster teacher similarity {hier['cluster_mean_sim']} (flat IVF "
-            f"{flat.get('cluster_mean_sim')}) |"
+            f"{flat.get('cluster_mean_sim')}){_coarse_recall_note(hier)} |"
         )
     within = r.get("within_flat_graph_edge_fraction")
     if within:

@@ -203,7 +203,10 @@ def test_shard_size_with_key_blocks_and_a_budget_mines_the_same_hierarchical_pla
         result = CliRunner().invoke(app, [*base, *extra, "-o", str(tmp_path / f"{name}.parquet")])
         assert result.exit_code == 0, result.output
         plans[name] = BatchPlan.load(tmp_path / f"{name}.parquet")
+        # The summary says how much of the flat rank windows the two shards keep.
+        assert "flat window kept by the shards" in " ".join(result.output.split()), result.output
     assert plans["whole"].params["hierarchical"] == {"shard_size": 150, "shards": 2}
+    assert plans["whole"].stats["coarse_window_recall"]["sample"] == 256
     for name in ("blocked", "budget"):
         np.testing.assert_array_equal(plans[name].clusters, plans["whole"].clusters)
         np.testing.assert_array_equal(plans[name].remainder, plans["whole"].remainder)

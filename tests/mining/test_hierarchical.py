@@ -190,3 +190,63 @@ def test_a_budget_is_checked_against_the_largest_shard_that_is_mined():
         HierarchicalRun.of(600, {**options, "shard_size": 300}, dim=12)
     with pytest.raises(ConfigError, match="too small"):  # the d it will run with counts
         HierarchicalRun.of(600, options, dim=64)
+
+
+def _reference_window(q, p, rows, keys, start, width):
+    """Float64 exact ranks [start, start + width) of each row over the positives ``keys``, own one left out."""
+    qn = q[rows].astype(np.float64)
+    qn /= np.linalg.norm(qn, axis=1, keepdims=True)
+    pn = p[keys].astype(np.float64)
+    pn /= np.linalg.norm(pn, axis=1, keepdims=True)
+    windows = []
+    for row, scores in zip(rows, qn @ pn.T):
+        order = [int(keys[j]) for j in np.argsort(-scores, kind="stable") if keys[j] != row]
+        windows.append(order[start : start + width])
+    return windows
+
+
+def test_coarse_window_recall_matches_a_float64_reference():
+    from hardbatch.mining.b3 import effective_window
+    from hardbatch.mining.hierarchical import HierarchicalRun, coarse_window_recall
+
+    q, p, _ = _data(n=700)
+    codes = np.where(np.arange(700) < 430, 0, 1).astype(np.int32)
+    sources = np.where(codes == 0, "a", "b")
+    run = HierarchicalRun.of(700, dict(batch_size=20, cluster_size=10, shard_size=150, sources=sources,
+                                       skip={"a": 3, "b": 1}, window=12, device="cpu"))  # fmt: skip
+    shards = run.shards(q, p)
+    spans = [effective_window(3, 12, True), effective_window(1, 12, True)]
+    # One shard too small to mine: its examples keep no window (recall 0 for them).
+    minable = [len(s.ids) > 20 for s in shards[:-1]] + [False]
+    got = coarse_window_recall(q, p, shards, codes, spans, minable=minable, sample=10_000, device="cpu",
+                               key_block=37)  # fmt: skip
+    recalls, coverages = [], []
+    for shard, mined in zip(shards, minable):
+        start, width = spans[shard.code]
+        group = np.flatnonzero(codes == shard.code)
+        flat = _reference_window(q, p, shard.ids, group, start, width)
+        local = _reference_window(q, p, shard.ids, shard.ids, start, width) if mined else [[]] * len(shard.ids)
+        for f, s in zip(flat, local):
+            recalls.append(len(set(f) & set(s)) / len(f))
+            coverages.append(len(set(f) & set(shard.ids.tolist())) / len(f))
+    assert got["sample"] == 700
+    assert got["window_recall"] == pytest.approx(np.mean(recalls), abs=1e-12)
+    assert got["shard_coverage"] == pytest.approx(np.mean(coverages), abs=1e-12)
+    assert got["window_recall"] < got["shard_coverage"] < 1.0
+
+
+def test_hierarchical_plan_records_its_coarse_window_recall():
+    q, p, _ = _data(n=600)
+    options = dict(batch_size=20, cluster_size=10, skip=2, window=10, device="cpu", show_progress=False)
+    whole = mine_b3_hierarchical(q, p, shard_size=600, **options)
+    assert whole.params["hierarchical"]["shards"] == 1
+    assert whole.stats["coarse_window_recall"] == {"window_recall": 1.0, "shard_coverage": 1.0, "sample": 256}
+    cut = mine_b3_hierarchical(q, p, shard_size=200, coarse_recall_sample=50, **options)
+    recall = cut.stats["coarse_window_recall"]
+    assert recall["sample"] == 50 and 0.0 < recall["window_recall"] <= recall["shard_coverage"] < 1.0
+    unmeasured = mine_b3_hierarchical(q, p, shard_size=200, coarse_recall_sample=0, **options)
+    assert "coarse_window_recall" not in unmeasured.stats
+    np.testing.assert_array_equal(unmeasured.clusters, cut.clusters)  # a statistic only
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ConfigError, match="coarse_recall_sample"):
+            mine_b3_hierarchical(q, p, shard_size=200, coarse_recall_sample=bad, **options)

@@ -24,8 +24,10 @@ process, :func:`hardbatch.mining.distributed.mine_b3_hierarchical_distributed` r
 for each rank's share of the shards and step 3 on rank 0 (the same code, so the same plan).
 
 What it costs: pairs that are each other's hard negatives but fall into different shards cannot share a
-cluster. ``benchmarks/bench_hierarchical.py`` measures it against flat B3 (within-cluster edge fraction
-of the *flat* graph, batch hardness).
+cluster. Every plan measures it on a sample (:func:`coarse_window_recall`, ``stats["coarse_window_recall"]``):
+the fraction of a flat plan's exact rank window that the example's shard window keeps, the hierarchical
+counterpart of an approximate kNN's window recall. ``benchmarks/bench_hierarchical.py`` also measures it
+against flat B3 (within-cluster edge fraction of the *flat* graph, batch hardness).
 
 Time O(n · C · d) for the k-means assignment (+ O(64 · C² · d · 10) to train it on a sample of 64 · C)
 + Σ_shards O(s² · d) for the rankings (s = shard size), i.e. O(n · s · d) in all (÷ W over W ranks);
@@ -52,11 +54,13 @@ from hardbatch.mining.plan import BatchPlan, input_hashes
 
 __all__ = [
     "CENTROIDS_PER_SHARD",
+    "COARSE_RECALL_SAMPLE",
     "EXAMPLES_PER_CENTROID",
     "HierarchicalRun",
     "Shard",
     "ShardResult",
     "coarse_shards",
+    "coarse_window_recall",
     "mine_b3_hierarchical",
 ]
 
@@ -73,6 +77,11 @@ EXAMPLES_PER_CENTROID = 400
 #: sample of 64 · C), the assignment O(n · C · d).
 MAX_CENTROIDS = 4096
 _TRAIN_PER_CENTROID = 64
+
+
+#: Examples whose flat rank window :func:`coarse_window_recall` compares with their shard's (time
+#: O(sample · N · d): 256 rows cost about a 256/N fraction of a flat exact ranking).
+COARSE_RECALL_SAMPLE = 256
 
 
 def _unit(array: np.ndarray) -> np.ndarray:
@@ -239,6 +248,126 @@ class ShardResult:
     rank: int = 0
 
 
+def _exact_windows(
+    query: np.ndarray,
+    positive: np.ndarray,
+    key_ids: np.ndarray,
+    rows: np.ndarray,
+    span: tuple[int, int],
+    *,
+    normalize: bool,
+    device: Any,
+    key_block: int,
+) -> np.ndarray:
+    """Example ids at ranks ``[start, start + width)`` of each row's exact ranking of the positives ``key_ids``.
+
+    A row's own positive is left out of its ranking, as :func:`~hardbatch.mining.b3.mine_b3` does; ``rows``
+    are example ids that all lie in ``key_ids``. Returns (len(rows), width) int64, -1 where the ranking is
+    shorter. The positives are read ``key_block`` rows at a time: O(len(rows) · len(key_ids) · d) time,
+    O(key_block · (d + len(rows))) memory.
+    """
+    from hardbatch.graph.knn import knn_exact
+    from hardbatch.graph.similarity import RowSubset
+
+    start, width = span
+    out = np.full((len(rows), width), -1, dtype=np.int64)
+    k = min(start + width, len(key_ids) - 1)
+    if k <= start or not len(rows):
+        return out
+    result = knn_exact(query[rows], RowSubset(positive, key_ids), k + 1, key_block_size=min(key_block, len(key_ids)),
+                       normalize=normalize, device=device, show_progress=False)  # fmt: skip
+    ranked = key_ids[result.indices.astype(np.int64)]
+    # The k + 1 best hold the row's own positive at most once: drop it, or else the (k + 1)-th.
+    own_last = np.argsort(ranked == rows[:, None], axis=1, kind="stable")[:, :k]
+    ranked = np.take_along_axis(ranked, own_last, axis=1)
+    out[:, : k - start] = ranked[:, start:k]
+    return out
+
+
+def coarse_window_recall(
+    query_emb: np.ndarray | torch.Tensor,
+    positive_emb: np.ndarray | torch.Tensor,
+    shards: Sequence[Shard],
+    codes: np.ndarray,
+    spans: Sequence[tuple[int, int]],
+    *,
+    minable: Sequence[bool],
+    sample: int = 256,
+    seed: int = 0,
+    normalize: bool = True,
+    device: Any = "auto",
+    key_block: int = 65536,
+) -> dict[str, float | int]:
+    """How much of the flat plan's rank windows the coarse shards keep, measured on a sample of examples.
+
+    For each sampled example, the exact window of a flat plan (ranks ``[start, start + width)`` of its
+    source's positives, its own left out) is compared with the exact window inside its shard (the same
+    ranks of the shard's positives): ``window_recall`` is the mean of |shard window ∩ flat window| / |flat
+    window|, the hierarchical counterpart of :func:`~hardbatch.graph.knn.knn_recall`'s window recall (with
+    exact kNN inside the shards; an approximate ``knn`` inside loses more); ``shard_coverage`` the mean
+    fraction of the flat window that lies in the example's shard at all (a pair in two shards can never
+    share a cluster). An example of a shard too small to mine keeps no window (recall 0).
+
+    Args:
+        query_emb: (N, d) float teacher query embeddings (memory-mapped numpy is read in blocks).
+        positive_emb: (N, d) float teacher positive embeddings.
+        shards: the coarse shards (:meth:`HierarchicalRun.shards`), each of one source.
+        codes: (N,) int source code of every example.
+        spans: per source code, the window ``(start, width)`` over the other examples
+            (:func:`~hardbatch.mining.b3.effective_window`).
+        minable: per shard, whether it is mined (else all of it is remainder).
+        sample: examples checked (fewer when there are fewer; sources of class labels are left out).
+        seed: which examples.
+        normalize: cosine similarity, as the plan's kNN.
+        device: torch device of the exact checks.
+        key_block: positives resident at a time.
+
+    Returns:
+        ``{"window_recall": r, "shard_coverage": c, "sample": S}``; recall and coverage are 1.0 when
+        nothing was sampled. Time O(S · N · d) for the flat windows (every positive read once more) plus
+        O(S · s · d) for the shard windows; memory O(key_block · (d + S)).
+    """
+    from hardbatch.mining.b3 import _as_numpy
+
+    query, positive = _as_numpy(query_emb), _as_numpy(positive_emb)
+    candidates = np.concatenate([shard.ids for shard in shards]) if shards else np.empty(0, np.int64)
+    ranked = np.array([width > 0 for _, width in spans], dtype=bool)  # sources of class labels: no window
+    candidates = candidates[ranked[codes[candidates]]]
+    rng = np.random.default_rng([int(seed), 0x5EC])
+    chosen = np.sort(rng.choice(candidates, size=min(int(sample), len(candidates)), replace=False))
+    if not len(chosen):
+        return {"window_recall": 1.0, "shard_coverage": 1.0, "sample": 0}
+    options = dict(normalize=normalize, device=device, key_block=key_block)
+    flat: dict[int, np.ndarray] = {}
+    for code in np.unique(codes[chosen]):
+        rows = chosen[codes[chosen] == code]
+        group = np.flatnonzero(codes == code)
+        for row, window in zip(rows, _exact_windows(query, positive, group, rows, spans[code], **options)):
+            flat[int(row)] = window
+    recalls, coverages = [], []
+    for shard, mined in zip(shards, minable):
+        rows = chosen[np.isin(chosen, shard.ids)]
+        if not len(rows):
+            continue
+        inside = (
+            _exact_windows(query, positive, shard.ids, rows, spans[shard.code], **options)
+            if mined
+            else np.full((len(rows), spans[shard.code][1]), -1, dtype=np.int64)
+        )
+        for row, local in zip(rows, inside):
+            window = flat[int(row)]
+            window = window[window >= 0]
+            if not len(window):
+                continue
+            recalls.append(np.isin(window, local[local >= 0]).mean())
+            coverages.append(np.isin(window, shard.ids).mean())
+    return {
+        "window_recall": float(np.mean(recalls)) if recalls else 1.0,
+        "shard_coverage": float(np.mean(coverages)) if coverages else 1.0,
+        "sample": len(recalls),
+    }
+
+
 class HierarchicalRun:
     """The settings of one hierarchical run and its three steps: shards, B3 per shard, merge.
 
@@ -277,6 +406,7 @@ class HierarchicalRun:
         dataset_hash: str | None,
         mine_options: dict[str, Any],
         dim: int = 1,
+        coarse_recall_sample: int = COARSE_RECALL_SAMPLE,
     ) -> None:
         from hardbatch.mining.b3 import _classification_groups, _source_codes, per_source_setting
 
@@ -298,6 +428,11 @@ class HierarchicalRun:
         self.skips = per_source_setting(skip, "skip", self.names, minimum=0)
         self.windows = per_source_setting(window, "window", self.names, minimum=1)
         self.labels = _classification_groups(classification, self.names)
+        if isinstance(coarse_recall_sample, bool) or int(coarse_recall_sample) != coarse_recall_sample:
+            raise ConfigError(f"coarse_recall_sample must be an integer >= 0, got {coarse_recall_sample!r}")
+        if coarse_recall_sample < 0:
+            raise ConfigError(f"coarse_recall_sample must be >= 0, got {coarse_recall_sample}")
+        self.coarse_recall_sample = int(coarse_recall_sample)
         self._check_key_blocks(dim)
 
     def _check_key_blocks(self, dim: int) -> None:
@@ -352,7 +487,7 @@ class HierarchicalRun:
         from hardbatch.mining.b3 import mine_b3
 
         ids, skip = shard.ids, self.skips[shard.code]
-        if len(ids) < 2 * self.cluster_size or len(ids) <= skip + 1:
+        if not self._minable(shard):
             # Too small to mine: all of it is remainder, as a flat plan's per-source remainder.
             return ShardResult(np.empty((0, self.cluster_size), np.int32), np.arange(len(ids), dtype=np.int32),
                                None, rank())  # fmt: skip
@@ -366,6 +501,24 @@ class HierarchicalRun:
         stats["seconds"] = plan.stats["total_seconds"]
         stats.update(_key_block_stats(plan.stats.get("knn_info") or {}))
         return ShardResult(plan.clusters.astype(np.int32), plan.remainder.astype(np.int32), stats, rank())
+
+    def _minable(self, shard: Shard) -> bool:
+        """Whether a shard is large enough to mine (else all of it is remainder)."""
+        return len(shard.ids) >= 2 * self.cluster_size and len(shard.ids) > self.skips[shard.code] + 1
+
+    def _coarse_recall(self, query_emb: Any, positive_emb: Any, shards: Sequence[Shard]) -> dict[str, Any]:
+        from hardbatch.mining.b3 import effective_window
+
+        count_self = bool(self.options.get("count_self", True))
+        spans = [
+            (0, 0) if label else effective_window(skip, window, count_self)
+            for skip, window, label in zip(self.skips, self.windows, self.labels)
+        ]
+        return coarse_window_recall(
+            query_emb, positive_emb, shards, self.codes, spans, minable=[self._minable(s) for s in shards],
+            sample=self.coarse_recall_sample, seed=self.seed, normalize=bool(self.options.get("normalize", True)),
+            device=self.options.get("device", "auto"), key_block=max(self.cluster_size, int(self.shard_size)),
+        )  # fmt: skip
 
     def merge(
         self,
@@ -393,6 +546,11 @@ class HierarchicalRun:
             "peak_rss_mb": 0.0,
             **_shard_stats(mined),
             "hardness": self._hardness(query_emb, positive_emb, all_clusters),
+            **(
+                {"coarse_window_recall": self._coarse_recall(query_emb, positive_emb, shards)}
+                if self.coarse_recall_sample
+                else {}
+            ),
             "num_clusters": len(all_clusters),
             "remainder": int(sum(len(r) for r in remainder)),
         }
@@ -498,6 +656,7 @@ def mine_b3_hierarchical(
     seed: int = 0,
     dataset_hash: str | None = None,
     show_progress: bool | None = None,
+    coarse_recall_sample: int = COARSE_RECALL_SAMPLE,
     **mine_options: Any,
 ) -> BatchPlan:
     """B3 plan of coarse shards mined independently, in one process (see the module docstring).
@@ -519,6 +678,8 @@ def mine_b3_hierarchical(
         seed: k-means, METIS and shuffle seed.
         dataset_hash: stored in the plan.
         show_progress: progress bars of the shard runs.
+        coarse_recall_sample: examples whose flat exact rank window is compared with their shard's
+            (:func:`coarse_window_recall`, recorded as ``stats["coarse_window_recall"]``); 0: not measured.
         **mine_options: other :func:`~hardbatch.mining.b3.mine_b3` arguments (count_self, knn, margins...),
             the same for every shard. Among them ``key_block_size`` (B, or ``"auto"`` with a budget) and
             ``memory_budget`` (bytes or ``"4GiB"``) bound each shard's exact kNN as in ``mine_b3``: its
@@ -549,6 +710,7 @@ def mine_b3_hierarchical(
         len(query_emb), batch_size=batch_size, cluster_size=cluster_size, shard_size=shard_size, skip=skip,
         window=window, classification=classification, sources=sources, seed=seed, show_progress=show_progress,
         dataset_hash=dataset_hash, mine_options=mine_options, dim=int(query_emb.shape[1]),
+        coarse_recall_sample=coarse_recall_sample,
     )  # fmt: skip
     shards = run.shards(query_emb, positive_emb)
     results = [run.mine(query_emb, positive_emb, shard) for shard in shards]

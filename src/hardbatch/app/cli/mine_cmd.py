@@ -411,6 +411,15 @@ def _print_summary(
         rows.append(("approximate kNN recall", f"{stats['knn_recall']:.3f}"))
     if "knn_window_recall" in stats:
         rows.append(("window recall [p, p+m)", f"{stats['knn_window_recall']:.3f}"))
+    if "coarse_window_recall" in stats:  # hierarchical: the flat windows the shards keep
+        coarse = stats["coarse_window_recall"]
+        rows.append(
+            (
+                "flat window kept by the shards",
+                f"{coarse['window_recall']:.3f} (in shard: {coarse['shard_coverage']:.3f}, "
+                f"{coarse['sample']} examples)",
+            )
+        )
     rows += [("embeddings", f"{emb_paths[0]}, {emb_paths[1]}"), ("plan", str(path))]
     for field, value in rows:
         summary.add_row(field, value)
