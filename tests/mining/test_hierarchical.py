@@ -225,7 +225,9 @@ def test_coarse_window_recall_matches_a_float64_reference():
         start, width = spans[shard.code]
         group = np.flatnonzero(codes == shard.code)
         flat = _reference_window(q, p, shard.ids, group, start, width)
-        local = _reference_window(q, p, shard.ids, shard.ids, start, width) if mined else [[]] * len(shard.ids)
+        local = (
+            _reference_window(q, p, shard.ids, shard.ids, start, width) if mined else [[]] * len(shard.ids)
+        )
         for f, s in zip(flat, local):
             recalls.append(len(set(f) & set(s)) / len(f))
             coverages.append(len(set(f) & set(shard.ids.tolist())) / len(f))
