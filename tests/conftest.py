@@ -18,6 +18,13 @@ settings.register_profile("slow", max_examples=250, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own ``$HARDBATCH_CACHE``: the suite never writes into the user's
+    ``~/.cache/hardbatch`` (embedding caches of test data piled up there, one folder per run)."""
+    monkeypatch.setenv("HARDBATCH_CACHE", str(tmp_path_factory.mktemp("hardbatch-cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """A random 2-layer BERT (hidden 32) with the MiniLM tokenizer: no download, fast on CPU."""

@@ -254,6 +254,7 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, model_dir, cli, monkey
     if reason:
         pytest.skip(reason)
     argv = case.argv(tmp_path, model_dir)
+    cache = Path(os.environ["HARDBATCH_CACHE"])  # the suite's private cache (monkeypatch.undo drops it)
     for target in case.forbid:
 
         def must_not_run(*args, _target=target, **kwargs):
@@ -268,6 +269,8 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, model_dir, cli, monkey
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("error: ") and case.message in lines[0], lines[0]
+    if case.name == "teacher that is a file":  # refused before any embedding folder exists (one used to)
+        assert not cache.exists() or not any(cache.rglob("*")), sorted(cache.rglob("*"))
 
 
 def test_debug_shows_the_traceback(tmp_path):

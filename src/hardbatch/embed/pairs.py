@@ -113,9 +113,9 @@ def embed_pair_columns(
     :func:`~hardbatch.embed.encode.encode_with_loader`; :mod:`hardbatch.embed.sharded` passes its
     distributed encoder), so both paths share prompts, cache names and the lazily loaded model."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     # Fingerprint once (hashing an in-memory model's weights is not free); load a path model at most once,
-    # and only if some column has no valid cache.
+    # and only if some column has no valid cache. It also checks a model path, before the folder exists:
+    # a refused model must not leave an empty cache folder behind.
     info = model_fingerprint(model)
     loaded: list[tuple[Any, str | None]] = []
 
@@ -127,6 +127,7 @@ def embed_pair_columns(
     from hardbatch.embed.prompts import model_prompts, with_prompt
 
     prompts = model_prompts(model, query_prompt, document_prompt)
+    out.mkdir(parents=True, exist_ok=True)
     arrays = {}
     for column, texts in (
         ("query", with_prompt(dataset.queries, prompts[0])),
