@@ -125,7 +125,8 @@ def markdown(report: dict) -> str:
         "",
         "Flat window kept: of a flat exact plan's rank window [p, p + m), the fraction the example's shard "
         "window keeps (in shard: the fraction inside its shard at all), on a sample of "
-        "256 examples (`stats['coarse_window_recall']`).",
+        f"{max((row.get('sample', 0) for row in r['hierarchical']), default=0)} examples "
+        "(`stats['coarse_window_recall']`).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -249,6 +249,6 @@ def test_hierarchical_plan_records_its_coarse_window_recall():
     unmeasured = mine_b3_hierarchical(q, p, shard_size=200, coarse_recall_sample=0, **options)
     assert "coarse_window_recall" not in unmeasured.stats
     np.testing.assert_array_equal(unmeasured.clusters, cut.clusters)  # a statistic only
-    for bad in (-1, 2.5, True):
+    for bad in (-1, 2.5, True, "many"):
         with pytest.raises(ConfigError, match="coarse_recall_sample"):
             mine_b3_hierarchical(q, p, shard_size=200, coarse_recall_sample=bad, **options)

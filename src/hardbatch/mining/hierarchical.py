@@ -428,10 +428,10 @@ class HierarchicalRun:
         self.skips = per_source_setting(skip, "skip", self.names, minimum=0)
         self.windows = per_source_setting(window, "window", self.names, minimum=1)
         self.labels = _classification_groups(classification, self.names)
-        if isinstance(coarse_recall_sample, bool) or int(coarse_recall_sample) != coarse_recall_sample:
-            raise ConfigError(f"coarse_recall_sample must be an integer >= 0, got {coarse_recall_sample!r}")
-        if coarse_recall_sample < 0:
-            raise ConfigError(f"coarse_recall_sample must be >= 0, got {coarse_recall_sample}")
+        # As hardbatch.validation.check_positive, with 0 allowed (off); a string must not reach int().
+        sample = coarse_recall_sample
+        if isinstance(sample, bool) or not isinstance(sample, int | np.integer) or sample < 0:
+            raise ConfigError(f"coarse_recall_sample must be an integer >= 0, got {sample!r}")
         self.coarse_recall_sample = int(coarse_recall_sample)
         self._check_key_blocks(dim)
 
