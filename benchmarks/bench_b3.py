@@ -262,8 +262,19 @@ def run_scale(num: int, threads: int, skip_bf16: bool = False, exact_only: bool 
             q_t[lo : lo + 4096] @ p_t.T
         return time.perf_counter() - started
 
+    def bare_bf16_matmul() -> float:  # what the bf16 path's score blocks cost alone (bf16 output)
+        q16, p16 = q_t.bfloat16(), p_t.bfloat16()
+        out16 = torch.empty(chunk, num, dtype=torch.bfloat16)
+        started = time.perf_counter()
+        for lo in range(0, num, chunk):
+            rows = q16[lo : lo + chunk]
+            torch.matmul(rows, p16.T, out=out16[: len(rows)])
+        return time.perf_counter() - started
+
     out["bare_fp32_matmul_fresh_output_s"] = round(fresh_matmul(), 2)
     out["bare_fp32_matmul_s"] = round(bare_matmul(), 2)
+    if not skip_bf16:
+        out["bare_bf16_matmul_s"] = round(bare_bf16_matmul(), 2)
     common = dict(
         batch_size=BATCH, cluster_size=K, skip=SKIP, window=WINDOW, device="cpu", show_progress=False
     )
@@ -648,7 +659,8 @@ def large_markdown(report: dict) -> str:
     lines = [
         f"# B3 mining at N = {r['n']:,}, d = {DIM} (`benchmarks/bench_b3.py --large {r['n']}`)",
         "",
-        f"Machine: {info['platform']}, CPU `{info.get('cpu_model')}`, flags amx_bf16={info.get('amx_bf16')}, "
+        f"Machine: {info['platform']}, CPU `{info.get('cpu_model')}` ({info.get('cpu_vendor', '?')}), "
+        f"flags amx_bf16={info.get('amx_bf16')}, "
         f"avx512_bf16={info.get('avx512_bf16')}; {info['cpus']} CPUs, {r['threads']} threads; load average "
         f"{r['load_average_1m_start']} → {r['load_average_1m_end']} (shared machine: compare within this run). "
         "Each row ran in its own process (its own peak RSS).",
@@ -758,12 +770,19 @@ def scale_markdown(report: dict) -> str:
     lines = [
         f"# B3 mining at N = {r['n']:,} (`benchmarks/bench_b3.py --scale {r['n']}`)",
         "",
-        f"Machine: {info['platform']}, CPU `{info.get('cpu_model')}`, flags amx_bf16={info.get('amx_bf16')}, "
+        f"Machine: {info['platform']}, CPU `{info.get('cpu_model')}` ({info.get('cpu_vendor', '?')}), "
+        f"flags amx_bf16={info.get('amx_bf16')}, "
         f"avx512_bf16={info.get('avx512_bf16')}; {info['cpus']} CPUs; load average "
         f"{r['load_average_1m_start']} → {r['load_average_1m_end']} (shared machine: compare within this run).",
         f"Bare fp32 N×N matmul (row blocks of the search's size, into one reused output): {mm} s (again after "
         f"the exact runs: {r['bare_fp32_matmul_s_again']} s); with a fresh 4,096-row output per block, as in "
-        f"runs before this one: {r.get('bare_fp32_matmul_fresh_output_s', 'n/a')} s.",
+        f"runs before this one: {r.get('bare_fp32_matmul_fresh_output_s', 'n/a')} s."
+        + (
+            f" Bare bf16 matmul (bf16 output, same blocks): {r['bare_bf16_matmul_s']} s "
+            f"({mm / r['bare_bf16_matmul_s']:.2f}× faster than fp32)."
+            if "bare_bf16_matmul_s" in r
+            else ""
+        ),
         "",
         "| run | total s | bare matmul just before, s | × that matmul | kNN s | window agreement vs float64 | "
         "window recall | info |",
@@ -779,15 +798,17 @@ def scale_markdown(report: dict) -> str:
             f"{row['knn_s']} | "
             f"{'' if agree is None else f'{agree:.4f}'} | {row['knn_window_recall'] or ''} | {row['knn_info']} |"
         )
-    stages = r.get("exact_fp32", {}).get("stages_s")
-    if stages:
+    for run in ("exact_fp32", "exact_bf16"):
+        stages = r.get(run, {}).get("stages_s")
+        if not stages:
+            continue
         outside = sum(seconds for name, seconds in stages.items() if name != "knn")
         lines += [
             "",
-            "Stages of exact_fp32, seconds: "
+            f"Stages of {run}, seconds: "
             + ", ".join(f"{name} {seconds:.2f}" for name, seconds in stages.items())
-            + f" (outside the kNN {outside:.2f} s = {outside / r['exact_fp32']['bare_matmul_before_s']:.2f}× "
-            "the matmul).",
+            + f" (outside the kNN {outside:.2f} s = {outside / r[run]['bare_matmul_before_s']:.2f}× "
+            "the fp32 matmul).",
         ]
     h = r.get("hierarchical_4_shards")
     if h is None:
@@ -822,6 +843,7 @@ def main() -> None:
         "--skip-bf16", action="store_true", help="with --scale: no bf16 runs (slow without AMX)"
     )
     parser.add_argument("--exact-only", action="store_true", help="with --scale: matmul + exact runs only")
+    parser.add_argument("--tag", default="", help="with --scale: suffix of the result files (machine kind)")
     parser.add_argument("--key-blocks", type=int, metavar="N", help="unblocked vs key-blocked kNN at this N")
     parser.add_argument("--key-block-size", type=int, help="with --key-blocks: B (default N / 8)")
     parser.add_argument("--key-block-cell", help=argparse.SUPPRESS)
@@ -888,8 +910,9 @@ def main() -> None:
             "machine": info,
             "results": run_scale(args.scale, args.threads, args.skip_bf16, args.exact_only),
         }
-        write_json(RESULTS / f"b3_scale_{args.scale}.json", report)
-        with atomic_write(RESULTS / f"b3_scale_{args.scale}.md") as handle:
+        stem = f"b3_scale_{args.scale}" + (f"_{args.tag}" if args.tag else "")
+        write_json(RESULTS / f"{stem}.json", report)
+        with atomic_write(RESULTS / f"{stem}.md") as handle:
             handle.write(scale_markdown(report))
         print(scale_markdown(report))
         return

@@ -196,6 +196,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=1, help="interleaved runs per cell; best time counts")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, check the script, write nothing")
+    parser.add_argument("--tag", default="", help="suffix of the result files (one per machine kind)")
     parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -264,8 +265,9 @@ def main() -> None:
         from hardbatch.io import atomic_write, write_json
 
         RESULTS.mkdir(parents=True, exist_ok=True)
-        write_json(RESULTS / "loss_cpu.json", report)
-        with atomic_write(RESULTS / "loss_cpu.md") as handle:
+        stem = f"loss_cpu_{args.tag}" if args.tag else "loss_cpu"
+        write_json(RESULTS / f"{stem}.json", report)
+        with atomic_write(RESULTS / f"{stem}.md") as handle:
             handle.write(table)
 
 

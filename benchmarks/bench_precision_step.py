@@ -7,8 +7,8 @@ both alike; the best step time of each is kept and their ratio reported. This on
 ``--precision auto``; it does not change it (that needs a quality comparison). The machine's bf16 flags are
 recorded: without AMX, bf16 autocast is expected to be slower.
 
-Usage: python benchmarks/bench_precision_step.py [--model default] [--steps 3] [--tokens 64] [--threads 1]
-Writes benchmarks/results/precision_step.json and .md.
+Usage: python benchmarks/bench_precision_step.py [--model default] [--steps 3] [--tokens 64] [--threads 1] [--tag zen4]
+Writes benchmarks/results/precision_step[_TAG].json and .md.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--tag", default="", help="suffix of the result files (one per machine kind)")
     args = parser.parse_args()
     import torch
 
@@ -116,8 +117,9 @@ def main() -> None:
     )
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS / "precision_step.json", report)
-    with atomic_write(RESULTS / "precision_step.md") as handle:
+    stem = f"precision_step_{args.tag}" if args.tag else "precision_step"
+    write_json(RESULTS / f"{stem}.json", report)
+    with atomic_write(RESULTS / f"{stem}.md") as handle:
         handle.write(table)
 
 

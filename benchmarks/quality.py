@@ -17,7 +17,7 @@ Cost: O(cells × pairs_seen) forward/backward passes + O(cells × test queries) 
 
 Usage: python benchmarks/quality.py [--full] [--samplers random,b3] [--batch-sizes 32,512] [--seeds 0,1]
        [--train-pairs N] [--test-pairs N] [--max-seq-length L] [--lr LR] [--model PATH] [--teacher PATH]
-       [--train-data SPEC] [--test-data SPEC] [--name NAME]
+       [--train-data SPEC] [--test-data SPEC] [--precision P] [--name NAME]
 Writes benchmarks/results/quality.json, quality.md and quality.png (cells under benchmarks/results/quality/)
 and prints JSON and the table.
 """
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs-seen", type=int, default=None)
     parser.add_argument("--max-seq-length", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--precision", default=None, help="Training precision: auto, fp32 or bf16.")
     parser.add_argument("--name", default="quality", help="Output name under benchmarks/results/.")
     parser.add_argument(
         "--summarize-only", action="store_true", help="Train nothing; summarise the cells already run."
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds:
         config.seeds = tuple(int(s) for s in args.seeds.split(","))
     fields = ("model", "teacher", "train_data", "test_data", "train_pairs", "test_pairs", "pairs_seen")
-    for field in (*fields, "max_seq_length", "lr"):
+    for field in (*fields, "max_seq_length", "lr", "precision"):
         if getattr(args, field) is not None:
             setattr(config, field, getattr(args, field))
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_flags", "cpu_model", "describe_machine"]
+__all__ = ["cpu_flags", "cpu_model", "cpu_vendor", "describe_machine"]
 
 #: CPU flags that decide which precision is fast (see docs/losses.md, docs/b3.md).
 _PRECISION_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
@@ -32,6 +32,14 @@ def cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def cpu_vendor() -> str:
+    """The CPU vendor id (``/proc/cpuinfo``'s ``vendor_id``, e.g. ``"AuthenticAMD"``), empty where unknown."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("vendor_id"):
+            return line.split(":", 1)[1].strip()
+    return ""
 
 
 def cpu_flags() -> set[str]:
@@ -61,6 +69,7 @@ def describe_machine(packages: Iterable[str] = ()) -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "cpu": cpu_model(),
+        "cpu_vendor": cpu_vendor(),
         "cpus": os.cpu_count(),
         "cpu_flags": [flag for flag in _PRECISION_FLAGS if flag in flags],
         "python": platform.python_version(),

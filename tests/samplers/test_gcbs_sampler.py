@@ -214,3 +214,12 @@ def test_a_budget_too_small_for_the_fixed_embeddings_fails_at_construction():
     GCBSBatchSampler(**KB_OPTIONS, embed_fn=lambda epoch: (KB_QUERY, KB_POSITIVE), memory_budget=budget)
     with pytest.raises(ConfigError, match="too small for the threshold graph"):
         GCBSBatchSampler(**KB_OPTIONS, query_emb=KB_QUERY, positive_emb=KB_POSITIVE, memory_budget=budget)
+
+
+def test_config_dict_records_the_options_that_decide_the_batches():
+    common = dict(num_examples=240, batch_size=40, query_emb=QUERY, positive_emb=POSITIVE, device="cpu")
+    exact = GCBSBatchSampler(**common, target_degree=20, sample_size=5000).get_config_dict()
+    assert exact["graph_method"] == "exact" and exact["sample_size"] == 5000 and "nprobe" not in exact
+    assert "precision" not in exact and "key_block_size" not in exact  # cost, not result
+    ivf = GCBSBatchSampler(**common, target_degree=20, graph_method="ivf", nprobe=7).get_config_dict()
+    assert ivf["graph_method"] == "ivf" and ivf["nprobe"] == 7

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from hardbatch.app.experiment import GridConfig, format_grid, run_grid, write_grid_outputs
@@ -219,3 +222,17 @@ def test_an_unknown_grid_row_is_refused_before_any_model_runs(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown grid sampler\(s\) b3leiden; choose from .*b3-leiden"):
         run_grid(config)  # train_data "nope" would fail later: the name check comes first
     assert not (tmp_path / "grid").exists()
+
+
+def test_the_training_precision_is_part_of_the_cell_key_and_fp32_keeps_the_earlier_keys(monkeypatch):
+    from hardbatch.app.experiment import GridConfig
+    from hardbatch.device import BF16_MATMUL_ENV
+
+    results = Path(__file__).parents[2] / "benchmarks" / "results" / "quality" / "cells"
+    earlier = json.loads((results / "random-b32-s0.json").read_text())["key"]  # trained before the field
+    assert GridConfig(precision="fp32").cell_key("random", 32, 0) == earlier
+    bf16 = GridConfig(precision="bf16").cell_key("random", 32, 0)
+    assert bf16 != earlier
+    for fast, key in (("0", earlier), ("1", bf16)):  # "auto" is keyed by what it trains in here
+        monkeypatch.setenv(BF16_MATMUL_ENV, fast)
+        assert GridConfig().cell_key("random", 32, 0) == key

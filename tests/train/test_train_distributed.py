@@ -37,7 +37,8 @@ def test_torchrun_two_ranks_equals_one_process_on_the_global_batch(
         "2",
     ]
     common += ["--lr", "1e-3", "--max-seq-length", "32", "--log-every", "1", "--seed", "3", "--device", "cpu"]
-    common += ["--eval-batch-size", "16", "--symmetric"]
+    # fp32 on every machine: the weights must agree to fp32 rounding ("auto" autocasts where bf16 is fast).
+    common += ["--eval-batch-size", "16", "--symmetric", "--precision", "fp32"]
     ddp_dir = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     command += [
@@ -73,6 +74,7 @@ def test_torchrun_two_ranks_equals_one_process_on_the_global_batch(
             device="cpu",
             eval_batch_size=16,
             symmetric=True,
+            precision="fp32",
         )
     )
     ddp_weights, single_weights = _weights(ddp_dir / "final"), _weights(single.final_model)

@@ -100,6 +100,7 @@ def test_gradient_cache_matches_direct_training(tmp_path, train_pairs, tiny_mode
             tiny_model_nodropout_dir,
             gradcache_chunk=chunk,
             symmetric=True,
+            precision="fp32",  # equal to fp32 rounding on every machine ("auto" may autocast to bf16)
         )
         finals[name] = _weights(train(config).final_model)
     for key, value in finals["direct"].items():
@@ -264,3 +265,18 @@ def test_bad_settings_are_config_errors(tmp_path, train_pairs):
                 device="cpu",
             )
         )
+
+
+@pytest.mark.parametrize(
+    ("precision", "fast", "expected"),
+    [("auto", "0", None), ("auto", "1", torch.bfloat16), ("fp32", "1", None), ("bf16", "0", torch.bfloat16)],
+)
+def test_auto_precision_autocasts_where_bf16_matmul_is_fast(monkeypatch, precision, fast, expected):
+    from types import SimpleNamespace
+
+    from hardbatch.device import BF16_MATMUL_ENV
+
+    monkeypatch.setenv(BF16_MATMUL_ENV, fast)
+    trainer = SimpleNamespace(config=SimpleNamespace(precision=precision))
+    ctx = SimpleNamespace(device=torch.device("cpu"))
+    assert Trainer._autocast_dtype(trainer, ctx) is expected

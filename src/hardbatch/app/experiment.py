@@ -68,6 +68,9 @@ class GridConfig:
         window: B3 rank-window width m.
         eval_batch_size: texts per forward pass when evaluating.
         hard_negatives: h per example for the ``b3pp`` (B3++) and ``random-hn`` cells.
+        precision: training precision of every cell (:class:`~hardbatch.train.TrainConfig`'s ``precision``;
+            evaluation always encodes in fp32). The precision it resolves to on this machine is part of the
+            cell key.
 
     Sampler names are those of the registry plus ``b3pp`` (sampler b3 with ``hard_negatives`` per example),
     ``b3-leiden`` (B3 with Leiden communities instead of METIS, then the same exact-K repair) and
@@ -99,10 +102,19 @@ class GridConfig:
     window: int = 30
     eval_batch_size: int = 64
     hard_negatives: int = 2
+    precision: str = "auto"
 
     @property
     def seen(self) -> int:
         return self.pairs_seen or self.train_pairs
+
+    def training_precision(self) -> str:
+        """``"fp32"`` or ``"bf16"``: what ``precision`` resolves to for training on this machine."""
+        if self.precision != "auto":
+            return self.precision
+        from hardbatch.device import fast_bf16_matmul, resolve_device
+
+        return "bf16" if fast_bf16_matmul(resolve_device("auto")) else "fp32"
 
     def sampler_settings(self, sampler: str, batch_size: int) -> dict[str, Any]:
         """The scalar sampler options of a cell (what the trainer gets besides plans and embeddings)."""
@@ -116,6 +128,11 @@ class GridConfig:
             for k, v in asdict(self).items()
             if k not in ("work_dir", "samplers", "batch_sizes", "seeds", "hard_negatives")
         }
+        # The precision the cells train in, not the name asked for ("auto" differs by machine); fp32 cells
+        # keep the keys they had before the field existed.
+        shared["precision"] = self.training_precision()
+        if shared["precision"] == "fp32":
+            del shared["precision"]
         options = self.sampler_settings(sampler, batch_size)
         if options:  # cells without options keep their earlier keys
             shared["sampler_options"] = options
@@ -353,6 +370,7 @@ def _run_cell(
         gradcache_chunk=config.gradcache_chunk if batch_size >= config.gradcache_from else None,
         remine_every=config.sampler_settings(sampler, batch_size).get("remine_every"),
         eval_batch_size=config.eval_batch_size,
+        precision=config.precision,
         log_every=max(1, steps // 20),
         save_final=False,
         write_report=False,

@@ -326,9 +326,13 @@ class GCBSBatchSampler(HardBatchSampler):
             self._cache = (int(state["epoch"]), [list(map(int, b)) for b in state["epoch_batches"]])
 
     def get_config_dict(self) -> dict[str, Any]:
+        """The options that decide the batches (device, precision and block sizes only change the cost)."""
         own = self._attributes(
-            "quantile", "target_degree", "shuffle_batches", "random_offset", "global_batches"
-        )
+            "quantile", "target_degree", "sample_size", "graph_method", "shuffle_batches",
+            "random_offset", "global_batches",
+        )  # fmt: skip
+        if self.graph_method != "exact":  # an approximate graph depends on how many lists it probes
+            own["nprobe"] = self.nprobe
         return {**super().get_config_dict(), **own}
 
 

@@ -64,7 +64,9 @@ class TrainConfig:
         keep_checkpoints: how many checkpoints to keep.
         log_every: write a training record every this many steps.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"`` or ``"bf16"``.
+        precision: ``"auto"`` (bf16 autocast where bf16 matmul is fast: CUDA with bf16, CPUs with AMX or
+            AMD's ``avx512_bf16``, see :func:`hardbatch.device.fast_bf16_matmul`; fp32 elsewhere), ``"fp32"``
+            or ``"bf16"``.
         on_nonfinite: what a non-finite loss or gradient norm does: ``"stop"`` (raise
             :class:`~hardbatch.errors.TrainingDivergedError` before the update is applied) or ``"skip"``
             (drop that update, count it in ``result.json``'s ``skipped_steps``). Non-finite weights are
