@@ -148,19 +148,28 @@ def _check_modes(group, world, rank):
 
 
 def _check_bf16_ring_equals_gather(group, rank):
-    """bf16 key blocks travel the ring as bf16; results equal the gather path's (same fp32 tile math)."""
+    """bf16 key blocks travel the ring as bf16; results equal the gather path's to bf16 rounding.
+
+    Where bf16 tiles run (``fast_bf16_matmul``) the two modes sum the tile products in another order, so an
+    fp32 result may round to the neighbouring bf16 value: each loss is compared on its own (adding two bf16
+    gradients that nearly cancel would magnify that one-ulp step), within bf16 steps of the largest entry.
+    """
     gen = torch.Generator().manual_seed(100 + rank)
     q, k = torch.randn(5, DIM, generator=gen).bfloat16(), torch.randn(7, DIM, generator=gen).bfloat16()
-    results = []
-    for mode in ("gather", "ring"):
-        qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
-        loss = info_nce(qq, kk, scale=5.0, group=group, distributed=mode)
-        loss = loss + sigmoid_loss(qq, kk, 3.0, -1.0, group=group, distributed=mode)
-        loss.backward()
-        assert qq.grad.dtype == kk.grad.dtype == torch.bfloat16
-        results.append((loss.detach().float(), qq.grad.float(), kk.grad.float()))
-    for got, want in zip(results[1], results[0]):
-        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
+    losses = (
+        lambda qq, kk, mode: info_nce(qq, kk, scale=5.0, group=group, distributed=mode),
+        lambda qq, kk, mode: sigmoid_loss(qq, kk, 3.0, -1.0, group=group, distributed=mode),
+    )
+    for loss_fn in losses:
+        results = []
+        for mode in ("gather", "ring"):
+            qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
+            loss = loss_fn(qq, kk, mode)
+            loss.backward()
+            assert qq.grad.dtype == kk.grad.dtype == torch.bfloat16
+            results.append((loss.detach().float(), qq.grad.float(), kk.grad.float()))
+        for got, want in zip(results[1], results[0]):
+            torch.testing.assert_close(got, want, rtol=1e-2, atol=2**-7 * float(want.abs().max()))
 
 
 def _check_auto_rule(group, world):
