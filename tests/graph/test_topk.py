@@ -112,3 +112,31 @@ def test_best_groups_are_a_top_set_with_its_bound(count, where):
         assert (row[chosen] >= limit).all()
         left_out = np.setdiff1d(np.arange(count), chosen)
         assert (row[left_out] <= limit).all()
+
+
+@pytest.mark.parametrize("kind", ["bf16_normal", "ties", "tie_run", "tail", "narrow"])
+def test_select_topk_any_ties_is_a_top_set_with_the_rules_values(kind):
+    """ties="any": the tie rule's values, and indices that are *a* top k (every column left out <= k-th)."""
+    rng = np.random.default_rng(11)
+    width, k = 20011, 131  # an 11-column tail at the auto group size
+    if kind == "narrow":  # too few groups to prune: torch's own top-k
+        width, kind = 900, "bf16_normal"
+    if kind == "ties":
+        scores = torch.from_numpy(rng.integers(0, 60, size=(8, width)).astype(np.float32))
+    elif kind == "tie_run":  # equal maxima wider than the kept groups: the fallback must decide
+        scores = torch.from_numpy(rng.normal(size=(8, width)).astype(np.float32))
+        scores[:, torch.from_numpy(rng.permutation(width)[:3000])] = 9.0
+    else:  # bf16 rounding of normal scores: ties across nearly every row's k-th value
+        scores = torch.from_numpy((0.1 * rng.normal(size=(8, width))).astype(np.float32)).bfloat16()
+        if kind == "tail":
+            scores[:, -11:] = 5.0
+    values, indices = select_topk(scores, k, ties="any")
+    rule_values, _ = topk_with_ties(scores, k)
+    assert torch.equal(values, rule_values)
+    assert torch.equal(scores.gather(1, indices), values)
+    assert all(len(set(row.tolist())) == k for row in indices)  # k distinct columns
+    left_out = scores.clone()
+    left_out.scatter_(1, indices, float("-inf"))
+    assert bool((left_out.amax(dim=1) <= values[:, -1]).all())
+    with pytest.raises(ValueError, match="ties"):
+        select_topk(scores, k, ties="first")

@@ -226,7 +226,8 @@ def _bf16_topk(
         _mask_self(block, offset)
     width = min(k + margin, num_keys)
     if width < num_keys:
-        low_values, candidates = select_topk(block, width + 1)
+        # Any top set will do (the proof below needs only "left out <= bound"): bf16 ties are everywhere.
+        low_values, candidates = select_topk(block, width + 1, ties="any")
         bound = low_values[:, -1].float()
         candidates = candidates[:, :width]
     else:

@@ -4,11 +4,15 @@ bf16 scores are only a *pre-selection*: every stage that uses them re-scores its
 proves its answer equals the fp32 one (see :mod:`hardbatch.graph.knn` and :mod:`hardbatch.graph.threshold`),
 so the choice changes speed, never results. It is made by capability, never by assumption:
 
-The rule is :func:`hardbatch.device.fast_bf16_matmul`, shared with the loss: CUDA devices with bf16 support;
-CPUs listing ``amx_bf16`` (AMX tiles: ~4× fp32 measured on 2 cores); never other CPUs (``avx512_bf16``
-without AMX measured at or below parity, neither several times slower). It reads CPU flags, never a timing:
-the two paths agree up to fp32 rounding (re-scoring vs gemm), so a load-dependent choice could make two runs
-of one command rank near-ties differently.
+The rule starts from :func:`hardbatch.device.fast_bf16_matmul`, shared with the loss, and is stricter on
+CPUs: mining's bf16 path pays for its speed with an fp32 re-scoring of ``k + margin`` gathered candidate
+keys per row, which only a large matmul speed-up covers. CUDA devices with bf16 support and CPUs listing
+``amx_bf16`` (~4× fp32) take it; AMD CPUs with ``avx512_bf16`` do not, although the loss uses bf16 there: on
+a 2-core EPYC (Zen 4, bf16 matmul 2.3–2.5× fp32) one 4,096-row block against 100k keys took 3.4–3.6 s on
+the bf16 path against 2.8–3.0 s in fp32 (per 1,024 rows: bf16 matmul 274 ms + selection 96 ms + the
+re-scoring gather 421 ms, against fp32 matmul 749 ms + selection 77 ms). It reads CPU flags, never a
+timing: the two paths agree up to fp32 rounding (re-scoring vs gemm), so a load-dependent choice could make
+two runs of one command rank near-ties differently.
 
 ``HARDBATCH_MATMUL_PRECISION=fp32|bf16`` overrides the choice (e.g. for benchmarks).
 """
@@ -52,11 +56,13 @@ def bf16_is_fast(device_type: str, device_index: int | None = None) -> bool:
         >>> isinstance(bf16_is_fast("cpu"), bool)
         True
     """
-    from hardbatch.device import fast_bf16_matmul
+    from hardbatch.device import BF16_MATMUL_ENV, cpu_flags, fast_bf16_matmul
 
-    # One capability rule for the loss and for mining (hardbatch.device): CUDA with bf16 support, a CPU
-    # with AMX.
-    return fast_bf16_matmul(torch.device(device_type, device_index))
+    device = torch.device(device_type, device_index)
+    if device.type != "cpu" or os.environ.get(BF16_MATMUL_ENV, "").strip() in ("0", "1"):
+        return fast_bf16_matmul(device)
+    # The loss's rule, narrowed to AMX on CPUs (module docs: the re-scoring gather outweighs Zen 4's 2.4×).
+    return fast_bf16_matmul(device) and "amx_bf16" in (cpu_flags() or frozenset())
 
 
 def resolve_precision(precision: str, device: torch.device) -> Literal["fp32", "bf16"]:
