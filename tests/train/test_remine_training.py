@@ -75,6 +75,9 @@ def test_remines_are_recorded_and_change_the_run(reference, tmp_path, pairs_file
     result = json.loads((reference / "result.json").read_text())
     assert result["sampler_config"]["remines"] == 1 and result["sampler_config"]["remine_every"] == 2
     assert result["config"]["remine_every"] == 2
+    from hardbatch.device import fast_bf16_matmul
+
+    assert result["training_precision"] == ("bf16" if fast_bf16_matmul("cpu") else "fp32")  # "auto" here
     spies = {}
     for remine_every in (2, None):
         spies[remine_every] = _SpyTrainer(

@@ -58,6 +58,7 @@ def test_torchrun_two_ranks_equals_one_process_on_the_global_batch(
 
     result = json.loads((ddp_dir / "result.json").read_text())
     assert result["world_size"] == 2 and result["global_batch"] == 8 and result["steps"] == 8
+    assert result["training_precision"] == "fp32"  # as asked, whatever "auto" means on this machine
 
     single = train(
         TrainConfig(

@@ -716,6 +716,8 @@ class Trainer:
                 "train_seconds": round(self.state.seconds, 2),
                 "seconds_per_step": round(self.state.seconds / max(1, self.state.step), 4),
                 "device": str(ctx.device),
+                # What precision="auto" resolved to on this machine (it follows the CPU's bf16 speed).
+                "training_precision": "bf16" if self._autocast_dtype(ctx) is not None else "fp32",
                 "prompts": dict(zip(("query", "document"), _prompts_in_use(self.model))),
                 "final_model": str(final) if final is not None else None,
                 "metrics": metrics,
