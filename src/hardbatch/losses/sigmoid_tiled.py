@@ -16,37 +16,96 @@ A label of −1 (or any index outside ``[0, n)``) means "no positive in this key
 Executed work: forward one (tile_b × tile_n × d) matmul per tile, backward three (recompute + two
 gradient matmuls), i.e. 8·b·n·d FLOPs, plus ≈3·b·n transcendental ops (exp + log1p forward, σ backward).
 Memory: the inputs, O((b + n)·d) fp32 gradient accumulators and two fp32 tile buffers of tile_b × tile_n.
+
+Precision: as the InfoNCE tiles (:mod:`hardbatch.losses.tiled`): bf16 inputs run the tiles' matmuls in bf16
+where :func:`hardbatch.device.fast_bf16_matmul` says so (fp32 accumulators, every positive logit from an
+fp32 dot product, the gradient tile rounded to bf16 for the two gradient matmuls; one more bf16 tile and
+(b,) fp32 of memory), else they are upcast; softplus and σ are always fp32.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from hardbatch.losses.tiled import _mask_tile, _positive_position, _scaled_query_tile, _tile_buffer
+from hardbatch.losses.tiled import (
+    _exact_positives,
+    _low_precision_logits,
+    _mask_tile,
+    _positive_position,
+    _scaled_query_tile,
+    _tile_buffer,
+    tile_dtype,
+)
 
 __all__ = ["sigmoid_backward", "sigmoid_forward"]
+
+
+@dataclass
+class _LowTiles:
+    """bf16-tile state (:func:`hardbatch.losses.tiled.tile_dtype`): the bf16 product scratch of one tile,
+    every row's fp32 positive logit ``scale·q_i·k_labels[i]`` (b,) and the (1, 1) fp32 scale."""
+
+    product: torch.Tensor
+    exact: torch.Tensor
+    scale_cell: torch.Tensor
+
+
+def _low_tiles(
+    q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor, scale32: torch.Tensor, tile_b: int, tile_n: int
+) -> _LowTiles | None:
+    """The bf16-tile state where the tiles' matmuls run in bf16, else None (fp32 tiles)."""
+    if tile_dtype(q, k) == torch.float32:
+        return None
+    cells = min(tile_b, q.shape[0]) * min(tile_n, k.shape[0])
+    # Labels outside [0, n) mean "no positive in these keys": any row index serves, the value is unused.
+    safe_labels = labels.clamp(0, k.shape[0] - 1)
+    return _LowTiles(
+        torch.empty(cells, dtype=q.dtype, device=q.device),
+        _exact_positives(q, k, safe_labels, scale32),
+        scale32.reshape(1, 1),
+    )
 
 
 def _logit_tile(
     store: torch.Tensor,
     q_tile: torch.Tensor,
     k: torch.Tensor,
+    rows: tuple[int, int],
     c0: int,
     c1: int,
     bias: torch.Tensor,
     row_labels: torch.Tensor,
     q_ids: torch.Tensor | None,
     k_ids: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``scale·q_tile @ k[c0:c1].T + bias`` with masked entries at −inf; also the positive's position."""
-    k_tile = k[c0:c1].to(torch.float32)
+    low: _LowTiles | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``scale·q_tile @ k[c0:c1].T + bias`` in fp32 with masked entries at −inf.
+
+    ``q_tile`` is the fp32 scaled query tile, or with bf16 tiles (``low``) the raw bf16 rows ``rows``: the
+    product is then a bf16 matmul scaled in fp32, with each positive replaced by its fp32 logit (as in the
+    InfoNCE tiles: the positives weigh most in the loss and its gradient).
+
+    Returns:
+        the logit tile, the key tile the gradient matmuls use, each row's positive position in the tile,
+        whether it lies inside, and the bf16 product tile (None for fp32 tiles).
+    """
     logits = _tile_buffer(store, q_tile.shape[0], c1 - c0)
-    torch.mm(q_tile, k_tile.T, out=logits)
-    logits.add_(bias)
     local_label, inside = _positive_position(row_labels, c0, c1 - c0)
+    product = None
+    if low is None:
+        k_tile = k[c0:c1].to(torch.float32)
+        torch.mm(q_tile, k_tile.T, out=logits)
+    else:
+        k_tile = k[c0:c1]
+        product = _tile_buffer(low.product, q_tile.shape[0], c1 - c0)
+        exact = low.exact[rows[0] : rows[1]]
+        _low_precision_logits(logits, product, q_tile, k_tile, low.scale_cell, exact, local_label, inside)
+    logits.add_(bias)
     _mask_tile(logits, q_ids, None if k_ids is None else k_ids[c0:c1], local_label, inside)
-    return logits, k_tile, local_label, inside
+    return logits, k_tile, local_label, inside, product
 
 
 @torch.no_grad()
@@ -91,14 +150,15 @@ def sigmoid_forward(
     bias32 = bias.to(device=device, dtype=torch.float32)
     per_row = torch.zeros(b, dtype=torch.float32, device=device)
     logit_store = torch.empty(min(tile_b, b) * min(tile_n, n), dtype=torch.float32, device=device)
+    low = _low_tiles(q, k, labels, scale32, tile_b, tile_n)
     for r0 in range(0, b, tile_b):
         r1 = min(r0 + tile_b, b)
-        q_tile = _scaled_query_tile(q, r0, r1, scale32)
+        q_tile = q[r0:r1] if low is not None else _scaled_query_tile(q, r0, r1, scale32)
         row_ids = None if q_ids is None else q_ids[r0:r1]
         for c0 in range(0, n, tile_n):
             c1 = min(c0 + tile_n, n)
-            logits, _, local_label, inside = _logit_tile(
-                logit_store, q_tile, k, c0, c1, bias32, labels[r0:r1], row_ids, k_ids
+            logits, _, local_label, inside, _ = _logit_tile(
+                logit_store, q_tile, k, (r0, r1), c0, c1, bias32, labels[r0:r1], row_ids, k_ids, low
             )
             positive = logits.gather(1, local_label[:, None]).squeeze(1)
             per_row[r0:r1] -= torch.where(inside, positive, torch.zeros_like(positive))
@@ -146,21 +206,29 @@ def sigmoid_backward(
     dk = torch.zeros(n, k.shape[1], dtype=torch.float32, device=device)
     dbias = torch.zeros((), dtype=torch.float32, device=device)
     logit_store = torch.empty(min(tile_b, b) * min(tile_n, n), dtype=torch.float32, device=device)
+    low = _low_tiles(q, k, labels, scale32, tile_b, tile_n)
     for r0 in range(0, b, tile_b):
         r1 = min(r0 + tile_b, b)
-        q_tile = _scaled_query_tile(q, r0, r1, scale32)
+        q_tile = q[r0:r1] if low is not None else _scaled_query_tile(q, r0, r1, scale32)
         row_ids = None if q_ids is None else q_ids[r0:r1]
         weight = g_row[r0:r1]
         for c0 in range(0, n, tile_n):
             c1 = min(c0 + tile_n, n)
-            grad, k_tile, local_label, inside = _logit_tile(
-                logit_store, q_tile, k, c0, c1, bias32, labels[r0:r1], row_ids, k_ids
+            grad, k_tile, local_label, inside, product = _logit_tile(
+                logit_store, q_tile, k, (r0, r1), c0, c1, bias32, labels[r0:r1], row_ids, k_ids, low
             )
             # dx = g·(σ(x) − δ); the tile buffer is reused in place (σ(−inf) = 0 for masked pairs).
             grad.sigmoid_().mul_(weight[:, None])
             grad.scatter_add_(1, local_label[:, None], -(weight * inside)[:, None])
             dbias += grad.sum()
-            dq_raw[r0:r1].addmm_(grad, k_tile)
-            dk[c0:c1].addmm_(grad.T, q_tile)
+            if product is not None:  # bf16 tiles: the gradient tile rounded to bf16, fp32 accumulators
+                grad_low = product.copy_(grad)
+                dq_raw[r0:r1].add_(torch.mm(grad_low, k_tile))
+                dk[c0:c1].add_(torch.mm(grad_low.T, q_tile))
+            else:
+                dq_raw[r0:r1].addmm_(grad, k_tile)
+                dk[c0:c1].addmm_(grad.T, q_tile)
     dscale = (dq_raw * q.to(torch.float32)).sum()
+    if low is not None:
+        dk.mul_(scale32)  # the bf16 query tiles are unscaled
     return dq_raw.mul_(scale32), dk, dscale, dbias
