@@ -90,7 +90,7 @@ def test_option_combinations():
 def test_working_set_formulas():
     b, d, c = 10_000, 384, 1024
     assert knn_working_set(b, d, c, "fp32") == 8 * b * d + 8 * c * d + 16 * c * b
-    assert knn_working_set(b, d, c, "bf16") == 10 * b * d + 8 * c * d + 32 * c * b + (64 << 20)
+    assert knn_working_set(b, d, c, "bf16") == 10 * b * d + 8 * c * d + 32 * c * b + (4 << 20)
     # Automatic chunk: at most 8192 rows and block_entries scores (16 rows when the block is wider).
     assert knn_working_set(b, d, None, "fp32", 2**20) == 8 * b * d + 8 * 8192 * d + 16 * 2**20
     assert knn_working_set(10**6, d, None, "fp32", 2**20) == 8 * 10**6 * d + 8 * 8192 * d + 16 * 16 * 10**6
