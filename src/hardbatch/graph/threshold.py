@@ -302,7 +302,7 @@ def threshold_graph(
 
     n_rows, n_keys = len(rows), len(keys)
     dev = resolve_device(device)
-    mode = resolve_precision(precision, dev, "threshold")
+    mode = resolve_precision(precision, dev)
     block_keys = threshold_key_block(key_block_size, memory_budget, keys, chunk_size, mode, normalize)
     block_keys = max(1, min(block_keys or n_keys, n_keys))
     max_edges = int(max_avg_degree * n_rows)

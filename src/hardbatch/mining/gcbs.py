@@ -193,7 +193,7 @@ def gcbs_key_block(
         return None
     if graph_method != "exact":
         raise ConfigError("key_block_size and memory_budget apply to graph_method='exact' only")
-    mode = resolve_precision(precision, resolve_device(device), "threshold")
+    mode = resolve_precision(precision, resolve_device(device))
     return threshold_key_block(key_block_size, memory_budget, keys, chunk_size, mode)
 
 
