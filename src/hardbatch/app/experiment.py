@@ -110,11 +110,10 @@ class GridConfig:
 
     def training_precision(self) -> str:
         """``"fp32"`` or ``"bf16"``: what ``precision`` resolves to for training on this machine."""
-        if self.precision != "auto":
-            return self.precision
-        from hardbatch.device import fast_bf16_matmul, resolve_device
+        from hardbatch.device import resolve_device
+        from hardbatch.train.config import training_precision
 
-        return "bf16" if fast_bf16_matmul(resolve_device("auto")) else "fp32"
+        return training_precision(self.precision, resolve_device("auto"))
 
     def sampler_settings(self, sampler: str, batch_size: int) -> dict[str, Any]:
         """The scalar sampler options of a cell (what the trainer gets besides plans and embeddings)."""

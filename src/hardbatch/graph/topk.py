@@ -143,8 +143,8 @@ def select_topk(
         ties: ``"index"`` (the tie rule) or ``"any"``: some top k, descending, ties broken arbitrarily: the
             values are the same, the indices one valid choice. For a pre-selection that only needs "every
             column left out scores <= the k-th": bf16 blocks, whose 8-bit mantissas tie on nearly every row
-            at k ≈ 400, would otherwise send every row to the full-row tie rule (4.2× the fp32 search's time
-            measured at 100k).
+            at k ≈ 400, would otherwise send every row to the full-row tie rule (the bf16 kNN took 4.5× the
+            fp32 one at 100k: 323 vs 72 s).
 
     Returns:
         ``(values, indices)``: (rows, k) tensors (``scores.dtype``, int64), identical to
