@@ -217,3 +217,37 @@ def test_a_chunk_size_that_is_not_a_positive_integer_is_refused(chunk_size):
         knn_exact(x, x, 1, chunk_size=chunk_size)
     with pytest.raises(ConfigError, match="chunk_size must be a positive integer"):
         list(iter_topk(x, x, 1, chunk_size=chunk_size))
+
+
+@pytest.mark.parametrize(
+    ("dim", "spread", "kind"),
+    [(384, 1.0, "mixed"), (37, 30.0, "mixed"), (5, 1e-3, "mixed"), (384, 1.0, "aligned"), (96, 1.0, "exact")],
+)
+def test_bf16_row_error_bounds_every_bf16_score_against_its_fp32_rescoring(dim, spread, kind):
+    """The proof's per-row bound holds entry by entry, on unnormalised vectors of mixed norms, and on the two
+    cases that reach its terms: keys along each row's rounding error ("aligned": the input term) and
+    bf16-exact vectors with large products ("exact": the output rounding)."""
+    from hardbatch.graph.knn import _bf16_key_bounds, _bf16_row_error, _rescore
+    from hardbatch.graph.precision import bf16_score_error_bound
+
+    gen = torch.Generator().manual_seed(dim)
+    rows = torch.randn(64, dim, generator=gen) * torch.rand(64, 1, generator=gen) * spread
+    keys = torch.randn(3000, dim, generator=gen) * torch.rand(3000, 1, generator=gen) * spread
+    keys[:64] = rows + 1e-3 * spread * torch.randn(64, dim, generator=gen)  # large, near-equal products
+    if kind == "aligned":  # x̂·y − x·y = (x̂ − x)·y at its Cauchy–Schwarz maximum, y exact in bf16
+        rounding = rows.bfloat16().float() - rows
+        keys = keys.bfloat16().float()  # no key rounding to hide the row's
+        keys[:64] = (rounding / rounding.norm(dim=1, keepdim=True)).bfloat16().float()
+    elif kind == "exact":
+        rows, keys = rows.bfloat16().float(), keys.bfloat16().float()
+    rows_low, keys_low = rows.bfloat16(), keys.bfloat16()
+    low = (rows_low @ keys_low.T).float()
+    exact = _rescore(rows, keys, torch.arange(3000).expand(64, -1).contiguous())
+    bounds = _bf16_key_bounds(keys, keys_low)
+    # _bf16_row_error takes one bound per row; every entry is checked as that row's bound in turn.
+    for column in range(0, 3000, 97):
+        error = _bf16_row_error(rows, rows_low, bounds, low[:, column])
+        assert bool((exact[:, column] <= low[:, column] + error).all())
+        assert bool((exact[:, column] >= low[:, column] - error).all())
+    worst = rows.norm(dim=1) * bounds[0] * bf16_score_error_bound(dim)
+    assert bool((_bf16_row_error(rows, rows_low, bounds, low[:, 0]) < worst).all())  # tighter than before
