@@ -153,7 +153,7 @@ def test_precision_choice_and_errors(monkeypatch):
     precision.bf16_is_fast.cache_clear()
     assert precision.resolve_precision("auto", torch.device("cpu")) == "bf16"
     precision.bf16_is_fast.cache_clear()
-    # Zen 4: bf16 for the loss and for mining alike (whole mine_b3 at 100k: 75.8 s bf16 vs 87.6 s fp32).
+    # Zen 4: bf16 for the loss and for mining alike (whole mine_b3 at 100k: 57.5 s bf16 vs 82.1 s fp32).
     monkeypatch.setattr(hardbatch.device, "cpu_flags", lambda: frozenset({"avx512_bf16", "avx512f"}))
     monkeypatch.setattr(hardbatch.device, "cpu_vendor", lambda: "AuthenticAMD")
     assert precision.resolve_precision("auto", torch.device("cpu")) == "bf16"

@@ -6,8 +6,8 @@ so the choice changes speed, never results. It is made by capability, never by a
 
 The rule is :func:`hardbatch.device.fast_bf16_matmul`, shared with the loss: CUDA devices with bf16
 support, CPUs listing ``amx_bf16`` and AMD CPUs listing ``avx512_bf16`` (Zen 4 and later). On a 2-core
-EPYC (Zen 4, bf16 matmul 2.3–2.5× fp32) the whole exact ``mine_b3`` at 100k took 75.8 s on the bf16 path
-against 87.6 s in fp32 (`b3_scale_100000_zen4_rescore.md`), and GCBS's threshold graph 65.6 against 81.6 s;
+EPYC (Zen 4, bf16 matmul 2.3–3.1× fp32) the whole exact ``mine_b3`` at 100k took 57.5 s on the bf16 path
+against 82.1 s in fp32 (`b3_scale_100000_zen4_bound.md`), and GCBS's threshold graph 65.6 against 81.6 s;
 the bf16 kNN pays only because its fp32 re-scoring gathers cache-sized pieces (per 1,024 rows × 262
 candidates: 135 ms, against 375 ms in 64 MiB pieces, which made the bf16 path slower than fp32). It reads
 CPU flags, never a timing: the two paths agree up to fp32 rounding (re-scoring vs gemm), so a load-dependent
