@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from hardbatch.losses.tiled import (
+    _accumulate_tile_gradients,
     _exact_positives,
     _low_precision_logits,
     _mask_tile,
@@ -221,13 +222,7 @@ def sigmoid_backward(
             grad.sigmoid_().mul_(weight[:, None])
             grad.scatter_add_(1, local_label[:, None], -(weight * inside)[:, None])
             dbias += grad.sum()
-            if product is not None:  # bf16 tiles: the gradient tile rounded to bf16, fp32 accumulators
-                grad_low = product.copy_(grad)
-                dq_raw[r0:r1].add_(torch.mm(grad_low, k_tile))
-                dk[c0:c1].add_(torch.mm(grad_low.T, q_tile))
-            else:
-                dq_raw[r0:r1].addmm_(grad, k_tile)
-                dk[c0:c1].addmm_(grad.T, q_tile)
+            _accumulate_tile_gradients(dq_raw[r0:r1], dk[c0:c1], grad, product, q_tile, k_tile)
     dscale = (dq_raw * q.to(torch.float32)).sum()
     if low is not None:
         dk.mul_(scale32)  # the bf16 query tiles are unscaled

@@ -95,6 +95,28 @@ def _low_precision_logits(
     out.scatter_(1, local_label[:, None], torch.where(inside, exact_positive, current)[:, None])
 
 
+def _accumulate_tile_gradients(
+    dq_rows: torch.Tensor,
+    dk_rows: torch.Tensor,
+    grad: torch.Tensor,
+    product: torch.Tensor | None,
+    q_tile: torch.Tensor,
+    k_tile: torch.Tensor,
+) -> None:
+    """``dq_rows += grad @ k_tile`` and ``dk_rows += gradᵀ @ q_tile`` into the fp32 accumulators.
+
+    With bf16 tiles (``product`` is the tile's bf16 scratch) the gradient tile is rounded to bf16 first, so
+    both matmuls run in bf16 (as FlashAttention does); otherwise they are fp32 ``addmm``.
+    """
+    if product is not None:
+        grad_low = product.copy_(grad)
+        dq_rows.add_(torch.mm(grad_low, k_tile))
+        dk_rows.add_(torch.mm(grad_low.T, q_tile))
+    else:
+        dq_rows.addmm_(grad, k_tile)
+        dk_rows.addmm_(grad.T, q_tile)
+
+
 def _key_tile(k: torch.Tensor, c0: int, c1: int, buffer: torch.Tensor | None) -> torch.Tensor:
     """fp32 keys [c0, c1): a view for fp32 keys, else converted into a reused buffer (no per-tile allocation)."""
     if buffer is None:
@@ -436,13 +458,7 @@ def fused_backward(
                 grad.mul_(row_weight[:, None])
             # −δ terms of both directions, only for rows whose positive lies in this key tile.
             grad.scatter_add_(1, local_label[:, None], -(positive_weight * inside)[:, None])
-            if product is not None:
-                grad_low = product.copy_(grad)
-                dq_raw[r0:r1].add_(torch.mm(grad_low, k_tile))
-                dk[c0:c1].add_(torch.mm(grad_low.T, q_tile))
-            else:
-                dq_raw[r0:r1].addmm_(grad, k_tile)
-                dk[c0:c1].addmm_(grad.T, q_tile)
+            _accumulate_tile_gradients(dq_raw[r0:r1], dk[c0:c1], grad, product, q_tile, k_tile)
     # Σ_i q_i · (dS @ k)_i in row chunks: no (b, d) fp32 temporaries on top of the gradient buffers.
     dscale = sum(
         torch.linalg.vecdot(dq_raw[r0 : r0 + tile_b], q[r0 : r0 + tile_b].to(torch.float32)).sum()
