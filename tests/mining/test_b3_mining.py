@@ -133,6 +133,23 @@ def test_hnsw_backend_reports_recall_and_matches_exact_clusters():
     assert all(np.unique(labels[c]).size == 1 for c in plan.clusters)
 
 
+def test_ivf_torch_backend_calibrates_reports_recall_and_probing_everything_is_the_exact_plan():
+    pytest.importorskip("faiss")
+    query, positive, _ = planted(groups=24, size=8, seed=3)
+    common = dict(batch_size=16, cluster_size=8, skip=2, window=10, device="cpu", seed=1)
+    exact = mine_b3(query, positive, **common)
+    everything = mine_b3(query, positive, knn="ivf_torch", faiss_options={"nlist": 6, "nprobe": 6}, **common)
+    assert everything.stats["knn_window_recall"] == 1.0 and everything.stats["knn_info"]["nprobe"] == 6
+    np.testing.assert_array_equal(everything.clusters, exact.clusters)
+    calibrated = mine_b3(
+        query, positive, knn="ivf_torch", faiss_options={"nlist": 6}, recall_target=0.9, **common
+    )
+    info = calibrated.stats["knn_info"]
+    assert info["index"] == "ivf_torch" and info["calibrated_recall"] >= 0.9
+    assert calibrated.stats["knn_window_recall"] >= 0.8
+    assert calibrated.params["knn"] == "ivf_torch"
+
+
 def test_hashes_determinism_and_torch_input():
     query, positive, _ = planted(groups=6, size=8)
     a = mine_b3(query, positive, batch_size=16, cluster_size=8, skip=1, window=6, device="cpu")

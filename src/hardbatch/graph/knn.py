@@ -18,7 +18,10 @@ Backends:
   O(N_rows · ef · log N_keys); memory O(N_keys · (d + M)).
 * ``"ivf"``: faiss ``IndexIVFFlat`` (inner product), ``nlist`` ≈ 4·sqrt(N) lists, ``nprobe`` probed per
   query (or calibrated to a recall target). Train O(sample · nlist · d), search
-  O(N_rows · nprobe · N_keys / nlist · d).
+  O(N_rows · nprobe · N_keys / nlist · d), one query at a time (measured ~1/40 of matmul speed at 1M).
+* ``"ivf_torch"``: :func:`hardbatch.graph.ivf.knn_ivf`, the same search shape for *every* row: rows grouped
+  by nearest centroid, each group one matmul against its ``nprobe`` lists (bf16 where fast), exact inside
+  them, ``nprobe`` calibrated to a recall target. The backend for mining at 1M and beyond.
 
 Approximate backends miss some true neighbours; :func:`knn_recall` measures recall@k against the exact
 answer on a random sample of rows so the loss of quality is reported, never guessed.
@@ -63,7 +66,7 @@ __all__ = [
     "recall_report",
 ]
 
-KnnBackend = Literal["exact", "hnsw", "ivf"]
+KnnBackend = Literal["exact", "hnsw", "ivf", "ivf_torch"]
 
 #: Default extra bf16 candidates per row beyond k before the fp32 re-scoring (grows when rows fail the proof).
 #: Measured on 20k clustered 384-d unit vectors, k = 130: margin 64 left 14 % of rows unproven, 128 left 0.1 %.
@@ -837,7 +840,8 @@ def knn(
         rows: (N_rows, d) float array.
         keys: (N_keys, d) float array.
         k: neighbours per row.
-        backend: "exact" (chunked torch matmul, GPU when present), "hnsw" or "ivf" (faiss, approximate).
+        backend: "exact" (chunked torch matmul, GPU when present), "hnsw" or "ivf" (faiss, approximate),
+            "ivf_torch" (grouped IVF at matmul speed, :func:`hardbatch.graph.ivf.knn_ivf`).
         exclude_self: rows and keys are aligned; row i never gets key i.
         normalize: L2-normalise first.
         device: device of the exact backend.
@@ -847,7 +851,9 @@ def knn(
             see :func:`knn_exact`).
         memory_budget: bytes (or "4GiB") the exact backend's key and score blocks may take.
         show_progress: progress bar.
-        **faiss_options: passed to :func:`knn_faiss` (``hnsw_m``, ``ef_search``, ``nlist``, ``nprobe``...).
+        **faiss_options: passed to :func:`knn_faiss` (``hnsw_m``, ``ef_search``, ``nlist``, ``nprobe``...)
+            or, for "ivf_torch", to :func:`~hardbatch.graph.ivf.knn_ivf` (``nlist``, ``nprobe``,
+            ``recall_target``, ``recall_columns``, ``calibration_sample``, ``seed``).
 
     Returns:
         :class:`KnnResult`.
@@ -878,6 +884,20 @@ def knn(
         raise ConfigError(
             "key_block_size and memory_budget only apply to the exact backend (faiss indexes hold every key)"
         )
+    if backend == "ivf_torch":
+        from hardbatch.graph.ivf import knn_ivf
+
+        return knn_ivf(
+            rows,
+            keys,
+            k,
+            exclude_self=exclude_self,
+            normalize=normalize,
+            device=device,
+            precision=precision,
+            show_progress=show_progress,
+            **faiss_options,
+        )
     if backend in ("hnsw", "ivf"):
         return knn_faiss(
             rows,
@@ -889,7 +909,7 @@ def knn(
             show_progress=show_progress,
             **faiss_options,
         )
-    raise ConfigError(f"unknown kNN backend {backend!r}; expected 'exact', 'hnsw' or 'ivf'")
+    raise ConfigError(f"unknown kNN backend {backend!r}; expected 'exact', 'hnsw', 'ivf' or 'ivf_torch'")
 
 
 def knn_recall(

@@ -61,7 +61,7 @@ __all__ = [
 #: Key of a per-source mapping that applies to every source not named in it.
 DEFAULT_KEY = "*"
 
-_KNN_BACKENDS = ("exact", "hnsw", "ivf")
+_KNN_BACKENDS = ("exact", "hnsw", "ivf", "ivf_torch")
 
 
 def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -346,8 +346,10 @@ def mine_b3(
             skips the example and its 29 nearest others (see :func:`effective_window`). ``False``: p counts
             other examples only (hardbatch before 0.2).
         seed: METIS, repair and per-epoch shuffle seed.
-        knn: "exact" (chunked matmul, GPU when present), "hnsw" or "ivf" (faiss, approximate; recall
-            against exact is measured on ``recall_sample`` rows and stored in the stats).
+        knn: "exact" (chunked matmul, GPU when present), "hnsw" or "ivf" (faiss, approximate) or
+            "ivf_torch" (grouped IVF at matmul speed, bf16 where fast: the choice at 1M and beyond; see
+            :func:`hardbatch.graph.ivf.knn_ivf`); the approximate ones' recall against exact is measured on
+            ``recall_sample`` rows and stored in the stats.
         sources: (N,) source/dataset name per example; each source is mined separately (as in B3).
         same_source: default of :meth:`BatchPlan.batches`: keep each batch within one source.
         positive_texts: (N,) positive texts; candidates whose positive text equals i's are dropped.
@@ -635,7 +637,7 @@ def _faiss_options(
 ) -> dict[str, Any]:
     """faiss options with the search effort calibrated to the window recall unless set explicitly."""
     merged: dict[str, Any] = dict(options or {})
-    explicit = {"ivf": "nprobe", "hnsw": "ef_search"}.get(backend)
+    explicit = {"ivf": "nprobe", "ivf_torch": "nprobe", "hnsw": "ef_search"}.get(backend)
     if explicit and recall_target is not None and explicit not in merged:
         merged.setdefault("recall_target", recall_target)
         merged.setdefault("recall_columns", (min(skip, k - 1), k))
@@ -675,8 +677,10 @@ def _group_knn(
     if key_block_size is not None or memory_budget is not None:
         raise ConfigError(f"key_block_size and memory_budget apply to knn='exact' only, got knn={backend!r}")
     options = dict(faiss_options or {})
-    if backend == "ivf":
+    if backend in ("ivf", "ivf_torch"):
         options.setdefault("seed", seed)
+    if backend == "ivf_torch":
+        options.update(device=device, precision=precision)
     return run_knn(
         query,
         positive,

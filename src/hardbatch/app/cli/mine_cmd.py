@@ -156,12 +156,20 @@ def mine_b3_command(
         ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="METIS / repair / shuffle seed.")] = 0,
-    knn: Annotated[str, typer.Option("--knn", help="exact | hnsw | ivf (faiss, approximate).")] = "exact",
+    knn: Annotated[
+        str,
+        typer.Option(
+            "--knn",
+            help="exact | ivf_torch (grouped IVF at matmul speed, for 1M+) | hnsw | ivf (faiss); all but exact "
+            "are approximate, with their window recall printed.",
+        ),
+    ] = "exact",
     precision: Annotated[
         str, typer.Option("--precision", help="Exact kNN matmul: auto (bf16 where fast) | fp32 | bf16.")
     ] = "auto",
     recall_target: Annotated[
-        float, typer.Option("--recall-target", help="Window recall the hnsw/ivf search effort is tuned to.")
+        float,
+        typer.Option("--recall-target", help="Window recall the approximate search effort is tuned to."),
     ] = 0.95,
     key_block_size: KeyBlockSize = None,
     memory_budget: MemoryBudget = None,

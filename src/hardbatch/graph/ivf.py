@@ -1,0 +1,356 @@
+"""IVF kNN for mining: every row searched, one matmul per group of rows, exact inside the probed lists.
+
+faiss's ``IndexIVFFlat`` answers one query at a time: at N = 1M it searched at ~1/40 of matmul speed (538 s
+for 0.4 % of the N × N products, Intel Xeon, 2 cores; ``benchmarks/results/b3_large_1000000.md``). Mining
+searches *every* example, so the rows can be grouped instead: rows whose nearest centroid is the same form a
+group, the group probes the ``nprobe`` lists nearest to its mean row, and the group × probed-keys block is
+one matmul scored and selected by :func:`hardbatch.graph.knn.knn_exact` — fp32, or bf16 with fp32
+re-scoring and its per-row proof where bf16 is fast. Within the probed keys the answer is exact (the tie rule
+of :mod:`hardbatch.graph.topk` by global key index); what the search misses is the keys outside them, and
+that is measured: with ``recall_target`` (default 0.95), ``nprobe`` is the smallest on a ladder (×√2 steps)
+whose recall over ``recall_columns`` (B3: the window [skip, skip + window)) reaches the target on
+``calibration_sample`` rows against the exact answer. The trace is in ``info``.
+
+Centroids: faiss spherical k-means (``faiss.Kmeans``) on ``64 · nlist`` sampled keys, ``nlist`` ≈ √N_keys by
+default (groups of ~√N rows, lists of ~√N keys: the blocks stay large enough for a fast matmul).
+
+Cost, with L = ``nlist``, P = ``nprobe`` and lists of about N_keys / L keys: k-means O(10 · 64 L · L · d);
+assignment O((N_rows + N_keys) · L · d); search O(N_rows · P · N_keys / L · d) at matmul speed (the fraction
+of the exact search done is ``info["searched_fraction"]``, about P / L); calibration O(S · N_keys · d) for the
+exact answer of S sampled rows plus O(S · P · N_keys / L · d) per ladder step. Memory: the keys resident
+(N_keys · d fp32), one group's rows and probed keys (O((N_rows / L + P · N_keys / L) · d)), its score block
+(bounded by :func:`~hardbatch.graph.knn.knn_exact`'s chunking) and the result O(N_rows · k).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from hardbatch.device import resolve_device
+from hardbatch.errors import ConfigError, require
+from hardbatch.graph.knn import (
+    _DEFAULT_MARGIN,
+    KnnResult,
+    _check_k,
+    _drop_self,
+    _overlap,
+    exact_rows,
+    knn_exact,
+)
+from hardbatch.graph.precision import resolve_precision
+from hardbatch.graph.similarity import as_tensor
+from hardbatch.graph.topk import select_topk
+from hardbatch.progress import progress
+
+__all__ = ["auto_lists", "knn_ivf", "probe_ladder"]
+
+#: A group's matmul runs in bf16 only when it has this many times more candidates than bf16 re-scores per row
+#: (k + margin): narrower blocks spent 80 % of their time re-scoring (measured at 100k, ~950 keys per group).
+_BF16_MIN_WIDTH = 8
+
+#: Keys sampled per centroid for the k-means (faiss warns below 39; 64 keeps training ~1 % of the search).
+_TRAIN_PER_LIST = 64
+_KMEANS_ITERATIONS = 10
+
+
+def auto_lists(num_keys: int) -> int:
+    """Default list count: about √N_keys (groups and lists of ~√N), with at least 39 keys per list.
+
+    Example:
+        >>> auto_lists(1_000_000)
+        1000
+    """
+    return max(1, min(round(math.sqrt(num_keys)), num_keys // 39 or 1))
+
+
+def probe_ladder(lists: int) -> list[int]:
+    """The ``nprobe`` values calibration tries: 1, 2, 3, 4, 6, 8, 11, 16... (×√2), ending at ``lists``.
+
+    Example:
+        >>> probe_ladder(20)
+        [1, 2, 3, 4, 6, 8, 11, 16, 20]
+    """
+    values = {min(lists, round(2 ** (i / 2))) for i in range(2 * max(1, lists.bit_length()) + 2)}
+    return sorted(values | {lists})
+
+
+def _rows_tensor(rows: Any, ids: np.ndarray, dev: torch.device, normalize: bool) -> torch.Tensor:
+    picked = rows[torch.as_tensor(ids)] if isinstance(rows, torch.Tensor) else np.asarray(rows[ids])
+    tensor = as_tensor(picked, dev)
+    return torch.nn.functional.normalize(tensor, dim=1) if normalize else tensor
+
+
+def _train_centroids(key_t: torch.Tensor, lists: int, seed: int) -> torch.Tensor:
+    faiss = require("faiss", "faiss", "IVF centroids (knn='ivf_torch')")
+    num_keys, dim = key_t.shape
+    chosen = np.sort(
+        np.random.default_rng([int(seed), 0x1F]).permutation(num_keys)[: lists * _TRAIN_PER_LIST]
+    )
+    sample = np.ascontiguousarray(key_t[torch.as_tensor(chosen, device=key_t.device)].float().cpu().numpy())
+    kmeans = faiss.Kmeans(
+        dim, lists, niter=_KMEANS_ITERATIONS, spherical=True, seed=int(seed), verbose=False,
+        max_points_per_centroid=_TRAIN_PER_LIST, min_points_per_centroid=1,
+    )  # fmt: skip
+    kmeans.train(sample)
+    return torch.from_numpy(np.ascontiguousarray(kmeans.centroids, dtype=np.float32)).to(key_t.device)
+
+
+def _nearest(matrix: Any, centroids: torch.Tensor, device: torch.device) -> np.ndarray:
+    """Index of each row's nearest centroid by inner product (fp32, ties to the lower index)."""
+    return knn_exact(matrix, centroids, 1, device=device, precision="fp32", show_progress=False).indices[:, 0]
+
+
+class _Lists:
+    """Keys by list: ``members(lists)`` is the sorted global key ids of those lists."""
+
+    def __init__(self, assignment: np.ndarray, lists: int) -> None:
+        self.order = np.argsort(assignment, kind="stable").astype(np.int64)
+        self.bounds = np.concatenate([[0], np.cumsum(np.bincount(assignment, minlength=lists))])
+
+    def size(self, lists: np.ndarray) -> int:
+        return int((self.bounds[lists + 1] - self.bounds[lists]).sum())
+
+    def members(self, lists: np.ndarray) -> np.ndarray:
+        return np.sort(np.concatenate([self.order[self.bounds[c] : self.bounds[c + 1]] for c in lists]))
+
+
+class _Groups:
+    """Rows grouped by nearest centroid; each group's lists in probe order (nearest to its mean row first)."""
+
+    def __init__(self, rows: Any, centroids: torch.Tensor, device: torch.device, normalize: bool) -> None:
+        lists = len(centroids)
+        chunk = 65536
+        self.assignment = np.empty(len(rows), dtype=np.int64)
+        sums = torch.zeros(lists, centroids.shape[1], device=device)
+        for lo in range(0, len(rows), chunk):
+            block = _rows_tensor(rows, np.arange(lo, min(lo + chunk, len(rows))), device, normalize)
+            nearest = _nearest(block, centroids, device)
+            self.assignment[lo : lo + len(block)] = nearest
+            sums.index_add_(0, torch.as_tensor(nearest, device=device), block.float())
+        self.order = np.argsort(self.assignment, kind="stable")
+        self.bounds = np.concatenate([[0], np.cumsum(np.bincount(self.assignment, minlength=lists))])
+        means = torch.nn.functional.normalize(sums, dim=1)
+        # Empty groups keep a zero mean; they are never searched.
+        self.probe_order = knn_exact(
+            means, centroids, lists, device=device, precision="fp32", show_progress=False
+        ).indices.astype(np.int64)
+
+    def rows_of(self, group: int) -> np.ndarray:
+        return np.sort(self.order[self.bounds[group] : self.bounds[group + 1]])
+
+    def probed(self, group: int, nprobe: int, keys: _Lists, at_least: int) -> np.ndarray:
+        """The group's first ``nprobe`` lists, and more while they hold fewer than ``at_least`` keys."""
+        order = self.probe_order[group]
+        count = nprobe
+        while count < len(order) and keys.size(order[:count]) < at_least:
+            count += 1
+        return order[:count]
+
+
+def _search_rows(
+    rows: Any,
+    key_t: torch.Tensor,
+    row_ids: np.ndarray,
+    k: int,
+    search_k: int,
+    lists: np.ndarray,
+    keys: _Lists,
+    exclude_self: bool,
+    precision: str,
+    device: torch.device,
+    normalize: bool,
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Exact top-k of ``row_ids`` among the keys of ``lists``: (indices, scores, rows redone, products)."""
+    candidates = keys.members(lists)
+    if precision == "bf16" and len(candidates) < _BF16_MIN_WIDTH * (search_k + _DEFAULT_MARGIN):
+        precision = "fp32"
+    block = knn_exact(
+        _rows_tensor(rows, row_ids, device, normalize),
+        key_t.index_select(0, torch.as_tensor(candidates, device=key_t.device)),
+        search_k,
+        device=device,
+        precision=precision,
+        show_progress=False,
+    )
+    found = candidates[block.indices]
+    scores = block.scores
+    if exclude_self:
+        found, scores = _drop_self(found, scores, row_ids, k)
+    return found, scores, int(block.info.get("fp32_rows_redone", 0)), len(row_ids) * len(candidates)
+
+
+def _search_all(
+    rows: Any,
+    key_t: torch.Tensor,
+    k: int,
+    nprobe: int,
+    groups: _Groups,
+    keys: _Lists,
+    exclude_self: bool,
+    precision: str,
+    device: torch.device,
+    normalize: bool,
+    show_progress: bool | None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Every row's top k, group by group."""
+    search_k = k + 1 if exclude_self else k
+    indices = np.empty((len(rows), k), dtype=np.int32)
+    scores = np.empty((len(rows), k), dtype=np.float32)
+    counts = {"fp32_rows_redone": 0, "products": 0}
+    searched = np.flatnonzero(np.diff(groups.bounds))
+    for group in progress(searched, f"kNN (ivf_torch, {precision}, nprobe {nprobe})", show=show_progress):
+        ids = groups.rows_of(int(group))
+        probed = groups.probed(int(group), nprobe, keys, search_k)
+        found, found_scores, redone, products = _search_rows(
+            rows, key_t, ids, k, search_k, probed, keys, exclude_self, precision, device, normalize
+        )
+        indices[ids], scores[ids] = found, found_scores
+        counts["fp32_rows_redone"] += redone
+        counts["products"] += products
+    return indices, scores, counts
+
+
+def knn_ivf(
+    rows: np.ndarray | torch.Tensor,
+    keys: np.ndarray | torch.Tensor,
+    k: int,
+    *,
+    exclude_self: bool = False,
+    normalize: bool = False,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    recall_target: float | None = 0.95,
+    recall_columns: tuple[int, int] | None = None,
+    calibration_sample: int = 500,
+    precision: str = "auto",
+    device: str | torch.device | None = "auto",
+    seed: int = 0,
+    show_progress: bool | None = None,
+) -> KnnResult:
+    """Approximate top-``k`` keys of every row: grouped IVF search, exact inside the probed lists.
+
+    Args:
+        rows: (N_rows, d) float array (numpy, memory-mapped numpy or torch); read one group at a time.
+        keys: (N_keys, d) float array, held on ``device`` in fp32.
+        k: neighbours per row.
+        exclude_self: rows and keys are aligned; never return key i for row i.
+        normalize: L2-normalise rows and keys first (cosine similarity).
+        nlist: lists (default :func:`auto_lists`, ≈ √N_keys).
+        nprobe: lists each group searches (default: calibrated to ``recall_target``; 8 without a target).
+        recall_target: the recall ``nprobe`` is calibrated to, over ``recall_columns``; None: no calibration.
+        recall_columns: result ranks ``(lo, hi)`` the calibration measures (default all k).
+        calibration_sample: rows of the calibration (exact check O(sample · N_keys · d), once).
+        precision: "auto", "fp32" or "bf16" of the group matmuls (the same answer; see
+            :func:`~hardbatch.graph.knn.knn_exact`).
+        device: "auto" (CUDA when available) or a torch device.
+        seed: k-means seed and calibration sample.
+        show_progress: progress bar over groups.
+
+    Returns:
+        :class:`~hardbatch.graph.knn.KnnResult` with (N_rows, k) int32 indices and float32 scores, best
+        first; ``info`` holds ``index="ivf_torch"``, ``nlist``, ``nprobe``, the ``calibration`` trace
+        ``[(nprobe, recall), ...]``, ``calibrated_recall``, ``searched_fraction`` (products computed /
+        N_rows · N_keys), the ``precision`` and ``fp32_rows_redone``.
+
+    Raises:
+        ConfigError: ``k`` out of range, misaligned rows with ``exclude_self``, ``nlist`` / ``nprobe`` that
+            are not positive integers, a ``recall_target`` outside (0, 1].
+
+    Complexity: see the module docstring. Requires the ``faiss`` extra (k-means only).
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.random.default_rng(0).normal(size=(400, 8)).astype(np.float32)
+        >>> result = knn_ivf(x, x, 5, exclude_self=True, nprobe=20, nlist=20, show_progress=False)
+        >>> result.info["searched_fraction"]
+        1.0
+        >>> bool((result.indices == knn_exact(x, x, 5, exclude_self=True).indices).all())
+        True
+    """
+    num_rows, num_keys = len(rows), len(keys)
+    if exclude_self and num_rows != num_keys:
+        raise ConfigError(
+            f"exclude_self needs aligned rows and keys, got {num_rows} rows and {num_keys} keys"
+        )
+    _check_k(k, num_keys, exclude_self)
+    for name, value in (("nlist", nlist), ("nprobe", nprobe)):
+        if value is not None and (not isinstance(value, int | np.integer) or value < 1):
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if recall_target is not None and not 0.0 < float(recall_target) <= 1.0:
+        raise ConfigError(f"recall_target must lie in (0, 1], got {recall_target!r}")
+    dev = resolve_device(device)
+    mode = resolve_precision(precision, dev)
+    key_t = as_tensor(keys, dev)
+    if normalize:
+        key_t = torch.nn.functional.normalize(key_t, dim=1)
+    lists = int(min(nlist or auto_lists(num_keys), num_keys))
+    centroids = _train_centroids(key_t, lists, seed)
+    key_lists = _Lists(_nearest(key_t, centroids, dev), lists)
+    groups = _Groups(rows, centroids, dev, normalize)
+    search = dict(groups=groups, keys=key_lists, exclude_self=exclude_self, device=dev, normalize=normalize)
+    info: dict[str, Any] = {"index": "ivf_torch", "nlist": lists, "precision": mode}
+    if nprobe is None and recall_target is not None:
+        nprobe, info["calibration"] = _calibrate(
+            rows, key_t, k, float(recall_target), recall_columns, calibration_sample, seed, search
+        )
+        info["calibrated_recall"] = dict(info["calibration"])[nprobe]
+    nprobe = int(min(nprobe or 8, lists))
+    indices, scores, counts = _search_all(
+        rows, key_t, k, nprobe, precision=mode, show_progress=show_progress, **search
+    )
+    info.update(
+        nprobe=nprobe,
+        searched_fraction=round(counts["products"] / (num_rows * num_keys), 4),
+        fp32_rows_redone=counts["fp32_rows_redone"],
+    )
+    return KnnResult(indices=indices, scores=scores, info=info)
+
+
+def _calibrate(
+    rows: Any,
+    key_t: torch.Tensor,
+    k: int,
+    target: float,
+    columns: tuple[int, int] | None,
+    sample: int,
+    seed: int,
+    search: dict[str, Any],
+) -> tuple[int, list[tuple[int, float]]]:
+    """Smallest ``nprobe`` on :func:`probe_ladder` whose recall on sampled rows reaches ``target``.
+
+    Each sampled row is searched among exactly the keys the full search will give it (its group's lists)
+    under the same selection and tie rule, in fp32 (the answer of either precision), so the measured recall
+    is the full search's on those rows. Rows are searched one by one: a group rarely holds two sampled rows,
+    and a whole :func:`~hardbatch.graph.knn.knn_exact` call per row cost more than its product. Returns the
+    choice and the trace; the last ladder step (every list: the exact answer) when none reaches the target.
+    """
+    groups, keys, exclude_self = search["groups"], search["keys"], search["exclude_self"]
+    num_rows = len(rows)
+    ids = np.sort(np.random.default_rng([int(seed), 0xCA1]).permutation(num_rows)[: min(sample, num_rows)])
+    exact = exact_rows(
+        rows, key_t, ids, k, exclude_self=exclude_self, normalize=search["normalize"], device=search["device"]
+    )
+    row_t = _rows_tensor(rows, ids, search["device"], search["normalize"])
+    search_k = k + 1 if exclude_self else k
+    lo, hi = columns or (0, k)
+    trace: list[tuple[int, float]] = []
+    ladder = probe_ladder(len(groups.probe_order))
+    found = np.empty((len(ids), k), dtype=np.int64)
+    for value in ladder:
+        for position, row in enumerate(ids):
+            candidates = keys.members(groups.probed(int(groups.assignment[row]), value, keys, search_k))
+            scores = key_t.index_select(0, torch.as_tensor(candidates, device=key_t.device)) @ row_t[position]
+            top = select_topk(scores[None].float(), search_k)[1][0].cpu().numpy()
+            chosen = candidates[top]
+            if exclude_self:
+                chosen = _drop_self(chosen[None], chosen[None], np.array([row]), k)[0][0]
+            found[position] = chosen
+        recall = _overlap(found[:, lo:hi], exact[:, lo:hi])
+        trace.append((int(value), round(recall, 4)))
+        if recall >= target:
+            return int(value), trace
+    return int(ladder[-1]), trace

@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hardbatch.errors import ConfigError
+from hardbatch.graph import ivf
+from hardbatch.graph.ivf import knn_ivf, probe_ladder
+from hardbatch.graph.knn import knn, knn_exact, recall_report
+
+pytest.importorskip("faiss")
+
+
+def _clustered(n=2000, d=16, topics=20, seed=0, grid=None):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(topics, d)) * 2.0
+    topic = rng.integers(0, topics, n)
+    rows, keys = (centres[topic] + rng.normal(size=(n, d)) for _ in range(2))
+    if grid is not None:  # few distinct products: long runs of tied scores
+        rows, keys = np.round(rows * grid) / grid, np.round(keys * grid) / grid
+    return rows.astype(np.float32), keys.astype(np.float32)
+
+
+def _reference(rows, keys, k, nprobe, lists, exclude_self, seed=0):
+    """Top k of each row among the keys of its group's probed lists, float64, ties by ascending key id."""
+    key_t = torch.from_numpy(keys)
+    centroids = ivf._train_centroids(key_t, lists, seed)
+    key_lists = ivf._Lists(ivf._nearest(key_t, centroids, torch.device("cpu")), lists)
+    groups = ivf._Groups(rows, centroids, torch.device("cpu"), False)
+    search_k = k + 1 if exclude_self else k
+    out = np.empty((len(rows), k), dtype=np.int64)
+    for row in range(len(rows)):
+        candidates = key_lists.members(
+            groups.probed(int(groups.assignment[row]), nprobe, key_lists, search_k)
+        )
+        if exclude_self:
+            candidates = candidates[candidates != row]
+        scores = keys[candidates].astype(np.float64) @ rows[row].astype(np.float64)
+        out[row] = candidates[np.argsort(-scores, kind="stable")[:k]]
+    return out
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_every_list_probed_is_the_exact_answer_with_ties(exclude_self):
+    rows, keys = _clustered(grid=2)
+    exact = knn_exact(rows, keys, 12, exclude_self=exclude_self, device="cpu", precision="fp32")
+    found = knn_ivf(rows, keys, 12, exclude_self=exclude_self, nlist=9, nprobe=9, show_progress=False)
+    np.testing.assert_array_equal(found.indices, exact.indices)
+    np.testing.assert_array_equal(found.scores, exact.scores)
+    assert found.info["searched_fraction"] == 1.0 and found.info["nprobe"] == 9
+
+
+@pytest.mark.parametrize("grid", [None, 2])
+def test_answer_is_exact_among_the_probed_lists(grid):
+    rows, keys = _clustered(n=1500, grid=grid, seed=3)
+    found = knn_ivf(rows, keys, 10, exclude_self=True, nlist=25, nprobe=3, device="cpu", show_progress=False)
+    expected = _reference(rows, keys, 10, 3, 25, exclude_self=True)
+    if grid is None:  # distinct scores: the very same ranking
+        np.testing.assert_array_equal(found.indices, expected)
+    else:  # exact products in fp32 too: ties resolved by the same rule
+        np.testing.assert_array_equal(found.indices, expected)
+    assert not (found.indices == np.arange(len(rows))[:, None]).any()
+    true = (rows[:, None, :] * keys[found.indices]).sum(-1)
+    np.testing.assert_allclose(found.scores, true, rtol=1e-5, atol=1e-5)
+    assert 0.0 < found.info["searched_fraction"] < 0.5
+
+
+def test_bf16_groups_give_the_fp32_answer():
+    rows, keys = _clustered(n=4000, d=32, topics=8, seed=1)
+    # 4 lists of ~1000 keys, 2 probed: ~2000 candidates, wide enough for the bf16 path (> 8 · (k + 1 + 128))
+    common = dict(exclude_self=True, nlist=4, nprobe=2, device="cpu", show_progress=False)
+    fp32 = knn_ivf(rows, keys, 5, precision="fp32", **common)
+    bf16 = knn_ivf(rows, keys, 5, precision="bf16", **common)
+    assert bf16.info["precision"] == "bf16"
+    np.testing.assert_array_equal(bf16.indices, fp32.indices)
+    np.testing.assert_allclose(bf16.scores, fp32.scores, rtol=1e-6)  # re-scored by another sum order
+
+
+def test_calibration_reports_the_recall_the_search_reaches_on_its_sample():
+    rows, keys = _clustered(n=3000, d=24, topics=60, seed=2)
+    found = knn_ivf(
+        rows, keys, 40, exclude_self=True, nlist=60, recall_target=0.9, recall_columns=(10, 40),
+        calibration_sample=200, device="cpu", show_progress=False,
+    )  # fmt: skip
+    trace = found.info["calibration"]
+    values = [value for value, _ in trace]
+    assert values == probe_ladder(60)[: len(trace)]
+    assert trace[-1][1] >= 0.9 > max(recall for _, recall in trace[:-1]) if len(trace) > 1 else True
+    assert found.info["nprobe"] == trace[-1][0] and found.info["calibrated_recall"] == trace[-1][1]
+    # The same 200 rows (the calibration's sample) checked independently give the recall it reported.
+    ids = np.sort(np.random.default_rng([0, 0xCA1]).permutation(len(rows))[:200])
+    exact = knn_exact(rows[ids], keys, 41, device="cpu").indices
+    exact = np.array([[j for j in line if j != i][:40] for i, line in zip(ids, exact)])
+    window = found.indices[ids, 10:40]
+    recall = (window[:, :, None] == exact[:, None, 10:40]).any(axis=2).mean()
+    assert recall == pytest.approx(trace[-1][1], abs=1e-4)
+    report = recall_report(found, rows, keys, ranges={"w": (10, 40)}, sample=1000, exclude_self=True, seed=7)
+    assert report["w"] >= 0.85  # holds off the sample too
+
+
+def test_target_one_ends_at_the_exact_answer_when_nothing_less_reaches_it():
+    rows, keys = _clustered(n=800, d=16, topics=4, seed=4)
+    found = knn_ivf(
+        rows, keys, 30, exclude_self=True, nlist=16, recall_target=1.0, device="cpu", show_progress=False
+    )
+    assert found.info["calibration"][-1][1] == 1.0
+    exact = knn_exact(rows, keys, 30, exclude_self=True, device="cpu", precision="fp32")
+    if found.info["nprobe"] == 16:
+        np.testing.assert_array_equal(found.indices, exact.indices)
+
+
+def test_small_lists_are_widened_to_hold_k_candidates():
+    rows, keys = _clustered(n=400, d=8, topics=40, seed=5)
+    found = knn_ivf(rows, keys, 60, exclude_self=True, nlist=10, nprobe=1, device="cpu", show_progress=False)
+    assert (found.indices >= 0).all()
+    assert all(len(set(line)) == 60 for line in found.indices.tolist())
+
+
+def test_knn_dispatch_and_errors():
+    rows, keys = _clustered(n=300, d=8)
+    result = knn(rows, keys, 5, backend="ivf_torch", nlist=4, nprobe=4, device="cpu", show_progress=False)
+    np.testing.assert_array_equal(result.indices, knn_exact(rows, keys, 5, device="cpu").indices)
+    assert result.info["index"] == "ivf_torch"
+    with pytest.raises(ConfigError, match="nlist must be a positive integer"):
+        knn_ivf(rows, keys, 5, nlist=0)
+    with pytest.raises(ConfigError, match="nprobe must be a positive integer"):
+        knn_ivf(rows, keys, 5, nprobe=-1)
+    with pytest.raises(ConfigError, match="recall_target"):
+        knn_ivf(rows, keys, 5, recall_target=1.5)
+    with pytest.raises(ConfigError, match="aligned"):
+        knn_ivf(rows[:10], keys, 5, exclude_self=True)
+    with pytest.raises(ConfigError, match="neighbours requested"):
+        knn_ivf(rows, keys, 400)
+
+
+def test_probe_ladder_steps_by_root_two_and_ends_at_every_list():
+    assert probe_ladder(1) == [1]
+    assert probe_ladder(1000)[:9] == [1, 2, 3, 4, 6, 8, 11, 16, 23]
+    assert probe_ladder(1000)[-1] == 1000 and probe_ladder(1000)[-2] == 724
