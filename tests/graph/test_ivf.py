@@ -42,13 +42,25 @@ def _reference(rows, keys, k, nprobe, lists, exclude_self, seed=0):
 
 
 @pytest.mark.parametrize("exclude_self", [False, True])
-def test_every_list_probed_is_the_exact_answer_with_ties(exclude_self):
+def test_every_list_probed_is_the_exact_answer_with_ties(exclude_self, monkeypatch):
+    monkeypatch.setattr(ivf, "_EXACT_ABOVE", 1.01)  # search group by group even when it covers every key
     rows, keys = _clustered(grid=2)
     exact = knn_exact(rows, keys, 12, exclude_self=exclude_self, device="cpu", precision="fp32")
     found = knn_ivf(rows, keys, 12, exclude_self=exclude_self, nlist=9, nprobe=9, show_progress=False)
     np.testing.assert_array_equal(found.indices, exact.indices)
     np.testing.assert_array_equal(found.scores, exact.scores)
     assert found.info["searched_fraction"] == 1.0 and found.info["nprobe"] == 9
+    assert found.info["exact_fallback"] is False
+
+
+def test_searching_most_keys_falls_back_to_the_exact_search():
+    rows, keys = _clustered(n=1000, seed=6)
+    found = knn_ivf(rows, keys, 8, exclude_self=True, nlist=10, nprobe=6, device="cpu", show_progress=False)
+    assert found.info["exact_fallback"] is True and found.info["searched_fraction"] == 1.0
+    exact = knn_exact(rows, keys, 8, exclude_self=True, device="cpu")
+    np.testing.assert_array_equal(found.indices, exact.indices)
+    few = knn_ivf(rows, keys, 8, exclude_self=True, nlist=10, nprobe=2, device="cpu", show_progress=False)
+    assert few.info["exact_fallback"] is False and few.info["searched_fraction"] < 0.5
 
 
 @pytest.mark.parametrize("grid", [None, 2])
@@ -77,8 +89,14 @@ def test_bf16_groups_give_the_fp32_answer():
     np.testing.assert_allclose(bf16.scores, fp32.scores, rtol=1e-6)  # re-scored by another sum order
 
 
-def test_calibration_reports_the_recall_the_search_reaches_on_its_sample():
-    rows, keys = _clustered(n=3000, d=24, topics=60, seed=2)
+# pool 1: the minimum pool, 4·(k+1) keys; with 3,000 topics (no structure) most rows then have fewer than
+# k of their pool in the probed lists and take the re-scoring against the probed keys instead.
+@pytest.mark.parametrize(("pool", "topics"), [(None, 60), (1, 3000)])
+def test_calibration_reports_the_recall_the_search_reaches_on_its_sample(pool, topics, monkeypatch):
+    monkeypatch.setattr(ivf, "_EXACT_ABOVE", 1.01)  # calibrate the grouped search all the way, no shortcut
+    if pool is not None:
+        monkeypatch.setattr(ivf, "_CALIBRATION_POOL", pool)
+    rows, keys = _clustered(n=3000, d=24, topics=topics, seed=2)
     found = knn_ivf(
         rows, keys, 40, exclude_self=True, nlist=60, recall_target=0.9, recall_columns=(10, 40),
         calibration_sample=200, device="cpu", show_progress=False,
@@ -86,28 +104,37 @@ def test_calibration_reports_the_recall_the_search_reaches_on_its_sample():
     trace = found.info["calibration"]
     values = [value for value, _ in trace]
     assert values == probe_ladder(60)[: len(trace)]
-    assert trace[-1][1] >= 0.9 > max(recall for _, recall in trace[:-1]) if len(trace) > 1 else True
+    assert trace[-1][1] >= 0.9 and all(recall < 0.9 for _, recall in trace[:-1])
     assert found.info["nprobe"] == trace[-1][0] and found.info["calibrated_recall"] == trace[-1][1]
-    # The same 200 rows (the calibration's sample) checked independently give the recall it reported.
+    # Every step of the trace: a full search at that nprobe, checked on the calibration's own 200 rows
+    # against exact search, reaches the recall the calibration reported.
     ids = np.sort(np.random.default_rng([0, 0xCA1]).permutation(len(rows))[:200])
     exact = knn_exact(rows[ids], keys, 41, device="cpu").indices
     exact = np.array([[j for j in line if j != i][:40] for i, line in zip(ids, exact)])
-    window = found.indices[ids, 10:40]
-    recall = (window[:, :, None] == exact[:, None, 10:40]).any(axis=2).mean()
-    assert recall == pytest.approx(trace[-1][1], abs=1e-4)
-    report = recall_report(found, rows, keys, ranges={"w": (10, 40)}, sample=1000, exclude_self=True, seed=7)
-    assert report["w"] >= 0.85  # holds off the sample too
+    for value, reported in trace:
+        searched = knn_ivf(
+            rows, keys, 40, exclude_self=True, nlist=60, nprobe=value, device="cpu", show_progress=False
+        )
+        window = searched.indices[ids, 10:40]
+        recall = (window[:, :, None] == exact[:, None, 10:40]).any(axis=2).mean()
+        assert recall == pytest.approx(reported, abs=1e-4), value
+    if topics == 60:  # holds off the sample too
+        report = recall_report(
+            found, rows, keys, ranges={"w": (10, 40)}, sample=1000, exclude_self=True, seed=7
+        )
+        assert report["w"] >= 0.85
 
 
-def test_target_one_ends_at_the_exact_answer_when_nothing_less_reaches_it():
-    rows, keys = _clustered(n=800, d=16, topics=4, seed=4)
+def test_calibration_stops_where_the_exact_search_is_cheaper():
+    rows, keys = _clustered(n=800, d=16, topics=800, seed=4)  # no structure: only most lists reach 1.0
     found = knn_ivf(
         rows, keys, 30, exclude_self=True, nlist=16, recall_target=1.0, device="cpu", show_progress=False
     )
-    assert found.info["calibration"][-1][1] == 1.0
+    trace = found.info["calibration"]
+    assert all(recall < 1.0 for _, recall in trace) and found.info["calibrated_recall"] is None
+    assert found.info["nprobe"] == probe_ladder(16)[len(trace)] and found.info["exact_fallback"] is True
     exact = knn_exact(rows, keys, 30, exclude_self=True, device="cpu", precision="fp32")
-    if found.info["nprobe"] == 16:
-        np.testing.assert_array_equal(found.indices, exact.indices)
+    np.testing.assert_array_equal(found.indices, exact.indices)
 
 
 def test_small_lists_are_widened_to_hold_k_candidates():

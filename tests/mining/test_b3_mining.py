@@ -145,7 +145,8 @@ def test_ivf_torch_backend_calibrates_reports_recall_and_probing_everything_is_t
         query, positive, knn="ivf_torch", faiss_options={"nlist": 6}, recall_target=0.9, **common
     )
     info = calibrated.stats["knn_info"]
-    assert info["index"] == "ivf_torch" and info["calibrated_recall"] >= 0.9
+    assert info["index"] == "ivf_torch"
+    assert info["exact_fallback"] or info["calibrated_recall"] >= 0.9
     assert calibrated.stats["knn_window_recall"] >= 0.8
     assert calibrated.params["knn"] == "ivf_torch"
 
