@@ -593,7 +593,13 @@ def large_cell(spec: dict) -> dict:
             row[f"full_search_nprobe{value}_extrapolated_s"] = round(seconds * num / spec["rows"], 1)
         row["rows"] = spec["rows"]
     elif what in ("flat_ivf", "flat_ivf_torch"):
-        knn, options = ("ivf", {"nprobe": spec["nprobe"]}) if what == "flat_ivf" else ("ivf_torch", None)
+        if what == "flat_ivf":
+            knn, options = "ivf", {"nprobe": spec["nprobe"]}
+        else:
+            knn, options = (
+                "ivf_torch",
+                {"max_searched_fraction": spec["budget"]} if spec.get("budget") else None,
+            )
         plan = mine_b3(
             query, positive, **common, knn=knn, faiss_options=options, store_neighbors=True, show_progress=False,
         )  # fmt: skip
@@ -639,6 +645,7 @@ def run_large(
     nprobe: int,
     cells: tuple[str, ...] = LARGE_CELLS,
     data: str = "clustered",
+    budget: float | None = None,
 ) -> dict:
     """Issue 12 item 2 and 4 at 1M: exact cost (extrapolated from a block), faiss IVF calibrated to 0.95
     (search extrapolated from a sample), whole flat mines with faiss IVF (fixed nprobe) and ``ivf_torch``
@@ -655,6 +662,7 @@ def run_large(
         "dim": DIM,
         "threads": threads,
         "data": data,
+        "ivf_budget": budget,
         "load_average_1m_start": round(os.getloadavg()[0], 2),
     }
     with tempfile.TemporaryDirectory(dir=os.environ.get("HARDBATCH_BENCH_TMP")) as folder:
@@ -671,7 +679,10 @@ def run_large(
 
         cell("exact_block", "exact_block", rows=min(num, 512))
         cell("ivf_calibration", "ivf_calibration", rows=2000)
-        flats = {name: cell(name, name, nprobe=nprobe) for name in ("flat_ivf", "flat_ivf_torch")}
+        flats = {
+            "flat_ivf": cell("flat_ivf", "flat_ivf", nprobe=nprobe),
+            "flat_ivf_torch": cell("flat_ivf_torch", "flat_ivf_torch", budget=budget),
+        }
         hier = cell("hierarchical", "hierarchical", shard_size=shard_size)
         # The best flat graph found is the yardstick of how many hard-negative edges a clustering keeps.
         reference = next(
@@ -748,9 +759,10 @@ def large_markdown(report: dict) -> str:
         )
     if grouped and "error" not in grouped:
         part, knn_info = grouped["partition"], grouped["knn_info"]
+        budget_note = f" within max_searched_fraction {r['ivf_budget']}" if r.get("ivf_budget") else ""
         lines.append(
             f'| whole `mine_b3`, `knn="ivf_torch"` nprobe {knn_info["nprobe"]} of {knn_info["nlist"]} (calibrated '
-            f"to window recall 0.95, {knn_info['precision']}) | {grouped['seconds']} | {ratio(grouped['seconds'])} | "
+            f"to window recall 0.95{budget_note}, {knn_info['precision']}) | {grouped['seconds']} | {ratio(grouped['seconds'])} | "
             f"{grouped['peak_rss_mb']} | window recall {grouped['knn_window_recall']:.3f} (1,000 rows, independent "
             f"of the calibration's {knn_info.get('calibration')}); searched fraction "
             f"{knn_info['searched_fraction']}; stages {grouped['stages_s']}; METIS parts "
@@ -920,6 +932,11 @@ def main() -> None:
     parser.add_argument(
         "--data", default="clustered", choices=sorted(DATA_KINDS), help="with --large: data kind"
     )
+    parser.add_argument(
+        "--ivf-budget",
+        type=float,
+        help="with --large: max_searched_fraction of the ivf_torch mine (default none)",
+    )
     parser.add_argument("--large-cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HARDBATCH_PROGRESS", "0")
@@ -940,7 +957,9 @@ def main() -> None:
         report = {
             "benchmark": "b3_large",
             "machine": machine(),
-            "results": run_large(args.large, args.threads, args.shard_size, args.nprobe, cells, args.data),
+            "results": run_large(
+                args.large, args.threads, args.shard_size, args.nprobe, cells, args.data, args.ivf_budget
+            ),
         }
         stem = f"b3_large_{args.large}" + ("" if args.data == "clustered" else f"_{args.data}")
         stem += ("" if set(cells) == set(LARGE_CELLS) else "_" + "_".join(cells)) + (

@@ -6,6 +6,7 @@ import torch
 
 from hardbatch.errors import ConfigError
 from hardbatch.graph import ivf
+from hardbatch.graph import knn as knn_module
 from hardbatch.graph.ivf import knn_ivf, probe_ladder
 from hardbatch.graph.knn import knn, knn_exact, recall_report
 
@@ -78,13 +79,18 @@ def test_answer_is_exact_among_the_probed_lists(grid):
     assert 0.0 < found.info["searched_fraction"] < 0.5
 
 
-def test_bf16_groups_give_the_fp32_answer():
+def test_bf16_groups_give_the_fp32_answer(monkeypatch):
     rows, keys = _clustered(n=4000, d=32, topics=8, seed=1)
-    # 4 lists of ~1000 keys, 2 probed: ~2000 candidates, wide enough for the bf16 path (> 8 · (k + 1 + 128))
+    calls = []
+    monkeypatch.setattr(ivf, "_BF16_MIN_WIDTH", 1)  # ~2,000 candidates per group: take the bf16 path anyway
+    monkeypatch.setattr(
+        ivf, "_bf16_topk", lambda *a, **kw: calls.append(1) or knn_module._bf16_topk(*a, **kw)
+    )
     common = dict(exclude_self=True, nlist=4, nprobe=2, device="cpu", show_progress=False)
     fp32 = knn_ivf(rows, keys, 5, precision="fp32", **common)
+    assert not calls
     bf16 = knn_ivf(rows, keys, 5, precision="bf16", **common)
-    assert bf16.info["precision"] == "bf16"
+    assert bf16.info["precision"] == "bf16" and calls
     np.testing.assert_array_equal(bf16.indices, fp32.indices)
     np.testing.assert_allclose(bf16.scores, fp32.scores, rtol=1e-6)  # re-scored by another sum order
 
@@ -135,6 +141,30 @@ def test_calibration_stops_where_the_exact_search_is_cheaper():
     assert found.info["nprobe"] == probe_ladder(16)[len(trace)] and found.info["exact_fallback"] is True
     exact = knn_exact(rows, keys, 30, exclude_self=True, device="cpu", precision="fp32")
     np.testing.assert_array_equal(found.indices, exact.indices)
+
+
+def test_a_search_budget_caps_the_calibration_and_says_the_target_was_missed():
+    rows, keys = _clustered(n=2000, d=16, topics=2000, seed=8)  # no structure: 0.95 needs most lists
+    free = knn_ivf(rows, keys, 20, exclude_self=True, nlist=40, device="cpu", show_progress=False)
+    assert free.info["exact_fallback"] and free.info["recall_target_met"]
+    with pytest.warns(UserWarning, match="below the target 0.95"):
+        capped = knn_ivf(
+            rows, keys, 20, exclude_self=True, nlist=40, max_searched_fraction=0.1, device="cpu",
+            show_progress=False,
+        )  # fmt: skip
+    info = capped.info
+    assert not info["exact_fallback"] and info["searched_fraction"] <= 0.1
+    assert info["recall_target_met"] is False and info["calibrated_recall"] < 0.95
+    assert info["nprobe"] == info["calibration"][-1][0]
+    # The next ladder step would have searched more than the budget:
+    ladder = probe_ladder(40)
+    over = knn_ivf(
+        rows, keys, 20, exclude_self=True, nlist=40, nprobe=ladder[ladder.index(info["nprobe"]) + 1],
+        device="cpu", show_progress=False,
+    )  # fmt: skip
+    assert over.info["searched_fraction"] > 0.1
+    with pytest.raises(ConfigError, match="max_searched_fraction"):
+        knn_ivf(rows, keys, 5, max_searched_fraction=0.0)
 
 
 def test_small_lists_are_widened_to_hold_k_candidates():

@@ -25,6 +25,7 @@ exact answer of S sampled rows plus O(S · P · N_keys / L · d) per ladder step
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -35,8 +36,12 @@ from hardbatch.errors import ConfigError, require
 from hardbatch.graph.knn import (
     _DEFAULT_MARGIN,
     KnnResult,
+    _auto_chunk,
+    _bf16_key_bounds,
+    _bf16_topk,
     _check_k,
     _drop_self,
+    _fp32_topk,
     _overlap,
     knn_exact,
 )
@@ -48,8 +53,10 @@ from hardbatch.progress import progress
 __all__ = ["auto_lists", "knn_ivf", "probe_ladder"]
 
 #: A group's matmul runs in bf16 only when it has this many times more candidates than bf16 re-scores per row
-#: (k + margin): narrower blocks spent 80 % of their time re-scoring (measured at 100k, ~950 keys per group).
-_BF16_MIN_WIDTH = 8
+#: (k + margin): the wider pre-selection and the re-scoring gather cost more than bf16 saves below that.
+#: Measured at 100k, k = 131, AMD Zen 4 (bf16 matmul ~2.5x fp32): 2,528 candidates bf16 2.1x slower than
+#: fp32, 10,100 candidates 1.5x slower, 31,600 candidates 0.69x.
+_BF16_MIN_WIDTH = 64
 
 #: Calibration: best keys kept per sampled row (the answer at most ladder steps), rows scored per block.
 _CALIBRATION_POOL = 16384
@@ -168,36 +175,61 @@ class _Groups:
         return order[:count]
 
 
+class _Scorer:
+    """Top k of a group's rows among gathered keys: fp32 blocks, or bf16 blocks whose candidates are
+    re-scored straight from the resident fp32 keys (one bf16 copy of all keys and one bound, made once)."""
+
+    def __init__(self, key_t: torch.Tensor, precision: str) -> None:
+        self.key_t = key_t
+        self.key_low = key_t.to(torch.bfloat16) if precision == "bf16" else None
+        self.key_bounds = _bf16_key_bounds(key_t, self.key_low) if self.key_low is not None else None
+        self.margin = _DEFAULT_MARGIN
+        self.buffer = ScoreBuffer()
+        self.redone = 0
+
+    def top(self, row_t: torch.Tensor, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(indices into ``candidates``, float32 scores), (R, k), by the tie rule over ``candidates``' order."""
+        columns = torch.as_tensor(candidates, device=self.key_t.device)
+        low = self.key_low is not None and len(candidates) >= _BF16_MIN_WIDTH * (k + self.margin)
+        block_keys = (self.key_low if low else self.key_t).index_select(0, columns)
+        chunk = _auto_chunk(len(candidates))
+        indices, scores = [], []
+        for lo in range(0, len(row_t), chunk):
+            part = row_t[lo : lo + chunk]
+            if low:
+                values, top, failed = _bf16_topk(
+                    part, self.key_t, block_keys, self.key_bounds, k, self.margin, 0, False, self.buffer,
+                    key_ids=columns,
+                )  # fmt: skip
+                self.redone += failed
+                if failed > 0.01 * len(part):  # a dense score band: widen the candidate set
+                    self.margin = min(2 * self.margin + 1, len(candidates))
+            else:
+                values, top = _fp32_topk(part, block_keys, k, 0, False, self.buffer)
+            indices.append(top.cpu().numpy())
+            scores.append(values.float().cpu().numpy())
+        return np.concatenate(indices), np.concatenate(scores)
+
+
 def _search_rows(
     rows: Any,
-    key_t: torch.Tensor,
+    scorer: _Scorer,
     row_ids: np.ndarray,
     k: int,
     search_k: int,
     lists: np.ndarray,
     keys: _Lists,
     exclude_self: bool,
-    precision: str,
     device: torch.device,
     normalize: bool,
-) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Exact top-k of ``row_ids`` among the keys of ``lists``: (indices, scores, rows redone, products)."""
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Exact top-k of ``row_ids`` among the keys of ``lists``: (indices, scores, products)."""
     candidates = keys.members(lists)
-    if precision == "bf16" and len(candidates) < _BF16_MIN_WIDTH * (search_k + _DEFAULT_MARGIN):
-        precision = "fp32"
-    block = knn_exact(
-        _rows_tensor(rows, row_ids, device, normalize),
-        key_t.index_select(0, torch.as_tensor(candidates, device=key_t.device)),
-        search_k,
-        device=device,
-        precision=precision,
-        show_progress=False,
-    )
-    found = candidates[block.indices]
-    scores = block.scores
+    top, scores = scorer.top(_rows_tensor(rows, row_ids, device, normalize), candidates, search_k)
+    found = candidates[top]
     if exclude_self:
         found, scores = _drop_self(found, scores, row_ids, k)
-    return found, scores, int(block.info.get("fp32_rows_redone", 0)), len(row_ids) * len(candidates)
+    return found, scores, len(row_ids) * len(candidates)
 
 
 def _search_all(
@@ -217,18 +249,18 @@ def _search_all(
     search_k = k + 1 if exclude_self else k
     indices = np.empty((len(rows), k), dtype=np.int32)
     scores = np.empty((len(rows), k), dtype=np.float32)
-    counts = {"fp32_rows_redone": 0, "products": 0}
+    scorer = _Scorer(key_t, precision)
+    products = 0
     searched = np.flatnonzero(np.diff(groups.bounds))
     for group in progress(searched, f"kNN (ivf_torch, {precision}, nprobe {nprobe})", show=show_progress):
         ids = groups.rows_of(int(group))
         probed = groups.probed(int(group), nprobe, keys, search_k)
-        found, found_scores, redone, products = _search_rows(
-            rows, key_t, ids, k, search_k, probed, keys, exclude_self, precision, device, normalize
+        found, found_scores, count = _search_rows(
+            rows, scorer, ids, k, search_k, probed, keys, exclude_self, device, normalize
         )
         indices[ids], scores[ids] = found, found_scores
-        counts["fp32_rows_redone"] += redone
-        counts["products"] += products
-    return indices, scores, counts
+        products += count
+    return indices, scores, {"fp32_rows_redone": scorer.redone, "products": products, "margin": scorer.margin}
 
 
 def knn_ivf(
@@ -243,6 +275,7 @@ def knn_ivf(
     recall_target: float | None = 0.95,
     recall_columns: tuple[int, int] | None = None,
     calibration_sample: int = 500,
+    max_searched_fraction: float | None = None,
     precision: str = "auto",
     device: str | torch.device | None = "auto",
     seed: int = 0,
@@ -261,6 +294,11 @@ def knn_ivf(
         recall_target: the recall ``nprobe`` is calibrated to, over ``recall_columns``; None: no calibration.
         recall_columns: result ranks ``(lo, hi)`` the calibration measures (default all k).
         calibration_sample: rows of the calibration (exact check O(sample · N_keys · d), once).
+        max_searched_fraction: a time budget: the calibration never picks an ``nprobe`` whose search computes
+            more than this fraction of the N_rows · N_keys products (about 2.5-4× that fraction of the bare
+            matmul's time on CPU). When the target needs more, the last ladder step within the budget is
+            used, ``info["recall_target_met"]`` is False and a warning says what recall it reached. None: no
+            budget; past half the products the exact search runs instead (it is cheaper there).
         precision: "auto", "fp32" or "bf16" of the group matmuls (the same answer; see
             :func:`~hardbatch.graph.knn.knn_exact`).
         device: "auto" (CUDA when available) or a torch device.
@@ -299,6 +337,8 @@ def knn_ivf(
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     if recall_target is not None and not 0.0 < float(recall_target) <= 1.0:
         raise ConfigError(f"recall_target must lie in (0, 1], got {recall_target!r}")
+    if max_searched_fraction is not None and not 0.0 < float(max_searched_fraction) <= 1.0:
+        raise ConfigError(f"max_searched_fraction must lie in (0, 1], got {max_searched_fraction!r}")
     dev = resolve_device(device)
     mode = resolve_precision(precision, dev)
     key_t = as_tensor(keys, dev)
@@ -312,9 +352,18 @@ def knn_ivf(
     info: dict[str, Any] = {"index": "ivf_torch", "nlist": lists, "precision": mode}
     if nprobe is None and recall_target is not None:
         nprobe, info["calibration"] = _calibrate(
-            rows, key_t, k, float(recall_target), recall_columns, calibration_sample, seed, search
-        )
-        info["calibrated_recall"] = dict(info["calibration"]).get(nprobe)
+            rows, key_t, k, float(recall_target), recall_columns, calibration_sample, seed, search,
+            max_searched_fraction,
+        )  # fmt: skip
+        reached = dict(info["calibration"]).get(nprobe)
+        info["calibrated_recall"] = reached
+        info["recall_target_met"] = reached is None or reached >= float(recall_target)
+        if not info["recall_target_met"]:
+            warnings.warn(
+                f"ivf_torch: window recall {reached:.3f} at nprobe {nprobe} of {lists}, below the target "
+                f"{recall_target} that max_searched_fraction={max_searched_fraction} leaves out of reach",
+                stacklevel=2,
+            )
     nprobe = int(min(nprobe or 8, lists))
     info["nprobe"] = nprobe
     if groups.searched_fraction(nprobe, key_lists, k + 1 if exclude_self else k) > _EXACT_ABOVE:
@@ -334,6 +383,8 @@ def knn_ivf(
         searched_fraction=round(counts["products"] / (num_rows * num_keys), 4),
         fp32_rows_redone=counts["fp32_rows_redone"],
     )
+    if mode == "bf16":
+        info["margin"] = counts["margin"]
     return KnnResult(indices=indices, scores=scores, info=info)
 
 
@@ -363,6 +414,7 @@ def _calibrate(
     sample: int,
     seed: int,
     search: dict[str, Any],
+    budget: float | None = None,
 ) -> tuple[int, list[tuple[int, float]]]:
     """Smallest ``nprobe`` on :func:`probe_ladder` whose recall on sampled rows reaches ``target``.
 
@@ -370,9 +422,10 @@ def _calibrate(
     group's probed keys in the order (score desc, key id asc). One exact pass keeps every sampled row's best
     ``pool`` keys (≥ 16,384); when at least k of them lie in the probed lists those are the answer (no key
     outside the pool scores higher), otherwise the row is re-scored against its probed keys. So each ladder
-    step costs O(S · pool), not O(S · P · N_keys / L · d). Returns the choice and the trace; the first step
-    that would search more than ``_EXACT_ABOVE`` of the products (unmeasured: the exact search, which
-    is cheaper there, follows) when none before reaches the target.
+    step costs O(S · pool), not O(S · P · N_keys / L · d). Returns the choice and the trace. When no step
+    before reaches the target: with a ``budget`` below ``_EXACT_ABOVE``, the last step within it (the
+    first step, measured, when none is); otherwise the first step that would search more than ``_EXACT_ABOVE`` of
+    the products (unmeasured: the exact search, which is cheaper there, follows).
     """
     groups, keys, exclude_self = search["groups"], search["keys"], search["exclude_self"]
     num_rows, num_keys = len(rows), len(key_t)
@@ -389,7 +442,10 @@ def _calibrate(
     trace: list[tuple[int, float]] = []
     ladder = probe_ladder(len(groups.probe_order))
     for value in ladder:
-        if groups.searched_fraction(value, keys, search_k) > _EXACT_ABOVE:  # the exact search is cheaper
+        fraction = groups.searched_fraction(value, keys, search_k)
+        if budget is not None and budget < _EXACT_ABOVE and fraction > budget and trace:
+            return trace[-1][0], trace
+        if fraction > _EXACT_ABOVE:  # the exact search is cheaper
             return int(value), trace
         probed = [groups.probed(int(groups.assignment[row]), value, keys, search_k) for row in ids]
         found = np.empty((len(ids), k), dtype=np.int64)

@@ -251,6 +251,7 @@ def _bf16_topk(
     offset: int,
     exclude_self: bool,
     buffer: ScoreBuffer | None = None,
+    key_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Exact fp32 top-k of one row block from a bf16 pre-selection; returns (values, indices, rows redone).
 
@@ -260,8 +261,12 @@ def _bf16_topk(
     Rows where the proof fails (a tie run or a dense band of scores across the margin) are redone in fp32.
     ``key_t`` may be one block of the keys: ``offset`` places each row's own column (see :func:`_self_pairs`)
     and ``key_bounds`` (:func:`_bf16_key_bounds`) bound that block's keys, so the proof covers them.
+    With ``key_ids`` (B,) the block's keys are rows ``key_ids`` of ``key_t`` (``key_low`` holds just those,
+    in that order; bounds over all of ``key_t`` hold for them too): the re-scoring gathers them from
+    ``key_t`` directly, so a gathered subset of keys (:mod:`hardbatch.graph.ivf`) needs no fp32 copy.
+    Indices are block columns either way.
     """
-    num_keys = key_t.shape[0]
+    num_keys = key_low.shape[0]
     row_low = row_t.to(torch.bfloat16)
     block = row_low @ key_low.T if buffer is None else buffer.product(row_low, key_low)
     if exclude_self:
@@ -278,7 +283,7 @@ def _bf16_topk(
     del block
     # Ascending column order among candidates, so positions break ties like key indices.
     candidates = candidates.sort(dim=1).values
-    exact = _rescore(row_t, key_t, candidates)
+    exact = _rescore(row_t, key_t, candidates if key_ids is None else key_ids[candidates])
     if exclude_self:
         own = torch.arange(offset, offset + len(row_t), device=row_t.device)[:, None]
         exact.masked_fill_(candidates == own, float("-inf"))
@@ -290,7 +295,7 @@ def _bf16_topk(
     unproven = ~(bound + eps < values[:, -1])
     redo = unproven.nonzero().reshape(-1)
     if len(redo):
-        sub = block_scores(row_t[redo], key_t)
+        sub = block_scores(row_t[redo], key_t if key_ids is None else key_t.index_select(0, key_ids))
         if exclude_self:
             own_columns = redo + offset
             inside = ((own_columns >= 0) & (own_columns < num_keys)).nonzero().reshape(-1)
