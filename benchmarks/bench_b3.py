@@ -329,6 +329,7 @@ def run_scale(num: int, threads: int, skip_bf16: bool = False, exact_only: bool 
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "knn_info": plan.stats.get("knn_info"),
             "knn_window_recall": plan.stats.get("knn_window_recall"),
+            "knn_window_hardness": plan.stats.get("knn_window_hardness"),
             "within_edge_fraction": plan.stats["partition"]["within_edge_fraction"],
             "cluster_mean_sim": round(plan.stats["hardness"]["cluster_mean_sim"], 4),
         }
@@ -609,6 +610,7 @@ def large_cell(spec: dict) -> dict:
             "stages_s": {name: stage["seconds"] for name, stage in plan.stats["stages"].items()},
             "knn_info": plan.stats.get("knn_info"),
             "knn_window_recall": plan.stats.get("knn_window_recall"),
+            "knn_window_hardness": plan.stats.get("knn_window_hardness"),
             "partition": plan.stats["partition"],
             "cluster_mean_sim": round(plan.stats["hardness"]["cluster_mean_sim"], 4),
         }
@@ -763,7 +765,8 @@ def large_markdown(report: dict) -> str:
         lines.append(
             f'| whole `mine_b3`, `knn="ivf_torch"` nprobe {knn_info["nprobe"]} of {knn_info["nlist"]} (calibrated '
             f"to window recall 0.95{budget_note}, {knn_info['precision']}) | {grouped['seconds']} | {ratio(grouped['seconds'])} | "
-            f"{grouped['peak_rss_mb']} | window recall {grouped['knn_window_recall']:.3f} (1,000 rows, independent "
+            f"{grouped['peak_rss_mb']} | window recall {grouped['knn_window_recall']:.3f}, hardness "
+            f"{grouped.get('knn_window_hardness') or float('nan'):.3f} (1,000 rows, independent "
             f"of the calibration's {knn_info.get('calibration')}); searched fraction "
             f"{knn_info['searched_fraction']}; stages {grouped['stages_s']}; METIS parts "
             f"{part.get('metis_min_part')}–{part.get('metis_max_part')}, {part.get('metis_empty_parts')} empty, "

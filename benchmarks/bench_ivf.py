@@ -44,20 +44,15 @@ def bare_matmul(query, positive) -> float:
     return time.perf_counter() - started
 
 
-def window_recall(result, query, positive) -> float:
+def window_quality(result, query, positive) -> tuple[float, float]:
+    """(window recall, window hardness) of ranks [SKIP, K) on 1,000 rows against exact search."""
     from hardbatch.graph.knn import recall_report
 
     report = recall_report(
-        result,
-        query,
-        positive,
-        ranges={"w": (SKIP, K)},
-        sample=1000,
-        exclude_self=True,
-        seed=99,
-        device="cpu",
-    )
-    return round(report["w"], 4)
+        result, query, positive, ranges={"w": (SKIP, K)}, sample=1000, exclude_self=True, seed=99, device="cpu",
+        hardness=(SKIP, K),
+    )  # fmt: skip
+    return round(report["w"], 4), round(report["hardness"], 4)
 
 
 def run(query, positive, skip_faiss: bool = False) -> list[dict]:
@@ -74,7 +69,7 @@ def run(query, positive, skip_faiss: bool = False) -> list[dict]:
         seconds = time.perf_counter() - started
         row = {"method": name, "seconds": round(seconds, 2), "x_matmul": round(seconds / matmul, 3)}
         if recall:
-            row["window_recall"] = window_recall(result, query, positive)
+            row["window_recall"], row["window_hardness"] = window_quality(result, query, positive)
         info = {key: value for key, value in result.info.items() if key != "calibration"}
         row.update(info=info, calibration=result.info.get("calibration"))
         rows.append(row)
@@ -123,10 +118,11 @@ def markdown(report: dict) -> str:
         f"Machine: CPU `{info.get('cpu_model')}` ({info.get('cpu_vendor', '?')}), amx_bf16={info.get('amx_bf16')}, "
         f"avx512_bf16={info.get('avx512_bf16')}; {info['cpus']} CPUs, {report['threads']} threads; load average "
         f"{report['load_start']} → {report['load_end']}. Window recall: ranks [{SKIP}, {K}) on 1,000 rows "
-        "against exact search.",
+        "against exact search; window hardness: (mean score of the found window − random keys) / (exact window − "
+        "random keys), 1 = as hard as exact.",
         "",
-        "| method | seconds | × bare fp32 matmul | window recall | nprobe / nlist | searched | notes |",
-        "|---|---:|---:|---:|---|---:|---|",
+        "| method | seconds | × bare fp32 matmul | window recall | window hardness | nprobe / nlist | searched | notes |",
+        "|---|---:|---:|---:|---:|---|---:|---|",
     ]
     for row in report["rows"]:
         info = row.get("info", {})
@@ -139,7 +135,7 @@ def markdown(report: dict) -> str:
         if row.get("calibration"):
             notes.append(f"calibration {row['calibration']}")
         lines.append(
-            f"| {row['method']} | {row['seconds']} | {row.get('x_matmul', 1.0)} | {row.get('window_recall', '')} | "
+            f"| {row['method']} | {row['seconds']} | {row.get('x_matmul', 1.0)} | {row.get('window_recall', '')} | {row.get('window_hardness', '')} | "
             f"{probe} | {info.get('searched_fraction', '')} | {'; '.join(notes)} |"
         )
     return "\n".join([*lines, ""])

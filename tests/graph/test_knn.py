@@ -251,3 +251,32 @@ def test_bf16_row_error_bounds_every_bf16_score_against_its_fp32_rescoring(dim, 
         assert bool((exact[:, column] >= low[:, column] - error).all())
     worst = rows.norm(dim=1) * bounds[0] * bf16_score_error_bound(dim)
     assert bool((_bf16_row_error(rows, rows_low, bounds, low[:, 0]) < worst).all())  # tighter than before
+
+
+def test_window_hardness_is_one_for_exact_windows_and_falls_with_worse_keys():
+    from hardbatch.graph.knn import KnnResult, recall_report
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(10, 16)) * 2
+    rows = (centres[rng.integers(0, 10, 600)] + rng.normal(size=(600, 16))).astype(np.float32)
+    exact = knn_exact(rows, rows, 60, exclude_self=True, device="cpu")
+    common = dict(ranges={"w": (10, 30)}, sample=200, exclude_self=True, hardness=(10, 30), device="cpu")
+    same = recall_report(exact, rows, rows, **common)
+    assert same["w"] == 1.0 and same["hardness"] == pytest.approx(1.0)
+    # The window replaced by deeper ranks [40, 60): still harder than random, less hard than exact.
+    deeper = exact.indices.copy()
+    deeper[:, 10:30] = exact.indices[:, 40:60]
+    worse = recall_report(KnnResult(deeper, exact.scores), rows, rows, **common)
+    assert worse["w"] == 0.0 and 0.3 < worse["hardness"] < 1.0
+    # Random keys instead: no harder than random.
+    random = exact.indices.copy()
+    random[:, 10:30] = rng.integers(0, 600, size=(600, 20))
+    assert abs(recall_report(KnnResult(random, exact.scores), rows, rows, **common)["hardness"]) < 0.15
+    # By hand on the sampled rows (float64): the same ratio of mean window scores above the random baseline.
+    ids = np.sort(np.random.default_rng(0).permutation(600)[:200])
+    x = rows.astype(np.float64)
+    score = lambda cols: np.mean([(x[i] @ x[c].T).mean() for i, c in zip(ids, cols[ids])])  # noqa: E731
+    rand = np.random.default_rng([0, 0x4A2D]).integers(0, 600, size=(200, 64))
+    baseline = np.mean([(x[i] @ x[c].T).mean() for i, c in zip(ids, rand)])
+    expected = (score(deeper[:, 10:30]) - baseline) / (score(exact.indices[:, 10:30]) - baseline)
+    assert worse["hardness"] == pytest.approx(expected, rel=1e-9)

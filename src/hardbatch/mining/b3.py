@@ -372,7 +372,9 @@ def mine_b3(
             options, when given, are recorded in ``params`` (a sampler's re-mine uses them again).
         faiss_options: extra options of :func:`hardbatch.graph.knn.knn_faiss` (``hnsw_m``, ``ef_search``...).
         recall_sample: rows used to measure approximate-kNN recall (0 to skip); the plan stores recall@k
-            (``knn_recall``) and the recall of the window ranks [skip, skip + window) (``knn_window_recall``).
+            (``knn_recall``), the recall of the window ranks [skip, skip + window) (``knn_window_recall``)
+            and how hard the found windows are against the exact ones (``knn_window_hardness``: 1.0 as hard,
+            0.0 no harder than random keys; see :func:`hardbatch.graph.knn.recall_report`).
         precision: matmul precision of the exact kNN: "auto" (bf16 where fast, see
             :mod:`hardbatch.graph.precision`), "fp32" or "bf16"; the windows are the fp32 ones either way.
         recall_target: the approximate backends choose their search effort (IVF ``nprobe``, HNSW
@@ -458,6 +460,7 @@ def mine_b3(
     label_graphs: list[sp.csr_array] = []
     recalls: list[float] = []
     window_recalls: list[float] = []
+    window_hardness: list[float] = []
     knn_infos: list[dict[str, Any]] = []
     for group_index, ids in enumerate(groups):
         whole = len(groups) == 1
@@ -515,9 +518,11 @@ def mine_b3(
                     normalize=normalize,
                     seed=seed,
                     device=device,
+                    hardness=(group_skip, k),
                 )
                 recalls.append(report["topk"])
                 window_recalls.append(report["window"])
+                window_hardness.append(report["hardness"])
         with timer.stage("window"):
             local = _filtered_window(
                 result,
@@ -614,6 +619,7 @@ def mine_b3(
     if recalls:
         stats["knn_recall"] = float(np.mean(recalls))
         stats["knn_window_recall"] = float(np.mean(window_recalls))
+        stats["knn_window_hardness"] = float(np.mean(window_hardness))
     if knn_infos:
         stats["knn_info"] = knn_infos[0] if len(knn_infos) == 1 else knn_infos
     return BatchPlan(

@@ -419,6 +419,8 @@ def _print_summary(
         rows.append(("approximate kNN recall", f"{stats['knn_recall']:.3f}"))
     if "knn_window_recall" in stats:
         rows.append(("window recall [p, p+m)", f"{stats['knn_window_recall']:.3f}"))
+    if "knn_window_hardness" in stats:
+        rows.append(("window hardness vs exact (1 = as hard)", f"{stats['knn_window_hardness']:.3f}"))
     if "coarse_window_recall" in stats:  # hierarchical: the flat windows the shards keep
         coarse = stats["coarse_window_recall"]
         rows.append(
