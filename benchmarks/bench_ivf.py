@@ -8,10 +8,12 @@ e.g. ``hardbatch embed codesearch:train -o emb/``), k = 130 (B3's skip 30 + wind
 * ``knn_ivf`` (``knn="ivf_torch"``) calibrated to window recall 0.95, as mining runs it (it falls back to
   exact search where that is cheaper), and once more with the fallback off, to show what the grouped search
   itself costs at the calibrated ``nprobe``;
+* ``knn_ivf`` at fixed ``--nprobes`` (the trade-off below the target);
 * faiss ``IndexIVFFlat`` calibrated to the same target (the peer), unless ``--skip-faiss``.
 
 Every approximate row reports its window recall [30, 130) on 1,000 rows against exact search (independent of
-its calibration sample). Time: see ``hardbatch.graph.ivf``; memory is not measured here (one process).
+its calibration sample) and its window hardness (``hardbatch.graph.knn.recall_report``: 1 = as hard as the
+exact window, 0 = random keys). Time: see ``hardbatch.graph.ivf``; memory is not measured here (one process).
 
 Usage:
     python benchmarks/bench_ivf.py --data lowdim --n 100000
@@ -55,7 +57,7 @@ def window_quality(result, query, positive) -> tuple[float, float]:
     return round(report["w"], 4), round(report["hardness"], 4)
 
 
-def run(query, positive, skip_faiss: bool = False) -> list[dict]:
+def run(query, positive, skip_faiss: bool = False, nprobes: tuple[int, ...] = ()) -> list[dict]:
     import hardbatch.graph.ivf as ivf
     from hardbatch.graph.knn import knn_exact, knn_faiss
 
@@ -93,6 +95,11 @@ def run(query, positive, skip_faiss: bool = False) -> list[dict]:
         )
     finally:
         ivf._EXACT_ABOVE = threshold
+    for value in nprobes:  # the recall / hardness / time trade-off below the target
+        timed(
+            f"ivf_torch at nprobe {value} (fixed)",
+            lambda v=value: ivf.knn_ivf(query, positive, K, nprobe=v, **options),
+        )
     if not skip_faiss:
         timed(
             "faiss IndexIVFFlat, calibrated to 0.95",
@@ -149,6 +156,9 @@ def main() -> None:
     parser.add_argument("--positive", help="positive embeddings .npy (with --query)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip-faiss", action="store_true")
+    parser.add_argument(
+        "--nprobes", default="", help="also ivf_torch at these fixed nprobe values (e.g. 4,16)"
+    )
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
     import numpy as np
@@ -174,7 +184,9 @@ def main() -> None:
         "threads": args.threads,
         "load_start": round(os.getloadavg()[0], 2),
     }
-    report["rows"] = run(query, positive, args.skip_faiss)
+    report["rows"] = run(
+        query, positive, args.skip_faiss, tuple(int(v) for v in args.nprobes.split(",") if v)
+    )
     report["load_end"] = round(os.getloadavg()[0], 2)
     stem = f"ivf_{'npy' if args.query else args.data}_{len(query)}" + (f"_{args.tag}" if args.tag else "")
     write_json(RESULTS / f"{stem}.json", report)
