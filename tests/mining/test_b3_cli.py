@@ -49,6 +49,21 @@ def test_mine_b3_from_embedding_files(app, tmp_path):
     assert sorted(tuple(np.unique(c // 8)) for c in plan.clusters) == [(t,) for t in range(12)]
 
 
+def test_mine_b3_with_the_grouped_ivf_prints_recall_and_hardness(app, tmp_path):
+    pytest.importorskip("faiss")
+    q, p = _embeddings(tmp_path)
+    out = tmp_path / "plan.parquet"
+    args = ["mine", "b3", "--query-emb", str(q), "--positive-emb", str(p), "-o", str(out)]
+    result = CliRunner().invoke(
+        app, [*args, "-b", "16", "-k", "8", "--skip", "1", "--window", "6", "--knn", "ivf_torch"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "window recall" in result.output and "window hardness" in result.output
+    plan = BatchPlan.load(out, expected_num_examples=96)
+    assert plan.params["knn"] == "ivf_torch" and plan.stats["knn_info"]["index"] == "ivf_torch"
+    assert plan.stats["knn_window_hardness"] > 0.9
+
+
 def test_mine_b3_from_data_with_a_teacher_directory(app, tmp_path, tiny_model):
     teacher = tmp_path / "teacher"
     tiny_model.save(str(teacher))
