@@ -18,7 +18,7 @@ Cost, with L = ``nlist``, P = ``nprobe`` and lists of about N_keys / L keys: k-m
 assignment O((N_rows + N_keys) · L · d); search O(N_rows · P · N_keys / L · d) at matmul speed (the fraction
 of the exact search done is ``info["searched_fraction"]``, about P / L); calibration O(S · N_keys · d) for the
 exact answer of S sampled rows plus O(S · P · N_keys / L · d) per ladder step. Memory: the keys resident
-(N_keys · d fp32), one group's rows and probed keys (O((N_rows / L + P · N_keys / L) · d)), its score block
+(N_keys · d fp32, plus a bf16 copy in bf16 mode), one group's rows and probed keys (O((N_rows / L + P · N_keys / L) · d)), its score block
 (bounded by :func:`~hardbatch.graph.knn.knn_exact`'s chunking) and the result O(N_rows · k).
 """
 
