@@ -27,7 +27,7 @@ def _reference(rows, keys, k, nprobe, lists, exclude_self, seed=0):
     """Top k of each row among the keys of its group's probed lists, float64, ties by ascending key id."""
     key_t = torch.from_numpy(keys)
     centroids = ivf._train_centroids(key_t, lists, seed)
-    key_lists = ivf._Lists(ivf._nearest(key_t, centroids, torch.device("cpu")), lists)
+    key_lists = ivf._Buckets(ivf._nearest(key_t, centroids, torch.device("cpu")), lists)
     groups = ivf._Groups(rows, centroids, torch.device("cpu"), False)
     search_k = k + 1 if exclude_self else k
     out = np.empty((len(rows), k), dtype=np.int64)
