@@ -46,7 +46,7 @@ from hardbatch.graph.knn import (
     knn_exact,
 )
 from hardbatch.graph.precision import resolve_precision
-from hardbatch.graph.similarity import ScoreBuffer, as_tensor, block_scores
+from hardbatch.graph.similarity import ScoreBuffer, as_tensor, block_scores, take_rows
 from hardbatch.graph.topk import select_topk
 from hardbatch.progress import progress
 
@@ -93,8 +93,7 @@ def probe_ladder(lists: int) -> list[int]:
 
 
 def _rows_tensor(rows: Any, ids: np.ndarray, dev: torch.device, normalize: bool) -> torch.Tensor:
-    picked = rows[torch.as_tensor(ids)] if isinstance(rows, torch.Tensor) else np.asarray(rows[ids])
-    tensor = as_tensor(picked, dev)
+    tensor = as_tensor(take_rows(rows, ids), dev)
     return torch.nn.functional.normalize(tensor, dim=1) if normalize else tensor
 
 

@@ -46,7 +46,7 @@ from hardbatch.graph.budget import (
     resolve_key_block_size,
 )
 from hardbatch.graph.precision import resolve_precision
-from hardbatch.graph.similarity import ScoreBuffer, as_tensor, block_scores
+from hardbatch.graph.similarity import ScoreBuffer, as_tensor, block_scores, take_rows
 from hardbatch.graph.topk import DEFAULT_BLOCK_BYTES, merge_topk, select_topk, topk_with_ties
 from hardbatch.progress import progress
 from hardbatch.validation import check_chunk_size
@@ -639,7 +639,7 @@ def exact_rows(
     buffer = ScoreBuffer()
     for lo in range(0, len(ids), step):
         chunk = np.asarray(ids[lo : lo + step])
-        row_t = as_tensor(rows[chunk] if isinstance(rows, torch.Tensor) else np.asarray(rows[chunk]), dev)
+        row_t = as_tensor(take_rows(rows, chunk), dev)
         if normalize:
             row_t = torch.nn.functional.normalize(row_t, dim=1)
         block = block_scores(row_t, key_t, buffer)
@@ -682,9 +682,7 @@ def _calibrate(
     num_rows = len(rows)
     ids = np.sort(np.random.default_rng([int(seed), 0xCA1]).permutation(num_rows)[: min(sample, num_rows)])
     exact = exact_rows(rows, keys, ids, k, exclude_self=exclude_self, normalize=normalize, device="cpu")
-    query = _as_faiss_matrix(
-        rows[ids] if isinstance(rows, torch.Tensor) else np.asarray(rows[ids]), normalize
-    )
+    query = _as_faiss_matrix(take_rows(rows, ids), normalize)
     lo, hi = columns or (0, k)
     trace: list[tuple[int, float]] = []
     for value in candidates:
@@ -849,9 +847,9 @@ def knn(
             "ivf_torch" (grouped IVF at matmul speed, :func:`hardbatch.graph.ivf.knn_ivf`).
         exclude_self: rows and keys are aligned; row i never gets key i.
         normalize: L2-normalise first.
-        device: device of the exact backend.
+        device: device of the exact and ivf_torch backends (faiss runs on the CPU).
         chunk_size: rows per block of the exact backend.
-        precision: matmul precision of the exact backend ("auto", "fp32", "bf16"; same answer).
+        precision: matmul precision of the exact and ivf_torch backends ("auto", "fp32", "bf16"; same answer).
         key_block_size: keys resident at a time in the exact backend (None: all; "auto": from the budget;
             see :func:`knn_exact`).
         memory_budget: bytes (or "4GiB") the exact backend's key and score blocks may take.
@@ -1032,7 +1030,7 @@ def _window_hardness(
 
 
 def _float64_rows(matrix: np.ndarray | torch.Tensor, ids: np.ndarray, normalize: bool) -> np.ndarray:
-    picked = matrix[torch.as_tensor(ids)] if isinstance(matrix, torch.Tensor) else np.asarray(matrix[ids])
+    picked = take_rows(matrix, ids)
     values = np.asarray(
         picked.cpu().numpy() if isinstance(picked, torch.Tensor) else picked, dtype=np.float64
     )

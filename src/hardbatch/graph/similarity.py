@@ -22,7 +22,7 @@ import torch
 
 from hardbatch.device import resolve_device
 
-__all__ = ["RowSubset", "ScoreBuffer", "as_tensor", "block_scores", "iter_similarity_blocks"]
+__all__ = ["RowSubset", "ScoreBuffer", "as_tensor", "block_scores", "iter_similarity_blocks", "take_rows"]
 
 
 class RowSubset:
@@ -71,6 +71,20 @@ def as_tensor(
         # Read-only memory maps are never written through the tensor; copying them would defeat the mmap.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
+
+
+def take_rows(array: np.ndarray | torch.Tensor, ids: np.ndarray) -> np.ndarray | torch.Tensor:
+    """Rows ``ids`` of a (N, d) numpy (memory-mapped included) or torch array, as the same kind of array.
+
+    Only those rows are read (a copy of them); a torch input stays on its device.
+
+    Example:
+        >>> take_rows(np.arange(6).reshape(3, 2), np.array([2, 0])).tolist()
+        [[4, 5], [0, 1]]
+    """
+    if isinstance(array, torch.Tensor):
+        return array[torch.as_tensor(ids, device=array.device)]
+    return np.asarray(array[ids])
 
 
 class ScoreBuffer:

@@ -685,8 +685,6 @@ def _group_knn(
     options = dict(faiss_options or {})
     if backend in ("ivf", "ivf_torch"):
         options.setdefault("seed", seed)
-    if backend == "ivf_torch":
-        options.update(device=device, precision=precision)
     return run_knn(
         query,
         positive,
@@ -694,6 +692,8 @@ def _group_knn(
         backend=backend,
         exclude_self=True,
         normalize=normalize,
+        device=device,
+        precision=precision,
         show_progress=show_progress,
         **options,
     )
