@@ -82,6 +82,25 @@ def _failure_checks(rank: int, q, p) -> None:
     promptly(DataError, "row 3: cannot rank", lambda: mine_b3_distributed(
         q, p, batch_size=20, cluster_size=10, skip=2, window=8, device="cpu", show_progress=False))  # fmt: skip
     distributed.knn_exact = search
+    # The ring: a rank failing on a shard still passes its shards on, then every rank raises (rank 1's
+    # user error as itself; rank 0's bug as a RuntimeError naming it); shards of another width never travel.
+    b3_ring = lambda positive=p: mine_b3_distributed(  # noqa: E731
+        q, positive, batch_size=20, cluster_size=10, skip=2, window=8, device="cpu", show_progress=False,
+        exchange="ring",
+    )  # fmt: skip
+    for failing_rank, error, message in (
+        (1, DataError, "row 3: cannot rank"),
+        (0, RuntimeError, "shard bug"),
+    ):
+        if rank == failing_rank:
+            distributed.knn_exact = failing(message)
+        expected = message if rank == failing_rank or error is DataError else "rank 0 failed while ranking"
+        promptly(error, expected, b3_ring)
+        distributed.knn_exact = search
+    promptly(DataError, "positive shards disagree in shape",
+              lambda: b3_ring(np.asarray(p)[:, :20] if rank == 1 else p))  # fmt: skip
+    promptly(ConfigError, "exchange must be one of",
+              lambda: mine_b3_distributed(q, p, batch_size=20, cluster_size=10, exchange="broadcast"))  # fmt: skip
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:

@@ -3,6 +3,9 @@
 Each rank ranks its shard of the queries; rank 0 gathers the windows, partitions and saves. Wrong sharding
 (an off-by-one row offset, self-exclusion on the shard's local index, shards gathered out of order, a source
 group sent with the wrong ids) changes the windows and therefore the clusters, which are compared exactly.
+With ``exchange="ring"`` each rank reads only its shard of the positives and the shards circulate: a shard
+merged under its local instead of its global indices, a missed or repeated shard, or the diagonal dropped in
+the wrong shard changes the windows too.
 """
 
 from __future__ import annotations
@@ -34,13 +37,28 @@ def _data():
     return q, p, sources
 
 
+def _three_sources():
+    """Sources "a", "b" and a group "c" of 5 examples: ring shards of one or two rows (one per rank at W = 4)."""
+    sources = _data()[2].copy()
+    sources[[7, 50, 121, 200, 299]] = "c"
+    return sources
+
+
 # Key blocks of 47 positives per rank: block boundaries do not line up with the rank shards (150 or 75 rows).
 RUNS = (
     ("global", {}),
     ("sources", {"sources": "sources"}),
     ("global_key_blocks", {"key_block_size": 47}),
     ("sources_key_blocks", {"sources": "sources", "key_block_size": 47}),
+    ("global_ring", {"exchange": "ring"}),
+    ("sources_ring", {"sources": "three_sources", "exchange": "ring"}),
+    ("sources_ring_key_blocks", {"sources": "sources", "exchange": "ring", "key_block_size": 47}),
 )
+
+
+def _resolved(extra: dict) -> dict:
+    named = {"sources": _data()[2], "three_sources": _three_sources()}
+    return {key: named.get(value, value) if key == "sources" else value for key, value in extra.items()}
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -49,9 +67,9 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     try:
         from hardbatch.mining.distributed import mine_b3_distributed
 
-        q, p, sources = _data()
+        q, p, _ = _data()
         for name, extra in RUNS:
-            extra = {key: sources if value == "sources" else value for key, value in extra.items()}
+            extra = _resolved(extra)
             plan = mine_b3_distributed(q, p, precision="fp32", **OPTIONS, **extra)
             if rank == 0:
                 assert plan is not None and plan.params["world_size"] == world
@@ -66,10 +84,11 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 def test_distributed_plan_equals_single_process(tmp_path, world):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.spawn(_worker, args=(world, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world, join=True)
-    q, p, sources = _data()
+    q, p, _ = _data()
     for name, extra in RUNS:
-        extra = {key: sources if value == "sources" else value for key, value in extra.items()}
+        extra = _resolved(extra)
         blocked = extra.pop("key_block_size", None) is not None  # the single-process reference holds all
+        ring = extra.pop("exchange", "read") == "ring"
         single = mine_b3(q, p, precision="fp32", **OPTIONS, **extra)
         loaded = BatchPlan.load(tmp_path / f"{name}.parquet")
         np.testing.assert_array_equal(loaded.clusters, single.clusters)
@@ -77,4 +96,9 @@ def test_distributed_plan_equals_single_process(tmp_path, world):
         assert loaded.params["world_size"] == world
         infos = loaded.stats["knn_info"]
         for info in infos if isinstance(infos, list) else [infos]:  # rank 0's search really used key blocks
-            assert info.get("key_blocks", 1) > 1 if blocked else "key_blocks" not in info
+            if blocked:  # a ring shard (N/W rows of a group) may be smaller than one block of 47
+                assert "key_block_size" in info and (ring or info["key_blocks"] > 1), name
+            else:
+                assert "key_blocks" not in info, name
+            assert info.get("exchange") == ("ring" if ring else None)
+            assert info.get("ring_steps") == (world if ring else None)

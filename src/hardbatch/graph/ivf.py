@@ -39,10 +39,10 @@ from hardbatch.graph.knn import (
     _auto_chunk,
     _bf16_key_bounds,
     _bf16_topk,
-    _check_k,
     _drop_self,
     _fp32_topk,
     _overlap,
+    check_k,
     knn_exact,
 )
 from hardbatch.graph.precision import resolve_precision
@@ -329,7 +329,7 @@ def knn_ivf(
         raise ConfigError(
             f"exclude_self needs aligned rows and keys, got {num_rows} rows and {num_keys} keys"
         )
-    _check_k(k, num_keys, exclude_self)
+    check_k(k, num_keys, exclude_self)
     for name, value in (("nlist", nlist), ("nprobe", nprobe)):
         if value is not None and (not isinstance(value, int | np.integer) or value < 1):
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")

@@ -92,7 +92,8 @@ class KnnResult:
         return int(self.indices.shape[1])
 
 
-def _check_k(k: int, num_keys: int, exclude_self: bool) -> None:
+def check_k(k: int, num_keys: int, exclude_self: bool) -> None:
+    """ConfigError unless ``k`` is a positive integer no larger than the keys a row may return."""
     available = num_keys - 1 if exclude_self else num_keys
     if not isinstance(k, int | np.integer) or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}")
@@ -404,7 +405,7 @@ def knn_exact(
             f"exclude_self needs aligned rows and keys, got {num_rows} rows (offset {row_offset}) and "
             f"{num_keys} keys"
         )
-    _check_k(k, num_keys, exclude_self)
+    check_k(k, num_keys, exclude_self)
     dev = resolve_device(device)
     mode = resolve_precision(precision, dev)
     if margin is not None and margin < 0:
@@ -762,7 +763,7 @@ def knn_faiss(
         raise ConfigError(
             f"exclude_self needs aligned rows and keys, got {num_rows} rows and {num_keys} keys"
         )
-    _check_k(k, num_keys, exclude_self)
+    check_k(k, num_keys, exclude_self)
     if recall_target is not None and not 0.0 < float(recall_target) <= 1.0:
         raise ConfigError(f"recall_target must lie in (0, 1], got {recall_target!r}")
     key_matrix = _as_faiss_matrix(keys, normalize)

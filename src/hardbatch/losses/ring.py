@@ -19,13 +19,14 @@ dimension, dtypes and the presence of ids must agree.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from hardbatch.distributed import Ring, circulate
 from hardbatch.errors import ConfigError
 from hardbatch.losses.distributed import _all_gather_into, _resolve, group_world_size
 
@@ -138,34 +139,6 @@ def plan_call(
     return DistributedPlan("local", 1, 0, (key.shape[0],))
 
 
-class Ring:
-    """Neighbours of this rank in ``group`` and a non-blocking exchange with them.
-
-    Args:
-        group: a process group, ``True`` or ``dist.group.WORLD``.
-    """
-
-    def __init__(self, group: Any) -> None:
-        self.group = _resolve(group)
-        self.world = dist.get_world_size(self.group)
-        self.rank = dist.get_rank(self.group)
-        group_for_lookup = self.group if self.group is not None else dist.group.WORLD
-        # P2P peers are global ranks, also inside a subgroup.
-        self.next_peer = dist.get_global_rank(group_for_lookup, (self.rank + 1) % self.world)
-        self.prev_peer = dist.get_global_rank(group_for_lookup, (self.rank - 1) % self.world)
-
-    def source(self, step: int) -> int:
-        """Group rank whose block this rank holds at ``step``."""
-        return (self.rank - step) % self.world
-
-    def exchange(self, send: Sequence[torch.Tensor], recv: Sequence[torch.Tensor], tag: int) -> list[Any]:
-        """Post sends of ``send`` to the next rank and receives into ``recv`` from the previous one."""
-        ops = [dist.P2POp(dist.isend, t, self.next_peer, self.group, tag + i) for i, t in enumerate(send)] + [
-            dist.P2POp(dist.irecv, t, self.prev_peer, self.group, tag + i) for i, t in enumerate(recv)
-        ]
-        return dist.batch_isend_irecv(ops)
-
-
 def add_into(received: torch.Tensor, contribution: torch.Tensor) -> torch.Tensor:
     """Carry merge for sums (key gradients): adds in place into this rank's fresh contribution."""
     return contribution.add_(received)
@@ -174,66 +147,3 @@ def add_into(received: torch.Tensor, contribution: torch.Tensor) -> torch.Tensor
 def logaddexp_into(received: torch.Tensor, contribution: torch.Tensor) -> torch.Tensor:
     """Carry merge for log-sum-exps (column LSE), in place into this rank's fresh contribution."""
     return torch.logaddexp(received, contribution, out=contribution)
-
-
-def _wait(works: list[Any] | None) -> None:
-    for work in works or ():
-        work.wait()
-
-
-def _like(template: torch.Tensor, rows: int) -> torch.Tensor:
-    return torch.empty((rows, *template.shape[1:]), dtype=template.dtype, device=template.device)
-
-
-def circulate(
-    ring: Ring,
-    rows: Sequence[int],
-    blocks: Sequence[torch.Tensor | None],
-    compute: Callable[[int, list[torch.Tensor | None]], torch.Tensor | None],
-    merge: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor | None:
-    """Pass this rank's ``blocks`` around the ring, calling ``compute`` on every rank's blocks once.
-
-    Args:
-        ring: the ring of the process group.
-        rows: number of rows of every rank's blocks, indexed by group rank.
-        blocks: this rank's row-aligned tensors (e.g. keys (n, d), key ids (n,)); ``None`` entries stay
-            ``None`` on every rank.
-        compute: ``compute(step, blocks_of_source)``; step 0 is the rank's own blocks. Returns this rank's
-            contribution to the carry of that block (or None without ``merge``).
-        merge: ``merge(carry_received, contribution)`` → the carry sent on (may overwrite the contribution,
-            e.g. :func:`add_into`); None: nothing is carried.
-
-    Returns:
-        With ``merge``: the complete carry of this rank's own blocks (merged on all W ranks); else None.
-    """
-    present = [i for i, block in enumerate(blocks) if block is not None]
-    current: list[torch.Tensor | None] = [None if b is None else b.contiguous() for b in blocks]
-    carry_tag = len(blocks)
-    carry_works: list[Any] | None = None
-    carry_in: torch.Tensor | None = None
-    carry_out: torch.Tensor | None = None  # kept referenced until its send completes
-    for step in range(ring.world):
-        block_works, incoming = None, None
-        if step < ring.world - 1:
-            next_rows = rows[ring.source(step + 1)]
-            incoming = list(current)
-            for i in present:
-                incoming[i] = _like(current[i], next_rows)
-            block_works = ring.exchange([current[i] for i in present], [incoming[i] for i in present], 0)
-        contribution = compute(step, current)
-        if merge is not None:
-            assert contribution is not None, "compute must return a carry contribution when merge is set"
-            if step > 0:
-                _wait(carry_works)
-                contribution = merge(carry_in, contribution)
-            carry_out = contribution.contiguous()
-            carry_in = _like(carry_out, rows[ring.source(step + 1)])
-            carry_works = ring.exchange([carry_out], [carry_in], carry_tag)
-        _wait(block_works)
-        if incoming is not None:
-            current = incoming
-    if merge is None:
-        return None
-    _wait(carry_works)
-    return carry_in

@@ -466,8 +466,9 @@ def mine_b3(
         whole = len(groups) == 1
         if whole:
             q_part, p_part = query_emb, positive_emb
-        elif blocked and not label_groups[group_index]:
-            # Read on demand, block by block: the key-block bound then holds per source group too.
+        elif (blocked or neighbor_search is not None) and not label_groups[group_index]:
+            # Read on demand, block by block: the key-block bound then holds per source group too (and a
+            # replaced search, e.g. a rank's ring shard, reads only the rows it needs).
             q_part, p_part = RowSubset(_as_numpy(query_emb), ids), RowSubset(_as_numpy(positive_emb), ids)
         else:
             q_part, p_part = _as_numpy(query_emb)[ids], _as_numpy(positive_emb)[ids]

@@ -68,8 +68,9 @@ Embeddings computed by the ranks themselves (``torchrun ... mine b3 DATA`` witho
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -77,10 +78,18 @@ import scipy.sparse as sp
 import torch
 import torch.distributed as dist
 
-from hardbatch.distributed import broadcast_from_rank0, comm_device, is_distributed, raise_together
+from hardbatch.distributed import (
+    Ring,
+    broadcast_from_rank0,
+    circulate,
+    comm_device,
+    is_distributed,
+    raise_together,
+)
 from hardbatch.errors import ConfigError, DataError
-from hardbatch.graph.knn import KnnResult, knn_exact
-from hardbatch.graph.similarity import RowSubset
+from hardbatch.graph.knn import KnnResult, check_k, knn_exact
+from hardbatch.graph.similarity import RowSubset, as_tensor, take_rows
+from hardbatch.graph.topk import merge_topk
 from hardbatch.mining.plan import BatchPlan
 
 if TYPE_CHECKING:
@@ -88,7 +97,9 @@ if TYPE_CHECKING:
     from hardbatch.mining.hierarchical import HierarchicalRun, Shard, ShardResult
 
 __all__ = [
+    "EXCHANGES",
     "assign_shards",
+    "check_exchange",
     "mine_b3_distributed",
     "mine_b3_hierarchical_distributed",
     "mine_gcbs_distributed",
@@ -99,6 +110,16 @@ _B3_WHAT = "ranking its shard of B3 queries"
 _GCBS_WHAT = "building its slice of the GCBS graph"
 
 T = TypeVar("T")
+
+
+#: How the positives reach the ranks: every rank reads them all, or each reads its shard and they circulate.
+EXCHANGES = ("read", "ring")
+
+
+def check_exchange(exchange: str) -> None:
+    """ConfigError unless ``exchange`` is one of :data:`EXCHANGES`."""
+    if exchange not in EXCHANGES:
+        raise ConfigError(f"exchange must be one of {EXCHANGES}, got {exchange!r}")
 
 
 def _shard(num_rows: int, rank: int, world: int) -> tuple[int, int]:
@@ -120,6 +141,98 @@ def _local_search(
         return np.empty((0, k), np.int32), np.empty((0, k), np.float32), {}
     result = knn_exact(q_part[lo:hi], p_part, k, exclude_self=True, row_offset=lo, **options)
     return result.indices, result.scores, result.info
+
+
+def _search_shard(
+    query: Any, positive: Any, ids: np.ndarray | None, k: int, rank: int, world: int, options: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """This rank's rows of the group's ranking, by the exchange ``options["exchange"]`` names."""
+    search_options = {key: value for key, value in options.items() if key != "exchange"}
+    if options.get("exchange", "read") == "ring":
+        return _ring_search(query, positive, ids, k, rank, world, search_options)
+    found, failure = _attempt(_local_search, query, positive, ids, k, rank, world, search_options)
+    raise_together(failure, _B3_WHAT)
+    assert found is not None
+    return found
+
+
+def _ring_rows(
+    query: Any, positive: Any, ids: np.ndarray | None, lo: int, hi: int
+) -> tuple[Any, torch.Tensor]:
+    """Rows [lo, hi) of the group: the queries as given (read when searched), the positives as a tensor."""
+    if ids is None:
+        rows, keys = query[lo:hi], positive[lo:hi]
+    else:
+        rows, keys = take_rows(query, ids[lo:hi]), take_rows(positive, ids[lo:hi])
+    return rows, as_tensor(keys, comm_device())
+
+
+def _ring_search(
+    query: Any, positive: Any, ids: np.ndarray | None, k: int, rank: int, world: int, options: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """This rank's query shard against every rank's shard of the positives, the shards passed around the ring.
+
+    Rank r reads rows [r·n/W, (r+1)·n/W) of the group's queries and positives only. Its positive shard
+    travels rank → rank + 1 (:func:`hardbatch.distributed.circulate`), so at every step a rank searches its
+    queries against one shard (its own first, where ``exclude_self`` drops the diagonal) with
+    :func:`~hardbatch.graph.knn.knn_exact` and merges the shard's top k into its running top k by the
+    global tie rule (:func:`~hardbatch.graph.topk.merge_topk` with global key indices), so the answer is
+    the one of a search over all positives. A rank that fails (bad input, out of memory) keeps passing
+    shards until the ring is done, then every rank raises together: no rank is left waiting in a receive.
+
+    Memory per rank: O(2·(n/W)·d) for its shard and the arriving one, plus :func:`knn_exact`'s blocks.
+    Time: the same O(n²·d / W) as reading every positive; W − 1 shards received per rank.
+    """
+    num = len(query) if ids is None else len(ids)
+    lo, hi = _shard(num, rank, world)
+    sizes = [b - a for a, b in (_shard(num, r, world) for r in range(world))]
+    prepared, failure = _attempt(_ring_rows, query, positive, ids, lo, hi)
+    if failure is None:
+        failure = _attempt(check_k, k, num, True)[1]
+    shapes: list[Any] = [None] * world
+    dim = None if prepared is None else int(prepared[1].shape[1])
+    dist.all_gather_object(shapes, (num, dim))  # every shard must fit the others' receive buffers
+    if failure is None and len({shape for shape in shapes if shape[1] is not None}) > 1:
+        failure = DataError(
+            f"the ranks' positive shards disagree in shape (rows of the group, dim) = {shapes}; every rank must "
+            "read the same embeddings"
+        )
+    raise_together(failure, _B3_WHAT)
+    assert prepared is not None
+    rows, own = prepared
+    ring = Ring()
+    held: list[tuple[torch.Tensor, torch.Tensor]] = []
+    infos: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+
+    def compute(step: int, blocks: list[torch.Tensor | None]) -> None:
+        keys = blocks[0]
+        assert keys is not None
+        own_shard = step == 0
+        block_k = min(k, len(keys) - own_shard)
+        if errors or hi == lo or block_k <= 0:
+            return
+        try:
+            found = knn_exact(rows, keys, block_k, exclude_self=own_shard, **options)
+        except Exception as exc:  # reported after the ring: the other ranks still need this rank's sends
+            errors.append(exc)
+            return
+        infos.append(found.info)
+        values = torch.from_numpy(found.scores)
+        top = torch.from_numpy(found.indices).long() + _shard(num, ring.source(step), world)[0]
+        if held:
+            width = min(k, held[0][1].shape[1] + block_k)
+            values, top = merge_topk(*held.pop(), values, top, width)
+        held.append((values, top))
+
+    circulate(ring, sizes, [own], compute)
+    raise_together(errors[0] if errors else None, _B3_WHAT)
+    if hi == lo:
+        return np.empty((0, k), np.int32), np.empty((0, k), np.float32), {}
+    values, top = held[0]
+    info = {**infos[0], "fp32_rows_redone": sum(i.get("fp32_rows_redone", 0) for i in infos),
+            "exchange": "ring", "ring_steps": world}  # fmt: skip
+    return top.to(torch.int32).numpy(), values.numpy(), info
 
 
 def _gather(
@@ -175,8 +288,14 @@ class _Leader:
 
     def report(self, failure: BaseException | None) -> None:
         """Within a request: every rank's outcome; raises on every rank when one failed."""
+        with self.collective():
+            raise_together(failure, self.what)
+
+    @contextlib.contextmanager
+    def collective(self) -> Iterator[None]:
+        """Within a request: every report raised inside is one the other ranks take part in."""
         self.shared = True
-        raise_together(failure, self.what)
+        yield
         self.shared = False
 
     def run(self, work: Callable[[], T]) -> T:
@@ -220,9 +339,7 @@ def _serve(query: Any, positive: Any, options: dict[str, Any]) -> None:
             dist.broadcast(buffer, src=0)
             ids = buffer.cpu().numpy()
         num_rows = len(query) if ids is None else len(ids)
-        found, failure = _attempt(_local_search, query, positive, ids, k, rank, world, options)
-        raise_together(failure, _B3_WHAT)
-        indices, scores, _ = found
+        indices, scores, _ = _search_shard(query, positive, ids, k, rank, world, options)
         _gather(indices, scores, num_rows, k)
 
 
@@ -236,6 +353,7 @@ def mine_b3_distributed(
     precision: str = "auto",
     key_block_size: int | str | None = None,
     memory_budget: int | str | None = None,
+    exchange: str = "read",
     **mine_options: Any,
 ) -> BatchPlan | None:
     """:func:`~hardbatch.mining.b3.mine_b3` with the teacher ranking split over the ranks of the default group.
@@ -256,13 +374,18 @@ def mine_b3_distributed(
             ``memory_budget`` by every rank alike (:func:`hardbatch.graph.knn.knn_exact`).
         memory_budget: bytes (or "4GiB") each rank's key and score blocks may take; alone it means
             ``key_block_size="auto"``.
+        exchange: how the positives reach the ranks. "read": every rank reads all of them itself (from a
+            file every rank can read). "ring": rank r reads only its shard, rows [r·n/W, (r+1)·n/W) of each
+            group, and the shards travel around the ring (P2P, overlapped with the search), so a rank holds
+            two shards at a time, O(2·n/W·d), and reads n/W rows; with ``key_block_size`` each shard is
+            searched in blocks as well. Same plan either way.
         **mine_options: every other :func:`~hardbatch.mining.b3.mine_b3` argument (batch_size, skip...).
 
     Returns:
         The plan on rank 0 (``params["world_size"]`` set), None on the other ranks.
 
     Raises:
-        ConfigError: an approximate ``knn`` backend. Anything a rank raises while ranking (bad input, out of
+        ConfigError: an approximate ``knn`` backend, an unknown ``exchange``. Anything a rank raises while ranking (bad input, out of
             memory) or rank 0 raises while mining is raised on every rank at once
             (:func:`hardbatch.distributed.raise_together`): the same class and message for a
             :class:`~hardbatch.errors.HardbatchError`, else a RuntimeError naming the failed rank.
@@ -271,8 +394,9 @@ def mine_b3_distributed(
 
     if knn != "exact":
         raise ConfigError(f"distributed mining supports knn='exact' only, got {knn!r}")
+    check_exchange(exchange)
     options = {"device": device, "chunk_size": chunk_size, "precision": precision, "normalize": True,
-               "key_block_size": key_block_size, "memory_budget": memory_budget}  # fmt: skip
+               "key_block_size": key_block_size, "memory_budget": memory_budget, "exchange": exchange}  # fmt: skip
     options["normalize"] = bool(mine_options.get("normalize", True))
     options["show_progress"] = mine_options.get("show_progress")
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -298,9 +422,10 @@ def mine_b3_distributed(
         dist.broadcast(header, src=0)
         if not whole:
             dist.broadcast(torch.as_tensor(np.asarray(ids, dtype=np.int64), device=dev), src=0)
-        found, failure = _attempt(_local_search, q_part, p_part, None, k, 0, world, options)
-        leader.report(failure)
-        indices, scores, info = found
+        with leader.collective():
+            indices, scores, info = _search_shard(
+                query_emb, positive_emb, None if whole else ids, k, 0, world, options
+            )
         gathered = _gather(indices, scores, len(q_part), k, info)
         assert gathered is not None
         return gathered
