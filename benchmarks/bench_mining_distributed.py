@@ -8,6 +8,9 @@ file rendezvous) memory-map them and call ``mine_b3_distributed`` (exact fp32, t
 Reported per rank: wall seconds of the call (rank 0 also builds the graph, partitions and batches; the other
 ranks' time includes waiting for it) and peak RSS (VmHWM); for rank 0 the plan's kNN / graph stage time.
 Each plan is compared with the W = 1 plan: B3 clusters and remainder, GCBS batches, element for element.
+``--exchanges read,ring`` runs every W > 1 both ways side by side: every rank reading all positives from the
+memory-mapped file ("read"), or each rank reading only its shard while the shards circulate ("ring",
+``exchange="ring"``).
 
 On one machine the ranks share its cores, so a W-rank run cannot be faster than W = 1 with all threads:
 threads per rank are ``cores // W`` (at least 1) and the figure to read is the overhead of the
@@ -15,10 +18,12 @@ distribution (total rank-seconds against the single process), not a speed-up. On
 ranking time is the single-process one divided by W.
 
 Time per rank O(N²·d / W) for the ranking; memory per rank O(N·d) for the memory-mapped positives (shared
-page cache on one machine) + O(chunk·N) per block; rank 0 also O(N·k) for the gathered window.
+page cache on one machine) + O(chunk·N) per block with "read", O(2·N/W·d) for two shards with "ring";
+rank 0 also O(N·k) for the gathered window.
 
-Usage: python benchmarks/bench_mining_distributed.py [--n 200000] [--worlds 1,2,4] [--smoke]
-Writes benchmarks/results/mining_distributed_<N>.json and .md (not with --smoke) and prints the table.
+Usage: python benchmarks/bench_mining_distributed.py [--n 200000] [--worlds 1,2,4] [--exchanges read,ring]
+[--tag T] [--smoke]
+Writes benchmarks/results/mining_distributed_<N>[_<T>].json and .md (not with --smoke) and prints the table.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ RESULTS = Path(__file__).parent / "results"
 METHODS = ("b3", "gcbs")
 
 
-def _mine(method: str, query, positive, distributed: bool):
+def _mine(method: str, query, positive, distributed: bool, exchange: str = "read"):
     """One B3 plan or GCBS result; the distributed entry points on every rank when ``distributed``."""
     from hardbatch.mining import mine_b3, mine_gcbs
     from hardbatch.mining.distributed import mine_b3_distributed, mine_gcbs_distributed
@@ -45,9 +50,13 @@ def _mine(method: str, query, positive, distributed: bool):
     if method == "b3":
         options = dict(batch_size=BATCH, cluster_size=K, skip=SKIP, window=WINDOW, device="cpu",
                        precision="fp32", show_progress=False)  # fmt: skip
-        return (mine_b3_distributed if distributed else mine_b3)(query, positive, **options)
+        if distributed:
+            return mine_b3_distributed(query, positive, exchange=exchange, **options)
+        return mine_b3(query, positive, **options)
     options = dict(target_degree=BATCH / 2, device="cpu", keep_graph=False, show_progress=False)
-    return (mine_gcbs_distributed if distributed else mine_gcbs)(query, positive, BATCH, **options)
+    if distributed:
+        return mine_gcbs_distributed(query, positive, BATCH, exchange=exchange, **options)
+    return mine_gcbs(query, positive, BATCH, **options)
 
 
 def _save(method: str, result, stem: str) -> dict:
@@ -80,7 +89,7 @@ def _worker(rank: int, world: int, spec: dict) -> None:
     if distributed:
         dist.barrier()
     started = time.perf_counter()
-    result = _mine(spec["method"], query, positive, distributed)
+    result = _mine(spec["method"], query, positive, distributed, spec["exchange"])
     row = {
         "rank": rank,
         "seconds": round(time.perf_counter() - started, 2),
@@ -106,7 +115,7 @@ def _same(method: str, stem: str, reference: str) -> bool:
     )
 
 
-def run(num: int, worlds: list[int]) -> dict:
+def run(num: int, worlds: list[int], exchanges: list[str]) -> dict:
     import torch.multiprocessing as mp
 
     cores = os.cpu_count() or 1
@@ -114,6 +123,7 @@ def run(num: int, worlds: list[int]) -> dict:
         "n": num,
         "dim": DIM,
         "worlds": worlds,
+        "exchanges": exchanges,
         "load_average_1m_start": round(os.getloadavg()[0], 2),
     }
     rows: list[dict] = []
@@ -121,10 +131,10 @@ def run(num: int, worlds: list[int]) -> dict:
         paths = write_clustered(num, folder)
         for method in METHODS:
             reference = None
-            for world in worlds:
-                stem = os.path.join(folder, f"{method}_w{world}")
+            for world, exchange in [(w, e) for w in worlds for e in (exchanges if w > 1 else ["-"])]:
+                stem = os.path.join(folder, f"{method}_w{world}_{exchange}")
                 spec = {**paths, "method": method, "stem": stem, "rdv": stem + ".rdv",
-                        "threads": max(1, cores // world)}  # fmt: skip
+                        "threads": max(1, cores // world), "exchange": exchange}  # fmt: skip
                 started = time.perf_counter()
                 if world == 1:
                     _worker(0, 1, spec)
@@ -135,6 +145,7 @@ def run(num: int, worlds: list[int]) -> dict:
                 row = {
                     "method": method,
                     "world": world,
+                    "exchange": exchange,
                     "threads_per_rank": spec["threads"],
                     "wall_s": round(time.perf_counter() - started, 2),
                     "ranks": ranks,
@@ -156,14 +167,15 @@ def markdown(report: dict) -> str:
         f"one machine (threads per rank = cores / W); load average {r['load_average_1m_start']} → "
         f"{r['load_average_1m_end']}. The ranks share the cores: read the overhead, not a speed-up.",
         "",
-        "| method | W | threads/rank | wall s | seconds per rank | peak RSS MiB per rank | rank 0 kNN s | "
-        "same plan as W = 1 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | W | exchange | threads/rank | wall s | seconds per rank | peak RSS MiB per rank | "
+        "rank 0 kNN s | same plan as W = 1 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in r["rows"]:
         ranks = row["ranks"]
         lines.append(
-            f"| {row['method']} | {row['world']} | {row['threads_per_rank']} | {row['wall_s']} | "
+            f"| {row['method']} | {row['world']} | {row.get('exchange', 'read')} | {row['threads_per_rank']} | "
+            f"{row['wall_s']} | "
             f"{', '.join(str(x['seconds']) for x in ranks)} | {', '.join(str(x['peak_rss_mb']) for x in ranks)} | "
             f"{ranks[0].get('knn_s', '')} | {row['same_as_world_1']} |"
         )
@@ -174,20 +186,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200_000)
     parser.add_argument("--worlds", default="1,2,4")
+    parser.add_argument("--exchanges", default="read", help="read, ring or both (read,ring) for every W > 1")
+    parser.add_argument("--tag", default="", help="suffix of the result files")
     parser.add_argument("--smoke", action="store_true", help="N = 3,000, W = 1, 2; nothing written")
     args = parser.parse_args()
+    exchanges = args.exchanges.split(",")
     os.environ.setdefault("HARDBATCH_PROGRESS", "0")
     num, worlds = (3000, [1, 2]) if args.smoke else (args.n, [int(w) for w in args.worlds.split(",")])
     if worlds[0] != 1:
         raise SystemExit("--worlds must start with 1 (the reference plan)")
-    report = {"benchmark": "mining_distributed", "machine": machine(), "results": run(num, worlds)}
+    report = {"benchmark": "mining_distributed", "machine": machine(), "results": run(num, worlds, exchanges)}
     table = markdown(report)
     print(table)
     if not args.smoke:
         from hardbatch.io import atomic_write, write_json
 
-        write_json(RESULTS / f"mining_distributed_{num}.json", report)
-        with atomic_write(RESULTS / f"mining_distributed_{num}.md") as handle:
+        stem = f"mining_distributed_{num}" + (f"_{args.tag}" if args.tag else "")
+        write_json(RESULTS / f"{stem}.json", report)
+        with atomic_write(RESULTS / f"{stem}.md") as handle:
             handle.write(table)
 
 

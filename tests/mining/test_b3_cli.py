@@ -113,6 +113,16 @@ def test_cli_errors(app, tmp_path):
     assert isinstance(result.exception, ConfigError) and "multiple of 8" in str(result.exception)
     result = CliRunner().invoke(app, ["mine", "b3", "--query-emb", str(q)])
     assert isinstance(result.exception, ConfigError)
+    result = CliRunner().invoke(app, [*base, "-b", "16", "-k", "8", "--exchange", "broadcast"])
+    assert isinstance(result.exception, ConfigError) and "exchange must be one of" in str(result.exception)
+    result = CliRunner().invoke(
+        app, [*base, "-b", "16", "-k", "8", "--exchange", "ring", "--shard-size", "32"]
+    )
+    assert isinstance(result.exception, ConfigError) and "--shard-size" in str(result.exception)
+    result = CliRunner().invoke(
+        app, [*base, "-b", "16", "-k", "8", "--exchange", "ring"]
+    )  # one process: no-op
+    assert result.exit_code == 0, result.output
     q, p = _embeddings(tmp_path, nan_row=7)
     result = CliRunner().invoke(app, [*base, "-b", "16", "-k", "8"])
     assert isinstance(result.exception, DataError) and "row 7" in str(result.exception)

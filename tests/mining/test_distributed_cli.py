@@ -1,6 +1,6 @@
 """``torchrun -m hardbatch mine b3|gcbs`` on 2 gloo ranks from pair data: the ranks embed their shares of the
 pairs (no --query-emb/--positive-emb), rank 0 writes the embedding cache and the plan once, and both plans
-equal the single-process command's.
+equal the single-process command's (B3 with ``--exchange ring``, GCBS with every rank reading all positives).
 
 The reference embeddings are computed in this process with one thread, as each rank computes them, and must
 equal rank 0's cache bit for bit; the single-process commands then mine from that reference cache, so a
@@ -50,8 +50,9 @@ def test_torchrun_mine_b3_and_gcbs_from_data_equal_one_process(tmp_path, tiny_mo
     ]  # fmt: skip
     data.write_text("\n".join(json.dumps(r) for r in rows))
 
+    # B3 with the positive shards passed around the ring, GCBS with every rank reading them all.
     proc = _torchrun("mine", "b3", str(data), "-t", str(teacher), "--emb-dir", str(cache), *B3,
-                     "-o", str(tmp_path / "b3.parquet"))  # fmt: skip
+                     "--exchange", "ring", "-o", str(tmp_path / "b3.parquet"))  # fmt: skip
     assert proc.stdout.count("batch plan") == 1  # rank 0 alone prints (and writes)
     _torchrun("mine", "gcbs", str(data), "-t", str(teacher), "--emb-dir", str(cache), *GCBS,
               "-o", str(tmp_path / "gcbs.parquet"))  # fmt: skip
@@ -82,3 +83,6 @@ def test_torchrun_mine_b3_and_gcbs_from_data_equal_one_process(tmp_path, tiny_mo
         np.testing.assert_array_equal(distributed.clusters, single.clusters)
         np.testing.assert_array_equal(np.sort(distributed.remainder), np.sort(single.remainder))
         assert distributed.params["world_size"] == 2
+    assert all(
+        info["exchange"] == "ring" for info in BatchPlan.load(tmp_path / "b3.parquet").stats["knn_info"]
+    )

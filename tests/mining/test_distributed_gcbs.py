@@ -35,6 +35,7 @@ pytestmark = pytest.mark.distributed
 CASES = {
     "blocked_sampled": dict(target_degree=8, sample_size=4000, seed=3, key_block_size=37),
     "budget_exact_quantile": dict(quantile=0.99, seed=0, memory_budget=340_000),
+    "ring_blocked": dict(quantile=0.99, seed=0, key_block_size=37, exchange="ring"),
 }
 OPTIONS = dict(device="cpu", chunk_size=64, precision="fp32", show_progress=False)
 
@@ -65,7 +66,14 @@ def _failure_checks(rank: int, q, p) -> None:
         threshold.threshold_graph = failing("out of memory")
     expected = "out of memory" if rank == 1 else "rank 1 failed while building its slice of the GCBS graph"
     promptly(RuntimeError, expected, gcbs)
+    # The same in a ring, where the failing rank still passes its shards on until the ring is done.
+    if rank == 1:
+        threshold.threshold_graph = failing("row 9: unreadable embedding")
+    promptly(DataError, "row 9: unreadable embedding", lambda: gcbs(exchange="ring"))
     threshold.threshold_graph = original
+    promptly(DataError, r"positive embeddings on rank 1: shape \(301, 20\)",
+              lambda: gcbs(positive=np.asarray(p)[:, :20] if rank == 1 else p, exchange="ring"))  # fmt: skip
+    promptly(ConfigError, "edges per row", lambda: gcbs(max_avg_degree=2.0, exchange="ring"))
     # A rank > 0 whose file differs from rank 0's (a truncated copy on another node).
     promptly(DataError, r"positive embeddings on rank 1: shape \(300, 24\)",
               lambda: gcbs(positive=p[:-1] if rank == 1 else p))  # fmt: skip
@@ -136,7 +144,9 @@ def test_key_blocked_distributed_gcbs_and_failures_on_every_rank(tmp_path):
     np.save(tmp_path / "p.npy", p)
     mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
     for name, options in CASES.items():
-        options = {k: v for k, v in options.items() if k not in ("key_block_size", "memory_budget")}
+        options = {
+            k: v for k, v in options.items() if k not in ("key_block_size", "memory_budget", "exchange")
+        }
         single = mine_gcbs(q, p, 20, **OPTIONS, **options)  # all positives resident, one process
         np.testing.assert_array_equal(np.load(tmp_path / f"{name}-order.npy"), single.order)
         saved = json.loads((tmp_path / f"{name}.json").read_text())

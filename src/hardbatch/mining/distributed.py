@@ -444,8 +444,8 @@ def _local_graph(
 ) -> sp.csr_array | None:
     """This rank's (rows, N) slice of the GCBS threshold graph; None when it alone breaks the density cap.
 
-    ``rows`` and ``keys`` are normalised tensors, or with key blocks the arrays as given (normalised block
-    by block, the same bits per row).
+    ``rows`` and ``keys`` come from :func:`_graph_inputs`: normalised tensors, or with key blocks the arrays
+    as given (normalised block by block, the same bits per row).
     """
     from hardbatch.graph.threshold import DenseGraphError, threshold_graph
 
@@ -469,6 +469,117 @@ def _local_graph(
 
 def _blocked(options: dict[str, Any]) -> bool:
     return options["key_block_size"] is not None or options["memory_budget"] is not None
+
+
+def _graph_inputs(query: Any, positive: Any, lo: int, hi: int, options: dict[str, Any]) -> tuple[Any, Any]:
+    """This rank's query rows [lo, hi) and the positives it starts from, as the graph pass reads them.
+
+    "ring": its own rows and positive shard, normalised (row-wise: the bits of normalising all rows), the
+    shard on the communication device to travel. Key blocks: the arrays as given (read block by block).
+    Otherwise the rows and all positives, normalised.
+    """
+    from hardbatch.device import resolve_device
+    from hardbatch.graph.threshold import normalize_rows
+
+    search_device = resolve_device(options["device"])
+    if options["exchange"] == "ring":
+        own = normalize_rows(positive[lo:hi], search_device).to(comm_device())
+        return normalize_rows(query[lo:hi], search_device), own
+    if _blocked(options):  # read block by block where needed, never all positives at once
+        return query[lo:hi], positive
+    return normalize_rows(query[lo:hi], search_device), normalize_rows(positive, search_device)
+
+
+def _ring_graph(
+    rows: torch.Tensor, own: torch.Tensor, threshold: float, num_rows: int, options: dict[str, Any]
+) -> tuple[sp.csr_array | None, BaseException | None]:
+    """This rank's slice of the threshold graph, the normalised positive shards passed around the ring.
+
+    Every arriving shard (rank s's positives, columns [s·N/W, (s+1)·N/W)) is thresholded against this rank's
+    rows (the diagonal dropped in its own shard only); the slices are put side by side in column order, so
+    the slice is :func:`_local_graph`'s. The density cap counts the edges of all shards, with the same slack
+    as :func:`_local_graph`. A failure on one shard stops this rank's work but not its sends.
+
+    Returns:
+        ``(slice, None)``; ``(None, None)`` when the slice alone breaks the density cap; ``(None, error)``.
+    """
+    from hardbatch.graph.threshold import DenseGraphError, threshold_graph
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ring = Ring()
+    sizes = [b - a for a, b in (_shard(num_rows, r, world) for r in range(world))]
+    allowed = options["max_avg_degree"] * num_rows + 1  # the slack of _local_graph
+    parts: dict[int, sp.csr_array] = {}
+    state: dict[str, Any] = {"edges": 0, "dense": False, "error": None}
+
+    def compute(step: int, blocks: list[torch.Tensor | None]) -> None:
+        keys, source = blocks[0], ring.source(step)
+        assert keys is not None
+        if state["dense"] or state["error"] is not None:
+            return
+        if len(rows) == 0 or len(keys) == 0:
+            parts[source] = sp.csr_array((len(rows), len(keys)), dtype=np.int8)
+            return
+        remaining = allowed - state["edges"]
+        if remaining <= 0:
+            state["dense"] = True
+            return
+        try:
+            part = threshold_graph(
+                rows, keys, threshold, chunk_size=options["chunk_size"], device=options["device"],
+                normalize=False, drop_diagonal=step == 0, max_avg_degree=remaining / len(rows),
+                precision=options["precision"], key_block_size=options["key_block_size"],
+                memory_budget=options["memory_budget"],
+                show_progress=options["show_progress"] if rank == 0 else False,
+            )  # fmt: skip
+        except DenseGraphError:
+            state["dense"] = True
+            return
+        except Exception as exc:  # reported after the ring: the other ranks still need this rank's sends
+            state["error"] = exc
+            return
+        parts[source] = part
+        state["edges"] += part.nnz
+
+    circulate(ring, sizes, [own], compute)
+    if state["error"] is not None or state["dense"]:
+        return None, state["error"]
+    if len(rows) == 0:
+        return sp.csr_array((0, num_rows), dtype=np.int8), None
+    graph = sp.csr_array(sp.hstack([parts[source] for source in range(world)], format="csr"), dtype=np.int8)
+    graph.sort_indices()
+    return graph, None
+
+
+def _graph_slice(
+    prepared: tuple[Any, Any] | None,
+    failure: BaseException | None,
+    query: Any,
+    positive: Any,
+    threshold: float,
+    options: dict[str, Any],
+    report: Callable[[BaseException | None], None],
+) -> sp.csr_array | None:
+    """This rank's slice of the graph, or None; ``prepared`` (or its ``failure``) from :func:`_graph_inputs`.
+
+    ``report`` is the collective every rank's outcome goes through (each rank raises if one failed): after
+    the slice, and in a ring also before the first shard travels (a rank whose inputs have another shape
+    never sends).
+    """
+    num_rows, dim = options["shape"]
+    lo = _shard(num_rows, dist.get_rank(), dist.get_world_size())[0]
+    if failure is None:
+        failure = _attempt(_check_shape, query, positive, num_rows, dim)[1]
+    local = None
+    if options["exchange"] == "ring":
+        report(failure)
+        assert prepared is not None
+        local, failure = _ring_graph(*prepared, threshold, num_rows, options)
+    elif failure is None:
+        assert prepared is not None
+        local, failure = _attempt(_local_graph, *prepared, threshold, lo, num_rows, options)
+    report(failure)
+    return local
 
 
 def _gather_graph(
@@ -533,45 +644,23 @@ def _check_shape(query: Any, positive: Any, num_rows: int, dim: int) -> None:
             )
 
 
-def _checked_slice(
-    query: Any, positive: Any, prepared: tuple[Any, Any], threshold: float, lo: int, options: dict[str, Any]
-) -> sp.csr_array | None:
-    """Ranks > 0: the shape check against rank 0's, then this rank's slice of the graph."""
-    num_rows, dim = options["shape"]
-    _check_shape(query, positive, num_rows, dim)
-    return _local_graph(*prepared, threshold, lo, num_rows, options)
-
-
 def _serve_graph(query: Any, positive: Any, options: dict[str, Any]) -> None:
     """Ranks > 0: build this rank's slice of the GCBS graph when rank 0 sends the threshold, until stop."""
-    from hardbatch.device import resolve_device
-    from hardbatch.graph.threshold import normalize_rows
-
     rank, world = dist.get_rank(), dist.get_world_size()
     dev = comm_device()
     lo, hi = _shard(len(query), rank, world)
-
-    def prepare() -> tuple[Any, Any]:
-        if _blocked(options):  # read block by block where needed, never all positives at once
-            return query[lo:hi], positive
-        # Normalised while rank 0 estimates the threshold; row-wise, so the slice equals rank 0's rows lo:hi.
-        search_device = resolve_device(options["device"])
-        return normalize_rows(query[lo:hi], search_device), normalize_rows(positive, search_device)
-
-    prepared, failure = _attempt(prepare)
+    # Read (and normalised) while rank 0 estimates the threshold; row-wise, so the bits are rank 0's.
+    prepared, failure = _attempt(_graph_inputs, query, positive, lo, hi, options)
     while True:
         header = torch.zeros(4, dtype=torch.float64, device=dev)
         dist.broadcast(header, src=0)
         command, threshold = int(header[0].item()), float(header[1].item())
         if not _follow(command, failure, _GCBS_WHAT):
             return
-        num_rows = int(header[2].item())
-        options = {**options, "shape": (num_rows, int(header[3].item()))}
-        local = None
-        if failure is None:
-            local, failure = _attempt(_checked_slice, query, positive, prepared, threshold, lo, options)
-        raise_together(failure, _GCBS_WHAT)
-        _gather_graph(local, num_rows, threshold, options["max_avg_degree"])
+        options = {**options, "shape": (int(header[2].item()), int(header[3].item()))}
+        report = lambda failure: raise_together(failure, _GCBS_WHAT)  # noqa: E731
+        local = _graph_slice(prepared, failure, query, positive, threshold, options, report)
+        _gather_graph(local, options["shape"][0], threshold, options["max_avg_degree"])
 
 
 def mine_gcbs_distributed(
@@ -587,6 +676,7 @@ def mine_gcbs_distributed(
     key_block_size: int | str | None = None,
     memory_budget: int | str | None = None,
     show_progress: bool | None = None,
+    exchange: str = "read",
     **gcbs_options: Any,
 ) -> GCBSResult | None:
     """:func:`~hardbatch.mining.gcbs.mine_gcbs` with the threshold graph split by query rows over the ranks.
@@ -620,6 +710,9 @@ def mine_gcbs_distributed(
         memory_budget: bytes (or "4GiB") each rank's key, row and score blocks may take; alone it means
             ``key_block_size="auto"``.
         show_progress: rank 0's progress bar.
+        exchange: "read" (every rank reads all positives) or "ring" (rank r reads and normalises only rows
+            [r·N/W, (r+1)·N/W) of both inputs; the normalised positive shards circulate, two held at a
+            time, O(2·N/W·d)); the same graph either way.
         **gcbs_options: every other :func:`~hardbatch.mining.gcbs.mine_gcbs` argument (quantile, seed...).
 
     Returns:
@@ -627,7 +720,7 @@ def mine_gcbs_distributed(
         plan records it), None on the other ranks.
 
     Raises:
-        ConfigError: ``graph_method="ivf"``.
+        ConfigError: ``graph_method="ivf"``, an unknown ``exchange``.
         DataError: a rank's embeddings differ in shape from rank 0's (raised on every rank).
         Exception: anything :func:`~hardbatch.mining.gcbs.mine_gcbs` raises on rank 0, or any rank raises
             while building its slice, is raised on every rank at once (see "Failures" in the module
@@ -638,6 +731,7 @@ def mine_gcbs_distributed(
 
     if graph_method != "exact":
         raise ConfigError(f"distributed GCBS supports graph_method='exact' only, got {graph_method!r}")
+    check_exchange(exchange)
     common = dict(
         device=device, chunk_size=chunk_size, max_avg_degree=max_avg_degree, show_progress=show_progress,
         precision=precision, key_block_size=key_block_size, memory_budget=memory_budget,
@@ -648,7 +742,7 @@ def mine_gcbs_distributed(
         return result
     rank, world = dist.get_rank(), dist.get_world_size()
     if rank != 0:
-        _serve_graph(query_emb, positive_emb, common)
+        _serve_graph(query_emb, positive_emb, {**common, "exchange": exchange})
         return None
     dev = comm_device()
 
@@ -659,10 +753,11 @@ def mine_gcbs_distributed(
     leader = _Leader(send, _GCBS_WHAT)
 
     def search(x: Any, y: Any, threshold: float) -> sp.csr_array:
-        send(_GRAPH, threshold, (len(x), int(x.shape[1])))
-        lo, hi = _shard(len(x), 0, world)
-        local, failure = _attempt(_local_graph, x[lo:hi], y, threshold, lo, len(x), common)
-        leader.report(failure)
+        shape = (len(x), int(x.shape[1]))
+        send(_GRAPH, threshold, shape)
+        options = {**common, "exchange": exchange, "shape": shape}
+        prepared, failure = _attempt(_graph_inputs, x, y, *_shard(len(x), 0, world), options)
+        local = _graph_slice(prepared, failure, x, y, threshold, options, leader.report)
         graph = _gather_graph(local, len(x), threshold, max_avg_degree)
         assert graph is not None
         return graph

@@ -259,8 +259,8 @@ def mine_gcbs(
             refresh turns it off).
         show_progress: progress bar for the similarity pass.
         graph_search: replaces the exact threshold-graph pass of step 3: called once as
-            ``fn(x, y, threshold)`` with the (N, d) normalised fp32 query and positive tensors (with key
-            blocks: the arrays as given, to be normalised block by block), it returns the directed (N, N)
+            ``fn(x, y, threshold)`` with the (N, d) query and positive arrays as given (not normalised: it
+            reads and normalises the rows it needs, row-wise), it returns the directed (N, N)
             graph :func:`~hardbatch.graph.threshold.threshold_graph` would (diagonal left out, at most
             ``max_avg_degree`` edges per row). :func:`hardbatch.mining.distributed.mine_gcbs_distributed`
             uses it to split the pass over ranks.
@@ -301,17 +301,19 @@ def mine_gcbs(
     timer = StageTimer()
     dev = resolve_device(device)
     blocked = key_block_size is not None or memory_budget is not None
+    # With key blocks, or a replaced graph pass that reads only the rows it needs, nothing is normalised whole.
+    lazy = blocked or (graph_search is not None and graph_method == "exact")
     block = gcbs_key_block(key_block_size, memory_budget, positive_emb, chunk_size=chunk_size,
                            precision=precision, device=dev, graph_method=graph_method)  # fmt: skip
     with timer.stage("normalize"):
         # Row-wise normalisation gives every row the same bits up front or block by block, so with key blocks
         # the inputs are read (and normalised) where needed instead of copied whole.
-        x = query_emb if blocked else normalize_rows(query_emb, dev)
-        y = positive_emb if blocked else normalize_rows(positive_emb, dev)
+        x = query_emb if lazy else normalize_rows(query_emb, dev)
+        y = positive_emb if lazy else normalize_rows(positive_emb, dev)
     with timer.stage("quantile"):
         threshold = estimate_similarity_quantile(
             x, y, q, sample_size=sample_size, seed=0 if seed is None else seed, chunk_size=chunk_size,
-            device=dev, normalize=blocked,
+            device=dev, normalize=lazy,
         )  # fmt: skip
     with timer.stage("threshold_graph"):
         if graph_method == "ivf":

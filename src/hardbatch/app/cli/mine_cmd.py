@@ -8,6 +8,7 @@ runs one GCBS refresh with a fixed teacher. Both plans carry their input hashes,
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +18,7 @@ from rich.table import Table
 
 from hardbatch.app.cli.options import (
     ExampleBatchSize,
+    Exchange,
     KeyBlockSize,
     MemoryBudget,
     PlanOutput,
@@ -173,6 +175,7 @@ def mine_b3_command(
     ] = 0.95,
     key_block_size: KeyBlockSize = None,
     memory_budget: MemoryBudget = None,
+    exchange: Exchange = "read",
     shard_size: Annotated[
         int | None,
         typer.Option(
@@ -229,9 +232,8 @@ def mine_b3_command(
     # Malformed or contradictory key-block options too (a budget's fit is checked once N and d are known).
     check_key_blocks({"key_block_size": key_block_option(key_block_size), "memory_budget": memory_budget,
                       "knn": knn})  # fmt: skip
+    _check_exchange(exchange, shard_size)
     if shard_size is not None:  # hierarchical: under torchrun the shards are spread over the ranks
-        from functools import partial
-
         from hardbatch.mining.hierarchical import mine_b3_hierarchical
 
         hierarchical = mine_b3_hierarchical
@@ -239,7 +241,7 @@ def mine_b3_command(
             hierarchical = _distributed(device, "mine_b3_hierarchical_distributed")
         mine_b3 = partial(hierarchical, shard_size=shard_size)
     elif _world_size() > 1:
-        mine_b3 = _distributed(device, "mine_b3_distributed")
+        mine_b3 = partial(_distributed(device, "mine_b3_distributed"), exchange=exchange)
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -349,6 +351,18 @@ def _leave_group() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _check_exchange(exchange: str, shard_size: int | None) -> None:
+    """``--exchange``: a known value, and not with hierarchical shards (a shard's positives never travel)."""
+    from hardbatch.errors import ConfigError
+    from hardbatch.mining.distributed import check_exchange
+
+    check_exchange(exchange)
+    if exchange != "read" and shard_size is not None:
+        raise ConfigError(
+            "--exchange ring applies to flat mining; with --shard-size each rank reads its own shards"
+        )
 
 
 def _distributed(device: str, name: str):
@@ -468,6 +482,7 @@ def mine_gcbs_command(
     ] = "auto",
     key_block_size: KeyBlockSize = None,
     memory_budget: MemoryBudget = None,
+    exchange: Exchange = "read",
     query_emb: QueryEmb = None,
     positive_emb: PositiveEmb = None,
     emb_dir: EmbDir = None,
@@ -484,8 +499,9 @@ def mine_gcbs_command(
 
     check_output_file(out)
     check_key_block_options(key_block_option(key_block_size), memory_budget)  # before embedding
+    _check_exchange(exchange, None)
     if _world_size() > 1:
-        mine_gcbs = _distributed(device, "mine_gcbs_distributed")
+        mine_gcbs = partial(_distributed(device, "mine_gcbs_distributed"), exchange=exchange)
     started = time.perf_counter()
     dataset = load_pairs(data)
     teacher_emb = teacher_embeddings(

@@ -58,6 +58,15 @@ MemoryBudget = Annotated[
     ),
 ]
 
+Exchange = Annotated[
+    str,
+    typer.Option(
+        "--exchange",
+        help="Under torchrun: how the positives reach the ranks: read (every rank reads all of them, from a "
+        "file they share) | ring (each rank reads only its shard; the shards circulate, two held at a time).",
+    ),
+]
+
 
 def key_block_option(text: str | None) -> int | str | None:
     """``--key-block-size``'s value for the library: None, ``"auto"`` or an integer (checked there).
