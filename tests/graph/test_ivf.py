@@ -28,7 +28,7 @@ def _reference(rows, keys, k, nprobe, lists, exclude_self, seed=0):
     key_t = torch.from_numpy(keys)
     centroids = ivf._train_centroids(key_t, lists, seed)
     key_lists = ivf._Buckets(ivf._nearest(key_t, centroids, torch.device("cpu")), lists)
-    groups = ivf._Groups(rows, centroids, torch.device("cpu"), False)
+    groups = ivf._Groups.of_rows(rows, centroids, torch.device("cpu"), False)
     search_k = k + 1 if exclude_self else k
     out = np.empty((len(rows), k), dtype=np.int64)
     for row in range(len(rows)):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ from hardbatch.graph.similarity import ScoreBuffer, as_tensor, block_scores, tak
 from hardbatch.graph.topk import select_topk
 from hardbatch.progress import progress
 
-__all__ = ["auto_lists", "knn_ivf", "probe_ladder"]
+__all__ = ["IvfLayout", "auto_lists", "finish_info", "ivf_layout", "knn_ivf", "probe_ladder", "search_groups"]
 
 #: A group's matmul runs in bf16 only when it has this many times more candidates than bf16 re-scores per row
 #: (k + margin): the wider pre-selection and the re-scoring gather cost more than bf16 saves below that.
@@ -135,31 +136,42 @@ class _Buckets:
 class _Groups:
     """Rows grouped by nearest centroid; each group's lists in probe order (nearest to its mean row first)."""
 
-    def __init__(self, rows: Any, centroids: torch.Tensor, device: torch.device, normalize: bool) -> None:
+    def __init__(self, assignment: np.ndarray, probe_order: np.ndarray) -> None:
+        self.assignment = assignment
+        self.probe_order = probe_order
+        self.rows = _Buckets(assignment, len(probe_order))
+
+    @classmethod
+    def of_rows(cls, rows: Any, centroids: torch.Tensor, device: torch.device, normalize: bool) -> _Groups:
         lists = len(centroids)
         chunk = 65536
-        self.assignment = np.empty(len(rows), dtype=np.int64)
+        assignment = np.empty(len(rows), dtype=np.int64)
         sums = torch.zeros(lists, centroids.shape[1], device=device)
         for lo in range(0, len(rows), chunk):
             block = _rows_tensor(rows, np.arange(lo, min(lo + chunk, len(rows))), device, normalize)
             nearest = _nearest(block, centroids, device)
-            self.assignment[lo : lo + len(block)] = nearest
+            assignment[lo : lo + len(block)] = nearest
             sums.index_add_(0, torch.as_tensor(nearest, device=device), block.float())
-        self.rows = _Buckets(self.assignment, lists)
         means = torch.nn.functional.normalize(sums, dim=1)
         # Empty groups keep a zero mean; they are never searched.
-        self.probe_order = knn_exact(
+        probe_order = knn_exact(
             means, centroids, lists, device=device, precision="fp32", show_progress=False
         ).indices.astype(np.int64)
+        return cls(assignment, probe_order)
+
+    def products(self, nprobe: int, keys: _Buckets, at_least: int) -> np.ndarray:
+        """(L,) int64: products each group's search at ``nprobe`` computes (0 for empty groups)."""
+        sizes = np.diff(self.rows.bounds)
+        out = np.zeros(len(sizes), dtype=np.int64)
+        for g in np.flatnonzero(sizes):
+            out[g] = int(sizes[g]) * keys.size(self.probed(int(g), nprobe, keys, at_least))
+        return out
 
     def searched_fraction(self, nprobe: int, keys: _Buckets, at_least: int) -> float:
         """Products the search at ``nprobe`` computes, as a fraction of N_rows · N_keys."""
-        sizes = np.diff(self.rows.bounds)
-        products = sum(
-            int(sizes[g]) * keys.size(self.probed(int(g), nprobe, keys, at_least))
-            for g in np.flatnonzero(sizes)
+        return int(self.products(nprobe, keys, at_least).sum()) / (
+            len(self.assignment) * len(keys.assignment)
         )
-        return products / (len(self.assignment) * len(keys.assignment))
 
     def rows_of(self, group: int) -> np.ndarray:
         return self.rows.members(np.array([group]))
@@ -230,35 +242,88 @@ def _search_rows(
     return found, scores, len(row_ids) * len(candidates)
 
 
-def _search_all(
+@dataclass
+class IvfLayout:
+    """The grouped search's set-up: every rank that searches some of the groups needs exactly this.
+
+    Attributes:
+        key_lists: (N_keys,) int64, the list (nearest centroid) of every key.
+        row_groups: (N_rows,) int64, the group (nearest centroid) of every row.
+        probe_order: (L, L) int64, each group's lists nearest to its mean row first.
+        nprobe: lists each group searches (more while they hold fewer than k + 1 keys).
+        info: the set-up's report (``nlist``, ``nprobe``, calibration trace, ``exact_fallback``...).
+    """
+
+    key_lists: np.ndarray
+    row_groups: np.ndarray
+    probe_order: np.ndarray
+    nprobe: int
+    info: dict[str, Any]
+
+    def buckets(self) -> tuple[_Groups, _Buckets]:
+        return _Groups(self.row_groups, self.probe_order), _Buckets(self.key_lists, len(self.probe_order))
+
+    def group_products(self, k: int, exclude_self: bool) -> np.ndarray:
+        """(L,) int64: the products each group's search computes, its cost (0 for empty groups)."""
+        groups, keys = self.buckets()
+        return groups.products(self.nprobe, keys, k + 1 if exclude_self else k)
+
+
+def search_groups(
     rows: Any,
     key_t: torch.Tensor,
     k: int,
-    nprobe: int,
-    groups: _Groups,
-    keys: _Buckets,
-    exclude_self: bool,
-    precision: str,
-    device: torch.device,
-    normalize: bool,
-    show_progress: bool | None,
-) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """Every row's top k, group by group."""
+    layout: IvfLayout,
+    groups: np.ndarray | None = None,
+    *,
+    exclude_self: bool = False,
+    precision: str = "fp32",
+    normalize: bool = False,
+    show_progress: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """Top k of the rows of ``groups`` (None: every non-empty group), group by group, by ``layout``.
+
+    Args:
+        rows: (N_rows, d) float array; only the rows of ``groups`` are read.
+        key_t: (N_keys, d) fp32 keys on the search device, normalised when ``normalize`` (as
+            :func:`ivf_layout` returns them).
+        k: neighbours per row.
+        layout: from :func:`ivf_layout` (on any rank).
+        groups: (G,) group ids to search.
+        exclude_self, normalize: as in :func:`knn_ivf`.
+        precision: "fp32" or "bf16" (resolved; the same answer).
+        show_progress: progress bar over the groups.
+
+    Returns:
+        ``(row_ids, indices, scores, counts)``: (R,) int64 rows in group order, (R, k) int32 key ids and
+        float32 scores best first, and ``counts`` (``products``, ``fp32_rows_redone``, ``margin``). A group's
+        answer does not depend on which other groups are searched with it.
+    """
     search_k = k + 1 if exclude_self else k
-    indices = np.empty((len(rows), k), dtype=np.int32)
-    scores = np.empty((len(rows), k), dtype=np.float32)
+    row_buckets, keys = layout.buckets()
+    if groups is None:
+        groups = np.flatnonzero(np.diff(row_buckets.rows.bounds))
+    device = key_t.device
     scorer = _Scorer(key_t, precision)
     products = 0
-    searched = np.flatnonzero(np.diff(groups.rows.bounds))
-    for group in progress(searched, f"kNN (ivf_torch, {precision}, nprobe {nprobe})", show=show_progress):
-        ids = groups.rows_of(int(group))
-        probed = groups.probed(int(group), nprobe, keys, search_k)
+    row_ids, indices, scores = [], [], []
+    label = f"kNN (ivf_torch, {precision}, nprobe {layout.nprobe})"
+    for group in progress(groups, label, show=show_progress):
+        ids = row_buckets.rows_of(int(group))
+        if len(ids) == 0:
+            continue
+        probed = row_buckets.probed(int(group), layout.nprobe, keys, search_k)
         found, found_scores, count = _search_rows(
             rows, scorer, ids, k, search_k, probed, keys, exclude_self, device, normalize
         )
-        indices[ids], scores[ids] = found, found_scores
+        row_ids.append(ids)
+        indices.append(found.astype(np.int32))
+        scores.append(found_scores.astype(np.float32))
         products += count
-    return indices, scores, {"fp32_rows_redone": scorer.redone, "products": products, "margin": scorer.margin}
+    counts = {"fp32_rows_redone": scorer.redone, "products": products, "margin": scorer.margin}
+    if not row_ids:
+        return np.empty(0, np.int64), np.empty((0, k), np.int32), np.empty((0, k), np.float32), counts
+    return np.concatenate(row_ids), np.concatenate(indices), np.concatenate(scores), counts
 
 
 def knn_ivf(
@@ -324,6 +389,65 @@ def knn_ivf(
         >>> bool((result.indices == knn_exact(x, x, 5, exclude_self=True).indices).all())
         True
     """
+    layout, key_t = ivf_layout(
+        rows, keys, k, exclude_self=exclude_self, normalize=normalize, nlist=nlist, nprobe=nprobe,
+        recall_target=recall_target, recall_columns=recall_columns, calibration_sample=calibration_sample,
+        max_searched_fraction=max_searched_fraction, device=device, seed=seed,
+    )  # fmt: skip
+    info = {**layout.info, "precision": resolve_precision(precision, key_t.device)}
+    if info["exact_fallback"]:
+        del key_t
+        exact = knn_exact(
+            rows, keys, k, exclude_self=exclude_self, normalize=normalize, device=device,
+            precision=info["precision"], show_progress=show_progress,
+        )  # fmt: skip
+        info.update(searched_fraction=1.0, fp32_rows_redone=exact.info["fp32_rows_redone"])
+        return KnnResult(indices=exact.indices, scores=exact.scores, info=info)
+    row_ids, found, found_scores, counts = search_groups(
+        rows, key_t, k, layout, exclude_self=exclude_self, precision=info["precision"], normalize=normalize,
+        show_progress=show_progress,
+    )  # fmt: skip
+    indices = np.empty((len(rows), k), dtype=np.int32)
+    scores = np.empty((len(rows), k), dtype=np.float32)
+    indices[row_ids], scores[row_ids] = found, found_scores
+    return KnnResult(indices=indices, scores=scores, info=finish_info(info, counts, len(rows) * len(keys)))
+
+
+def finish_info(info: dict[str, Any], counts: dict[str, int], pairs: int) -> dict[str, Any]:
+    """A grouped search's ``info``: the layout's, with what the search (on one rank or all) counted."""
+    out = {**info, "searched_fraction": round(counts["products"] / pairs, 4),
+           "fp32_rows_redone": counts["fp32_rows_redone"]}  # fmt: skip
+    if out["precision"] == "bf16":
+        out["margin"] = counts["margin"]
+    return out
+
+
+def ivf_layout(
+    rows: np.ndarray | torch.Tensor,
+    keys: np.ndarray | torch.Tensor,
+    k: int,
+    *,
+    exclude_self: bool = False,
+    normalize: bool = False,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    recall_target: float | None = 0.95,
+    recall_columns: tuple[int, int] | None = None,
+    calibration_sample: int = 500,
+    max_searched_fraction: float | None = None,
+    device: str | torch.device | None = "auto",
+    seed: int = 0,
+) -> tuple[IvfLayout, torch.Tensor]:
+    """The set-up of :func:`knn_ivf`: centroids, lists, groups, calibrated ``nprobe`` (arguments as there).
+
+    Returns:
+        ``(layout, key_t)``: the :class:`IvfLayout` (``info["exact_fallback"]`` True where the search
+        would compute more than half the products, so the exact search should run instead) and the
+        (N_keys, d) fp32 keys on the device, normalised when ``normalize``.
+
+    Raises:
+        ConfigError: as :func:`knn_ivf`.
+    """
     num_rows, num_keys = len(rows), len(keys)
     if exclude_self and num_rows != num_keys:
         raise ConfigError(
@@ -338,16 +462,15 @@ def knn_ivf(
     if max_searched_fraction is not None and not 0.0 < float(max_searched_fraction) <= 1.0:
         raise ConfigError(f"max_searched_fraction must lie in (0, 1], got {max_searched_fraction!r}")
     dev = resolve_device(device)
-    mode = resolve_precision(precision, dev)
     key_t = as_tensor(keys, dev)
     if normalize:
         key_t = torch.nn.functional.normalize(key_t, dim=1)
     lists = int(min(nlist or auto_lists(num_keys), num_keys))
     centroids = _train_centroids(key_t, lists, seed)
     key_lists = _Buckets(_nearest(key_t, centroids, dev), lists)
-    groups = _Groups(rows, centroids, dev, normalize)
+    groups = _Groups.of_rows(rows, centroids, dev, normalize)
     search = dict(groups=groups, keys=key_lists, exclude_self=exclude_self, device=dev, normalize=normalize)
-    info: dict[str, Any] = {"index": "ivf_torch", "nlist": lists, "precision": mode}
+    info: dict[str, Any] = {"index": "ivf_torch", "nlist": lists}
     if nprobe is None and recall_target is not None:
         nprobe, info["calibration"] = _calibrate(
             rows, key_t, k, float(recall_target), recall_columns, calibration_sample, seed, search,
@@ -360,30 +483,14 @@ def knn_ivf(
             warnings.warn(
                 f"ivf_torch: window recall {reached:.3f} at nprobe {nprobe} of {lists}, below the target "
                 f"{recall_target} that max_searched_fraction={max_searched_fraction} leaves out of reach",
-                stacklevel=2,
+                stacklevel=3,
             )
     nprobe = int(min(nprobe or 8, lists))
     info["nprobe"] = nprobe
-    if groups.searched_fraction(nprobe, key_lists, k + 1 if exclude_self else k) > _EXACT_ABOVE:
-        exact = knn_exact(
-            rows, keys, k, exclude_self=exclude_self, normalize=normalize, device=dev, precision=mode,
-            show_progress=show_progress,
-        )  # fmt: skip
-        info.update(
-            exact_fallback=True, searched_fraction=1.0, fp32_rows_redone=exact.info["fp32_rows_redone"]
-        )
-        return KnnResult(indices=exact.indices, scores=exact.scores, info=info)
-    indices, scores, counts = _search_all(
-        rows, key_t, k, nprobe, precision=mode, show_progress=show_progress, **search
-    )
-    info.update(
-        exact_fallback=False,
-        searched_fraction=round(counts["products"] / (num_rows * num_keys), 4),
-        fp32_rows_redone=counts["fp32_rows_redone"],
-    )
-    if mode == "bf16":
-        info["margin"] = counts["margin"]
-    return KnnResult(indices=indices, scores=scores, info=info)
+    fraction = groups.searched_fraction(nprobe, key_lists, k + 1 if exclude_self else k)
+    info["exact_fallback"] = fraction > _EXACT_ABOVE
+    layout = IvfLayout(key_lists.assignment, groups.assignment, groups.probe_order, nprobe, info)
+    return layout, key_t
 
 
 def _sample_pools(

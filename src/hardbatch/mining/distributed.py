@@ -22,8 +22,18 @@ typically from a memory-mapped ``.npy``), O(chunk·N) for one score block and O(
 rank 0 also holds the gathered O(N·k) window and runs the O(N·m) graph and partition stages.
 With ``key_block_size=B`` a rank holds one block of B positives at a time instead (O(B·d) + O(chunk·B)):
 every rank reads the blocks itself, once, from the same memory-mapped file, which needs a filesystem the
-ranks share (or a copy per node); no ring exchange of positive blocks is needed then, and none is done. Its
-row shard (N/W query rows) is re-read once per block.
+ranks share (or a copy per node). Its row shard (N/W query rows) is re-read once per block.
+
+With ``exchange="ring"`` (:func:`_ring_search`) rank r reads only rows [r·n/W, (r+1)·n/W) of the group's
+queries *and positives*; the positive shards travel rank → rank + 1 with P2P sends
+(:func:`hardbatch.distributed.circulate`, overlapped with the search), every rank searches its queries
+against each shard as it arrives (its own first, where the diagonal is dropped) and merges the shard's top k
+into its running top k under the global tie rule. Memory per rank O(2·(n/W)·d) for two shards (key blocks
+still apply inside a shard); every positive is read from storage once in all instead of once per rank; each
+rank receives W − 1 shards. Same plan (tested as for "read", with a source group of 5 examples, so shards
+of one or two rows, and key blocks inside the shards). A rank that fails mid-ring keeps passing its shards
+until the ring is done, then every rank raises together; shards of another width never travel (the shapes
+are agreed first).
 Only ``knn="exact"`` is distributed (an approximate index would be built on every rank).
 
 GCBS (:func:`mine_gcbs_distributed`) splits its threshold graph the same way: rank 0 runs
@@ -36,7 +46,10 @@ O(nnz / W) for its slice; rank 0 also O(sample·d) time for the threshold, W × 
 gathering, the O(N + nnz) graph and RCM. With ``key_block_size=B`` (or ``memory_budget``) no rank normalises
 or holds the inputs whole: each reads its row shard and the positives B at a time from the given arrays
 (the same memory-mapped file), O(B·d + chunk·B) (:func:`hardbatch.graph.threshold.threshold_working_set`),
-and rank 0's quantile sample O(sqrt(sample)·d); the slices and the graph are unchanged.
+and rank 0's quantile sample O(sqrt(sample)·d); the slices and the graph are unchanged. With
+``exchange="ring"`` (:func:`_ring_graph`) each rank normalises only its rows and its positive shard, and the
+normalised shards circulate as in B3: the slice is thresholded shard by shard (columns placed by global
+index, the density cap counted over all shards) and is the same slice; O(2·N/W·d) per rank.
 
 Hierarchical B3 (:func:`mine_b3_hierarchical_distributed`, ``torchrun ... mine b3 --shard-size S``) spreads
 whole shards instead of query rows: rank 0 cuts the coarse shards once (k-means, whose float sums may depend
