@@ -115,7 +115,7 @@ def _same(method: str, stem: str, reference: str) -> bool:
     )
 
 
-def run(num: int, worlds: list[int], exchanges: list[str]) -> dict:
+def run(num: int, worlds: list[int], exchanges: list[str], methods: tuple[str, ...] = METHODS) -> dict:
     import torch.multiprocessing as mp
 
     cores = os.cpu_count() or 1
@@ -129,7 +129,7 @@ def run(num: int, worlds: list[int], exchanges: list[str]) -> dict:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("HARDBATCH_BENCH_TMP")) as folder:
         paths = write_clustered(num, folder)
-        for method in METHODS:
+        for method in methods:
             reference = None
             for world, exchange in [(w, e) for w in worlds for e in (exchanges if w > 1 else ["-"])]:
                 stem = os.path.join(folder, f"{method}_w{world}_{exchange}")
@@ -188,6 +188,7 @@ def main() -> None:
     parser.add_argument("--worlds", default="1,2,4")
     parser.add_argument("--exchanges", default="read", help="read, ring or both (read,ring) for every W > 1")
     parser.add_argument("--tag", default="", help="suffix of the result files")
+    parser.add_argument("--methods", default="b3,gcbs", help="b3, gcbs or both")
     parser.add_argument("--smoke", action="store_true", help="N = 3,000, W = 1, 2; nothing written")
     args = parser.parse_args()
     exchanges = args.exchanges.split(",")
@@ -195,7 +196,11 @@ def main() -> None:
     num, worlds = (3000, [1, 2]) if args.smoke else (args.n, [int(w) for w in args.worlds.split(",")])
     if worlds[0] != 1:
         raise SystemExit("--worlds must start with 1 (the reference plan)")
-    report = {"benchmark": "mining_distributed", "machine": machine(), "results": run(num, worlds, exchanges)}
+    report = {
+        "benchmark": "mining_distributed",
+        "machine": machine(),
+        "results": run(num, worlds, exchanges, tuple(args.methods.split(","))),
+    }
     table = markdown(report)
     print(table)
     if not args.smoke:

@@ -102,3 +102,23 @@ def test_distributed_plan_equals_single_process(tmp_path, world):
                 assert "key_blocks" not in info, name
             assert info.get("exchange") == ("ring" if ring else None)
             assert info.get("ring_steps") == (world if ring else None)
+
+
+def test_ring_merge_in_row_chunks_equals_one_merge(monkeypatch):
+    """The ring's running top k, merged a few rows at a time, is the merge of all rows at once."""
+    import hardbatch.mining.distributed as distributed
+    from hardbatch.graph.topk import merge_topk
+
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.normal(size=(50, 12)), 1).astype(np.float32)  # rounded: ties across the two lists
+    ids = rng.permuted(np.tile(np.arange(24, dtype=np.int32), (50, 1)), axis=1)  # disjoint halves per row
+    a_ids, b_ids = ids[:, :6], ids[:, 6:12]
+    a = -np.sort(-scores[:, :6], axis=1)
+    b = -np.sort(-scores[:, 6:], axis=1)
+    monkeypatch.setattr(distributed, "_MERGE_ROWS", 7)  # 50 rows: 8 chunks, the last one short
+    merged_scores, merged_ids = distributed._merge_rows(a, a_ids, b, b_ids, 8)
+    values, top = merge_topk(torch.from_numpy(a), torch.from_numpy(a_ids), torch.from_numpy(b),
+                             torch.from_numpy(b_ids), 8)  # fmt: skip
+    np.testing.assert_array_equal(merged_scores, values.numpy())
+    np.testing.assert_array_equal(merged_ids, top.numpy())
+    assert merged_ids.dtype == np.int32 and merged_ids.shape == (50, 8)

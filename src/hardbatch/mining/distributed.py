@@ -214,7 +214,7 @@ def _ring_search(
     assert prepared is not None
     rows, own = prepared
     ring = Ring()
-    held: list[tuple[torch.Tensor, torch.Tensor]] = []
+    held: list[tuple[np.ndarray, np.ndarray]] = []  # the running top of the shards seen: (scores, ids)
     infos: list[dict[str, Any]] = []
     errors: list[BaseException] = []
 
@@ -231,21 +231,39 @@ def _ring_search(
             errors.append(exc)
             return
         infos.append(found.info)
-        values = torch.from_numpy(found.scores)
-        top = torch.from_numpy(found.indices).long() + _shard(num, ring.source(step), world)[0]
-        if held:
-            width = min(k, held[0][1].shape[1] + block_k)
-            values, top = merge_topk(*held.pop(), values, top, width)
-        held.append((values, top))
+        top = found.indices + np.int32(_shard(num, ring.source(step), world)[0])
+        held.append((found.scores, top) if not held else _merge_rows(*held.pop(), found.scores, top, k))
 
     circulate(ring, sizes, [own], compute)
     raise_together(errors[0] if errors else None, _B3_WHAT)
     if hi == lo:
         return np.empty((0, k), np.int32), np.empty((0, k), np.float32), {}
-    values, top = held[0]
+    scores, top = held[0]
     info = {**infos[0], "fp32_rows_redone": sum(i.get("fp32_rows_redone", 0) for i in infos),
             "exchange": "ring", "ring_steps": world}  # fmt: skip
-    return top.to(torch.int32).numpy(), values.numpy(), info
+    return top, scores, info
+
+
+#: Rows merged at a time: merging all rows at once held several (rows, 2k) sort temporaries (measured
+#: +580 MiB per rank at 100k rows, k = 130).
+_MERGE_ROWS = 8192
+
+
+def _merge_rows(
+    scores_a: np.ndarray, ids_a: np.ndarray, scores_b: np.ndarray, ids_b: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top min(k, a + b) of two disjoint (rows, ·) top lists per row by the tie rule, ``_MERGE_ROWS`` at a time."""
+    width = min(k, scores_a.shape[1] + scores_b.shape[1])
+    scores = np.empty((len(scores_a), width), dtype=np.float32)
+    ids = np.empty((len(scores_a), width), dtype=np.int32)
+    for lo in range(0, len(scores_a), _MERGE_ROWS):
+        part = slice(lo, lo + _MERGE_ROWS)
+        values, top = merge_topk(
+            torch.from_numpy(scores_a[part]), torch.from_numpy(ids_a[part]),
+            torch.from_numpy(scores_b[part]), torch.from_numpy(ids_b[part]), width,
+        )  # fmt: skip
+        scores[part], ids[part] = values.numpy(), top.to(torch.int32).numpy()
+    return scores, ids
 
 
 def _gather(
