@@ -139,6 +139,11 @@ def _shard(num_rows: int, rank: int, world: int) -> tuple[int, int]:
     return rank * num_rows // world, (rank + 1) * num_rows // world
 
 
+def _shard_sizes(num_rows: int, world: int) -> list[int]:
+    """Rows of every rank's shard, by rank."""
+    return [hi - lo for lo, hi in (_shard(num_rows, r, world) for r in range(world))]
+
+
 def _local_search(
     query: Any, positive: Any, ids: np.ndarray | None, k: int, rank: int, world: int, options: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -198,7 +203,7 @@ def _ring_search(
     """
     num = len(query) if ids is None else len(ids)
     lo, hi = _shard(num, rank, world)
-    sizes = [b - a for a, b in (_shard(num, r, world) for r in range(world))]
+    sizes = _shard_sizes(num, world)
     prepared, failure = _attempt(_ring_rows, query, positive, ids, lo, hi)
     if failure is None:
         failure = _attempt(check_k, k, num, True)[1]
@@ -272,7 +277,7 @@ def _gather(
     """Concatenate every rank's (rows, k) shard on rank 0, in rank order; ``info``: rank 0's search info."""
     rank, world = dist.get_rank(), dist.get_world_size()
     dev = comm_device()
-    longest = max(hi - lo for lo, hi in (_shard(num_rows, r, world) for r in range(world)))
+    longest = max(_shard_sizes(num_rows, world))
     ids = torch.zeros(longest, k, dtype=torch.int64, device=dev)
     ids[: len(indices)] = torch.as_tensor(indices, dtype=torch.int64, device=dev)
     values = torch.zeros(longest, k, dtype=torch.float32, device=dev)
@@ -416,8 +421,8 @@ def mine_b3_distributed(
         The plan on rank 0 (``params["world_size"]`` set), None on the other ranks.
 
     Raises:
-        ConfigError: an approximate ``knn`` backend, an unknown ``exchange``. Anything a rank raises while ranking (bad input, out of
-            memory) or rank 0 raises while mining is raised on every rank at once
+        ConfigError: an approximate ``knn`` backend, an unknown ``exchange``. Anything a rank raises while
+            ranking (bad input, out of memory) or rank 0 raises while mining is raised on every rank at once
             (:func:`hardbatch.distributed.raise_together`): the same class and message for a
             :class:`~hardbatch.errors.HardbatchError`, else a RuntimeError naming the failed rank.
     """
@@ -488,14 +493,20 @@ def _local_graph(
     local_degree = (options["max_avg_degree"] * num_rows + 1) / len(rows)
     try:
         return threshold_graph(
-            rows, keys, threshold, chunk_size=options["chunk_size"], device=options["device"],
-            normalize=_blocked(options), drop_diagonal=True, row_offset=row_offset, max_avg_degree=local_degree,
-            precision=options["precision"], key_block_size=options["key_block_size"],
-            memory_budget=options["memory_budget"],
-            show_progress=options["show_progress"] if dist.get_rank() == 0 else False,
+            rows, keys, threshold, normalize=_blocked(options), drop_diagonal=True, row_offset=row_offset,
+            max_avg_degree=local_degree, **_pass_options(options),
         )  # fmt: skip
     except DenseGraphError:  # other errors (bad options) are raised as they are
         return None
+
+
+def _pass_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The :func:`~hardbatch.graph.threshold.threshold_graph` options every slice shares (rank 0's bar only)."""
+    keys = ("chunk_size", "device", "precision", "key_block_size", "memory_budget")
+    return {
+        **{key: options[key] for key in keys},
+        "show_progress": options["show_progress"] if dist.get_rank() == 0 else False,
+    }
 
 
 def _blocked(options: dict[str, Any]) -> bool:
@@ -536,9 +547,9 @@ def _ring_graph(
     """
     from hardbatch.graph.threshold import DenseGraphError, threshold_graph
 
-    rank, world = dist.get_rank(), dist.get_world_size()
+    world = dist.get_world_size()
     ring = Ring()
-    sizes = [b - a for a, b in (_shard(num_rows, r, world) for r in range(world))]
+    sizes = _shard_sizes(num_rows, world)
     allowed = options["max_avg_degree"] * num_rows + 1  # the slack of _local_graph
     parts: dict[int, sp.csr_array] = {}
     state: dict[str, Any] = {"edges": 0, "dense": False, "error": None}
@@ -557,11 +568,8 @@ def _ring_graph(
             return
         try:
             part = threshold_graph(
-                rows, keys, threshold, chunk_size=options["chunk_size"], device=options["device"],
-                normalize=False, drop_diagonal=step == 0, max_avg_degree=remaining / len(rows),
-                precision=options["precision"], key_block_size=options["key_block_size"],
-                memory_budget=options["memory_budget"],
-                show_progress=options["show_progress"] if rank == 0 else False,
+                rows, keys, threshold, normalize=False, drop_diagonal=step == 0,
+                max_avg_degree=remaining / len(rows), **_pass_options(options),
             )  # fmt: skip
         except DenseGraphError:
             state["dense"] = True
