@@ -8,7 +8,9 @@ file rendezvous) memory-map them and call ``mine_b3_distributed`` (exact fp32, t
 Reported per rank: wall seconds of the call (rank 0 also builds the graph, partitions and batches; the other
 ranks' time includes waiting for it) and peak RSS (VmHWM); for rank 0 the plan's kNN / graph stage time.
 Each plan is compared with the W = 1 plan: B3 clusters and remainder, GCBS batches, element for element.
-``--exchanges read,ring`` runs every W > 1 both ways side by side: every rank reading all positives from the
+``--methods b3_ivf`` mines with ``knn="ivf_torch"`` (rank 0 builds the IVF layout, the groups are dealt to
+the ranks; "read" only) and also reports nprobe, the searched fraction, the window recall against exact and
+the products each rank searched. ``--exchanges read,ring`` runs every W > 1 both ways side by side: every rank reading all positives from the
 memory-mapped file ("read"), or each rank reading only its shard while the shards circulate ("ring",
 ``exchange="ring"``).
 
@@ -39,7 +41,7 @@ from pathlib import Path
 from bench_b3 import BATCH, DIM, SKIP, WINDOW, K, machine, write_clustered
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = ("b3", "gcbs")
+METHODS = ("b3", "gcbs", "b3_ivf")
 
 
 def _mine(method: str, query, positive, distributed: bool, exchange: str = "read"):
@@ -47,9 +49,11 @@ def _mine(method: str, query, positive, distributed: bool, exchange: str = "read
     from hardbatch.mining import mine_b3, mine_gcbs
     from hardbatch.mining.distributed import mine_b3_distributed, mine_gcbs_distributed
 
-    if method == "b3":
+    if method in ("b3", "b3_ivf"):
         options = dict(batch_size=BATCH, cluster_size=K, skip=SKIP, window=WINDOW, device="cpu",
                        precision="fp32", show_progress=False)  # fmt: skip
+        if method == "b3_ivf":  # the grouped IVF, nprobe calibrated to window recall 0.95, bf16 where fast
+            options.update(knn="ivf_torch", precision="auto")
         if distributed:
             return mine_b3_distributed(query, positive, exchange=exchange, **options)
         return mine_b3(query, positive, **options)
@@ -63,11 +67,17 @@ def _save(method: str, result, stem: str) -> dict:
     """Rank 0's answer on disk (for the comparison with W = 1) and its stage times."""
     import numpy as np
 
-    if method == "b3":
+    if method in ("b3", "b3_ivf"):
         np.save(stem + "_clusters.npy", result.clusters)
         np.save(stem + "_remainder.npy", result.remainder)
         stages = result.stats["stages"]
-        return {"knn_s": stages["knn"]["seconds"], "total_s": result.stats["total_seconds"]}
+        row = {"knn_s": stages["knn"]["seconds"], "total_s": result.stats["total_seconds"]}
+        if method == "b3_ivf":
+            info = result.stats["knn_info"]
+            row.update(window_recall=result.stats.get("knn_window_recall"), nprobe=info["nprobe"],
+                       nlist=info["nlist"], searched_fraction=info["searched_fraction"],
+                       precision=info["precision"], rank_products=info.get("rank_products"))  # fmt: skip
+        return row
     np.save(stem + "_batches.npy", np.concatenate(result.batches))
     graph_s = {name: stage["seconds"] for name, stage in result.seconds.items() if isinstance(stage, dict)}
     return {"stages_s": graph_s, "edges": result.stats.get("edges")}
@@ -109,7 +119,7 @@ def _worker(rank: int, world: int, spec: dict) -> None:
 def _same(method: str, stem: str, reference: str) -> bool:
     import numpy as np
 
-    parts = ("clusters", "remainder") if method == "b3" else ("batches",)
+    parts = ("batches",) if method == "gcbs" else ("clusters", "remainder")
     return all(
         np.array_equal(np.load(f"{stem}_{part}.npy"), np.load(f"{reference}_{part}.npy")) for part in parts
     )
@@ -131,7 +141,8 @@ def run(num: int, worlds: list[int], exchanges: list[str], methods: tuple[str, .
         paths = write_clustered(num, folder)
         for method in methods:
             reference = None
-            for world, exchange in [(w, e) for w in worlds for e in (exchanges if w > 1 else ["-"])]:
+            ways = ["read"] if method == "b3_ivf" else exchanges  # an IVF group probes all positives
+            for world, exchange in [(w, e) for w in worlds for e in (ways if w > 1 else ["-"])]:
                 stem = os.path.join(folder, f"{method}_w{world}_{exchange}")
                 spec = {**paths, "method": method, "stem": stem, "rdv": stem + ".rdv",
                         "threads": max(1, cores // world), "exchange": exchange}  # fmt: skip
@@ -179,6 +190,16 @@ def markdown(report: dict) -> str:
             f"{', '.join(str(x['seconds']) for x in ranks)} | {', '.join(str(x['peak_rss_mb']) for x in ranks)} | "
             f"{ranks[0].get('knn_s', '')} | {row['same_as_world_1']} |"
         )
+    ivf = [row for row in r["rows"] if row["method"] == "b3_ivf"]
+    if ivf:
+        lines += ["", "| b3_ivf W | nlist | nprobe | searched | precision | window recall | products per rank |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for row in ivf:
+            head = row["ranks"][0]
+            lines.append(
+                f"| {row['world']} | {head['nlist']} | {head['nprobe']} | {head['searched_fraction']} | "
+                f"{head['precision']} | {head['window_recall']} | {head.get('rank_products') or '-'} |"
+            )
     return "\n".join([*lines, ""])
 
 
@@ -188,7 +209,11 @@ def main() -> None:
     parser.add_argument("--worlds", default="1,2,4")
     parser.add_argument("--exchanges", default="read", help="read, ring or both (read,ring) for every W > 1")
     parser.add_argument("--tag", default="", help="suffix of the result files")
-    parser.add_argument("--methods", default="b3,gcbs", help="b3, gcbs or both")
+    parser.add_argument(
+        "--methods",
+        default="b3,gcbs",
+        help="comma-separated: b3 (exact), gcbs, b3_ivf (knn='ivf_torch', read only)",
+    )
     parser.add_argument("--smoke", action="store_true", help="N = 3,000, W = 1, 2; nothing written")
     args = parser.parse_args()
     exchanges = args.exchanges.split(",")

@@ -51,7 +51,16 @@ from hardbatch.graph.similarity import ScoreBuffer, as_tensor, block_scores, tak
 from hardbatch.graph.topk import select_topk
 from hardbatch.progress import progress
 
-__all__ = ["IvfLayout", "auto_lists", "finish_info", "ivf_layout", "knn_ivf", "probe_ladder", "search_groups"]
+__all__ = [
+    "IvfLayout",
+    "auto_lists",
+    "finish_info",
+    "ivf_keys",
+    "ivf_layout",
+    "knn_ivf",
+    "probe_ladder",
+    "search_groups",
+]
 
 #: A group's matmul runs in bf16 only when it has this many times more candidates than bf16 re-scores per row
 #: (k + margin): the wider pre-selection and the re-scoring gather cost more than bf16 saves below that.
@@ -462,9 +471,7 @@ def ivf_layout(
     if max_searched_fraction is not None and not 0.0 < float(max_searched_fraction) <= 1.0:
         raise ConfigError(f"max_searched_fraction must lie in (0, 1], got {max_searched_fraction!r}")
     dev = resolve_device(device)
-    key_t = as_tensor(keys, dev)
-    if normalize:
-        key_t = torch.nn.functional.normalize(key_t, dim=1)
+    key_t = ivf_keys(keys, dev, normalize)
     lists = int(min(nlist or auto_lists(num_keys), num_keys))
     centroids = _train_centroids(key_t, lists, seed)
     key_lists = _Buckets(_nearest(key_t, centroids, dev), lists)
@@ -491,6 +498,16 @@ def ivf_layout(
     info["exact_fallback"] = fraction > _EXACT_ABOVE
     layout = IvfLayout(key_lists.assignment, groups.assignment, groups.probe_order, nprobe, info)
     return layout, key_t
+
+
+def ivf_keys(keys: Any, device: torch.device, normalize: bool) -> torch.Tensor:
+    """(N_keys, d) fp32 keys on ``device``, L2-normalised when ``normalize``: what :func:`search_groups` takes.
+
+    Every rank that searches groups of one :class:`IvfLayout` builds its keys with this, so all hold the same
+    bits as the rank that built the layout.
+    """
+    key_t = as_tensor(keys, device)
+    return torch.nn.functional.normalize(key_t, dim=1) if normalize else key_t
 
 
 def _sample_pools(

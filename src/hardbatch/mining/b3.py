@@ -323,7 +323,7 @@ def mine_b3(
     recall_sample: int = 1000,
     precision: str = "auto",
     recall_target: float | None = 0.95,
-    neighbor_search: Callable[[Any, Any, int, np.ndarray], KnnResult] | None = None,
+    neighbor_search: Callable[[Any, Any, int, np.ndarray, dict[str, Any]], KnnResult] | None = None,
     store_window: bool = True,
     store_neighbors: bool = True,
     dataset_hash: str | None = None,
@@ -380,9 +380,10 @@ def mine_b3(
         recall_target: the approximate backends choose their search effort (IVF ``nprobe``, HNSW
             ``efSearch``) to reach this window recall on a calibration sample, unless ``faiss_options`` sets
             it; None keeps faiss defaults.
-        neighbor_search: replaces the kNN stage: called as ``fn(query_part, positive_part, k, ids)`` per
-            source group (``ids``: the group's example ids) and must return what :func:`hardbatch.graph.knn.knn`
-            would with ``exclude_self=True``; :func:`hardbatch.mining.distributed.mine_b3_distributed` uses it
+        neighbor_search: replaces the kNN stage: called as ``fn(query_part, positive_part, k, ids, options)``
+            per source group (``ids``: the group's example ids; ``options``: the backend options the kNN would
+            get, e.g. ivf_torch's ``recall_target`` and ``recall_columns``) and must return what
+            :func:`hardbatch.graph.knn.knn` would with ``exclude_self=True``; :func:`hardbatch.mining.distributed.mine_b3_distributed` uses it
             to spread the ranking over ranks.
         store_window: keep the filtered directed rank window in the plan (B3++ hard negatives, inspection);
             costs N · m int32.
@@ -500,12 +501,11 @@ def mine_b3(
                 _put_rows(skipped_rows, ids, np.asarray(result.indices, dtype=np.int64))
             continue
         with timer.stage("knn"):
+            knn_options = _faiss_options(knn, faiss_options, recall_target, group_skip, k)
             if neighbor_search is not None:
-                result = neighbor_search(q_part, p_part, k, ids)
+                result = neighbor_search(q_part, p_part, k, ids, knn_options)
             else:
-                result = search(
-                    k, faiss_options=_faiss_options(knn, faiss_options, recall_target, group_skip, k)
-                )
+                result = search(k, faiss_options=knn_options)
         knn_infos.append(result.info)
         if knn != "exact" and recall_sample > 0:
             with timer.stage("knn_recall"):

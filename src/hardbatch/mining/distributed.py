@@ -34,7 +34,17 @@ rank receives W − 1 shards. Same plan (tested as for "read", with a source gro
 of one or two rows, and key blocks inside the shards). A rank that fails mid-ring keeps passing its shards
 until the ring is done, then every rank raises together; shards of another width never travel (the shapes
 are agreed first).
-Only ``knn="exact"`` is distributed (an approximate index would be built on every rank).
+With ``knn="ivf_torch"`` (:func:`_ivf_search`, ``exchange="read"`` only: an IVF group probes lists across
+all positives) rank 0 builds the group's IVF layout once (:func:`hardbatch.graph.ivf.ivf_layout`: k-means,
+list assignment, ``nprobe`` calibrated to the recall target; the k-means' float sums may depend on the
+thread count, so no other rank recomputes it) and broadcasts it, O(n + L²) for L lists. The IVF groups are
+dealt to the ranks by the products their search computes (:func:`deal_by_cost`), every rank searches its
+groups against all the positives (:func:`hardbatch.graph.ivf.search_groups`; a group's answer depends on
+the layout only), and rank 0 places the gathered rows by id; the recall against exact is then measured on
+rank 0 as in one process. Where the layout says the exact search is cheaper, the exact "read" search runs
+instead. Cost per rank: memory O(n·d) for the resident positives (as "read"), time about 1/W of the IVF
+products; rank 0 also the set-up while the others wait. The faiss backends ("ivf", "hnsw") are not
+distributed: their index would be built on every rank.
 
 GCBS (:func:`mine_gcbs_distributed`) splits its threshold graph the same way: rank 0 runs
 :func:`~hardbatch.mining.gcbs.mine_gcbs` up to the threshold (the sampled global quantile, computed on rank 0
@@ -84,13 +94,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.distributed as dist
 
+from hardbatch.device import resolve_device
 from hardbatch.distributed import (
     Ring,
     broadcast_from_rank0,
@@ -100,7 +111,9 @@ from hardbatch.distributed import (
     raise_together,
 )
 from hardbatch.errors import ConfigError, DataError
+from hardbatch.graph.ivf import IvfLayout, finish_info, ivf_keys, ivf_layout, search_groups
 from hardbatch.graph.knn import KnnResult, check_k, knn_exact
+from hardbatch.graph.precision import resolve_precision
 from hardbatch.graph.similarity import RowSubset, as_tensor, take_rows
 from hardbatch.graph.topk import merge_topk
 from hardbatch.mining.plan import BatchPlan
@@ -110,9 +123,11 @@ if TYPE_CHECKING:
     from hardbatch.mining.hierarchical import HierarchicalRun, Shard, ShardResult
 
 __all__ = [
+    "DISTRIBUTED_KNN",
     "EXCHANGES",
     "assign_shards",
     "check_exchange",
+    "deal_by_cost",
     "mine_b3_distributed",
     "mine_b3_hierarchical_distributed",
     "mine_gcbs_distributed",
@@ -124,6 +139,12 @@ _GCBS_WHAT = "building its slice of the GCBS graph"
 
 T = TypeVar("T")
 
+#: B3 options of the whole run that are not :func:`~hardbatch.graph.knn.knn_exact` arguments.
+_NOT_SEARCH = ("exchange", "knn", "seed")
+
+
+#: kNN backends whose search is spread over the ranks (the faiss indexes would be built on every rank).
+DISTRIBUTED_KNN = ("exact", "ivf_torch")
 
 #: How the positives reach the ranks: every rank reads them all, or each reads its shard and they circulate.
 EXCHANGES = ("read", "ring")
@@ -144,16 +165,22 @@ def _shard_sizes(num_rows: int, world: int) -> list[int]:
     return [hi - lo for lo, hi in (_shard(num_rows, r, world) for r in range(world))]
 
 
+def _group_parts(
+    query: Any, positive: Any, ids: np.ndarray | None, options: dict[str, Any]
+) -> tuple[Any, Any]:
+    """The group's queries and positives: the inputs themselves, or the rows ``ids`` (read block by block
+    with key blocks)."""
+    if ids is None:
+        return query, positive
+    if options["key_block_size"] is not None or options["memory_budget"] is not None:
+        return RowSubset(np.asarray(query), ids), RowSubset(np.asarray(positive), ids)
+    return np.asarray(query)[ids], np.asarray(positive)[ids]
+
+
 def _local_search(
     query: Any, positive: Any, ids: np.ndarray | None, k: int, rank: int, world: int, options: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    if ids is None:
-        q_part, p_part = query, positive
-    elif options["key_block_size"] is not None or options["memory_budget"] is not None:
-        # a source group, read block by block
-        q_part, p_part = RowSubset(np.asarray(query), ids), RowSubset(np.asarray(positive), ids)
-    else:
-        q_part, p_part = np.asarray(query)[ids], np.asarray(positive)[ids]
+    q_part, p_part = _group_parts(query, positive, ids, options)
     lo, hi = _shard(len(q_part), rank, world)
     if hi == lo:
         return np.empty((0, k), np.int32), np.empty((0, k), np.float32), {}
@@ -165,7 +192,7 @@ def _search_shard(
     query: Any, positive: Any, ids: np.ndarray | None, k: int, rank: int, world: int, options: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """This rank's rows of the group's ranking, by the exchange ``options["exchange"]`` names."""
-    search_options = {key: value for key, value in options.items() if key != "exchange"}
+    search_options = {key: value for key, value in options.items() if key not in _NOT_SEARCH}
     if options.get("exchange", "read") == "ring":
         return _ring_search(query, positive, ids, k, rank, world, search_options)
     found, failure = _attempt(_local_search, query, positive, ids, k, rank, world, search_options)
@@ -271,33 +298,173 @@ def _merge_rows(
     return scores, ids
 
 
+def _gather_parts(part: np.ndarray, lengths: list[int], dtype: torch.dtype) -> list[np.ndarray] | None:
+    """Every rank's (lengths[rank], ...) ``part`` on rank 0, in rank order (None elsewhere).
+
+    ``dist.gather`` needs one shape on every rank, so each part travels padded to the longest.
+    """
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dev = comm_device()
+    padded = torch.zeros((max(max(lengths), 1), *part.shape[1:]), dtype=dtype, device=dev)
+    padded[: len(part)] = torch.as_tensor(part, dtype=dtype, device=dev)
+    received = [torch.empty_like(padded) for _ in range(world)] if rank == 0 else None
+    dist.gather(padded, received, dst=0)
+    if received is None:
+        return None
+    return [received[r][: lengths[r]].cpu().numpy() for r in range(world)]
+
+
 def _gather(
     indices: np.ndarray, scores: np.ndarray, num_rows: int, k: int, info: dict[str, Any] | None = None
 ) -> KnnResult | None:
     """Concatenate every rank's (rows, k) shard on rank 0, in rank order; ``info``: rank 0's search info."""
-    rank, world = dist.get_rank(), dist.get_world_size()
-    dev = comm_device()
-    longest = max(_shard_sizes(num_rows, world))
-    ids = torch.zeros(longest, k, dtype=torch.int64, device=dev)
-    ids[: len(indices)] = torch.as_tensor(indices, dtype=torch.int64, device=dev)
-    values = torch.zeros(longest, k, dtype=torch.float32, device=dev)
-    values[: len(scores)] = torch.as_tensor(scores, device=dev)
-    id_list = [torch.empty_like(ids) for _ in range(world)] if rank == 0 else None
-    value_list = [torch.empty_like(values) for _ in range(world)] if rank == 0 else None
-    dist.gather(ids, id_list, dst=0)
-    dist.gather(values, value_list, dst=0)
-    if rank != 0:
+    world = dist.get_world_size()
+    lengths = _shard_sizes(num_rows, world)
+    ids = _gather_parts(indices, lengths, torch.int64)
+    values = _gather_parts(scores, lengths, torch.float32)
+    if ids is None or values is None:
         return None
-    parts_i, parts_s = [], []
-    for r in range(world):
-        lo, hi = _shard(num_rows, r, world)
-        parts_i.append(id_list[r][: hi - lo].cpu().numpy().astype(np.int32))
-        parts_s.append(value_list[r][: hi - lo].cpu().numpy())
     return KnnResult(
-        indices=np.concatenate(parts_i),
-        scores=np.concatenate(parts_s),
+        indices=np.concatenate(ids).astype(np.int32),
+        scores=np.concatenate(values),
         info={**(info or {}), "world_size": world},
     )
+
+
+def _ivf_search(
+    query: Any,
+    positive: Any,
+    ids: np.ndarray | None,
+    k: int,
+    options: dict[str, Any],
+    knn_options: dict[str, Any] | None,
+) -> _GroupShare:
+    """This rank's share of the group's ``knn="ivf_torch"`` search, by a layout rank 0 builds.
+
+    Rank 0 builds the layout (:func:`~hardbatch.graph.ivf.ivf_layout`: k-means, lists, the ``nprobe``
+    calibrated from ``knn_options``; k-means float sums may depend on the thread count, so it runs once)
+    and broadcasts it with the inputs' shape. The groups are dealt to the ranks by the products their
+    search computes (:func:`deal_by_cost`, the same on every rank) and every rank searches its groups
+    against all the group's positives (:func:`~hardbatch.graph.ivf.search_groups`). A group's answer
+    depends on the layout only, so the rows are the single-process ones. Where the layout says the exact
+    search is cheaper (``exact_fallback``), the rows of the exact "read" search are this rank's share.
+
+    Memory per rank: the keys resident, O(n·d) fp32 (+ a bf16 copy in bf16 mode), the layout O(n + L²),
+    one IVF group's blocks and O(n·k / W) results. Time per rank: about 1/W of the search's products; rank 0
+    also the set-up (k-means, list assignment, calibration), while the others wait.
+    """
+    rank, world = dist.get_rank(), dist.get_world_size()
+    built, failure = None, None
+    if rank == 0:
+        built, failure = _attempt(_build_layout, query, positive, ids, k, options, knn_options or {})
+    raise_together(failure, _B3_WHAT)
+    layout, shape = broadcast_from_rank0(None if built is None else (built[0], built[1]))
+    if layout.info["exact_fallback"]:
+        num = shape[0] if ids is None else len(ids)
+        lo, hi = _shard(num, rank, world)
+        indices, scores, info = _search_shard(
+            query, positive, ids, k, rank, world, {**options, "exchange": "read"}
+        )
+        counts = {"products": (hi - lo) * num, "fp32_rows_redone": info.get("fp32_rows_redone", 0),
+                  "margin": info.get("margin", 0)}  # fmt: skip
+        return _GroupShare(np.arange(lo, hi), indices, scores, counts, info.get("precision", "fp32"), layout)
+    found, failure = _attempt(_search_dealt, query, positive, ids, k, layout, shape, options,
+                              None if built is None else built[2])  # fmt: skip
+    raise_together(failure, _B3_WHAT)
+    assert found is not None
+    return found
+
+
+class _GroupShare(NamedTuple):
+    """A rank's rows of one source group's IVF search (row ids local to the group)."""
+
+    row_ids: np.ndarray
+    indices: np.ndarray
+    scores: np.ndarray
+    counts: dict[str, int]
+    precision: str
+    layout: IvfLayout
+
+
+def _ivf_parts(query: Any, positive: Any, ids: np.ndarray | None) -> tuple[Any, Any]:
+    """The group's rows (read one IVF group at a time) and its positives (held whole)."""
+    if ids is None:
+        return query, positive
+    return RowSubset(np.asarray(query), ids), take_rows(positive, ids)
+
+
+def _build_layout(
+    query: Any,
+    positive: Any,
+    ids: np.ndarray | None,
+    k: int,
+    options: dict[str, Any],
+    knn_options: dict[str, Any],
+) -> tuple[IvfLayout, tuple[int, int], torch.Tensor]:
+    """Rank 0: the group's IVF layout (as :func:`~hardbatch.graph.ivf.knn_ivf` would build it), the inputs'
+    shape and the resident keys."""
+    rows, keys = _ivf_parts(query, positive, ids)
+    layout_options = {
+        key: value for key, value in knn_options.items() if key not in ("precision", "show_progress")
+    }
+    layout, key_t = ivf_layout(
+        rows, keys, k, exclude_self=True, normalize=options["normalize"], device=options["device"],
+        **{"seed": options["seed"], **layout_options},
+    )  # fmt: skip
+    return layout, (len(query), int(query.shape[1])), key_t
+
+
+def _search_dealt(
+    query: Any,
+    positive: Any,
+    ids: np.ndarray | None,
+    k: int,
+    layout: IvfLayout,
+    shape: tuple[int, int],
+    options: dict[str, Any],
+    key_t: torch.Tensor | None,
+) -> _GroupShare:
+    """The IVF groups :func:`deal_by_cost` gives this rank, searched (``key_t``: rank 0's, reused)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    _check_shape(query, positive, *shape)
+    rows, keys = _ivf_parts(query, positive, ids)
+    if key_t is None:
+        key_t = ivf_keys(keys, resolve_device(options["device"]), options["normalize"])
+    precision = resolve_precision(options["precision"], key_t.device)
+    costs = layout.group_products(k, exclude_self=True)
+    mine = np.flatnonzero((deal_by_cost(costs, world) == rank) & (costs > 0))
+    found = search_groups(
+        rows, key_t, k, layout, mine, exclude_self=True, precision=precision, normalize=options["normalize"],
+        show_progress=options["show_progress"] if rank == 0 else False,
+    )  # fmt: skip
+    return _GroupShare(*found, precision, layout)
+
+
+def _gather_groups(share: _GroupShare, num_rows: int, k: int) -> KnnResult | None:
+    """Every rank's IVF rows on rank 0, placed by row id: the group's (n, k) result (None elsewhere)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    reports: list[Any] = [None] * world
+    dist.all_gather_object(reports, (len(share.row_ids), share.counts))
+    lengths = [length for length, _ in reports]
+    row_ids = _gather_parts(share.row_ids, lengths, torch.int64)
+    indices = _gather_parts(share.indices, lengths, torch.int64)
+    scores = _gather_parts(share.scores, lengths, torch.float32)
+    if rank != 0 or row_ids is None or indices is None or scores is None:
+        return None
+    placed = np.concatenate(row_ids)
+    assert len(placed) == num_rows and np.bincount(placed, minlength=num_rows).max() == 1, (
+        "rows lost or repeated"
+    )
+    result_ids = np.empty((num_rows, k), dtype=np.int32)
+    result_scores = np.empty((num_rows, k), dtype=np.float32)
+    result_ids[placed], result_scores[placed] = np.concatenate(indices), np.concatenate(scores)
+    counts = [c for _, c in reports]
+    total = {"products": sum(c["products"] for c in counts),
+             "fp32_rows_redone": sum(c["fp32_rows_redone"] for c in counts),
+             "margin": max(c["margin"] for c in counts)}  # fmt: skip
+    info = finish_info({**share.layout.info, "precision": share.precision}, total, num_rows * num_rows)
+    info.update(world_size=world, rank_products=[c["products"] for c in counts])
+    return KnnResult(indices=result_ids, scores=result_scores, info=info)
 
 
 def _attempt(work: Callable[..., T], *args: Any) -> tuple[T | None, BaseException | None]:
@@ -375,6 +542,9 @@ def _serve(query: Any, positive: Any, options: dict[str, Any]) -> None:
             dist.broadcast(buffer, src=0)
             ids = buffer.cpu().numpy()
         num_rows = len(query) if ids is None else len(ids)
+        if options["knn"] == "ivf_torch":
+            _gather_groups(_ivf_search(query, positive, ids, k, options, None), num_rows, k)
+            continue
         indices, scores, _ = _search_shard(query, positive, ids, k, rank, world, options)
         _gather(indices, scores, num_rows, k)
 
@@ -400,7 +570,8 @@ def mine_b3_distributed(
     Args:
         query_emb: (N, d) float teacher query embeddings (numpy, memory-mapped numpy or torch).
         positive_emb: (N, d) float teacher positive embeddings, aligned with the queries.
-        knn: only "exact" is distributed.
+        knn: "exact" or "ivf_torch" (:data:`DISTRIBUTED_KNN`); ivf_torch's layout is built on rank 0 and its
+            groups are spread over the ranks (``faiss_options`` and ``recall_target`` apply as in one process).
         device: device of each rank's search (e.g. "cuda:<local rank>" under NCCL).
         chunk_size: rows per similarity block.
         precision: matmul precision of the search (answer is the fp32 one).
@@ -421,18 +592,26 @@ def mine_b3_distributed(
         The plan on rank 0 (``params["world_size"]`` set), None on the other ranks.
 
     Raises:
-        ConfigError: an approximate ``knn`` backend, an unknown ``exchange``. Anything a rank raises while
-            ranking (bad input, out of memory) or rank 0 raises while mining is raised on every rank at once
-            (:func:`hardbatch.distributed.raise_together`): the same class and message for a
-            :class:`~hardbatch.errors.HardbatchError`, else a RuntimeError naming the failed rank.
+        ConfigError: a faiss ``knn`` backend, an unknown ``exchange``, ivf_torch with ``exchange="ring"`` or
+            key blocks. Anything a rank raises while ranking (bad input, out of memory) or rank 0 raises
+            while mining is raised on every rank at once (:func:`hardbatch.distributed.raise_together`): the
+            same class and message for a :class:`~hardbatch.errors.HardbatchError`, else a RuntimeError
+            naming the failed rank.
     """
     from hardbatch.mining.b3 import mine_b3
 
-    if knn != "exact":
-        raise ConfigError(f"distributed mining supports knn='exact' only, got {knn!r}")
+    if knn not in DISTRIBUTED_KNN:
+        raise ConfigError(
+            f"distributed mining supports knn={' or '.join(map(repr, DISTRIBUTED_KNN))}, got {knn!r}"
+        )
     check_exchange(exchange)
+    if knn == "ivf_torch" and exchange != "read":
+        raise ConfigError("knn='ivf_torch' probes lists across all positives: use exchange='read'")
+    if knn == "ivf_torch" and (key_block_size is not None or memory_budget is not None):
+        raise ConfigError("key_block_size and memory_budget apply to knn='exact' only, got knn='ivf_torch'")
     options = {"device": device, "chunk_size": chunk_size, "precision": precision, "normalize": True,
-               "key_block_size": key_block_size, "memory_budget": memory_budget, "exchange": exchange}  # fmt: skip
+               "key_block_size": key_block_size, "memory_budget": memory_budget, "exchange": exchange,
+               "knn": knn, "seed": int(mine_options.get("seed", 0))}  # fmt: skip
     options["normalize"] = bool(mine_options.get("normalize", True))
     options["show_progress"] = mine_options.get("show_progress")
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -452,17 +631,23 @@ def mine_b3_distributed(
         _B3_WHAT,
     )
 
-    def search(q_part: Any, p_part: Any, k: int, ids: np.ndarray) -> KnnResult:
+    def search(q_part: Any, p_part: Any, k: int, ids: np.ndarray, knn_options: dict[str, Any]) -> KnnResult:
         whole = len(ids) == num_examples
         header = torch.tensor([_SEARCH, k, -1 if whole else len(ids)], dtype=torch.int64, device=dev)
         dist.broadcast(header, src=0)
         if not whole:
             dist.broadcast(torch.as_tensor(np.asarray(ids, dtype=np.int64), device=dev), src=0)
-        with leader.collective():
-            indices, scores, info = _search_shard(
-                query_emb, positive_emb, None if whole else ids, k, 0, world, options
-            )
-        gathered = _gather(indices, scores, len(q_part), k, info)
+        group_ids = None if whole else ids
+        if knn == "ivf_torch":
+            with leader.collective():
+                share = _ivf_search(query_emb, positive_emb, group_ids, k, options, knn_options)
+            gathered = _gather_groups(share, len(q_part), k)
+        else:
+            with leader.collective():
+                indices, scores, info = _search_shard(
+                    query_emb, positive_emb, group_ids, k, 0, world, options
+                )
+            gathered = _gather(indices, scores, len(q_part), k, info)
         assert gathered is not None
         return gathered
 
@@ -808,6 +993,33 @@ def mine_gcbs_distributed(
     return result
 
 
+def deal_by_cost(costs: Sequence[int] | np.ndarray, world: int) -> np.ndarray:
+    """The rank of every item: costliest first, each to the least loaded rank (longest processing time).
+
+    Deterministic (ties: lower item index first, lower rank first), so every rank computes the same
+    assignment from the same costs; the busiest rank carries at most 4/3 of the optimum. O(C log C + C · W)
+    for C items.
+
+    Args:
+        costs: (C,) non-negative work per item (e.g. the products an IVF group's search computes).
+        world: W, the number of ranks.
+
+    Returns:
+        (C,) int64, one rank per item.
+
+    Example:
+        >>> deal_by_cost([5, 9, 2, 4], 2).tolist()
+        [1, 0, 0, 1]
+    """
+    costs = np.asarray(costs, dtype=np.int64)
+    load, owner = np.zeros(world, dtype=np.int64), np.zeros(len(costs), dtype=np.int64)
+    for index in np.lexsort((np.arange(len(costs)), -costs)):
+        target = int(np.argmin(load))  # the first of the least loaded ranks
+        owner[index] = target
+        load[target] += costs[index]
+    return owner
+
+
 def assign_shards(sizes: Sequence[int], world: int) -> list[int]:
     """The rank of every shard: largest first, each to the least loaded rank, load = Σ s² (the ranking).
 
@@ -825,12 +1037,7 @@ def assign_shards(sizes: Sequence[int], world: int) -> list[int]:
         >>> assign_shards([100, 100, 100, 50, 50], 2)
         [0, 1, 0, 1, 1]
     """
-    load, owner = [0] * world, [0] * len(sizes)
-    for index in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
-        target = min(range(world), key=lambda r: (load[r], r))
-        owner[index] = target
-        load[target] += int(sizes[index]) ** 2
-    return owner
+    return deal_by_cost([int(size) ** 2 for size in sizes], world).tolist()
 
 
 def _mine_share(

@@ -63,7 +63,8 @@ Exchange = Annotated[
     typer.Option(
         "--exchange",
         help="Under torchrun: how the positives reach the ranks: read (every rank reads all of them, from a "
-        "file they share) | ring (each rank reads only its shard; the shards circulate, two held at a time).",
+        "file they share) | ring (each rank reads only its shard; the shards circulate, two held at a time; "
+        "--knn exact only).",
     ),
 ]
 

@@ -1,0 +1,148 @@
+"""B3 with ``knn="ivf_torch"`` spread over gloo ranks writes the one-process plan; failures reach every rank.
+
+Rank 0 builds each source group's IVF layout (k-means, lists, calibrated ``nprobe``) and broadcasts it; the
+IVF groups are dealt to the ranks by their products and each rank searches its groups; rank 0 places the
+rows by id. Rank 0 also mines the same inputs with the one-process :func:`mine_b3` in its own process (same
+threads, so the same k-means), and the parent compares the plans exactly. A group searched twice or never
+(the row check asserts), rows placed by position instead of id, a layout rebuilt per rank with another
+seed or another ``nprobe``, the exact fallback's rows misplaced: each changes the windows and so the
+clusters. Runs: fixed ``nprobe`` (global), ``nprobe`` calibrated to a recall target per source group, and
+the exact fallback (``nprobe`` = ``nlist``: every list, the exact search is cheaper).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from failing_ranks import TIMEOUT, failing, promptly
+
+from hardbatch.errors import ConfigError, DataError
+from hardbatch.mining.plan import BatchPlan
+
+pytest.importorskip("faiss")
+pytestmark = pytest.mark.distributed
+
+N, DIM = 900, 16
+COMMON = dict(batch_size=20, cluster_size=10, skip=3, window=12, seed=2, device="cpu", knn="ivf_torch",
+              precision="fp32", show_progress=False, recall_sample=200)  # fmt: skip
+
+
+def _data():
+    rng = np.random.default_rng(7)
+    centres = 3 * rng.normal(size=(30, DIM))
+    topic = rng.integers(0, 30, N)
+    q = (centres[topic] + rng.normal(size=(N, DIM))).astype(np.float32)
+    p = (centres[topic] + rng.normal(size=(N, DIM))).astype(np.float32)
+    sources = np.where(np.arange(N) % 3 == 0, "a", "b")  # groups of 300 and 600, interleaved ids
+    return q, p, sources
+
+
+def _runs():
+    sources = _data()[2]
+    return {
+        "fixed": dict(COMMON, faiss_options={"nlist": 24, "nprobe": 4}),
+        "calibrated": dict(COMMON, sources=sources, recall_target=0.8, faiss_options={"nlist": 16}),
+        "fallback": dict(COMMON, faiss_options={"nlist": 8, "nprobe": 8}),
+    }
+
+
+def _failure_checks(rank: int, q, p) -> None:
+    import hardbatch.mining.distributed as distributed
+    from hardbatch.mining.distributed import mine_b3_distributed as mine
+
+    options = _runs()["fixed"]
+    original = distributed.search_groups
+    # A rank > 0 fails while searching its IVF groups: a user error travels as itself...
+    if rank == 1:
+        distributed.search_groups = failing("row 5: unreadable embedding")
+    promptly(DataError, "row 5: unreadable embedding", lambda: mine(q, p, **options))
+    # ... any other exception as a RuntimeError naming the rank (the failing rank raises its own).
+    if rank == 1:
+        distributed.search_groups = failing("out of memory")
+    expected = "out of memory" if rank == 1 else "rank 1 failed while ranking its shard of B3 queries"
+    promptly(RuntimeError, expected, lambda: mine(q, p, **options))
+    distributed.search_groups = original
+    # Rank 1 reads a truncated copy of the positives: found from rank 0's shape, before any search.
+    promptly(DataError, r"positive embeddings on rank 1: shape \(899, 16\)",
+             lambda: mine(q, p[:-1] if rank == 1 else p, **options))  # fmt: skip
+    # Rank 0's layout fails (a bad nprobe, found when the layout is built): every rank raises it.
+    bad = {**options, "faiss_options": {"nlist": 24, "nprobe": 0}}
+    promptly(ConfigError, "nprobe must be a positive integer", lambda: mine(q, p, **bad))
+    # Options no rank can honour, raised by every rank before any collective.
+    promptly(ConfigError, "exchange='read'", lambda: mine(q, p, exchange="ring", **options))
+    promptly(ConfigError, "knn='exact' only", lambda: mine(q, p, key_block_size=64, **options))
+    promptly(ConfigError, "got 'hnsw'", lambda: mine(q, p, **{**options, "knn": "hnsw"}))
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    from hardbatch.mining import mine_b3
+    from hardbatch.mining.distributed import mine_b3_distributed
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=TIMEOUT))  # fmt: skip
+    try:
+        q = np.load(os.path.join(out_dir, "q.npy"), mmap_mode="r")
+        p = np.load(os.path.join(out_dir, "p.npy"), mmap_mode="r")
+        if world == 2:
+            _failure_checks(rank, q, p)
+        for name, options in _runs().items():
+            plan = mine_b3_distributed(q, p, **options)
+            if rank == 0:
+                plan.save(os.path.join(out_dir, f"{name}-{world}.parquet"))
+                mine_b3(q, p, **options).save(os.path.join(out_dir, f"{name}-single.parquet"))
+            else:
+                assert plan is None
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, pytest.param(3, marks=pytest.mark.slow)])
+def test_spread_ivf_search_gives_the_one_process_plan(tmp_path, world):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    q, p, _ = _data()
+    np.save(tmp_path / "q.npy", q)
+    np.save(tmp_path / "p.npy", p)
+    mp.spawn(_worker, args=(world, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world, join=True)
+    for name in _runs():
+        spread = BatchPlan.load(tmp_path / f"{name}-{world}.parquet")
+        single = BatchPlan.load(tmp_path / f"{name}-single.parquet")
+        np.testing.assert_array_equal(spread.clusters, single.clusters)
+        np.testing.assert_array_equal(spread.remainder, single.remainder)
+        assert spread.params["world_size"] == world
+        for key in ("knn_window_recall", "knn_recall"):
+            assert spread.stats[key] == single.stats[key], (name, key)
+        infos, single_infos = spread.stats["knn_info"], single.stats["knn_info"]
+        infos = infos if isinstance(infos, list) else [infos]
+        single_infos = single_infos if isinstance(single_infos, list) else [single_infos]
+        assert len(infos) == len(single_infos) == (2 if name == "calibrated" else 1)
+        for info, alone in zip(infos, single_infos):
+            assert info["world_size"] == world
+            for key in ("nlist", "nprobe", "exact_fallback", "searched_fraction", "calibration"):
+                assert info.get(key) == alone.get(key), (name, key)
+            if name == "fallback":
+                assert info["exact_fallback"] and info["searched_fraction"] == 1.0
+            else:  # every rank searched a share of the groups, and the shares add up
+                assert not info["exact_fallback"] and info["searched_fraction"] < 0.5
+                assert len(info["rank_products"]) == world and min(info["rank_products"]) > 0
+    calibrated = BatchPlan.load(tmp_path / f"calibrated-{world}.parquet").stats["knn_info"]
+    assert all(info["calibration"] and info["calibrated_recall"] >= 0.8 for info in calibrated)
+
+
+def test_deal_by_cost_balances_and_is_deterministic():
+    from hardbatch.mining.distributed import assign_shards, deal_by_cost
+
+    costs = np.random.default_rng(0).integers(1, 1000, 200)
+    owner = deal_by_cost(costs, 3)
+    loads = np.bincount(owner, weights=costs, minlength=3)
+    assert loads.max() - loads.min() <= costs.max()  # greedy LPT: within one item of level
+    np.testing.assert_array_equal(owner, deal_by_cost(costs.copy(), 3))
+    assert deal_by_cost([7, 7, 7, 7], 2).tolist() == [0, 1, 0, 1]  # ties: lower index, lower rank first
+    assert deal_by_cost([], 2).tolist() == []
+    assert assign_shards([100, 100, 100, 50, 50], 2) == [0, 1, 0, 1, 1]  # by Σ s², as before
