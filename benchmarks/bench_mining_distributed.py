@@ -24,6 +24,7 @@ page cache on one machine) + O(chunk·N) per block with "read", O(2·N/W·d) for
 rank 0 also O(N·k) for the gathered window.
 
 Usage: python benchmarks/bench_mining_distributed.py [--n 200000] [--worlds 1,2,4] [--exchanges read,ring]
+[--methods b3,gcbs,b3_ivf] [--data clustered|lowdim]
 [--tag T] [--smoke]
 Writes benchmarks/results/mining_distributed_<N>[_<T>].json and .md (not with --smoke) and prints the table.
 """
@@ -125,7 +126,13 @@ def _same(method: str, stem: str, reference: str) -> bool:
     )
 
 
-def run(num: int, worlds: list[int], exchanges: list[str], methods: tuple[str, ...] = METHODS) -> dict:
+def run(
+    num: int,
+    worlds: list[int],
+    exchanges: list[str],
+    methods: tuple[str, ...] = METHODS,
+    data: str = "clustered",
+) -> dict:
     import torch.multiprocessing as mp
 
     cores = os.cpu_count() or 1
@@ -134,11 +141,12 @@ def run(num: int, worlds: list[int], exchanges: list[str], methods: tuple[str, .
         "dim": DIM,
         "worlds": worlds,
         "exchanges": exchanges,
+        "data": data,
         "load_average_1m_start": round(os.getloadavg()[0], 2),
     }
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("HARDBATCH_BENCH_TMP")) as folder:
-        paths = write_clustered(num, folder)
+        paths = write_clustered(num, folder, data)
         for method in methods:
             reference = None
             ways = ["read"] if method == "b3_ivf" else exchanges  # an IVF group probes all positives
@@ -172,7 +180,8 @@ def run(num: int, worlds: list[int], exchanges: list[str], methods: tuple[str, .
 def markdown(report: dict) -> str:
     r, info = report["results"], report["machine"]
     lines = [
-        f"# Distributed mining at N = {r['n']:,}, d = {DIM} (`benchmarks/bench_mining_distributed.py`)",
+        f"# Distributed mining at N = {r['n']:,}, d = {DIM}, `{r.get('data', 'clustered')}` data "
+        "(`benchmarks/bench_mining_distributed.py`)",
         "",
         f"Machine: {info['platform']}, CPU `{info.get('cpu_model')}`, {info['cpus']} CPUs; gloo ranks on this "
         f"one machine (threads per rank = cores / W); load average {r['load_average_1m_start']} → "
@@ -214,6 +223,12 @@ def main() -> None:
         default="b3,gcbs",
         help="comma-separated: b3 (exact), gcbs, b3_ivf (knn='ivf_torch', read only)",
     )
+    parser.add_argument(
+        "--data",
+        default="clustered",
+        choices=("clustered", "lowdim"),
+        help="bench_b3's synthetic kind (lowdim: where a grouped IVF reaches its recall target)",
+    )
     parser.add_argument("--smoke", action="store_true", help="N = 3,000, W = 1, 2; nothing written")
     args = parser.parse_args()
     exchanges = args.exchanges.split(",")
@@ -224,7 +239,7 @@ def main() -> None:
     report = {
         "benchmark": "mining_distributed",
         "machine": machine(),
-        "results": run(num, worlds, exchanges, tuple(args.methods.split(","))),
+        "results": run(num, worlds, exchanges, tuple(args.methods.split(",")), args.data),
     }
     table = markdown(report)
     print(table)

@@ -220,3 +220,35 @@ def test_sampler_options_are_described_by_content_for_the_resume_check():
     assert describe({"query_emb": a}) == describe({"query_emb": a.copy()})
     assert describe({"query_emb": a}) != describe({"query_emb": b})  # same shape, other teacher
     assert describe({"mine_options": {"window": 8}}) != describe({"mine_options": {"window": 30}})
+
+
+def test_a_resumed_auto_precision_run_keeps_the_precision_it_started_in(
+    tmp_path, train_pairs, tiny_model_dir, monkeypatch
+):
+    """precision="auto" on a machine of another kind (fast bf16 or not) must not switch a run mid-way."""
+    import hardbatch.device
+
+    class Stop(RuntimeError):
+        pass
+
+    seen: list[torch.dtype | None] = []
+
+    def record_then_stop_at_3(trainer, state):
+        seen.append(trainer.runner.autocast_dtype)
+        if state.step == 3 and not trainer.config.resume:
+            raise Stop
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(hardbatch.device, "fast_bf16_matmul", lambda device: False)
+    with pytest.raises(Stop):
+        train(_config(run, train_pairs, tiny_model_dir, save_every=2), callbacks=[record_then_stop_at_3])
+    assert seen == [None] * 3  # fp32 where bf16 is slow
+    seen.clear()
+    monkeypatch.setattr(hardbatch.device, "fast_bf16_matmul", lambda device: True)  # another kind of machine
+    with pytest.warns(UserWarning, match="trained in fp32 and continues in fp32.*picks bf16"):
+        train(_config(run, train_pairs, tiny_model_dir, save_every=2, resume=True),
+              callbacks=[record_then_stop_at_3])  # fmt: skip
+    assert seen == [None] * 2  # steps 3 and 4, still fp32
+    assert json.loads((run / "result.json").read_text())["training_precision"] == "fp32"
+    fresh = train(_config(tmp_path / "fresh", train_pairs, tiny_model_dir), callbacks=[record_then_stop_at_3])
+    assert fresh.steps == 4 and seen[-1] == torch.bfloat16  # a new run on this machine picks bf16

@@ -217,6 +217,8 @@ class Trainer:
         self.collator = PairCollator(
             _tokenizer_of(self.model), cfg.num_negatives, cfg.mask_duplicates, query_prompt, document_prompt
         )
+        # Rank 0's reading of precision="auto", so ranks on machines of different kinds train alike.
+        self._precision = ctx.broadcast_object(training_precision(cfg.precision, ctx.device))
         self.runner = StepRunner(self._wrap_model(ctx), cfg, ctx, self._autocast_dtype(ctx))
         self._resume_sampler_state: dict[str, Any] | None = None
         if checkpoint is not None:
@@ -401,8 +403,7 @@ class Trainer:
         return DistributedDataParallel(encoder, device_ids=device_ids, find_unused_parameters=True)
 
     def _autocast_dtype(self, ctx: DistContext) -> torch.dtype | None:
-        bf16 = training_precision(self.config.precision, ctx.device) == "bf16"
-        return torch.bfloat16 if bf16 else None
+        return torch.bfloat16 if self._precision == "bf16" else None
 
     # ------------------------------------------------------------------ the loop
     def _train_loop(self, ctx: DistContext) -> None:
@@ -603,6 +604,7 @@ class Trainer:
                 "config": self.config.to_dict(),
                 "train_fingerprint": getattr(self.train_data, "fingerprint", None),
                 "fingerprints": self._fingerprints(),
+                "training_precision": self._precision,
             }
             save_checkpoint(
                 self.output_dir, self.state.step, self.model, state, keep=self.config.keep_checkpoints
@@ -619,9 +621,28 @@ class Trainer:
         # that epoch's start; B3: its plan fingerprint), applied when the loop re-enters that epoch.
         self._resume_sampler_state = dict(saved["sampler"])
         restore_rng_state(saved["rng"][ctx.rank])
+        self._keep_precision(saved.get("training_precision"), checkpoint, ctx)
         if ctx.is_main:
             self.log.truncate_after(self.state.step)
         ctx.barrier()
+
+    def _keep_precision(self, saved: str | None, checkpoint: Checkpoint, ctx: DistContext) -> None:
+        """A resumed run goes on in the precision it started in, whatever this machine would pick.
+
+        Only ``precision="auto"`` can differ here (an explicit precision is a setting the resume compares):
+        a run begun on a CPU with fast bf16 and resumed on one without stays bf16, and the other way round.
+        """
+        if saved is None or saved == self._precision:  # older checkpoints record none
+            return
+        if ctx.is_main:
+            warnings.warn(
+                f"checkpoint {checkpoint.path}: the run trained in {saved} and continues in {saved}, although "
+                f"precision='auto' picks {self._precision} on this machine (a new run with --precision "
+                f"{self._precision} trains in that)",
+                stacklevel=2,
+            )
+        self._precision = saved
+        self.runner.autocast_dtype = self._autocast_dtype(ctx)
 
     def _fingerprints(self) -> dict[str, Any]:
         """Content fingerprints of what the run trains and evaluates on (compared on resume)."""
@@ -710,7 +731,7 @@ class Trainer:
                 "seconds_per_step": round(self.state.seconds / max(1, self.state.step), 4),
                 "device": str(ctx.device),
                 # What precision="auto" resolved to on this machine (it follows the CPU's bf16 speed).
-                "training_precision": "bf16" if self._autocast_dtype(ctx) is not None else "fp32",
+                "training_precision": self._precision,
                 "prompts": dict(zip(("query", "document"), _prompts_in_use(self.model))),
                 "final_model": str(final) if final is not None else None,
                 "metrics": metrics,
