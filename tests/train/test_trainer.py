@@ -276,7 +276,9 @@ def test_auto_precision_autocasts_where_bf16_matmul_is_fast(monkeypatch, precisi
 
     from hardbatch.device import BF16_MATMUL_ENV
 
+    from hardbatch.train.config import training_precision
+
     monkeypatch.setenv(BF16_MATMUL_ENV, fast)
-    trainer = SimpleNamespace(config=SimpleNamespace(precision=precision))
     ctx = SimpleNamespace(device=torch.device("cpu"))
+    trainer = SimpleNamespace(_precision=training_precision(precision, ctx.device))
     assert Trainer._autocast_dtype(trainer, ctx) is expected
