@@ -140,3 +140,31 @@ def test_select_topk_any_ties_is_a_top_set_with_the_rules_values(kind):
     assert bool((left_out.amax(dim=1) <= values[:, -1]).all())
     with pytest.raises(ValueError, match="ties"):
         select_topk(scores, k, ties="first")
+
+
+@pytest.mark.parametrize("k", [1, 5, 12, 13])
+def test_topk_with_ties_orders_inner_ties_and_resolves_ties_past_k(k):
+    """Rows of the three kinds the fast path tells apart, against a float64 lexsort.
+
+    Row 0: distinct values. Row 1: equal values inside the top k only (reordered, never re-selected).
+    Row 2: the k-th value shared with columns outside the top k, in columns after the ones topk may return.
+    Row 3: every value equal. k = 13 is the whole row (no (k + 1)-th value to compare with).
+    """
+    width = 13
+    rng = np.random.default_rng(k)
+    distinct = rng.permutation(width).astype(np.float32)
+    inner = np.array([9, 9, 9, 8, 7, 7, 6, 5, 4, 3, 2, 1, 0], dtype=np.float32)[rng.permutation(width)]
+    past_k = rng.integers(0, 3, size=width).astype(np.float32)
+    scores = np.stack([distinct, inner, past_k, np.ones(width, np.float32)])
+    values, indices = topk_with_ties(torch.from_numpy(scores), k)
+    expected = _reference(scores, k)
+    np.testing.assert_array_equal(indices.numpy(), expected)
+    np.testing.assert_array_equal(values.numpy(), np.take_along_axis(scores, expected, 1))
+
+
+def test_topk_with_ties_on_wide_random_rows_equals_lexsort():
+    rng = np.random.default_rng(5)
+    scores = np.round(rng.normal(size=(64, 3000)), 2).astype(np.float32)  # ties inside and across the top
+    for k in (1, 40, 400):
+        values, indices = topk_with_ties(torch.from_numpy(scores), k)
+        np.testing.assert_array_equal(indices.numpy(), _reference(scores, k))
