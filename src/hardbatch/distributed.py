@@ -11,6 +11,11 @@ on and the one arriving) while every rank meets every block once; at step s rank
 (a partial result of a block, e.g. a column log-sum-exp or a key gradient) can travel with the blocks and
 arrives back at the block's owner complete. The distributed losses (:mod:`hardbatch.losses.ring`) and
 B3 / GCBS mining with ``exchange="ring"`` (:mod:`hardbatch.mining.distributed`) use it.
+
+**Shared steps** (:class:`WorkSplit`): a computation that every rank runs with the same inputs (e.g. the
+set-up of a grouped IVF search) hands its row-parallel steps to a ``WorkSplit``: each block of rows is
+computed on one rank and every rank receives all of them, in block order; steps that must run once run on
+rank 0 and are broadcast. Alone (the default) it just runs them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -26,6 +32,7 @@ from hardbatch import errors
 
 __all__ = [
     "Ring",
+    "WorkSplit",
     "broadcast_from_rank0",
     "circulate",
     "comm_device",
@@ -222,3 +229,124 @@ def circulate(
         return None
     _wait(carry_works)
     return carry_in
+
+
+class WorkSplit:
+    """The steps of a computation that every rank runs together: row blocks dealt to the ranks, or rank 0 alone.
+
+    ``WorkSplit()`` runs every step here (a single process, or a rank computing alone). With
+    ``across_ranks=True`` the ranks of the default group share the steps: every rank must make the same
+    calls in the same order (the same inputs' shapes and options, so the same control flow), and each step
+    ends with every rank holding the same result.
+
+    Every step starts with a :func:`raise_together` report, so a rank that failed, in a step or between two,
+    makes every rank raise at the next step; :meth:`finish` is the last report (a failure after the last
+    step). Cost: :meth:`blocks` sends each result once to every rank (``all_gather``, padded to the longest
+    share); :meth:`once` pickles rank 0's result to every rank.
+
+    Args:
+        what: what the ranks are doing, for the error of a failed rank ("building the IVF layout").
+        across_ranks: share the steps over the default group's ranks (needs an initialised group).
+
+    Example:
+        >>> import numpy as np
+        >>> WorkSplit().blocks(lambda lo, hi: np.arange(lo, hi) * 2, 5, 2).tolist()
+        [0, 2, 4, 6, 8]
+    """
+
+    def __init__(self, what: str = "computing", *, across_ranks: bool = False) -> None:
+        self.what = what
+        self.shared = across_ranks and is_distributed()
+        self.reported = False
+
+    def owners(self, count: int, block: int) -> np.ndarray:
+        """(blocks,) int64: the rank that computes each block of ``block`` items (contiguous runs by rank)."""
+        num_blocks = -(-count // block)
+        world = dist.get_world_size() if self.shared else 1
+        return np.arange(num_blocks, dtype=np.int64) * world // max(num_blocks, 1)
+
+    def blocks(self, work: Callable[[int, int], np.ndarray], count: int, block: int) -> np.ndarray:
+        """``work(lo, hi)`` for the blocks [lo, hi) of ``range(count)``, concatenated in block order.
+
+        Args:
+            work: returns a (hi - lo, ...) array, the same trailing shape and dtype for every block. Each
+                block runs on one rank, always the same one for a given ``(count, block)``
+                (:meth:`owners`), so ``work`` may keep per-block state from one step to the next.
+            count: items to cover (rows, groups...).
+            block: items per block. The blocks are the same for every world size, so a result that
+                depends on how its rows are blocked (a matmul kernel chosen by size) does not depend on it.
+
+        Returns:
+            (count, ...) array, on every rank.
+        """
+        bounds = [(lo, min(lo + block, count)) for lo in range(0, count, block)]
+        if not self.shared:
+            return _concatenate([work(lo, hi) for lo, hi in bounds])
+        me = dist.get_rank()
+        mine = [bound for bound, owner in zip(bounds, self.owners(count, block)) if owner == me]
+        part, failure = None, None
+        try:
+            part = _concatenate([work(lo, hi) for lo, hi in mine]) if mine else None
+        except Exception as exc:  # every rank must hear of it before the results travel
+            failure = exc
+        self.report(failure)
+        return _all_gather_rows(part)
+
+    def once(self, work: Callable[[], T]) -> T:
+        """``work()`` on rank 0, its result on every rank (for results whose bits must be one rank's)."""
+        if not self.shared:
+            return work()
+        result, failure = None, None
+        if dist.get_rank() == 0:
+            try:
+                result = work()
+            except Exception as exc:
+                failure = exc
+        self.report(failure)
+        return broadcast_from_rank0(result)  # type: ignore[return-value]
+
+    def report(self, failure: BaseException | None) -> None:
+        """A :func:`raise_together` step; a failure it raises is marked as reported (see :meth:`finish`)."""
+        if not self.shared:
+            if failure is not None:
+                raise failure
+            return
+        try:
+            raise_together(failure, self.what)
+        except BaseException:
+            self.reported = True
+            raise
+
+    def finish(self, failure: BaseException | None) -> None:
+        """The last report of the computation, with its outcome on this rank (None: it succeeded).
+
+        A failure raised by a step was reported there (every rank raised it): it is raised again without
+        another collective. Any other failure (between steps or after the last) joins the next step the
+        other ranks make, or this last report, so every rank raises.
+        """
+        if failure is not None and self.reported:
+            raise failure
+        self.report(failure)
+
+
+def _concatenate(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def _all_gather_rows(part: np.ndarray | None) -> np.ndarray:
+    """Every rank's rows (None: no rows) concatenated in rank order, on every rank."""
+    metas: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(metas, None if part is None else (len(part), part.shape[1:], part.dtype.str))
+    shown = [meta for meta in metas if meta is not None]
+    if not shown:
+        return np.empty(0)
+    _, tail, dtype = shown[0]
+    assert all(meta[1:] == (tail, dtype) for meta in shown), f"blocks of other shapes or dtypes: {metas}"
+    lengths = [0 if meta is None else meta[0] for meta in metas]
+    template = torch.from_numpy(np.empty((max(lengths), *tail), dtype=np.dtype(dtype)))
+    padded = torch.zeros_like(template, device=comm_device())
+    if part is not None:
+        padded[: len(part)] = torch.from_numpy(np.ascontiguousarray(part)).to(padded.device)
+    received = [torch.empty_like(padded) for _ in lengths]
+    dist.all_gather(received, padded)
+    return np.concatenate([got[:length].cpu().numpy() for got, length in zip(received, lengths)])

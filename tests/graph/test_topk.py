@@ -166,5 +166,5 @@ def test_topk_with_ties_on_wide_random_rows_equals_lexsort():
     rng = np.random.default_rng(5)
     scores = np.round(rng.normal(size=(64, 3000)), 2).astype(np.float32)  # ties inside and across the top
     for k in (1, 40, 400):
-        values, indices = topk_with_ties(torch.from_numpy(scores), k)
+        _values, indices = topk_with_ties(torch.from_numpy(scores), k)
         np.testing.assert_array_equal(indices.numpy(), _reference(scores, k))

@@ -1,12 +1,13 @@
 """B3 with ``knn="ivf_torch"`` spread over gloo ranks writes the one-process plan; failures reach every rank.
 
-Rank 0 builds each source group's IVF layout (k-means, lists, calibrated ``nprobe``) and broadcasts it; the
-IVF groups are dealt to the ranks by their products and each rank searches its groups; rank 0 places the
-rows by id. Rank 0 also mines the same inputs with the one-process :func:`mine_b3` in its own process (same
+The ranks build each source group's IVF layout together (k-means on rank 0, broadcast; list and group
+assignment and the calibration's sampled rows in blocks shared by the ranks: every rank must do a share and
+the shares must add up to one set-up's); the IVF groups are dealt to the ranks by their products and each
+rank searches its groups; rank 0 places the rows by id. Rank 0 also mines the same inputs with the one-process :func:`mine_b3` in its own process (same
 threads, so the same k-means), and the parent compares the plans exactly. A group searched twice or never
 (the row check asserts), rows placed by position instead of id, a layout rebuilt per rank with another
 seed or another ``nprobe``, the exact fallback's rows misplaced: each changes the windows and so the
-clusters. Runs: fixed ``nprobe`` (global), ``nprobe`` calibrated to a recall target per source group, and
+clusters; a layout every rank builds alone gives the right plan but fails the shares. Runs: fixed ``nprobe`` (global), ``nprobe`` calibrated to a recall target per source group, and
 the exact fallback (``nprobe`` = ``nlist``: every list, the exact search is cheaper).
 """
 
@@ -80,11 +81,43 @@ def _failure_checks(rank: int, q, p) -> None:
     promptly(ConfigError, "got 'hnsw'", lambda: mine(q, p, **{**options, "knn": "hnsw"}))
 
 
+def _count_setup_rows(ivf) -> dict[str, int]:
+    """Rows this rank assigns to centroids and calibrates, counted as the set-up runs."""
+    counts = {"assigned": 0, "calibrated": 0}
+    nearest, pools = ivf._nearest, ivf._sample_pools
+
+    def counted_nearest(matrix, *args):
+        counts["assigned"] += len(matrix)
+        return nearest(matrix, *args)
+
+    def counted_pools(rows, key_t, ids, *args):
+        counts["calibrated"] += len(ids)
+        return pools(rows, key_t, ids, *args)
+
+    ivf._nearest, ivf._sample_pools = counted_nearest, counted_pools
+    return counts
+
+
+def _check_setup_shared(counts: dict[str, int], name: str, world: int) -> None:
+    """Every rank assigned and calibrated a share of the rows, and the shares add up to one set-up's."""
+    everyone: list = [None] * world
+    dist.all_gather_object(everyone, dict(counts))
+    assigned = [c["assigned"] for c in everyone]
+    assert sum(assigned) == 2 * N and min(assigned) > 0, (name, everyone)  # rows and keys once, in all
+    if name == "calibrated":
+        calibrated = [c["calibrated"] for c in everyone]
+        # Per source group min(500, rows) sampled rows (groups of 300 and 600).
+        assert sum(calibrated) == 300 + 500 and min(calibrated) > 0, everyone
+
+
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import hardbatch.graph.ivf as ivf
     from hardbatch.mining import mine_b3
     from hardbatch.mining.distributed import mine_b3_distributed
 
     torch.set_num_threads(1)
+    # Blocks small enough that the test's set-up has some for every rank (the one-process mine uses them too).
+    ivf._ASSIGN_ROWS, ivf._MEAN_GROUPS, ivf._CALIBRATION_ROWS = 128, 3, 32
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=TIMEOUT))  # fmt: skip
     try:
@@ -92,8 +125,11 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         p = np.load(os.path.join(out_dir, "p.npy"), mmap_mode="r")
         if world == 2:
             _failure_checks(rank, q, p)
+        counts = _count_setup_rows(ivf)
         for name, options in _runs().items():
+            counts.update(assigned=0, calibrated=0)  # rank 0's one-process mine counted too
             plan = mine_b3_distributed(q, p, **options)
+            _check_setup_shared(counts, name, world)
             if rank == 0:
                 plan.save(os.path.join(out_dir, f"{name}-{world}.parquet"))
                 mine_b3(q, p, **options).save(os.path.join(out_dir, f"{name}-single.parquet"))

@@ -275,7 +275,6 @@ def test_auto_precision_autocasts_where_bf16_matmul_is_fast(monkeypatch, precisi
     from types import SimpleNamespace
 
     from hardbatch.device import BF16_MATMUL_ENV
-
     from hardbatch.train.config import training_precision
 
     monkeypatch.setenv(BF16_MATMUL_ENV, fast)

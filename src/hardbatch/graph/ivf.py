@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from hardbatch.device import resolve_device
+from hardbatch.distributed import WorkSplit
 from hardbatch.errors import ConfigError, require
 from hardbatch.graph.knn import (
     _DEFAULT_MARGIN,
@@ -75,6 +76,12 @@ _CALIBRATION_ROWS = 64
 #: Above this fraction of the N_rows · N_keys products, the exact search (full-width blocks, no gathers) is
 #: faster than the grouped one: on codesearch (26k, Zen 4) 80 % searched took 2.3× the bare matmul, exact 1.4×.
 _EXACT_ABOVE = 0.5
+
+#: Rows per block of the list assignment and groups per block of the group means: the units a
+#: :class:`~hardbatch.distributed.WorkSplit` deals to the ranks (fixed, so the blocks, and the matmul kernels
+#: they get, do not depend on the world size).
+_ASSIGN_ROWS = 16384
+_MEAN_GROUPS = 64
 
 #: Keys sampled per centroid for the k-means (faiss warns below 39; 64 keeps training ~1 % of the search).
 _TRAIN_PER_LIST = 64
@@ -127,6 +134,37 @@ def _nearest(matrix: Any, centroids: torch.Tensor, device: torch.device) -> np.n
     return knn_exact(matrix, centroids, 1, device=device, precision="fp32", show_progress=False).indices[:, 0]
 
 
+def _assign(
+    read: Any, count: int, centroids: torch.Tensor, device: torch.device, split: WorkSplit
+) -> np.ndarray:
+    """(count,) int64: the nearest centroid of rows ``read(lo, hi)``, ``_ASSIGN_ROWS`` at a time."""
+    return split.blocks(
+        lambda lo, hi: _nearest(read(lo, hi), centroids, device).astype(np.int64), count, _ASSIGN_ROWS
+    )
+
+
+def _group_means(
+    rows: Any, buckets: _Buckets, dim: int, device: torch.device, normalize: bool, split: WorkSplit
+) -> torch.Tensor:
+    """(L, d) fp32 unit mean of every group's rows (zero for an empty group).
+
+    Each group's rows are summed in float64 by numpy in id order (numpy never splits a sum over threads), so
+    the means are the same bits whichever rank or thread count computes them.
+    """
+
+    def sums(lo: int, hi: int) -> np.ndarray:
+        out = np.zeros((hi - lo, dim), dtype=np.float64)
+        for group in range(lo, hi):
+            members = buckets.members(np.array([group]))
+            if len(members):
+                block = _rows_tensor(rows, members, device, normalize).float().cpu().numpy()
+                out[group - lo] = block.sum(axis=0, dtype=np.float64)
+        return out
+
+    total = split.blocks(sums, len(buckets.bounds) - 1, _MEAN_GROUPS)
+    return torch.nn.functional.normalize(torch.from_numpy(total).float().to(device), dim=1)
+
+
 class _Buckets:
     """Ids by bucket (keys by list, rows by group): ``members(buckets)`` is their sorted ids."""
 
@@ -151,21 +189,28 @@ class _Groups:
         self.rows = _Buckets(assignment, len(probe_order))
 
     @classmethod
-    def of_rows(cls, rows: Any, centroids: torch.Tensor, device: torch.device, normalize: bool) -> _Groups:
-        lists = len(centroids)
-        chunk = 65536
-        assignment = np.empty(len(rows), dtype=np.int64)
-        sums = torch.zeros(lists, centroids.shape[1], device=device)
-        for lo in range(0, len(rows), chunk):
-            block = _rows_tensor(rows, np.arange(lo, min(lo + chunk, len(rows))), device, normalize)
-            nearest = _nearest(block, centroids, device)
-            assignment[lo : lo + len(block)] = nearest
-            sums.index_add_(0, torch.as_tensor(nearest, device=device), block.float())
-        means = torch.nn.functional.normalize(sums, dim=1)
+    def of_rows(
+        cls,
+        rows: Any,
+        centroids: torch.Tensor,
+        device: torch.device,
+        normalize: bool,
+        split: WorkSplit | None = None,
+    ) -> _Groups:
+        split = split or WorkSplit()
+        lists, dim = centroids.shape
+
+        def read(lo: int, hi: int) -> torch.Tensor:
+            return _rows_tensor(rows, np.arange(lo, hi), device, normalize)
+
+        assignment = _assign(read, len(rows), centroids, device, split)
+        means = _group_means(rows, _Buckets(assignment, lists), dim, device, normalize, split)
         # Empty groups keep a zero mean; they are never searched.
-        probe_order = knn_exact(
-            means, centroids, lists, device=device, precision="fp32", show_progress=False
-        ).indices.astype(np.int64)
+        probe_order = split.once(
+            lambda: knn_exact(
+                means, centroids, lists, device=device, precision="fp32", show_progress=False
+            ).indices.astype(np.int64)
+        )
         return cls(assignment, probe_order)
 
     def products(self, nprobe: int, keys: _Buckets, at_least: int) -> np.ndarray:
@@ -446,8 +491,15 @@ def ivf_layout(
     max_searched_fraction: float | None = None,
     device: str | torch.device | None = "auto",
     seed: int = 0,
+    split: WorkSplit | None = None,
 ) -> tuple[IvfLayout, torch.Tensor]:
     """The set-up of :func:`knn_ivf`: centroids, lists, groups, calibrated ``nprobe`` (arguments as there).
+
+    ``split`` shares the set-up among ranks that all call this with the same inputs
+    (``WorkSplit(across_ranks=True)``): the k-means runs on rank 0 (its float sums depend on the thread
+    count) and is broadcast; the list and group assignment, the group means and the calibration's
+    sampled rows are computed in blocks dealt to the ranks (the same blocks at every world size) and
+    gathered, so every rank returns the single-process layout. Default: alone.
 
     Returns:
         ``(layout, key_t)``: the :class:`IvfLayout` (``info["exact_fallback"]`` True where the search
@@ -470,13 +522,15 @@ def ivf_layout(
         raise ConfigError(f"recall_target must lie in (0, 1], got {recall_target!r}")
     if max_searched_fraction is not None and not 0.0 < float(max_searched_fraction) <= 1.0:
         raise ConfigError(f"max_searched_fraction must lie in (0, 1], got {max_searched_fraction!r}")
+    split = split or WorkSplit()
     dev = resolve_device(device)
     key_t = ivf_keys(keys, dev, normalize)
     lists = int(min(nlist or auto_lists(num_keys), num_keys))
-    centroids = _train_centroids(key_t, lists, seed)
-    key_lists = _Buckets(_nearest(key_t, centroids, dev), lists)
-    groups = _Groups.of_rows(rows, centroids, dev, normalize)
-    search = dict(groups=groups, keys=key_lists, exclude_self=exclude_self, device=dev, normalize=normalize)
+    centroids = split.once(lambda: _train_centroids(key_t, lists, seed))
+    key_lists = _Buckets(_assign(lambda lo, hi: key_t[lo:hi], num_keys, centroids, dev, split), lists)
+    groups = _Groups.of_rows(rows, centroids, dev, normalize, split)
+    search = dict(groups=groups, keys=key_lists, exclude_self=exclude_self, device=dev, normalize=normalize,
+                  split=split)  # fmt: skip
     info: dict[str, Any] = {"index": "ivf_torch", "nlist": lists}
     if nprobe is None and recall_target is not None:
         nprobe, info["calibration"] = _calibrate(
@@ -544,22 +598,27 @@ def _calibrate(
     group's probed keys in the order (score desc, key id asc). One exact pass keeps every sampled row's best
     ``pool`` keys (≥ 16,384); when at least k of them lie in the probed lists those are the answer (no key
     outside the pool scores higher), otherwise the row is re-scored against its probed keys. So each ladder
-    step costs O(S · pool), not O(S · P · N_keys / L · d). Returns the choice and the trace. When no step
-    before reaches the target: with a ``budget`` below ``_EXACT_ABOVE``, the last step within it (the
-    first step, measured, when none is); otherwise the first step that would search more than ``_EXACT_ABOVE`` of
-    the products (unmeasured: the exact search, which is cheaper there, follows).
+    step costs O(S · pool), not O(S · P · N_keys / L · d). The sampled rows are blocks of
+    ``_CALIBRATION_ROWS`` (each block's pools stay on the rank of ``search["split"]`` that computed them;
+    only its answers travel). Returns the choice and the trace. When no step before reaches the target:
+    with a ``budget`` below ``_EXACT_ABOVE``, the last step within it (the first step, measured, when none
+    is); otherwise the first step that would search more than ``_EXACT_ABOVE`` of the products (unmeasured:
+    the exact search, which is cheaper there, follows).
     """
     groups, keys, exclude_self = search["groups"], search["keys"], search["exclude_self"]
+    split: WorkSplit = search["split"]
     num_rows, num_keys = len(rows), len(key_t)
     ids = np.sort(np.random.default_rng([int(seed), 0xCA1]).permutation(num_rows)[: min(sample, num_rows)])
     search_k = k + 1 if exclude_self else k
     pool = min(num_keys, max(_CALIBRATION_POOL, 4 * search_k))
-    pooled = _sample_pools(rows, key_t, ids, pool, exclude_self, search["normalize"])
-    exact = pooled[:, :k]
-    pooled_lists = keys.assignment[pooled]
-    if exclude_self:  # the row's own key, scored -inf, is never an answer
-        pooled_lists = np.where(pooled == ids[:, None], -1, pooled_lists)
-    row_t = _rows_tensor(rows, ids, search["device"], search["normalize"])
+    blocks: dict[int, _SampledRows] = {}
+
+    def sampled(lo: int, hi: int) -> _SampledRows:
+        if lo not in blocks:
+            blocks[lo] = _SampledRows(rows, key_t, ids[lo:hi], pool, keys, search)
+        return blocks[lo]
+
+    exact = split.blocks(lambda lo, hi: sampled(lo, hi).pooled[:, :k], len(ids), _CALIBRATION_ROWS)
     lo, hi = columns or (0, k)
     trace: list[tuple[int, float]] = []
     ladder = probe_ladder(len(groups.probe_order))
@@ -569,21 +628,54 @@ def _calibrate(
             return trace[-1][0], trace
         if fraction > _EXACT_ABOVE:  # the exact search is cheaper
             return int(value), trace
-        probed = [groups.probed(int(groups.assignment[row]), value, keys, search_k) for row in ids]
-        found = np.empty((len(ids), k), dtype=np.int64)
-        for position, (row, lists) in enumerate(zip(ids, probed)):
-            eligible = np.flatnonzero(np.isin(pooled_lists[position], lists))[:k]
-            if len(eligible) == k:
-                found[position] = pooled[position, eligible]
-                continue
-            candidates = keys.members(lists)
-            scores = key_t.index_select(0, torch.as_tensor(candidates, device=key_t.device)) @ row_t[position]
-            chosen = candidates[select_topk(scores[None].float(), search_k)[1][0].cpu().numpy()]
-            if exclude_self:
-                chosen = _drop_self(chosen[None], chosen[None], np.array([row]), k)[0][0]
-            found[position] = chosen
+        found = split.blocks(
+            lambda a, b, value=value: sampled(a, b).answer(int(value), k, search_k),
+            len(ids),
+            _CALIBRATION_ROWS,
+        )
         recall = _overlap(found[:, lo:hi], exact[:, lo:hi])
         trace.append((int(value), round(recall, 4)))
         if recall >= target:
             return int(value), trace
     return int(ladder[-1]), trace
+
+
+class _SampledRows:
+    """A block of the calibration's sampled rows: their exact best ``pool`` keys, and their answer at an
+    ``nprobe`` as the grouped search would give it."""
+
+    def __init__(
+        self,
+        rows: Any,
+        key_t: torch.Tensor,
+        ids: np.ndarray,
+        pool: int,
+        keys: _Buckets,
+        search: dict[str, Any],
+    ) -> None:
+        self.ids, self.key_t, self.keys, self.search = ids, key_t, keys, search
+        self.exclude_self = search["exclude_self"]
+        self.pooled = _sample_pools(rows, key_t, ids, pool, self.exclude_self, search["normalize"])
+        self.pooled_lists = keys.assignment[self.pooled]
+        if self.exclude_self:  # the row's own key, scored -inf, is never an answer
+            self.pooled_lists = np.where(self.pooled == ids[:, None], -1, self.pooled_lists)
+        self.row_t = _rows_tensor(rows, ids, search["device"], search["normalize"])
+
+    def answer(self, nprobe: int, k: int, search_k: int) -> np.ndarray:
+        """(rows, k) int64: the top k of each row among its group's probed keys at ``nprobe``."""
+        groups: _Groups = self.search["groups"]
+        found = np.empty((len(self.ids), k), dtype=np.int64)
+        for position, row in enumerate(self.ids):
+            lists = groups.probed(int(groups.assignment[row]), nprobe, self.keys, search_k)
+            eligible = np.flatnonzero(np.isin(self.pooled_lists[position], lists))[:k]
+            if len(eligible) == k:
+                found[position] = self.pooled[position, eligible]
+                continue
+            candidates = self.keys.members(lists)
+            columns = torch.as_tensor(candidates, device=self.key_t.device)
+            scores = self.key_t.index_select(0, columns) @ self.row_t[position]
+            chosen = candidates[select_topk(scores[None].float(), search_k)[1][0].cpu().numpy()]
+            if self.exclude_self:
+                chosen = _drop_self(chosen[None], chosen[None], np.array([row]), k)[0][0]
+            found[position] = chosen
+        return found

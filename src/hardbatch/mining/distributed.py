@@ -104,6 +104,7 @@ import torch.distributed as dist
 from hardbatch.device import resolve_device
 from hardbatch.distributed import (
     Ring,
+    WorkSplit,
     broadcast_from_rank0,
     circulate,
     comm_device,
@@ -111,7 +112,7 @@ from hardbatch.distributed import (
     raise_together,
 )
 from hardbatch.errors import ConfigError, DataError
-from hardbatch.graph.ivf import IvfLayout, finish_info, ivf_keys, ivf_layout, search_groups
+from hardbatch.graph.ivf import IvfLayout, finish_info, ivf_layout, search_groups
 from hardbatch.graph.knn import KnnResult, check_k, knn_exact
 from hardbatch.graph.precision import resolve_precision
 from hardbatch.graph.similarity import RowSubset, as_tensor, take_rows
@@ -339,27 +340,34 @@ def _ivf_search(
     options: dict[str, Any],
     knn_options: dict[str, Any] | None,
 ) -> _GroupShare:
-    """This rank's share of the group's ``knn="ivf_torch"`` search, by a layout rank 0 builds.
+    """This rank's share of the group's ``knn="ivf_torch"`` search, by a layout all the ranks build together.
 
-    Rank 0 builds the layout (:func:`~hardbatch.graph.ivf.ivf_layout`: k-means, lists, the ``nprobe``
-    calibrated from ``knn_options``; k-means float sums may depend on the thread count, so it runs once)
-    and broadcasts it with the inputs' shape. The groups are dealt to the ranks by the products their
+    Rank 0 broadcasts the search options and its inputs' shape; every rank checks its own against it, then
+    all build the layout together (:func:`~hardbatch.graph.ivf.ivf_layout` with a
+    :class:`~hardbatch.distributed.WorkSplit`: the k-means on rank 0, whose float sums depend on the thread
+    count; the list and group assignment, group means and calibration rows in blocks dealt to the ranks), so
+    every rank holds the single-process layout. The IVF groups are dealt to the ranks by the products their
     search computes (:func:`deal_by_cost`, the same on every rank) and every rank searches its groups
     against all the group's positives (:func:`~hardbatch.graph.ivf.search_groups`). A group's answer
     depends on the layout only, so the rows are the single-process ones. Where the layout says the exact
     search is cheaper (``exact_fallback``), the rows of the exact "read" search are this rank's share.
 
     Memory per rank: the keys resident, O(n·d) fp32 (+ a bf16 copy in bf16 mode), the layout O(n + L²),
-    one IVF group's blocks and O(n·k / W) results. Time per rank: about 1/W of the search's products; rank 0
-    also the set-up (k-means, list assignment, calibration), while the others wait.
+    the calibration pools of its sampled rows, one IVF group's blocks and O(n·k / W) results. Time per rank:
+    about 1/W of the set-up's assignment (O(n·L·d)) and calibration and of the search's products; rank 0
+    also the k-means (O(64·L²·d) per iteration), while the others wait.
     """
     rank, world = dist.get_rank(), dist.get_world_size()
-    built, failure = None, None
-    if rank == 0:
-        built, failure = _attempt(_build_layout, query, positive, ids, k, options, knn_options or {})
-    raise_together(failure, _B3_WHAT)
-    layout, shape = broadcast_from_rank0(None if built is None else (built[0], built[1]))
+    shape = None if rank != 0 else (len(query), int(query.shape[1]))
+    knn_options, shape = broadcast_from_rank0((knn_options, shape))
+    raise_together(_attempt(_check_shape, query, positive, *shape)[1], _B3_WHAT)
+    split = WorkSplit(_B3_WHAT, across_ranks=True)
+    built, failure = _attempt(_build_layout, query, positive, ids, k, options, knn_options or {}, split)
+    split.finish(failure)
+    assert built is not None
+    layout, key_t = built
     if layout.info["exact_fallback"]:
+        del key_t
         num = shape[0] if ids is None else len(ids)
         lo, hi = _shard(num, rank, world)
         indices, scores, info = _search_shard(
@@ -368,8 +376,7 @@ def _ivf_search(
         counts = {"products": (hi - lo) * num, "fp32_rows_redone": info.get("fp32_rows_redone", 0),
                   "margin": info.get("margin", 0)}  # fmt: skip
         return _GroupShare(np.arange(lo, hi), indices, scores, counts, info.get("precision", "fp32"), layout)
-    found, failure = _attempt(_search_dealt, query, positive, ids, k, layout, shape, options,
-                              None if built is None else built[2])  # fmt: skip
+    found, failure = _attempt(_search_dealt, query, positive, ids, k, layout, options, key_t)
     raise_together(failure, _B3_WHAT)
     assert found is not None
     return found
@@ -400,18 +407,18 @@ def _build_layout(
     k: int,
     options: dict[str, Any],
     knn_options: dict[str, Any],
-) -> tuple[IvfLayout, tuple[int, int], torch.Tensor]:
-    """Rank 0: the group's IVF layout (as :func:`~hardbatch.graph.ivf.knn_ivf` would build it), the inputs'
-    shape and the resident keys."""
+    split: WorkSplit,
+) -> tuple[IvfLayout, torch.Tensor]:
+    """Every rank: the group's IVF layout (as :func:`~hardbatch.graph.ivf.knn_ivf` would build it, its
+    steps shared by ``split``) and the resident keys."""
     rows, keys = _ivf_parts(query, positive, ids)
     layout_options = {
         key: value for key, value in knn_options.items() if key not in ("precision", "show_progress")
     }
-    layout, key_t = ivf_layout(
+    return ivf_layout(
         rows, keys, k, exclude_self=True, normalize=options["normalize"], device=options["device"],
-        **{"seed": options["seed"], **layout_options},
+        split=split, **{"seed": options["seed"], **layout_options},
     )  # fmt: skip
-    return layout, (len(query), int(query.shape[1])), key_t
 
 
 def _search_dealt(
@@ -420,16 +427,12 @@ def _search_dealt(
     ids: np.ndarray | None,
     k: int,
     layout: IvfLayout,
-    shape: tuple[int, int],
     options: dict[str, Any],
-    key_t: torch.Tensor | None,
+    key_t: torch.Tensor,
 ) -> _GroupShare:
-    """The IVF groups :func:`deal_by_cost` gives this rank, searched (``key_t``: rank 0's, reused)."""
+    """The IVF groups :func:`deal_by_cost` gives this rank, searched against the resident keys ``key_t``."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    _check_shape(query, positive, *shape)
-    rows, keys = _ivf_parts(query, positive, ids)
-    if key_t is None:
-        key_t = ivf_keys(keys, resolve_device(options["device"]), options["normalize"])
+    rows, _ = _ivf_parts(query, positive, ids)
     precision = resolve_precision(options["precision"], key_t.device)
     costs = layout.group_products(k, exclude_self=True)
     mine = np.flatnonzero((deal_by_cost(costs, world) == rank) & (costs > 0))
@@ -705,7 +708,6 @@ def _graph_inputs(query: Any, positive: Any, lo: int, hi: int, options: dict[str
     shard on the communication device to travel. Key blocks: the arrays as given (read block by block).
     Otherwise the rows and all positives, normalised.
     """
-    from hardbatch.device import resolve_device
     from hardbatch.graph.threshold import normalize_rows
 
     search_device = resolve_device(options["device"])
