@@ -8,8 +8,8 @@ file rendezvous) memory-map them and call ``mine_b3_distributed`` (exact fp32, t
 Reported per rank: wall seconds of the call (rank 0 also builds the graph, partitions and batches; the other
 ranks' time includes waiting for it) and peak RSS (VmHWM); for rank 0 the plan's kNN / graph stage time.
 Each plan is compared with the W = 1 plan: B3 clusters and remainder, GCBS batches, element for element.
-``--methods b3_ivf`` mines with ``knn="ivf_torch"`` (rank 0 builds the IVF layout, the groups are dealt to
-the ranks; "read" only) and also reports nprobe, the searched fraction, the window recall against exact and
+``--methods b3_ivf`` mines with ``knn="ivf_torch"`` (the ranks build the IVF layout together, the groups
+are dealt to the ranks; "read" only) and also reports nprobe, the searched fraction, the window recall against exact and
 the products each rank searched. ``--exchanges read,ring`` runs every W > 1 both ways side by side: every rank reading all positives from the
 memory-mapped file ("read"), or each rank reading only its shard while the shards circulate ("ring",
 ``exchange="ring"``).

@@ -20,6 +20,11 @@ of the exact search done is ``info["searched_fraction"]``, about P / L); calibra
 exact answer of S sampled rows plus O(S · P · N_keys / L · d) per ladder step. Memory: the keys resident
 (N_keys · d fp32, plus a bf16 copy in bf16 mode), one group's rows and probed keys (O((N_rows / L + P · N_keys / L) · d)), its score block
 (bounded by :func:`~hardbatch.graph.knn.knn_exact`'s chunking) and the result O(N_rows · k).
+
+Over ranks (:func:`ivf_layout` with a :class:`~hardbatch.distributed.WorkSplit`, as
+:mod:`hardbatch.mining.distributed` uses it): the k-means runs on rank 0, the assignment, group means and
+calibration are shared in fixed blocks, and every rank gets the one-process layout; :func:`search_groups`
+then searches any subset of the groups.
 """
 
 from __future__ import annotations

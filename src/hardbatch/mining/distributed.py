@@ -35,16 +35,18 @@ of one or two rows, and key blocks inside the shards). A rank that fails mid-rin
 until the ring is done, then every rank raises together; shards of another width never travel (the shapes
 are agreed first).
 With ``knn="ivf_torch"`` (:func:`_ivf_search`, ``exchange="read"`` only: an IVF group probes lists across
-all positives) rank 0 builds the group's IVF layout once (:func:`hardbatch.graph.ivf.ivf_layout`: k-means,
-list assignment, ``nprobe`` calibrated to the recall target; the k-means' float sums may depend on the
-thread count, so no other rank recomputes it) and broadcasts it, O(n + L²) for L lists. The IVF groups are
-dealt to the ranks by the products their search computes (:func:`deal_by_cost`), every rank searches its
+all positives) the ranks build the group's IVF layout together (:func:`hardbatch.graph.ivf.ivf_layout`
+with a :class:`hardbatch.distributed.WorkSplit`): rank 0 runs the k-means (its float sums may depend on the
+thread count, so no other rank recomputes it) and broadcasts the centroids; the list of every key, the group
+of every row, the group means and the calibration's sampled rows are computed in fixed blocks dealt to the
+ranks and gathered, so every rank holds the single-process layout, O(n + L²) for L lists. The IVF groups
+are dealt to the ranks by the products their search computes (:func:`deal_by_cost`), every rank searches its
 groups against all the positives (:func:`hardbatch.graph.ivf.search_groups`; a group's answer depends on
 the layout only), and rank 0 places the gathered rows by id; the recall against exact is then measured on
 rank 0 as in one process. Where the layout says the exact search is cheaper, the exact "read" search runs
-instead. Cost per rank: memory O(n·d) for the resident positives (as "read"), time about 1/W of the IVF
-products; rank 0 also the set-up while the others wait. The faiss backends ("ivf", "hnsw") are not
-distributed: their index would be built on every rank.
+instead. Cost per rank: memory O(n·d) for the resident positives (as "read"), time about 1/W of the
+set-up's assignment and calibration and of the IVF products; rank 0 also the k-means while the others wait.
+The faiss backends ("ivf", "hnsw") are not distributed: their index would be built on every rank.
 
 GCBS (:func:`mine_gcbs_distributed`) splits its threshold graph the same way: rank 0 runs
 :func:`~hardbatch.mining.gcbs.mine_gcbs` up to the threshold (the sampled global quantile, computed on rank 0
