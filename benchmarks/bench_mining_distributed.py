@@ -10,7 +10,7 @@ ranks' time includes waiting for it) and peak RSS (VmHWM); for rank 0 the plan's
 Each plan is compared with the W = 1 plan: B3 clusters and remainder, GCBS batches, element for element.
 ``--methods b3_ivf`` mines with ``knn="ivf_torch"`` (the ranks build the IVF layout together, the groups
 are dealt to the ranks; "read" only) and also reports nprobe, the searched fraction, the window recall against exact and
-the products each rank searched. ``--exchanges read,ring`` runs every W > 1 both ways side by side: every rank reading all positives from the
+the products each rank searched and the seconds each rank spent building the IVF layout (set-up). ``--exchanges read,ring`` runs every W > 1 both ways side by side: every rank reading all positives from the
 memory-mapped file ("read"), or each rank reading only its shard while the shards circulate ("ring",
 ``exchange="ring"``).
 
@@ -84,6 +84,25 @@ def _save(method: str, result, stem: str) -> dict:
     return {"stages_s": graph_s, "edges": result.stats.get("edges")}
 
 
+def _time_ivf_setup() -> dict[str, float]:
+    """Seconds this rank spends building IVF layouts (k-means, assignment, calibration), summed."""
+    import hardbatch.graph.ivf as ivf
+    import hardbatch.mining.distributed as distributed
+
+    spent = {"seconds": 0.0}
+    build = ivf.ivf_layout
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return build(*args, **kwargs)
+        finally:
+            spent["seconds"] += time.perf_counter() - started
+
+    ivf.ivf_layout = distributed.ivf_layout = timed  # one process (knn_ivf) and the ranks
+    return spent
+
+
 def _worker(rank: int, world: int, spec: dict) -> None:
     import numpy as np
     import torch
@@ -92,6 +111,7 @@ def _worker(rank: int, world: int, spec: dict) -> None:
     from hardbatch.progress import peak_rss_mb
 
     torch.set_num_threads(spec["threads"])
+    setup = _time_ivf_setup()
     distributed = world > 1
     if distributed:
         dist.init_process_group("gloo", init_method=f"file://{spec['rdv']}", rank=rank, world_size=world)
@@ -106,6 +126,8 @@ def _worker(rank: int, world: int, spec: dict) -> None:
         "seconds": round(time.perf_counter() - started, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
+    if spec["method"] == "b3_ivf":
+        row["ivf_setup_s"] = round(setup["seconds"], 2)
     if rank == 0:
         row.update(_save(spec["method"], result, spec["stem"]))
     rows = [row]
@@ -201,13 +223,14 @@ def markdown(report: dict) -> str:
         )
     ivf = [row for row in r["rows"] if row["method"] == "b3_ivf"]
     if ivf:
-        lines += ["", "| b3_ivf W | nlist | nprobe | searched | precision | window recall | products per rank |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["", "| b3_ivf W | nlist | nprobe | searched | precision | window recall | products per rank | "
+                  "IVF set-up s per rank |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for row in ivf:
             head = row["ranks"][0]
+            setup = ", ".join(str(x.get("ivf_setup_s", "-")) for x in row["ranks"])
             lines.append(
                 f"| {row['world']} | {head['nlist']} | {head['nprobe']} | {head['searched_fraction']} | "
-                f"{head['precision']} | {head['window_recall']} | {head.get('rank_products') or '-'} |"
+                f"{head['precision']} | {head['window_recall']} | {head.get('rank_products') or '-'} | {setup} |"
             )
     return "\n".join([*lines, ""])
 
