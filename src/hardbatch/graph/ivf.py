@@ -620,7 +620,7 @@ def _calibrate(
 
     def sampled(lo: int, hi: int) -> _SampledRows:
         if lo not in blocks:
-            blocks[lo] = _SampledRows(rows, key_t, ids[lo:hi], pool, keys, search)
+            blocks[lo] = _SampledRows(rows, key_t, ids[lo:hi], pool, search)
         return blocks[lo]
 
     exact = split.blocks(lambda lo, hi: sampled(lo, hi).pooled[:, :k], len(ids), _CALIBRATION_ROWS)
@@ -650,18 +650,12 @@ class _SampledRows:
     ``nprobe`` as the grouped search would give it."""
 
     def __init__(
-        self,
-        rows: Any,
-        key_t: torch.Tensor,
-        ids: np.ndarray,
-        pool: int,
-        keys: _Buckets,
-        search: dict[str, Any],
+        self, rows: Any, key_t: torch.Tensor, ids: np.ndarray, pool: int, search: dict[str, Any]
     ) -> None:
-        self.ids, self.key_t, self.keys, self.search = ids, key_t, keys, search
+        self.ids, self.key_t, self.keys, self.search = ids, key_t, search["keys"], search
         self.exclude_self = search["exclude_self"]
         self.pooled = _sample_pools(rows, key_t, ids, pool, self.exclude_self, search["normalize"])
-        self.pooled_lists = keys.assignment[self.pooled]
+        self.pooled_lists = self.keys.assignment[self.pooled]
         if self.exclude_self:  # the row's own key, scored -inf, is never an answer
             self.pooled_lists = np.where(self.pooled == ids[:, None], -1, self.pooled_lists)
         self.row_t = _rows_tensor(rows, ids, search["device"], search["normalize"])
