@@ -10,8 +10,6 @@ from hardbatch.graph import knn as knn_module
 from hardbatch.graph.ivf import knn_ivf, probe_ladder
 from hardbatch.graph.knn import knn, knn_exact, recall_report
 
-pytest.importorskip("faiss")
-
 
 def _clustered(n=2000, d=16, topics=20, seed=0, grid=None):
     rng = np.random.default_rng(seed)

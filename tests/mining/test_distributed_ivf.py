@@ -1,6 +1,6 @@
 """B3 with ``knn="ivf_torch"`` spread over gloo ranks writes the one-process plan; failures reach every rank.
 
-The ranks build each source group's IVF layout together (k-means on rank 0, broadcast; list and group
+The ranks build each source group's IVF layout together (the k-means iterations, list and group
 assignment and the calibration's sampled rows in blocks shared by the ranks: every rank must do a share and
 the shares must add up to one set-up's); the IVF groups are dealt to the ranks by their products and each
 rank searches its groups; rank 0 places the rows by id. Rank 0 also mines the same inputs with the one-process :func:`mine_b3` in its own process (same
@@ -26,7 +26,6 @@ from failing_ranks import TIMEOUT, failing, promptly
 from hardbatch.errors import ConfigError, DataError
 from hardbatch.mining.plan import BatchPlan
 
-pytest.importorskip("faiss")
 pytestmark = pytest.mark.distributed
 
 N, DIM = 900, 16

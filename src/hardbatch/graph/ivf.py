@@ -11,10 +11,11 @@ that is measured: with ``recall_target`` (default 0.95), ``nprobe`` is the small
 whose recall over ``recall_columns`` (B3: the window [skip, skip + window)) reaches the target on
 ``calibration_sample`` rows against the exact answer. The trace is in ``info``.
 
-Centroids: faiss spherical k-means (``faiss.Kmeans``) on ``64 · nlist`` sampled keys, ``nlist`` ≈ √N_keys by
-default (groups of ~√N rows, lists of ~√N keys: the blocks stay large enough for a fast matmul).
+Centroids: spherical k-means on the search device (:func:`hardbatch.graph.kmeans.spherical_kmeans`, 20
+iterations) on ``64 · nlist`` sampled keys, ``nlist`` ≈ √N_keys by default (groups of ~√N rows, lists of
+~√N keys: the blocks stay large enough for a fast matmul).
 
-Cost, with L = ``nlist``, P = ``nprobe`` and lists of about N_keys / L keys: k-means O(10 · 64 L · L · d);
+Cost, with L = ``nlist``, P = ``nprobe`` and lists of about N_keys / L keys: k-means O(20 · 64 L · L · d);
 assignment O((N_rows + N_keys) · L · d); search O(N_rows · P · N_keys / L · d) at matmul speed (the fraction
 of the exact search done is ``info["searched_fraction"]``, about P / L); calibration O(S · N_keys · d) for the
 exact answer of S sampled rows plus O(S · P · N_keys / L · d) per ladder step. Memory: the keys resident
@@ -22,7 +23,7 @@ exact answer of S sampled rows plus O(S · P · N_keys / L · d) per ladder step
 (bounded by :func:`~hardbatch.graph.knn.knn_exact`'s chunking) and the result O(N_rows · k).
 
 Over ranks (:func:`ivf_layout` with a :class:`~hardbatch.distributed.WorkSplit`, as
-:mod:`hardbatch.mining.distributed` uses it): the k-means runs on rank 0, the assignment, group means and
+:mod:`hardbatch.mining.distributed` uses it): the k-means, the assignment, the group means and the
 calibration are shared in fixed blocks, and every rank gets the one-process layout; :func:`search_groups`
 then searches any subset of the groups.
 """
@@ -39,7 +40,8 @@ import torch
 
 from hardbatch.device import resolve_device
 from hardbatch.distributed import WorkSplit
-from hardbatch.errors import ConfigError, require
+from hardbatch.errors import ConfigError
+from hardbatch.graph.kmeans import spherical_kmeans
 from hardbatch.graph.knn import (
     _DEFAULT_MARGIN,
     KnnResult,
@@ -88,9 +90,10 @@ _EXACT_ABOVE = 0.5
 _ASSIGN_ROWS = 16384
 _MEAN_GROUPS = 64
 
-#: Keys sampled per centroid for the k-means (faiss warns below 39; 64 keeps training ~1 % of the search).
+#: Keys sampled per centroid for the k-means (at least 39, as faiss asks; 64 keeps training ~1 % of the search)
+#: and its iterations (20 match faiss's 10 in recall: :mod:`hardbatch.graph.kmeans`).
 _TRAIN_PER_LIST = 64
-_KMEANS_ITERATIONS = 10
+_KMEANS_ITERATIONS = 20
 
 
 def auto_lists(num_keys: int) -> int:
@@ -119,19 +122,17 @@ def _rows_tensor(rows: Any, ids: np.ndarray, dev: torch.device, normalize: bool)
     return torch.nn.functional.normalize(tensor, dim=1) if normalize else tensor
 
 
-def _train_centroids(key_t: torch.Tensor, lists: int, seed: int) -> torch.Tensor:
-    faiss = require("faiss", "faiss", "IVF centroids (knn='ivf_torch')")
-    num_keys, dim = key_t.shape
+def _train_centroids(
+    key_t: torch.Tensor, lists: int, seed: int, split: WorkSplit | None = None
+) -> torch.Tensor:
+    """(L, d) unit centroids: spherical k-means on ``_TRAIN_PER_LIST · L`` sampled keys, on the keys' device."""
     chosen = np.sort(
-        np.random.default_rng([int(seed), 0x1F]).permutation(num_keys)[: lists * _TRAIN_PER_LIST]
+        np.random.default_rng([int(seed), 0x1F]).permutation(len(key_t))[: lists * _TRAIN_PER_LIST]
     )
-    sample = np.ascontiguousarray(key_t[torch.as_tensor(chosen, device=key_t.device)].float().cpu().numpy())
-    kmeans = faiss.Kmeans(
-        dim, lists, niter=_KMEANS_ITERATIONS, spherical=True, seed=int(seed), verbose=False,
-        max_points_per_centroid=_TRAIN_PER_LIST, min_points_per_centroid=1,
-    )  # fmt: skip
-    kmeans.train(sample)
-    return torch.from_numpy(np.ascontiguousarray(kmeans.centroids, dtype=np.float32)).to(key_t.device)
+    sample = key_t[torch.as_tensor(chosen, device=key_t.device)].float().cpu().numpy()
+    return spherical_kmeans(
+        sample, lists, iterations=_KMEANS_ITERATIONS, seed=seed, device=key_t.device, split=split
+    )
 
 
 def _nearest(matrix: Any, centroids: torch.Tensor, device: torch.device) -> np.ndarray:
@@ -437,7 +438,7 @@ def knn_ivf(
         ConfigError: ``k`` out of range, misaligned rows with ``exclude_self``, ``nlist`` / ``nprobe`` that
             are not positive integers, a ``recall_target`` outside (0, 1].
 
-    Complexity: see the module docstring. Requires the ``faiss`` extra (k-means only).
+    Complexity: see the module docstring. Needs no faiss (the k-means is :mod:`hardbatch.graph.kmeans`).
 
     Example:
         >>> import numpy as np
@@ -501,10 +502,9 @@ def ivf_layout(
     """The set-up of :func:`knn_ivf`: centroids, lists, groups, calibrated ``nprobe`` (arguments as there).
 
     ``split`` shares the set-up among ranks that all call this with the same inputs
-    (``WorkSplit(across_ranks=True)``): the k-means runs on rank 0 (its float sums depend on the thread
-    count) and is broadcast; the list and group assignment, the group means and the calibration's
-    sampled rows are computed in blocks dealt to the ranks (the same blocks at every world size) and
-    gathered, so every rank returns the single-process layout. Default: alone.
+    (``WorkSplit(across_ranks=True)``): the k-means iterations, the list and group assignment, the group
+    means and the calibration's sampled rows are computed in blocks dealt to the ranks (the same blocks at
+    every world size) and gathered, so every rank returns the single-process layout. Default: alone.
 
     Returns:
         ``(layout, key_t)``: the :class:`IvfLayout` (``info["exact_fallback"]`` True where the search
@@ -531,7 +531,7 @@ def ivf_layout(
     dev = resolve_device(device)
     key_t = ivf_keys(keys, dev, normalize)
     lists = int(min(nlist or auto_lists(num_keys), num_keys))
-    centroids = split.once(lambda: _train_centroids(key_t, lists, seed))
+    centroids = _train_centroids(key_t, lists, seed, split)
     key_lists = _Buckets(_assign(lambda lo, hi: key_t[lo:hi], num_keys, centroids, dev, split), lists)
     groups = _Groups.of_rows(rows, centroids, dev, normalize, split)
     search = dict(groups=groups, keys=key_lists, exclude_self=exclude_self, device=dev, normalize=normalize,

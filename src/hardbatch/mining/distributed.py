@@ -36,16 +36,16 @@ until the ring is done, then every rank raises together; shards of another width
 are agreed first).
 With ``knn="ivf_torch"`` (:func:`_ivf_search`, ``exchange="read"`` only: an IVF group probes lists across
 all positives) the ranks build the group's IVF layout together (:func:`hardbatch.graph.ivf.ivf_layout`
-with a :class:`hardbatch.distributed.WorkSplit`): rank 0 runs the k-means (its float sums may depend on the
-thread count, so no other rank recomputes it) and broadcasts the centroids; the list of every key, the group
-of every row, the group means and the calibration's sampled rows are computed in fixed blocks dealt to the
-ranks and gathered, so every rank holds the single-process layout, O(n + L²) for L lists. The IVF groups
+with a :class:`hardbatch.distributed.WorkSplit`): the k-means iterations
+(:func:`hardbatch.graph.kmeans.spherical_kmeans`), the list of every key, the group of every row, the group
+means and the calibration's sampled rows are computed in fixed blocks dealt to the ranks and gathered (the
+sums are numpy sums per cluster or group, the same bits on any rank), so every rank holds the single-process layout, O(n + L²) for L lists. The IVF groups
 are dealt to the ranks by the products their search computes (:func:`deal_by_cost`), every rank searches its
 groups against all the positives (:func:`hardbatch.graph.ivf.search_groups`; a group's answer depends on
 the layout only), and rank 0 places the gathered rows by id; the recall against exact is then measured on
 rank 0 as in one process. Where the layout says the exact search is cheaper, the exact "read" search runs
 instead. Cost per rank: memory O(n·d) for the resident positives (as "read"), time about 1/W of the
-set-up's assignment and calibration and of the IVF products; rank 0 also the k-means while the others wait.
+set-up (k-means, assignment, calibration) and of the IVF products.
 The faiss backends ("ivf", "hnsw") are not distributed: their index would be built on every rank.
 
 GCBS (:func:`mine_gcbs_distributed`) splits its threshold graph the same way: rank 0 runs
@@ -346,8 +346,8 @@ def _ivf_search(
 
     Rank 0 broadcasts the search options and its inputs' shape; every rank checks its own against it, then
     all build the layout together (:func:`~hardbatch.graph.ivf.ivf_layout` with a
-    :class:`~hardbatch.distributed.WorkSplit`: the k-means on rank 0, whose float sums depend on the thread
-    count; the list and group assignment, group means and calibration rows in blocks dealt to the ranks), so
+    :class:`~hardbatch.distributed.WorkSplit`: the k-means iterations, the list and group assignment, group
+    means and calibration rows in blocks dealt to the ranks), so
     every rank holds the single-process layout. The IVF groups are dealt to the ranks by the products their
     search computes (:func:`deal_by_cost`, the same on every rank) and every rank searches its groups
     against all the group's positives (:func:`~hardbatch.graph.ivf.search_groups`). A group's answer
@@ -356,8 +356,8 @@ def _ivf_search(
 
     Memory per rank: the keys resident, O(n·d) fp32 (+ a bf16 copy in bf16 mode), the layout O(n + L²),
     the calibration pools of its sampled rows, one IVF group's blocks and O(n·k / W) results. Time per rank:
-    about 1/W of the set-up's assignment (O(n·L·d)) and calibration and of the search's products; rank 0
-    also the k-means (O(64·L²·d) per iteration), while the others wait.
+    about 1/W of the set-up's k-means (O(64·L²·d) per iteration), assignment (O(n·L·d)) and calibration
+    and of the search's products.
     """
     rank, world = dist.get_rank(), dist.get_world_size()
     shape = None if rank != 0 else (len(query), int(query.shape[1]))
