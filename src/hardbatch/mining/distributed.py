@@ -378,7 +378,7 @@ def _ivf_search(
         counts = {"products": (hi - lo) * num, "fp32_rows_redone": info.get("fp32_rows_redone", 0),
                   "margin": info.get("margin", 0)}  # fmt: skip
         return _GroupShare(np.arange(lo, hi), indices, scores, counts, info.get("precision", "fp32"), layout)
-    found, failure = _attempt(_search_dealt, query, positive, ids, k, layout, options, key_t)
+    found, failure = _attempt(_search_dealt, query, ids, k, layout, options, key_t)
     raise_together(failure, _B3_WHAT)
     assert found is not None
     return found
@@ -395,11 +395,14 @@ class _GroupShare(NamedTuple):
     layout: IvfLayout
 
 
+def _ivf_rows(query: Any, ids: np.ndarray | None) -> Any:
+    """The group's rows, read one IVF group at a time."""
+    return query if ids is None else RowSubset(np.asarray(query), ids)
+
+
 def _ivf_parts(query: Any, positive: Any, ids: np.ndarray | None) -> tuple[Any, Any]:
-    """The group's rows (read one IVF group at a time) and its positives (held whole)."""
-    if ids is None:
-        return query, positive
-    return RowSubset(np.asarray(query), ids), take_rows(positive, ids)
+    """The group's rows (:func:`_ivf_rows`) and its positives (held whole)."""
+    return _ivf_rows(query, ids), positive if ids is None else take_rows(positive, ids)
 
 
 def _build_layout(
@@ -425,7 +428,6 @@ def _build_layout(
 
 def _search_dealt(
     query: Any,
-    positive: Any,
     ids: np.ndarray | None,
     k: int,
     layout: IvfLayout,
@@ -434,7 +436,7 @@ def _search_dealt(
 ) -> _GroupShare:
     """The IVF groups :func:`deal_by_cost` gives this rank, searched against the resident keys ``key_t``."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    rows, _ = _ivf_parts(query, positive, ids)
+    rows = _ivf_rows(query, ids)  # the keys are resident already
     precision = resolve_precision(options["precision"], key_t.device)
     costs = layout.group_products(k, exclude_self=True)
     mine = np.flatnonzero((deal_by_cost(costs, world) == rank) & (costs > 0))
