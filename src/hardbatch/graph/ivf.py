@@ -41,7 +41,7 @@ import torch
 from hardbatch.device import resolve_device
 from hardbatch.distributed import WorkSplit
 from hardbatch.errors import ConfigError
-from hardbatch.graph.kmeans import spherical_kmeans
+from hardbatch.graph.kmeans import bucket_sums, spherical_kmeans
 from hardbatch.graph.knn import (
     _DEFAULT_MARGIN,
     KnnResult,
@@ -152,22 +152,17 @@ def _assign(
 def _group_means(
     rows: Any, buckets: _Buckets, dim: int, device: torch.device, normalize: bool, split: WorkSplit
 ) -> torch.Tensor:
-    """(L, d) fp32 unit mean of every group's rows (zero for an empty group).
+    """(L, d) fp32 unit mean of every group's rows (zero for an empty group): float64 sums by
+    :func:`~hardbatch.graph.kmeans.bucket_sums`, the same bits whichever rank or thread count computes them."""
 
-    Each group's rows are summed in float64 by numpy in id order (numpy never splits a sum over threads), so
-    the means are the same bits whichever rank or thread count computes them.
-    """
+    def read(ids: np.ndarray) -> np.ndarray:
+        return _rows_tensor(rows, ids, device, normalize).float().cpu().numpy()
 
-    def sums(lo: int, hi: int) -> np.ndarray:
-        out = np.zeros((hi - lo, dim), dtype=np.float64)
-        for group in range(lo, hi):
-            members = buckets.members(np.array([group]))
-            if len(members):
-                block = _rows_tensor(rows, members, device, normalize).float().cpu().numpy()
-                out[group - lo] = block.sum(axis=0, dtype=np.float64)
-        return out
-
-    total = split.blocks(sums, len(buckets.bounds) - 1, _MEAN_GROUPS)
+    total = split.blocks(
+        lambda lo, hi: bucket_sums(read, buckets.order, buckets.bounds, lo, hi, dim, np.float64),
+        len(buckets.bounds) - 1,
+        _MEAN_GROUPS,
+    )
     return torch.nn.functional.normalize(torch.from_numpy(total).float().to(device), dim=1)
 
 

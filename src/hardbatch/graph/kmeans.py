@@ -24,13 +24,15 @@ shared); memory O(n · d) for the points plus one block of 2^24 scores (never n 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
 from hardbatch.distributed import WorkSplit
 from hardbatch.errors import ConfigError
 
-__all__ = ["spherical_kmeans"]
+__all__ = ["bucket_sums", "spherical_kmeans"]
 
 #: Scores per block of the assignment (64 MiB of fp32).
 _SCORE_BLOCK = 1 << 24
@@ -105,7 +107,11 @@ def _lloyd_sums(
     order = np.argsort(assigned, kind="stable")
     counts = np.bincount(assigned, minlength=clusters).astype(np.int64)
     bounds = np.concatenate([[0], np.cumsum(counts)])
-    sums = split.blocks(lambda lo, hi: _cluster_sums(points, order, bounds, lo, hi), clusters, _SUM_CLUSTERS)
+    sums = split.blocks(
+        lambda lo, hi: bucket_sums(points.__getitem__, order, bounds, lo, hi, points.shape[1], np.float32),
+        clusters,
+        _SUM_CLUSTERS,
+    )
     return sums, counts
 
 
@@ -117,14 +123,27 @@ def _nearest(points: torch.Tensor, centroids: torch.Tensor) -> np.ndarray:
     return torch.cat(found).cpu().numpy().astype(np.int64)
 
 
-def _cluster_sums(points: np.ndarray, order: np.ndarray, bounds: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """(hi - lo, d) float64 sums of clusters [lo, hi), each a float32 numpy sum of its points in point order
-    (``order``: the points sorted by cluster, stable; cluster c holds ``order[bounds[c]:bounds[c + 1]]``)."""
-    sums = np.zeros((hi - lo, points.shape[1]), dtype=np.float64)
-    for cluster in range(lo, hi):
-        members = order[bounds[cluster] : bounds[cluster + 1]]
+def bucket_sums(
+    read: Callable[[np.ndarray], np.ndarray],
+    order: np.ndarray,
+    bounds: np.ndarray,
+    lo: int,
+    hi: int,
+    dim: int,
+    dtype: type[np.floating],
+) -> np.ndarray:
+    """(hi - lo, d) float64 sums of buckets [lo, hi) (k-means clusters, IVF groups).
+
+    Bucket c holds the ids ``order[bounds[c]:bounds[c + 1]]`` (ascending: ``order`` is a stable argsort of
+    the bucket of every id); ``read(ids)`` gives their (len(ids), d) rows, summed by numpy in id order in
+    ``dtype`` (``dim``: d). numpy never splits a sum over threads, so the sums are the same bits on any rank or thread
+    count. An empty bucket sums to zero.
+    """
+    sums = np.zeros((hi - lo, dim), dtype=np.float64)
+    for bucket in range(lo, hi):
+        members = order[bounds[bucket] : bounds[bucket + 1]]
         if len(members):
-            sums[cluster - lo] = points[members].sum(axis=0)
+            sums[bucket - lo] = read(members).sum(axis=0, dtype=dtype)
     return sums
 
 
