@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -515,43 +516,88 @@ def ivf_layout(
             f"exclude_self needs aligned rows and keys, got {num_rows} rows and {num_keys} keys"
         )
     check_k(k, num_keys, exclude_self)
+    check_layout_options(nlist, nprobe, recall_target, max_searched_fraction)
+    split = split or WorkSplit()
+    key_t, groups, key_lists = grouped_lists(
+        rows, keys, normalize, nlist, resolve_device(device), seed, split
+    )
+    search = dict(groups=groups, keys=key_lists, exclude_self=exclude_self, device=key_t.device,
+                  normalize=normalize, split=split)  # fmt: skip
+    info: dict[str, Any] = {"index": "ivf_torch", "nlist": len(groups.probe_order)}
+    if nprobe is None and recall_target is not None:
+        nprobe, trace = _calibrate(
+            rows, key_t, k, float(recall_target), recall_columns, calibration_sample, seed, search,
+            max_searched_fraction,
+        )  # fmt: skip
+        record_calibration(info, nprobe, trace, float(recall_target), max_searched_fraction, "window recall")
+    layout = finish_layout(groups, key_lists, nprobe, info, k + 1 if exclude_self else k)
+    return layout, key_t
+
+
+def check_layout_options(
+    nlist: int | None, nprobe: int | None, recall_target: float | None, max_searched_fraction: float | None
+) -> None:
+    """ConfigError for an ``nlist`` / ``nprobe`` that is not a positive integer, a target or budget off (0, 1]."""
     for name, value in (("nlist", nlist), ("nprobe", nprobe)):
-        if value is not None and (not isinstance(value, int | np.integer) or value < 1):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1
+        ):
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     if recall_target is not None and not 0.0 < float(recall_target) <= 1.0:
         raise ConfigError(f"recall_target must lie in (0, 1], got {recall_target!r}")
     if max_searched_fraction is not None and not 0.0 < float(max_searched_fraction) <= 1.0:
         raise ConfigError(f"max_searched_fraction must lie in (0, 1], got {max_searched_fraction!r}")
-    split = split or WorkSplit()
-    dev = resolve_device(device)
-    key_t = ivf_keys(keys, dev, normalize)
-    lists = int(min(nlist or auto_lists(num_keys), num_keys))
+
+
+def grouped_lists(
+    rows: Any,
+    keys: Any,
+    normalize: bool,
+    nlist: int | None,
+    device: torch.device,
+    seed: int,
+    split: WorkSplit,
+) -> tuple[torch.Tensor, _Groups, _Buckets]:
+    """The uncalibrated part of a layout: ``(key_t, groups, key_lists)`` (the keys as :func:`ivf_keys` makes
+    them, the rows grouped by nearest centroid with their probe order, the keys by list)."""
+    key_t = ivf_keys(keys, device, normalize)
+    lists = int(min(nlist or auto_lists(len(key_t)), len(key_t)))
     centroids = _train_centroids(key_t, lists, seed, split)
-    key_lists = _Buckets(_assign(lambda lo, hi: key_t[lo:hi], num_keys, centroids, dev, split), lists)
-    groups = _Groups.of_rows(rows, centroids, dev, normalize, split)
-    search = dict(groups=groups, keys=key_lists, exclude_self=exclude_self, device=dev, normalize=normalize,
-                  split=split)  # fmt: skip
-    info: dict[str, Any] = {"index": "ivf_torch", "nlist": lists}
-    if nprobe is None and recall_target is not None:
-        nprobe, info["calibration"] = _calibrate(
-            rows, key_t, k, float(recall_target), recall_columns, calibration_sample, seed, search,
-            max_searched_fraction,
-        )  # fmt: skip
-        reached = dict(info["calibration"]).get(nprobe)
-        info["calibrated_recall"] = reached
-        info["recall_target_met"] = reached is None or reached >= float(recall_target)
-        if not info["recall_target_met"]:
-            warnings.warn(
-                f"ivf_torch: window recall {reached:.3f} at nprobe {nprobe} of {lists}, below the target "
-                f"{recall_target} that max_searched_fraction={max_searched_fraction} leaves out of reach",
-                stacklevel=3,
-            )
-    nprobe = int(min(nprobe or 8, lists))
+    key_lists = _Buckets(_assign(lambda lo, hi: key_t[lo:hi], len(key_t), centroids, device, split), lists)
+    return key_t, _Groups.of_rows(rows, centroids, device, normalize, split), key_lists
+
+
+def record_calibration(
+    info: dict[str, Any],
+    nprobe: int,
+    trace: list[tuple[int, float]],
+    target: float,
+    budget: float | None,
+    measure: str,
+) -> None:
+    """Put a calibration's outcome in ``info`` (``calibration``, ``calibrated_recall``, ``recall_target_met``)
+    and warn when a ``budget`` kept the target out of reach."""
+    reached = dict(trace).get(nprobe)
+    info.update(
+        calibration=trace, calibrated_recall=reached, recall_target_met=reached is None or reached >= target
+    )
+    if not info["recall_target_met"]:
+        warnings.warn(
+            f"ivf_torch: {measure} {reached:.3f} at nprobe {nprobe} of {info['nlist']}, below the target "
+            f"{target} that max_searched_fraction={budget} leaves out of reach",
+            stacklevel=4,
+        )
+
+
+def finish_layout(
+    groups: _Groups, key_lists: _Buckets, nprobe: int | None, info: dict[str, Any], at_least: int
+) -> IvfLayout:
+    """The :class:`IvfLayout` at ``nprobe`` (8 when None), with ``info["exact_fallback"]`` set where the
+    search would compute more than ``_EXACT_ABOVE`` of the products."""
+    nprobe = int(min(nprobe or 8, len(groups.probe_order)))
     info["nprobe"] = nprobe
-    fraction = groups.searched_fraction(nprobe, key_lists, k + 1 if exclude_self else k)
-    info["exact_fallback"] = fraction > _EXACT_ABOVE
-    layout = IvfLayout(key_lists.assignment, groups.assignment, groups.probe_order, nprobe, info)
-    return layout, key_t
+    info["exact_fallback"] = groups.searched_fraction(nprobe, key_lists, at_least) > _EXACT_ABOVE
+    return IvfLayout(key_lists.assignment, groups.assignment, groups.probe_order, nprobe, info)
 
 
 def ivf_keys(keys: Any, device: torch.device, normalize: bool) -> torch.Tensor:
@@ -600,10 +646,7 @@ def _calibrate(
     outside the pool scores higher), otherwise the row is re-scored against its probed keys. So each ladder
     step costs O(S · pool), not O(S · P · N_keys / L · d). The sampled rows are blocks of
     ``_CALIBRATION_ROWS`` (each block's pools stay on the rank of ``search["split"]`` that computed them;
-    only its answers travel). Returns the choice and the trace. When no step before reaches the target:
-    with a ``budget`` below ``_EXACT_ABOVE``, the last step within it (the first step, measured, when none
-    is); otherwise the first step that would search more than ``_EXACT_ABOVE`` of the products (unmeasured:
-    the exact search, which is cheaper there, follows).
+    only its answers travel). Returns the choice and the trace (:func:`climb_ladder`).
     """
     groups, keys, exclude_self = search["groups"], search["keys"], search["exclude_self"]
     split: WorkSplit = search["split"]
@@ -620,22 +663,40 @@ def _calibrate(
 
     exact = split.blocks(lambda lo, hi: sampled(lo, hi).pooled[:, :k], len(ids), _CALIBRATION_ROWS)
     lo, hi = columns or (0, k)
+
+    def recall(value: int) -> float:
+        found = split.blocks(
+            lambda a, b: sampled(a, b).answer(value, k, search_k), len(ids), _CALIBRATION_ROWS
+        )
+        return _overlap(found[:, lo:hi], exact[:, lo:hi])
+
+    return climb_ladder(groups, keys, search_k, target, budget, recall)
+
+
+def climb_ladder(
+    groups: _Groups,
+    keys: _Buckets,
+    at_least: int,
+    target: float,
+    budget: float | None,
+    recall: Callable[[int], float],
+) -> tuple[int, list[tuple[int, float]]]:
+    """The first step of :func:`probe_ladder` whose ``recall(nprobe)`` reaches ``target``, and the trace.
+
+    When none does before: with a ``budget`` below ``_EXACT_ABOVE``, the last step within it (the first
+    step, measured, when none is); otherwise the first step that would search more than ``_EXACT_ABOVE``
+    of the products (unmeasured: the exact search, which is cheaper there, follows).
+    """
     trace: list[tuple[int, float]] = []
     ladder = probe_ladder(len(groups.probe_order))
     for value in ladder:
-        fraction = groups.searched_fraction(value, keys, search_k)
+        fraction = groups.searched_fraction(value, keys, at_least)
         if budget is not None and budget < _EXACT_ABOVE and fraction > budget and trace:
             return trace[-1][0], trace
         if fraction > _EXACT_ABOVE:  # the exact search is cheaper
             return int(value), trace
-        found = split.blocks(
-            lambda a, b, value=value: sampled(a, b).answer(int(value), k, search_k),
-            len(ids),
-            _CALIBRATION_ROWS,
-        )
-        recall = _overlap(found[:, lo:hi], exact[:, lo:hi])
-        trace.append((int(value), round(recall, 4)))
-        if recall >= target:
+        trace.append((int(value), round(recall(int(value)), 4)))
+        if trace[-1][1] >= target:
             return int(value), trace
     return int(ladder[-1]), trace
 

@@ -404,6 +404,7 @@ def _bf16_hits(
     bound: float,
     threshold: float,
     buffer: ScoreBuffer | None = None,
+    key_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(hits, 2) block coordinates above ``threshold`` in fp32, from a bf16 block plus fp32 re-scoring.
 
@@ -411,6 +412,8 @@ def _bf16_hits(
     bound of :func:`hardbatch.graph.precision.bf16_score_error_bound` times the block's largest key norm,
     times the row norm), so those entries are the only candidates; each is re-scored in fp32 (a per-pair
     product that does not depend on the block) and kept when above ``threshold``. Hits stay row-major.
+    ``key_ids`` (C,): ``key_low``'s rows are ``key_t[key_ids]`` (a gathered block; ``key_t`` holds all keys),
+    else ``key_low`` is ``key_t`` in bf16.
     """
     row_low = row_t.to(torch.bfloat16)
     block = row_low @ key_low.T if buffer is None else buffer.product(row_low, key_low)
@@ -422,7 +425,8 @@ def _bf16_hits(
     step = max(1, _RESCORE_PIECE_BYTES // (4 * max(1, row_t.shape[1])))  # pairs per 16 MiB gathered piece
     for lo in range(0, len(candidates), step):
         pair = candidates[lo : lo + step]
-        exact[lo : lo + len(pair)] = (row_t[pair[:, 0]] * key_t[pair[:, 1]]).sum(dim=1)
+        columns = pair[:, 1] if key_ids is None else key_ids[pair[:, 1]]
+        exact[lo : lo + len(pair)] = (row_t[pair[:, 0]] * key_t[columns]).sum(dim=1)
     return candidates[exact > threshold]
 
 
