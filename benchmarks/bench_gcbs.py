@@ -2,9 +2,11 @@
 
 Target: a refresh (everything but the embedding pass) in <= 60 s on 2 CPU cores.
 
-Two graph methods side by side in one run: ``exact`` (the chunked full similarity pass) and ``ivf`` (faiss
-IVF range search over ``nprobe`` of ~4·sqrt(N) lists, approximate). For ``ivf`` the edge recall against
-the exact graph is reported (same threshold; IVF edges are a subset, so recall = nnz_ivf / nnz_exact).
+Graph methods side by side in one run: ``exact`` (the chunked full similarity pass), ``ivf`` (faiss IVF
+range search over ``nprobe`` of ~4·sqrt(N) lists, approximate) and ``ivf_torch`` (grouped IVF search at
+matmul speed over ~sqrt(N) lists, ``nprobe`` calibrated to ``--recall-target``). For the IVF methods the edge
+recall against the exact graph is reported (same threshold; IVF edges are a subset, so recall = nnz_ivf /
+nnz_exact).
 
 Stages timed (``StageTimer``: seconds and peak RSS): quantile estimation (sampled sub-matrix), threshold
 graph (chunked N × N similarity pass + thresholding, never materialised), RCM, batching. Side by side in the
@@ -22,7 +24,7 @@ Data: "random but clustered" unit vectors: N/50 topic centres, each example = ce
 Complexity: O(N² d) time for the similarity pass (dominant), O(chunk · N + nnz) memory.
 
 Usage: python benchmarks/bench_gcbs.py [--n 100000] [--dim 384] [--batch-size 64] [--quantile 0.999]
-       [--target-degree D] [--methods exact,ivf] [--nprobe 32]
+       [--target-degree D] [--methods exact,ivf,ivf_torch] [--nprobe P] [--recall-target 0.95]
 Writes benchmarks/results/gcbs.json and gcbs.md and prints JSON and the table.
 
 ``--key-blocks N`` (issue 12, items 3 and 5) runs ``mine_gcbs`` on memory-mapped ``.npy`` inputs with all
@@ -84,7 +86,7 @@ def run_method(x: np.ndarray, y: np.ndarray, method: str, args: argparse.Namespa
     start = time.perf_counter()
     result = mine_gcbs(
         x, y, args.batch_size, quantile=args.quantile, target_degree=args.target_degree, device="cpu",
-        keep_graph=False, graph_method=method, nprobe=args.nprobe,
+        keep_graph=False, graph_method=method, nprobe=args.nprobe, recall_target=args.recall_target,
     )  # fmt: skip
     total = time.perf_counter() - start
     gcbs_h = summarize_hardness(batch_hardness(x, y, result.batches))
@@ -114,6 +116,7 @@ def run_method(x: np.ndarray, y: np.ndarray, method: str, args: argparse.Namespa
                 "same_batch_edge_fraction_random",
             )
         },
+        "graph_search": {k: v for k, v in s.get("graph_search", {}).items()},
         "hardness_gcbs": {k: gcbs_h[k] for k in keys},
         "hardness_random": {k: rand_h[k] for k in keys},
     }
@@ -132,12 +135,18 @@ def to_markdown(record: dict) -> str:
         "",
         f"Machine: {record['machine']['platform']}, {record['machine']['cpu_count']} CPUs, torch "
         f"{record['machine']['torch']}, load average before {record['machine']['load_average_1m_before']:.2f}. "
-        f"IVF: nprobe {record['nprobe']} of ~4·sqrt(N) lists.",
+        f"faiss IVF: nprobe {record['nprobe'] or 32} of ~4·sqrt(N) lists; ivf_torch: ~sqrt(N) lists, nprobe "
+        f"{record['nprobe'] or 'calibrated to edge recall ' + str(record['recall_target'])}.",
         "",
         "| metric | " + " | ".join(methods) + " |",
         "|---|" + "---|" * len(methods),
         row("quantile estimation (s)", lambda r: r["seconds"]["quantile"]),
         row("threshold graph (s)", lambda r: r["seconds"]["threshold_graph"]),
+        row("threshold graph / bare fp32 matmul",
+            lambda r: f"{r['seconds']['threshold_graph'] / record['matmul_floor_seconds_est']:.3f}"),
+        row("ivf_torch: nprobe / nlist, searched, precision", lambda r: _search_cell(r.get("graph_search"))),
+        row("ivf_torch: calibrated edge recall (500 rows)",
+            lambda r: (r.get("graph_search") or {}).get("calibrated_recall", "–")),
         row("RCM (s)", lambda r: r["seconds"]["rcm"]),
         row("batching (s)", lambda r: r["seconds"]["batching"]),
         row("**total refresh (s)**", lambda r: f"**{r['seconds']['total_refresh']:.1f}**"),
@@ -160,6 +169,12 @@ def to_markdown(record: dict) -> str:
         + ".",
     ]  # fmt: skip
     return "\n".join(lines)
+
+
+def _search_cell(info: dict | None) -> str:
+    if not info:
+        return "–"
+    return f"{info['nprobe']} / {info['nlist']}, {100 * info['searched_fraction']:.2f} %, {info['precision']}"
 
 
 def _anon_mb() -> float:
@@ -376,8 +391,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--quantile", type=float, default=None)
     parser.add_argument("--target-degree", type=float, default=None)
-    parser.add_argument("--methods", default="exact,ivf", help="graph methods to run, side by side")
-    parser.add_argument("--nprobe", type=int, default=32)
+    parser.add_argument("--methods", default="exact,ivf,ivf_torch", help="graph methods to run, side by side")
+    parser.add_argument(
+        "--nprobe", type=int, default=None, help="default: 32 for ivf, calibrated for ivf_torch"
+    )
+    parser.add_argument("--recall-target", type=float, default=0.95, help="edge recall of ivf_torch")
     parser.add_argument("-o", "--output", "--out", dest="out", default=str(RESULTS / "gcbs"))
     parser.add_argument("--key-blocks", type=int, metavar="N", help="unblocked vs key-blocked GCBS at this N")
     parser.add_argument("--key-block-size", type=int, default=None, help="with --key-blocks (default N/8)")
@@ -409,6 +427,7 @@ def main() -> None:
         "dim": args.dim,
         "batch_size": args.batch_size,
         "nprobe": args.nprobe,
+        "recall_target": args.recall_target,
         "methods": methods,
         "matmul_floor_seconds_est": round(floor, 2),
         "random_sampler_epoch_seconds": round(random_seconds, 4),

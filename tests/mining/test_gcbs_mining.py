@@ -47,6 +47,34 @@ def test_ivf_graph_method_keeps_the_batches_hard():
     assert gcbs["neg_sim_mean"] > rand["neg_sim_mean"] + 0.3
 
 
+def test_ivf_torch_graph_method_calibrates_its_edge_recall_and_records_it():
+    q, p, _ = planted()
+    exact = mine_gcbs(q, p, 64, target_degree=32, device="cpu", seed=0)
+    approx = mine_gcbs(q, p, 64, target_degree=32, device="cpu", seed=0, graph_method="ivf_torch",
+                       recall_target=0.9)  # fmt: skip
+    assert approx.threshold == exact.threshold
+    assert sorted(np.concatenate(approx.batches).tolist()) == list(range(len(q)))
+    found = approx.stats["graph_search"]
+    assert found["index"] == "ivf_torch" and found["calibrated_recall"] >= 0.9
+    assert found["nprobe"] < found["nlist"] and 0 < found["searched_fraction"] < 0.5
+    assert 0.8 * exact.stats["nnz_directed"] <= approx.stats["nnz_directed"] <= exact.stats["nnz_directed"]
+    gcbs = summarize_hardness(batch_hardness(q, p, approx.batches))
+    rand = summarize_hardness(batch_hardness(q, p, random_batches_like(approx.batches, len(q))))
+    assert gcbs["neg_sim_mean"] > rand["neg_sim_mean"] + 0.3
+    plan = approx.to_plan()
+    assert plan.params["graph_method"] == "ivf_torch" and plan.params["recall_target"] == 0.9
+    assert plan.params["nprobe"] is None  # asked: calibrate; what was used is in the stats
+    assert plan.stats["gcbs"]["graph_search"]["nprobe"] == found["nprobe"]
+    fixed = mine_gcbs(q, p, 64, target_degree=32, device="cpu", seed=0, graph_method="ivf_torch",
+                      nprobe=found["nlist"])  # fmt: skip
+    assert (
+        fixed.stats["graph_search"]["exact_fallback"]
+        and fixed.stats["nnz_directed"] == exact.stats["nnz_directed"]
+    )
+    with pytest.raises(ConfigError, match="recall_target"):
+        mine_gcbs(q, p, 64, device="cpu", graph_method="ivf_torch", recall_target=1.5)
+
+
 def test_paper_quantile_default_and_degree_alternative():
     q, p, _ = planted(num_topics=5, per_topic=40)
     default = mine_gcbs(q, p, 20, device="cpu")

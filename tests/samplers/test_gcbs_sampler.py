@@ -222,4 +222,13 @@ def test_config_dict_records_the_options_that_decide_the_batches():
     assert exact["graph_method"] == "exact" and exact["sample_size"] == 5000 and "nprobe" not in exact
     assert "precision" not in exact and "key_block_size" not in exact  # cost, not result
     ivf = GCBSBatchSampler(**common, target_degree=20, graph_method="ivf", nprobe=7).get_config_dict()
-    assert ivf["graph_method"] == "ivf" and ivf["nprobe"] == 7
+    assert ivf["graph_method"] == "ivf" and ivf["nprobe"] == 7 and "recall_target" not in ivf
+    grouped = GCBSBatchSampler(**common, target_degree=20, graph_method="ivf_torch", recall_target=0.9)
+    config = grouped.get_config_dict()
+    assert (
+        config["graph_method"] == "ivf_torch" and config["nprobe"] is None and config["recall_target"] == 0.9
+    )
+    assert sorted(i for batch in grouped for i in batch) == list(range(240))
+    assert grouped.history[-1]["graph_search"]["calibrated_recall"] >= 0.9
+    with pytest.raises(ConfigError, match="recall_target"):
+        GCBSBatchSampler(**common, graph_method="ivf_torch", recall_target=0)

@@ -119,9 +119,11 @@ class GCBSBatchSampler(HardBatchSampler):
         device: torch device for the similarity pass.
         sync_ranks: broadcast rank 0's batches when a process group is initialised.
         collapse_fraction: warn when one component holds more than this fraction of the examples.
-        graph_method: ``"exact"`` similarity pass or ``"ivf"`` (faiss range search, approximate; for large N
-            on a CPU). See :func:`hardbatch.mining.mine_gcbs`.
-        nprobe: IVF lists searched per example with ``graph_method="ivf"``.
+        graph_method: ``"exact"`` similarity pass, ``"ivf_torch"`` (grouped IVF search at matmul speed,
+            approximate, ``nprobe`` calibrated to ``recall_target`` at every refresh; for large N) or ``"ivf"``
+            (faiss range search, approximate). See :func:`hardbatch.mining.mine_gcbs`.
+        nprobe: IVF lists searched per example (None: calibrated for ``"ivf_torch"``, 32 for ``"ivf"``).
+        recall_target: the edge recall the ``"ivf_torch"`` calibration reaches (default 0.95).
         precision: matmul precision of the exact graph pass: "auto" (bf16 where fast), "fp32" or "bf16";
             the graph is the fp32 one either way.
         key_block_size: positives resident at a time in the exact graph pass (None: all of them; "auto":
@@ -163,7 +165,8 @@ class GCBSBatchSampler(HardBatchSampler):
         sync_ranks: bool = True,
         collapse_fraction: float = 0.9,
         graph_method: str = "exact",
-        nprobe: int = 32,
+        nprobe: int | None = None,
+        recall_target: float = 0.95,
         precision: str = "auto",
         key_block_size: int | str | None = None,
         memory_budget: int | str | None = None,
@@ -195,9 +198,12 @@ class GCBSBatchSampler(HardBatchSampler):
         if graph_method not in GRAPH_METHODS:
             raise ConfigError(f"graph_method must be one of {GRAPH_METHODS}, got {graph_method!r}")
         self.graph_method = graph_method
-        if isinstance(nprobe, bool) or int(nprobe) != nprobe or nprobe < 1:
+        if nprobe is not None and (isinstance(nprobe, bool) or int(nprobe) != nprobe or nprobe < 1):
             raise ConfigError(f"nprobe must be a positive integer, got {nprobe!r}")  # faiss asserts otherwise
-        self.nprobe = int(nprobe)
+        self.nprobe = None if nprobe is None else int(nprobe)
+        if not 0.0 < float(recall_target) <= 1.0:
+            raise ConfigError(f"recall_target must lie in (0, 1], got {recall_target!r}")
+        self.recall_target = float(recall_target)
         resolve_precision(precision, resolve_device(device))  # a bad name is found now, not at epoch 0
         # Key-block options too (against the fixed positives' shape, else the stand-in d above).
         gcbs_key_block(key_block_size, memory_budget, (self.num_examples, dim), chunk_size=self.chunk_size,
@@ -270,6 +276,7 @@ class GCBSBatchSampler(HardBatchSampler):
             collapse_fraction=self.collapse_fraction,
             graph_method=self.graph_method,
             nprobe=self.nprobe,
+            recall_target=self.recall_target,
             precision=self.precision,
             key_block_size=self.key_block_size,
             memory_budget=self.memory_budget,
@@ -333,6 +340,8 @@ class GCBSBatchSampler(HardBatchSampler):
         )  # fmt: skip
         if self.graph_method != "exact":  # an approximate graph depends on how many lists it probes
             own["nprobe"] = self.nprobe
+        if self.graph_method == "ivf_torch":
+            own["recall_target"] = self.recall_target
         return {**super().get_config_dict(), **own}
 
 

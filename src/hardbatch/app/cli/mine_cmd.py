@@ -473,10 +473,21 @@ def mine_gcbs_command(
     graph_method: Annotated[
         str,
         typer.Option(
-            "--graph-method", help="'exact' similarity pass or 'ivf' (faiss, approximate; large N on CPU)."
+            "--graph-method",
+            help="'exact' similarity pass, 'ivf_torch' (grouped IVF at matmul speed, approximate; large N) "
+            "or 'ivf' (faiss range search, approximate).",
         ),
     ] = "exact",
-    nprobe: Annotated[int, typer.Option("--nprobe", help="IVF lists searched per example.")] = 32,
+    nprobe: Annotated[
+        int | None,
+        typer.Option(
+            "--nprobe", help="IVF lists searched per example (default: calibrated for ivf_torch, 32 for ivf)."
+        ),
+    ] = None,
+    recall_target: Annotated[
+        float,
+        typer.Option("--recall-target", help="Edge recall the ivf_torch search effort is calibrated to."),
+    ] = 0.95,
     precision: Annotated[
         str, typer.Option("--precision", help="Exact graph matmul: auto (bf16 where fast) | fp32 | bf16.")
     ] = "auto",
@@ -511,7 +522,7 @@ def mine_gcbs_command(
     query, positive = teacher_emb.query, teacher_emb.positive
     result = mine_gcbs(
         query, positive, batch_size, quantile=quantile, target_degree=target_degree, seed=seed, device=device,
-        graph_method=graph_method, nprobe=nprobe, precision=precision,
+        graph_method=graph_method, nprobe=nprobe, recall_target=recall_target, precision=precision,
         key_block_size=key_block_option(key_block_size), memory_budget=memory_budget,
         dataset_hash=dataset.fingerprint,
     )  # fmt: skip
