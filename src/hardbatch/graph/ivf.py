@@ -124,12 +124,14 @@ def _rows_tensor(rows: Any, ids: np.ndarray, dev: torch.device, normalize: bool)
 
 
 def _train_centroids(
-    key_t: torch.Tensor, lists: int, seed: int, split: WorkSplit | None = None
+    key_t: torch.Tensor,
+    lists: int,
+    seed: int,
+    split: WorkSplit | None = None,
+    per_list: int = _TRAIN_PER_LIST,
 ) -> torch.Tensor:
-    """(L, d) unit centroids: spherical k-means on ``_TRAIN_PER_LIST · L`` sampled keys, on the keys' device."""
-    chosen = np.sort(
-        np.random.default_rng([int(seed), 0x1F]).permutation(len(key_t))[: lists * _TRAIN_PER_LIST]
-    )
+    """(L, d) unit centroids: spherical k-means on ``per_list · L`` sampled keys, on the keys' device."""
+    chosen = np.sort(np.random.default_rng([int(seed), 0x1F]).permutation(len(key_t))[: lists * per_list])
     sample = key_t[torch.as_tensor(chosen, device=key_t.device)].float().cpu().numpy()
     return spherical_kmeans(
         sample, lists, iterations=_KMEANS_ITERATIONS, seed=seed, device=key_t.device, split=split
@@ -557,12 +559,14 @@ def grouped_lists(
     device: torch.device,
     seed: int,
     split: WorkSplit,
+    train_per_list: int = _TRAIN_PER_LIST,
 ) -> tuple[torch.Tensor, _Groups, _Buckets]:
     """The uncalibrated part of a layout: ``(key_t, groups, key_lists)`` (the keys as :func:`ivf_keys` makes
-    them, the rows grouped by nearest centroid with their probe order, the keys by list)."""
+    them, the rows grouped by nearest centroid with their probe order, the keys by list); the k-means trains
+    on ``train_per_list`` sampled keys per list."""
     key_t = ivf_keys(keys, device, normalize)
     lists = int(min(nlist or auto_lists(len(key_t)), len(key_t)))
-    centroids = _train_centroids(key_t, lists, seed, split)
+    centroids = _train_centroids(key_t, lists, seed, split, train_per_list)
     key_lists = _Buckets(_assign(lambda lo, hi: key_t[lo:hi], len(key_t), centroids, device, split), lists)
     return key_t, _Groups.of_rows(rows, centroids, device, normalize, split), key_lists
 

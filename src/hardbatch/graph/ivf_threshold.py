@@ -11,8 +11,8 @@ exact; what it misses is the edges to keys in unprobed lists, and that is measur
 (default 0.95) ``nprobe`` is the smallest on the ladder (×√2 steps) whose **edge recall** (edges found /
 edges of the exact graph) over ``calibration_sample`` sampled rows reaches the target.
 
-Cost, with L lists (≈ √N_keys), P = ``nprobe``: the layout's k-means, assignment and group means as in
-:mod:`hardbatch.graph.ivf`; calibration O(S · N_keys · d) once for the sampled rows' exact edges, then
+Cost, with L lists (≈ √N_keys), P = ``nprobe``: the layout's k-means (on 256 sampled keys per list,
+O(20 · 256 L · L · d)), assignment and group means as in :mod:`hardbatch.graph.ivf`; calibration O(S · N_keys · d) once for the sampled rows' exact edges, then
 O(S · edges per row) per ladder step; search O(N_rows · P · N_keys / L · d) at matmul speed
 (``info["searched_fraction"]`` ≈ P / L of the exact pass). Memory: the keys resident (N_keys · d fp32, plus a
 bf16 copy in bf16 mode), one group's gathered keys (P · N_keys / L · d) and score block (chunked to
@@ -57,6 +57,13 @@ __all__ = ["edge_coordinates_to_csr", "ivf_torch_threshold_graph", "threshold_gr
 #: widened comparison cost more than bf16 saves. Measured (256 rows, d = 384, AMD Zen 4, 2 threads) bf16 time /
 #: fp32 time: 2,000 keys 1.7, 3,000-6,000 about 1.0, 8,000 0.69, 32,000 0.78.
 _BF16_MIN_CANDIDATES = 8192
+
+#: Keys sampled per list for the k-means (faiss's own cap; the kNN layout uses 64). A threshold graph's
+#: edges are a row's very nearest keys, so the search is tiny and the lists' quality decides the recall.
+#: Measured at 100k × 384, 2,000 topics of 50 (bench_gcbs.py's data), 316 lists, target degree 32: edge
+#: recall at nprobe 1 (0.33 % of the products) 0.866 with 64 keys per list, 0.963 with 128, 0.994 with 256;
+#: set-up 2.2 / 3.7 / 7.0 s (AMD Zen 4, 2 threads).
+_TRAIN_PER_LIST = 256
 
 #: Sampled rows per calibration block (the unit a WorkSplit deals to the ranks).
 _CALIBRATION_ROWS = 64

@@ -126,6 +126,7 @@ if TYPE_CHECKING:
     from hardbatch.mining.hierarchical import HierarchicalRun, Shard, ShardResult
 
 __all__ = [
+    "DISTRIBUTED_GRAPH_METHODS",
     "DISTRIBUTED_KNN",
     "EXCHANGES",
     "assign_shards",
@@ -148,6 +149,9 @@ _NOT_SEARCH = ("exchange", "knn", "seed")
 
 #: kNN backends whose search is spread over the ranks (the faiss indexes would be built on every rank).
 DISTRIBUTED_KNN = ("exact", "ivf_torch")
+
+#: The GCBS graph methods whose threshold graph the ranks build together.
+DISTRIBUTED_GRAPH_METHODS = ("exact", "ivf_torch")
 
 #: How the positives reach the ranks: every rank reads them all, or each reads its shard and they circulate.
 EXCHANGES = ("read", "ring")
@@ -812,22 +816,42 @@ def _graph_slice(
     return local
 
 
+def _slice_edges(local: sp.csr_array | None, lo: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """A row slice's edges as (global row, column) coordinates (None stays None: the slice is too dense)."""
+    if local is None:
+        return None
+    rows = np.repeat(np.arange(local.shape[0], dtype=np.int64), np.diff(local.indptr)) + lo
+    return rows, local.indices.astype(np.int64)
+
+
 def _gather_graph(
     local: sp.csr_array | None, num_rows: int, threshold: float, max_avg_degree: float
 ) -> sp.csr_array | None:
-    """Every rank's graph slice, concatenated in rank order on rank 0 (None on the other ranks).
+    """Every rank's graph slice (rows [lo, hi) of :func:`_shard`), as one graph on rank 0 (None elsewhere)."""
+    lo = _shard(num_rows, dist.get_rank(), dist.get_world_size())[0]
+    return _gather_edges(_slice_edges(local, lo), num_rows, threshold, max_avg_degree)
+
+
+def _gather_edges(
+    edges: tuple[np.ndarray, np.ndarray] | None, num_rows: int, threshold: float, max_avg_degree: float
+) -> sp.csr_array | None:
+    """Every rank's edges, (row, column) coordinates with ascending columns within each row's run (a row's
+    edges all on one rank), as the (N, N) CSR graph on rank 0 (None on the other ranks).
 
     The edge counts travel first (``all_gather``: every rank needs the longest for the padded
-    ``dist.gather`` of (row, column) pairs); a count of -1 says that slice alone is too dense.
+    ``dist.gather`` of (row, column) pairs); a count of -1 (``edges`` None) says that rank's share alone is
+    too dense. A stable sort on the row puts the shares in CSR order (O(nnz) when they already are: row
+    slices in rank order).
 
     Raises:
         ConfigError (rank 0): more than ``max_avg_degree · N`` edges in all.
     """
+    from hardbatch.graph.ivf_threshold import edge_coordinates_to_csr
     from hardbatch.graph.threshold import _check_density
 
     rank, world = dist.get_rank(), dist.get_world_size()
     dev = comm_device()
-    count = torch.tensor([-1 if local is None else local.nnz], dtype=torch.int64, device=dev)
+    count = torch.tensor([-1 if edges is None else len(edges[0])], dtype=torch.int64, device=dev)
     counts_t = [torch.empty_like(count) for _ in range(world)]
     dist.all_gather(counts_t, count)
     counts = [int(c.item()) for c in counts_t]
@@ -838,28 +862,92 @@ def _gather_graph(
         return None
     longest = max(counts)
     pairs = torch.zeros(longest, 2, dtype=torch.int64, device=dev)
-    if local is not None and local.nnz:
-        local_rows = np.repeat(np.arange(local.shape[0], dtype=np.int64), np.diff(local.indptr))
-        coo = np.stack([local_rows, local.indices.astype(np.int64)], axis=1)
-        pairs[: local.nnz] = torch.as_tensor(coo, device=dev)
+    if edges is not None and len(edges[0]):
+        pairs[: len(edges[0])] = torch.as_tensor(np.stack(edges, axis=1), device=dev)
     gathered = [torch.empty_like(pairs) for _ in range(world)] if rank == 0 else None
     if longest:
         dist.gather(pairs, gathered, dst=0)
     if rank != 0:
         return None
-    row_parts, col_parts = [], []
-    for r in range(world):
-        lo, _ = _shard(num_rows, r, world)
-        part = gathered[r][: counts[r]].cpu().numpy() if longest else np.empty((0, 2), np.int64)
-        row_parts.append(part[:, 0] + lo)
-        col_parts.append(part[:, 1].astype(np.int32))
-    row_idx, col_idx = np.concatenate(row_parts), np.concatenate(col_parts)
-    # Each slice is row-major with sorted columns, and the slices come in row order: CSR without a sort,
-    # exactly threshold_graph's layout.
-    indptr = np.zeros(num_rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(row_idx, minlength=num_rows), out=indptr[1:])
-    data = np.ones(len(col_idx), dtype=np.int8)
-    return sp.csr_array((data, col_idx, indptr), shape=(num_rows, num_rows))
+    parts = [
+        gathered[r][: counts[r]].cpu().numpy() if longest else np.empty((0, 2), np.int64)
+        for r in range(world)
+    ]
+    both = np.concatenate(parts)
+    return edge_coordinates_to_csr(both[:, 0], both[:, 1].astype(np.int32), (num_rows, num_rows))
+
+
+def _ivf_graph_share(
+    query: Any, positive: Any, threshold: float, options: dict[str, Any]
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, dict[str, Any]]:
+    """This rank's edges of the ``graph_method="ivf_torch"`` threshold graph (for :func:`_gather_edges`:
+    None when its share alone is too dense) and the search's ``info`` (the same on every rank).
+
+    Rank 0 broadcasts the search options (``nprobe``, ``recall_target``, ``seed``); every rank checks its
+    inputs' shape, then all build the layout together (:func:`~hardbatch.graph.ivf_threshold.threshold_layout`
+    with a :class:`~hardbatch.distributed.WorkSplit`: k-means, list and group assignment, group means and
+    calibration rows dealt in fixed blocks), so every rank holds the single-process layout. The IVF groups
+    are dealt by the products their search computes (:func:`deal_by_cost`); each rank thresholds its groups
+    against all positives. A group's edges depend on the layout only, so the gathered graph is the
+    single-process one. Where the layout says the exact pass is cheaper (``exact_fallback``), every rank
+    builds its row slice of the exact graph instead. Every failure up to the edges is raised on every rank.
+
+    Memory per rank: all positives resident, O(N·d) fp32 (+ a bf16 copy in bf16 mode), the layout
+    O(N + L²), one group's blocks and its share of the edges, O(nnz / W); rank 0 also the gathered O(nnz).
+    """
+    from hardbatch.graph.ivf_threshold import threshold_groups, threshold_layout
+    from hardbatch.graph.threshold import DenseGraphError
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    num_rows, dim = options["shape"]
+    ivf_options = broadcast_from_rank0(options["ivf"] if rank == 0 else None)
+    raise_together(_attempt(_check_shape, query, positive, num_rows, dim)[1], _GCBS_WHAT)
+    split = WorkSplit(_GCBS_WHAT, across_ranks=True)
+    device = resolve_device(options["device"])
+
+    def build() -> tuple[IvfLayout, torch.Tensor]:
+        return threshold_layout(query, positive, threshold, drop_diagonal=True, normalize=True, device=device,
+                                split=split, **ivf_options)  # fmt: skip
+
+    built, failure = _attempt(build)
+    split.finish(failure)
+    assert built is not None
+    layout, key_t = built
+    precision = resolve_precision(options["precision"], device)
+    info = {**layout.info, "precision": precision}
+    if layout.info["exact_fallback"]:
+        del key_t
+        read = {**options, "exchange": "read"}
+        lo, hi = _shard(num_rows, rank, world)
+        prepared, failure = _attempt(_graph_inputs, query, positive, lo, hi, read)
+        report = lambda failure: raise_together(failure, _GCBS_WHAT)  # noqa: E731
+        local = _graph_slice(prepared, failure, query, positive, threshold, read, report)
+        return _slice_edges(local, lo), {**info, "searched_fraction": 1.0, "world_size": world}
+    groups, keys = layout.buckets()
+    costs = groups.products(layout.nprobe, keys, 0)
+    mine = np.flatnonzero((deal_by_cost(costs, world) == rank) & (costs > 0))
+
+    def search() -> tuple[tuple[np.ndarray, np.ndarray] | None, int]:
+        try:
+            row_idx, col_idx, products = threshold_groups(
+                query, key_t, threshold, layout, mine, drop_diagonal=True, precision=precision, normalize=True,
+                max_avg_degree=options["max_avg_degree"], show_progress=options["show_progress"] if rank == 0 else False,
+            )  # fmt: skip
+        except DenseGraphError:  # this share alone breaks the cap: the gather says so on rank 0
+            return None, 0
+        return (row_idx.astype(np.int64), col_idx.astype(np.int64)), products
+
+    found, failure = _attempt(search)
+    raise_together(failure, _GCBS_WHAT)
+    assert found is not None
+    edges, products = found
+    mine_t = torch.tensor([products], dtype=torch.int64, device=comm_device())
+    every = [torch.empty_like(mine_t) for _ in range(world)]
+    dist.all_gather(every, mine_t)
+    rank_products = [int(t.item()) for t in every]
+    info.update(searched_fraction=round(sum(rank_products) / max(1, num_rows * num_rows), 4),
+                rank_products=rank_products, world_size=world)  # fmt: skip
+    return edges, info
 
 
 def _check_shape(query: Any, positive: Any, num_rows: int, dim: int) -> None:
@@ -879,8 +967,10 @@ def _serve_graph(query: Any, positive: Any, options: dict[str, Any]) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     dev = comm_device()
     lo, hi = _shard(len(query), rank, world)
-    # Read (and normalised) while rank 0 estimates the threshold; row-wise, so the bits are rank 0's.
-    prepared, failure = _attempt(_graph_inputs, query, positive, lo, hi, options)
+    prepared, failure = None, None
+    if options["graph_method"] == "exact":
+        # Read (and normalised) while rank 0 estimates the threshold; row-wise, so the bits are rank 0's.
+        prepared, failure = _attempt(_graph_inputs, query, positive, lo, hi, options)
     while True:
         header = torch.zeros(4, dtype=torch.float64, device=dev)
         dist.broadcast(header, src=0)
@@ -889,6 +979,10 @@ def _serve_graph(query: Any, positive: Any, options: dict[str, Any]) -> None:
             return
         options = {**options, "shape": (int(header[2].item()), int(header[3].item()))}
         report = lambda failure: raise_together(failure, _GCBS_WHAT)  # noqa: E731
+        if options["graph_method"] == "ivf_torch":
+            edges, _ = _ivf_graph_share(query, positive, threshold, options)
+            _gather_edges(edges, options["shape"][0], threshold, options["max_avg_degree"])
+            continue
         local = _graph_slice(prepared, failure, query, positive, threshold, options, report)
         _gather_graph(local, options["shape"][0], threshold, options["max_avg_degree"])
 
@@ -929,7 +1023,9 @@ def mine_gcbs_distributed(
         query_emb: (N, d) float query embeddings (numpy, memory-mapped numpy or torch).
         positive_emb: (N, d) float positive embeddings, row i the positive of query i.
         batch_size: examples per batch.
-        graph_method: only "exact" is distributed.
+        graph_method: "exact" or "ivf_torch" (the grouped IVF layout built by the ranks together, its
+            groups dealt to them; ``nprobe`` and ``recall_target`` in ``gcbs_options`` as in one process;
+            with ``exchange="read"`` and without key blocks). faiss's "ivf" is not distributed.
         device: device of each rank's similarity pass (e.g. "cuda:<local rank>" under NCCL).
         chunk_size: rows per similarity block.
         max_avg_degree: refuse graphs denser than this, as one process does.
@@ -950,7 +1046,7 @@ def mine_gcbs_distributed(
         plan records it), None on the other ranks.
 
     Raises:
-        ConfigError: ``graph_method="ivf"``, an unknown ``exchange``.
+        ConfigError: ``graph_method="ivf"``, an unknown ``exchange``, ivf_torch with a ring or key blocks.
         DataError: a rank's embeddings differ in shape from rank 0's (raised on every rank).
         Exception: anything :func:`~hardbatch.mining.gcbs.mine_gcbs` raises on rank 0, or any rank raises
             while building its slice, is raised on every rank at once (see "Failures" in the module
@@ -959,20 +1055,31 @@ def mine_gcbs_distributed(
     """
     from hardbatch.mining.gcbs import mine_gcbs
 
-    if graph_method != "exact":
-        raise ConfigError(f"distributed GCBS supports graph_method='exact' only, got {graph_method!r}")
+    if graph_method not in DISTRIBUTED_GRAPH_METHODS:
+        raise ConfigError(
+            f"distributed GCBS supports graph_method={' or '.join(map(repr, DISTRIBUTED_GRAPH_METHODS))}, "
+            f"got {graph_method!r}"
+        )
     check_exchange(exchange)
+    if graph_method == "ivf_torch" and exchange != "read":
+        raise ConfigError("graph_method='ivf_torch' probes lists across all positives: use exchange='read'")
     common = dict(
         device=device, chunk_size=chunk_size, max_avg_degree=max_avg_degree, show_progress=show_progress,
         precision=precision, key_block_size=key_block_size, memory_budget=memory_budget,
     )  # fmt: skip
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        result = mine_gcbs(query_emb, positive_emb, batch_size, **common, **gcbs_options)
+        result = mine_gcbs(
+            query_emb, positive_emb, batch_size, graph_method=graph_method, **common, **gcbs_options
+        )
         result.params["world_size"] = 1
         return result
+    if graph_method == "ivf_torch" and (key_block_size is not None or memory_budget is not None):
+        # mine_gcbs's own check, made here too: the other ranks never call it
+        raise ConfigError("key_block_size and memory_budget apply to graph_method='exact' only")
     rank, world = dist.get_rank(), dist.get_world_size()
+    served = {**common, "exchange": exchange, "graph_method": graph_method}
     if rank != 0:
-        _serve_graph(query_emb, positive_emb, {**common, "exchange": exchange})
+        _serve_graph(query_emb, positive_emb, served)
         return None
     dev = comm_device()
 
@@ -982,19 +1089,30 @@ def mine_gcbs_distributed(
 
     leader = _Leader(send, _GCBS_WHAT)
 
-    def search(x: Any, y: Any, threshold: float) -> sp.csr_array:
+    seed = gcbs_options.get("seed", 0)
+    ivf = {"nprobe": gcbs_options.get("nprobe"), "recall_target": gcbs_options.get("recall_target", 0.95),
+           "seed": 0 if seed is None else int(seed)}  # fmt: skip
+
+    def search(x: Any, y: Any, threshold: float) -> tuple[sp.csr_array, dict[str, Any]]:
         shape = (len(x), int(x.shape[1]))
         send(_GRAPH, threshold, shape)
-        options = {**common, "exchange": exchange, "shape": shape}
-        prepared, failure = _attempt(_graph_inputs, x, y, *_shard(len(x), 0, world), options)
-        local = _graph_slice(prepared, failure, x, y, threshold, options, leader.report)
-        graph = _gather_graph(local, len(x), threshold, max_avg_degree)
+        options = {**served, "shape": shape, "ivf": ivf}
+        info: dict[str, Any] = {}
+        if graph_method == "ivf_torch":
+            with leader.collective():
+                edges, info = _ivf_graph_share(x, y, threshold, options)
+            graph = _gather_edges(edges, len(x), threshold, max_avg_degree)
+        else:
+            prepared, failure = _attempt(_graph_inputs, x, y, *_shard(len(x), 0, world), options)
+            local = _graph_slice(prepared, failure, x, y, threshold, options, leader.report)
+            graph = _gather_graph(local, len(x), threshold, max_avg_degree)
         assert graph is not None
-        return graph
+        return graph, info
 
     result = leader.run(
-        lambda: mine_gcbs(query_emb, positive_emb, batch_size, graph_search=search, **common, **gcbs_options)
-    )
+        lambda: mine_gcbs(query_emb, positive_emb, batch_size, graph_method=graph_method, graph_search=search,
+                          **common, **gcbs_options)
+    )  # fmt: skip
     result.params["world_size"] = world
     return result
 

@@ -229,7 +229,7 @@ def mine_gcbs(
     dataset_hash: str | None = None,
     hash_inputs: bool = True,
     show_progress: bool | None = None,
-    graph_search: Callable[[torch.Tensor, torch.Tensor, float], sp.csr_array] | None = None,
+    graph_search: Callable[[Any, Any, float], tuple[sp.csr_array, dict[str, Any]]] | None = None,
 ) -> GCBSResult:
     """One GCBS refresh: thresholded query × positive similarity graph → RCM order → consecutive batches.
 
@@ -272,12 +272,13 @@ def mine_gcbs(
         hash_inputs: hash the embeddings for :meth:`GCBSResult.to_plan` (O(N·d); the per-epoch sampler
             refresh turns it off).
         show_progress: progress bar for the similarity pass.
-        graph_search: replaces the exact threshold-graph pass of step 3: called once as
-            ``fn(x, y, threshold)`` with the (N, d) query and positive arrays as given (not normalised: it
-            reads and normalises the rows it needs, row-wise), it returns the directed (N, N)
-            graph :func:`~hardbatch.graph.threshold.threshold_graph` would (diagonal left out, at most
-            ``max_avg_degree`` edges per row). :func:`hardbatch.mining.distributed.mine_gcbs_distributed`
-            uses it to split the pass over ranks.
+        graph_search: replaces the threshold-graph pass of step 3 (``graph_method`` "exact" or
+            "ivf_torch"): called once as ``fn(x, y, threshold)`` with the (N, d) query and positive arrays
+            as given (not normalised: it reads and normalises the rows it needs, row-wise), it returns
+            ``(graph, info)``: the directed (N, N) graph that ``graph_method`` gives (diagonal left out, at
+            most ``max_avg_degree`` edges per row) and what the search reports (``stats["graph_search"]``
+            when not empty). :func:`hardbatch.mining.distributed.mine_gcbs_distributed` uses it to split
+            the pass over ranks.
 
     Returns:
         :class:`GCBSResult`.
@@ -318,7 +319,7 @@ def mine_gcbs(
     dev = resolve_device(device)
     blocked = key_block_size is not None or memory_budget is not None
     # With key blocks, or a replaced graph pass that reads only the rows it needs, nothing is normalised whole.
-    lazy = blocked or (graph_search is not None and graph_method == "exact")
+    lazy = blocked or graph_search is not None
     block = gcbs_key_block(key_block_size, memory_budget, positive_emb, chunk_size=chunk_size,
                            precision=precision, device=dev, graph_method=graph_method)  # fmt: skip
     with timer.stage("normalize"):
@@ -346,7 +347,7 @@ def mine_gcbs(
                 show_progress=show_progress,
             )  # fmt: skip
         elif graph_search is not None:
-            directed = graph_search(x, y, threshold)
+            directed, search_info = graph_search(x, y, threshold)
         else:
             directed = threshold_graph(
                 x, y, threshold, chunk_size=chunk_size, device=dev, normalize=blocked, drop_diagonal=True,
