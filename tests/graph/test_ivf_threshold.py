@@ -171,3 +171,17 @@ def test_normalised_cosine_graph_and_guards(monkeypatch):
         ivf_torch_threshold_graph(rows, keys, 0.5, recall_target=0.0)
     with pytest.raises(ConfigError, match="aligned"):
         ivf_torch_threshold_graph(rows[:10], keys, 0.5, drop_diagonal=True)
+
+
+def test_the_threshold_layout_trains_on_more_keys_per_list_than_the_knn_layout(monkeypatch):
+    sampled = []
+    original = ivf.spherical_kmeans
+    monkeypatch.setattr(
+        ivf,
+        "spherical_kmeans",
+        lambda points, *a, **kw: sampled.append(len(points)) or original(points, *a, **kw),
+    )
+    rows, keys = _clustered(n=6000, d=8, topics=30, seed=6)
+    threshold_layout(rows, keys, 0.9, nlist=20, nprobe=2, device="cpu")
+    ivf.ivf_layout(rows, keys, 5, nlist=20, nprobe=2, device="cpu")
+    assert sampled == [20 * module._TRAIN_PER_LIST, 20 * ivf._TRAIN_PER_LIST] == [5120, 1280]

@@ -102,7 +102,7 @@ def threshold_layout(
     check_layout_options(nlist, nprobe, recall_target, max_searched_fraction)
     split = split or WorkSplit()
     key_t, groups, key_lists = grouped_lists(
-        rows, keys, normalize, nlist, resolve_device(device), seed, split
+        rows, keys, normalize, nlist, resolve_device(device), seed, split, _TRAIN_PER_LIST
     )
     info: dict[str, Any] = {"index": "ivf_torch", "nlist": len(groups.probe_order)}
     if nprobe is None and recall_target is not None:
