@@ -10,7 +10,9 @@ ranks' time includes waiting for it) and peak RSS (VmHWM); for rank 0 the plan's
 Each plan is compared with the W = 1 plan: B3 clusters and remainder, GCBS batches, element for element.
 ``--methods b3_ivf`` mines with ``knn="ivf_torch"`` (the ranks build the IVF layout together, the groups
 are dealt to the ranks; "read" only) and also reports nprobe, the searched fraction, the window recall against exact and
-the products each rank searched and the seconds each rank spent building the IVF layout (set-up). ``--exchanges read,ring`` runs every W > 1 both ways side by side: every rank reading all positives from the
+the products each rank searched and the seconds each rank spent building the IVF layout (set-up);
+``--methods gcbs_ivf`` the same for GCBS's ``graph_method="ivf_torch"`` (nprobe, searched fraction, the
+calibration's edge recall, each rank's products). ``--exchanges read,ring`` runs every W > 1 both ways side by side: every rank reading all positives from the
 memory-mapped file ("read"), or each rank reading only its shard while the shards circulate ("ring",
 ``exchange="ring"``).
 
@@ -24,7 +26,7 @@ page cache on one machine) + O(chunk·N) per block with "read", O(2·N/W·d) for
 rank 0 also O(N·k) for the gathered window.
 
 Usage: python benchmarks/bench_mining_distributed.py [--n 200000] [--worlds 1,2,4] [--exchanges read,ring]
-[--methods b3,gcbs,b3_ivf] [--data clustered|lowdim]
+[--methods b3,gcbs,b3_ivf,gcbs_ivf] [--data clustered|lowdim]
 [--tag T] [--smoke]
 Writes benchmarks/results/mining_distributed_<N>[_<T>].json and .md (not with --smoke) and prints the table.
 """
@@ -42,7 +44,7 @@ from pathlib import Path
 from bench_b3 import BATCH, DIM, SKIP, WINDOW, K, machine, write_clustered
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = ("b3", "gcbs", "b3_ivf")
+METHODS = ("b3", "gcbs", "b3_ivf", "gcbs_ivf")
 
 
 def _mine(method: str, query, positive, distributed: bool, exchange: str = "read"):
@@ -59,6 +61,8 @@ def _mine(method: str, query, positive, distributed: bool, exchange: str = "read
             return mine_b3_distributed(query, positive, exchange=exchange, **options)
         return mine_b3(query, positive, **options)
     options = dict(target_degree=BATCH / 2, device="cpu", keep_graph=False, show_progress=False)
+    if method == "gcbs_ivf":  # the grouped IVF threshold graph, nprobe calibrated to edge recall 0.95
+        options.update(graph_method="ivf_torch")
     if distributed:
         return mine_gcbs_distributed(query, positive, BATCH, exchange=exchange, **options)
     return mine_gcbs(query, positive, BATCH, **options)
@@ -81,7 +85,13 @@ def _save(method: str, result, stem: str) -> dict:
         return row
     np.save(stem + "_batches.npy", np.concatenate(result.batches))
     graph_s = {name: stage["seconds"] for name, stage in result.seconds.items() if isinstance(stage, dict)}
-    return {"stages_s": graph_s, "edges": result.stats.get("edges")}
+    row = {"stages_s": graph_s, "edges": result.stats.get("edges")}
+    info = result.stats.get("graph_search")
+    if info:
+        row.update(nprobe=info["nprobe"], nlist=info["nlist"], searched_fraction=info["searched_fraction"],
+                   calibrated_recall=info.get("calibrated_recall"), precision=info["precision"],
+                   rank_products=info.get("rank_products"))  # fmt: skip
+    return row
 
 
 def _time_ivf_setup() -> dict[str, float]:
@@ -142,7 +152,7 @@ def _worker(rank: int, world: int, spec: dict) -> None:
 def _same(method: str, stem: str, reference: str) -> bool:
     import numpy as np
 
-    parts = ("batches",) if method == "gcbs" else ("clusters", "remainder")
+    parts = ("batches",) if method.startswith("gcbs") else ("clusters", "remainder")
     return all(
         np.array_equal(np.load(f"{stem}_{part}.npy"), np.load(f"{reference}_{part}.npy")) for part in parts
     )
@@ -171,7 +181,7 @@ def run(
         paths = write_clustered(num, folder, data)
         for method in methods:
             reference = None
-            ways = ["read"] if method == "b3_ivf" else exchanges  # an IVF group probes all positives
+            ways = ["read"] if method.endswith("_ivf") else exchanges  # an IVF group probes all positives
             for world, exchange in [(w, e) for w in worlds for e in (ways if w > 1 else ["-"])]:
                 stem = os.path.join(folder, f"{method}_w{world}_{exchange}")
                 spec = {**paths, "method": method, "stem": stem, "rdv": stem + ".rdv",
@@ -232,6 +242,17 @@ def markdown(report: dict) -> str:
                 f"| {row['world']} | {head['nlist']} | {head['nprobe']} | {head['searched_fraction']} | "
                 f"{head['precision']} | {head['window_recall']} | {head.get('rank_products') or '-'} | {setup} |"
             )
+    graph_ivf = [row for row in r["rows"] if row["method"] == "gcbs_ivf"]
+    if graph_ivf:
+        lines += ["", "| gcbs_ivf W | nlist | nprobe | searched | precision | calibrated edge recall | threshold graph s "
+                  "(rank 0) | products per rank |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for row in graph_ivf:
+            head = row["ranks"][0]
+            lines.append(
+                f"| {row['world']} | {head['nlist']} | {head['nprobe']} | {head['searched_fraction']} | "
+                f"{head['precision']} | {head['calibrated_recall']} | {head['stages_s'].get('threshold_graph')} | "
+                f"{head.get('rank_products') or '-'} |"
+            )
     return "\n".join([*lines, ""])
 
 
@@ -244,7 +265,8 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         default="b3,gcbs",
-        help="comma-separated: b3 (exact), gcbs, b3_ivf (knn='ivf_torch', read only)",
+        help="comma-separated: b3 (exact), gcbs, b3_ivf (knn='ivf_torch'), gcbs_ivf (graph_method='ivf_torch'); "
+        "the IVF ones read only",
     )
     parser.add_argument(
         "--data",
