@@ -174,7 +174,10 @@ def to_markdown(record: dict) -> str:
 def _search_cell(info: dict | None) -> str:
     if not info:
         return "–"
-    return f"{info['nprobe']} / {info['nlist']}, {100 * info['searched_fraction']:.2f} %, {info['precision']}"
+    cell = f"{info['nprobe']} / {info['nlist']}, {100 * info['searched_fraction']:.2f} %, {info['precision']}"
+    if "bf16_groups" in info:  # groups too narrow for bf16 run in fp32
+        cell += f" ({info['bf16_groups']} groups in bf16)"
+    return cell
 
 
 def _anon_mb() -> float:

@@ -76,13 +76,16 @@ def test_graph_is_exact_among_the_probed_lists(precision, monkeypatch):
     rows, keys = _clustered(n=1501, d=12, seed=3, keys_n=977)  # rows and keys of other sizes
     threshold = _top_score(rows, keys, 0.02)
     layout, key_t = threshold_layout(rows, keys, threshold, nlist=25, nprobe=3, device="cpu")
-    found, cols, products = threshold_groups(rows, key_t, threshold, layout, precision=precision)
+    found, cols, counts = threshold_groups(rows, key_t, threshold, layout, precision=precision)
+    assert counts["bf16_groups"] == (
+        np.count_nonzero(np.bincount(layout.row_groups)) if precision == "bf16" else 0
+    )
     dense = np.zeros((len(rows), len(keys)), dtype=bool)
     dense[found, cols] = True
     assert len(found) == dense.sum()  # no edge twice
     np.testing.assert_array_equal(dense, _reference(rows, keys, threshold, layout, False))
     groups, key_lists = layout.buckets()
-    assert products == groups.products(3, key_lists, 0).sum()
+    assert counts["products"] == groups.products(3, key_lists, 0).sum()
     graph, info = ivf_torch_threshold_graph(
         rows, keys, threshold, normalize=False, nlist=25, nprobe=3, precision=precision, device="cpu",
         show_progress=False,
@@ -103,6 +106,11 @@ def test_groups_searched_apart_give_the_same_edges():
     apart = module.edge_coordinates_to_csr(rows_idx, cols_idx, (900, 900))
     np.testing.assert_array_equal(apart.indptr, whole.indptr)
     np.testing.assert_array_equal(apart.indices, whole.indices)
+    # bf16 asked for, but every group probes fewer keys than pay for it: fp32 blocks, the same edges.
+    narrow_rows, narrow_cols, counts = threshold_groups(rows, key_t, threshold, layout, precision="bf16")
+    assert counts["bf16_groups"] == 0
+    narrow = module.edge_coordinates_to_csr(narrow_rows, narrow_cols, (900, 900))
+    np.testing.assert_array_equal(narrow.indices, whole.indices)
 
 
 def test_calibration_reports_the_edge_recall_of_its_sample(monkeypatch):

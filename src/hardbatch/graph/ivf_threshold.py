@@ -183,7 +183,7 @@ def threshold_groups(
     normalize: bool = False,
     max_avg_degree: float | None = None,
     show_progress: bool | None = None,
-) -> tuple[np.ndarray, np.ndarray, int]:
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """The edges of the rows of ``groups`` (None: every non-empty group) above ``threshold``, by ``layout``.
 
     Args:
@@ -201,20 +201,24 @@ def threshold_groups(
         show_progress: progress bar over the groups.
 
     Returns:
-        ``(row_idx, col_idx, products)``: (E,) int32 coordinates grouped by group, row-major with ascending
-        columns inside each group, and the products computed.
+        ``(row_idx, col_idx, counts)``: (E,) int32 coordinates grouped by group, row-major with ascending
+        columns inside each group, and ``counts``: ``products`` computed, ``bf16_groups`` (groups whose
+        block ran in bf16; the bf16 copy of the keys, 2 · N_keys · d bytes, is made only when one does).
     """
     row_buckets, keys = layout.buckets()
     if groups is None:
         groups = np.flatnonzero(np.diff(row_buckets.rows.bounds))
-    key_low = key_t.to(torch.bfloat16) if precision == "bf16" else None
+    low_keys: list[
+        torch.Tensor
+    ] = []  # the bf16 copy of the keys, made for the first group wide enough for it
     bound = 0.0
-    if key_low is not None and len(key_t):
+    if precision == "bf16" and len(key_t):
         bound = bf16_score_error_bound(key_t.shape[1]) * float(key_t.norm(dim=1).max())
     buffer = ScoreBuffer()
     row_parts: list[np.ndarray] = []
     col_parts: list[np.ndarray] = []
-    edges = products = 0
+    edges = 0
+    counts = {"products": 0, "bf16_groups": 0}
     max_edges = None if max_avg_degree is None else int(max_avg_degree * len(rows))
     label = f"threshold graph (ivf_torch, {precision}, nprobe {layout.nprobe})"
     for group in progress(groups, label, show=show_progress):
@@ -223,8 +227,11 @@ def threshold_groups(
             continue
         candidates = keys.members(row_buckets.probed(int(group), layout.nprobe, keys, 0))
         columns = torch.as_tensor(candidates, device=key_t.device)
-        low = key_low is not None and len(candidates) >= _BF16_MIN_CANDIDATES
-        block_keys = (key_low if low else key_t).index_select(0, columns)
+        low = precision == "bf16" and len(candidates) >= _BF16_MIN_CANDIDATES
+        if low and not low_keys:
+            low_keys.append(key_t.to(torch.bfloat16))
+        block_keys = (low_keys[0] if low else key_t).index_select(0, columns)
+        counts["bf16_groups"] += int(low)
         chunk = _auto_chunk(len(candidates))
         for lo in range(0, len(ids), chunk):
             part = ids[lo : lo + chunk]
@@ -243,10 +250,10 @@ def threshold_groups(
                 _check_density(edges, max_edges, threshold, max_avg_degree)
             row_parts.append(row_idx.astype(np.int32))
             col_parts.append(col_idx.astype(np.int32))
-        products += len(ids) * len(candidates)
+        counts["products"] += len(ids) * len(candidates)
     if not row_parts:
-        return np.empty(0, np.int32), np.empty(0, np.int32), products
-    return np.concatenate(row_parts), np.concatenate(col_parts), products
+        return np.empty(0, np.int32), np.empty(0, np.int32), counts
+    return np.concatenate(row_parts), np.concatenate(col_parts), counts
 
 
 def edge_coordinates_to_csr(row_idx: np.ndarray, col_idx: np.ndarray, shape: tuple[int, int]) -> sp.csr_array:
@@ -334,9 +341,9 @@ def ivf_torch_threshold_graph(
             max_avg_degree=max_avg_degree, precision=info["precision"], show_progress=show_progress,
         )  # fmt: skip
         return graph, {**info, "searched_fraction": 1.0}
-    row_idx, col_idx, products = threshold_groups(
+    row_idx, col_idx, counts = threshold_groups(
         rows, key_t, threshold, layout, drop_diagonal=drop_diagonal, precision=info["precision"],
         normalize=normalize, max_avg_degree=max_avg_degree, show_progress=show_progress,
     )  # fmt: skip
-    info["searched_fraction"] = round(products / pairs, 4)
+    info.update(searched_fraction=round(counts["products"] / pairs, 4), bf16_groups=counts["bf16_groups"])
     return edge_coordinates_to_csr(row_idx, col_idx, (len(rows), len(keys))), info

@@ -927,26 +927,29 @@ def _ivf_graph_share(
     costs = groups.products(layout.nprobe, keys, 0)
     mine = np.flatnonzero((deal_by_cost(costs, world) == rank) & (costs > 0))
 
-    def search() -> tuple[tuple[np.ndarray, np.ndarray] | None, int]:
+    def search() -> tuple[tuple[np.ndarray, np.ndarray] | None, dict[str, int]]:
         try:
-            row_idx, col_idx, products = threshold_groups(
+            row_idx, col_idx, counts = threshold_groups(
                 query, key_t, threshold, layout, mine, drop_diagonal=True, precision=precision, normalize=True,
                 max_avg_degree=options["max_avg_degree"], show_progress=options["show_progress"] if rank == 0 else False,
             )  # fmt: skip
         except DenseGraphError:  # this share alone breaks the cap: the gather says so on rank 0
-            return None, 0
-        return (row_idx.astype(np.int64), col_idx.astype(np.int64)), products
+            return None, {"products": 0, "bf16_groups": 0}
+        return (row_idx.astype(np.int64), col_idx.astype(np.int64)), counts
 
     found, failure = _attempt(search)
     raise_together(failure, _GCBS_WHAT)
     assert found is not None
-    edges, products = found
-    mine_t = torch.tensor([products], dtype=torch.int64, device=comm_device())
+    edges, counts = found
+    mine_t = torch.tensor(
+        [counts["products"], counts["bf16_groups"]], dtype=torch.int64, device=comm_device()
+    )
     every = [torch.empty_like(mine_t) for _ in range(world)]
     dist.all_gather(every, mine_t)
-    rank_products = [int(t.item()) for t in every]
+    rank_products = [int(t[0].item()) for t in every]
     info.update(searched_fraction=round(sum(rank_products) / max(1, num_rows * num_rows), 4),
-                rank_products=rank_products, world_size=world)  # fmt: skip
+                bf16_groups=sum(int(t[1].item()) for t in every), rank_products=rank_products,
+                world_size=world)  # fmt: skip
     return edges, info
 
 
