@@ -106,33 +106,56 @@ def threshold_layout(
     )
     info: dict[str, Any] = {"index": "ivf_torch", "nlist": len(groups.probe_order)}
     if nprobe is None and recall_target is not None:
-        ids = np.sort(
-            np.random.default_rng([int(seed), 0xED6]).permutation(len(rows))[
-                : min(calibration_sample, len(rows))
-            ]
-        )
-        blocks: dict[int, _SampledEdges] = {}
-
-        def sampled(lo: int, hi: int) -> _SampledEdges:
-            if lo not in blocks:
-                blocks[lo] = _SampledEdges(rows, key_t, ids[lo:hi], threshold, drop_diagonal, normalize,
-                                           key_lists.assignment)  # fmt: skip
-            return blocks[lo]
-
-        totals = split.blocks(lambda lo, hi: sampled(lo, hi).total(), len(ids), _CALIBRATION_ROWS)
-
-        def recall(value: int) -> float:
-            found = split.blocks(
-                lambda lo, hi: sampled(lo, hi).found(groups, value, key_lists), len(ids), _CALIBRATION_ROWS
-            )
-            return float(found.sum() / totals.sum()) if totals.sum() else 1.0
-
-        nprobe, trace = climb_ladder(
-            groups, key_lists, 0, float(recall_target), max_searched_fraction, recall
-        )
+        nprobe, trace, edges = _calibrate_edges(
+            rows, key_t, threshold, groups, key_lists, float(recall_target), calibration_sample,
+            max_searched_fraction, drop_diagonal, normalize, seed, split,
+        )  # fmt: skip
         record_calibration(info, nprobe, trace, float(recall_target), max_searched_fraction, "edge recall")
-        info["calibration_edges"] = int(totals.sum())
+        info["calibration_edges"] = edges
     return finish_layout(groups, key_lists, nprobe, info, 0), key_t
+
+
+def _calibrate_edges(
+    rows: Any,
+    key_t: torch.Tensor,
+    threshold: float,
+    groups: _Groups,
+    key_lists: _Buckets,
+    target: float,
+    sample: int,
+    budget: float | None,
+    drop_diagonal: bool,
+    normalize: bool,
+    seed: int,
+    split: WorkSplit,
+) -> tuple[int, list[tuple[int, float]], int]:
+    """``(nprobe, trace, edges)``: the first ladder step whose edge recall on ``sample`` sampled rows reaches
+    ``target`` (:func:`~hardbatch.graph.ivf.climb_ladder`), and the sampled rows' exact edge count.
+
+    The sampled rows' exact edges are found once, in blocks of ``_CALIBRATION_ROWS`` dealt by ``split``
+    (each block's edge lists stay on its rank); a ladder step then only counts, per row, the edges whose key
+    lies in its group's probed lists: O(S · edges per row), no products. No sampled edge: recall 1.0.
+    """
+    chosen = np.random.default_rng([int(seed), 0xED6]).permutation(len(rows))[: min(sample, len(rows))]
+    ids = np.sort(chosen)
+    blocks: dict[int, _SampledEdges] = {}
+
+    def sampled(lo: int, hi: int) -> _SampledEdges:
+        if lo not in blocks:
+            blocks[lo] = _SampledEdges(rows, key_t, ids[lo:hi], threshold, drop_diagonal, normalize,
+                                       key_lists.assignment)  # fmt: skip
+        return blocks[lo]
+
+    total = int(split.blocks(lambda lo, hi: sampled(lo, hi).total(), len(ids), _CALIBRATION_ROWS).sum())
+
+    def recall(value: int) -> float:
+        found = split.blocks(
+            lambda lo, hi: sampled(lo, hi).found(groups, value, key_lists), len(ids), _CALIBRATION_ROWS
+        )
+        return float(found.sum() / total) if total else 1.0
+
+    nprobe, trace = climb_ladder(groups, key_lists, 0, target, budget, recall)
+    return nprobe, trace, total
 
 
 class _SampledEdges:
