@@ -53,6 +53,7 @@ import torch
 
 from hardbatch.device import resolve_device
 from hardbatch.errors import ConfigError
+from hardbatch.graph.ivf import check_layout_options
 from hardbatch.graph.ivf_threshold import ivf_torch_threshold_graph
 from hardbatch.graph.ordering import bandwidth, degree_stats, rcm_order, same_batch_fraction, symmetrize
 from hardbatch.graph.precision import resolve_precision
@@ -313,8 +314,7 @@ def mine_gcbs(
         raise ConfigError(f"graph_method must be one of {GRAPH_METHODS}, got {graph_method!r}")
     if nprobe is not None and (isinstance(nprobe, bool) or not isinstance(nprobe, int) or nprobe < 1):
         raise ConfigError(f"nprobe must be a positive integer, got {nprobe!r}")  # faiss asserts otherwise
-    if not 0.0 < float(recall_target) <= 1.0:
-        raise ConfigError(f"recall_target must lie in (0, 1], got {recall_target!r}")
+    check_layout_options(None, None, recall_target, None)
     timer = StageTimer()
     dev = resolve_device(device)
     blocked = key_block_size is not None or memory_budget is not None

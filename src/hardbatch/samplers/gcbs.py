@@ -39,6 +39,7 @@ from hardbatch.device import resolve_device
 from hardbatch.distributed import broadcast_from_rank0
 from hardbatch.embed.cache import as_embeddings
 from hardbatch.errors import ConfigError, HardbatchError
+from hardbatch.graph.ivf import check_layout_options
 from hardbatch.graph.precision import resolve_precision
 from hardbatch.graph.threshold import DEFAULT_QUANTILE_SAMPLE
 from hardbatch.mining.gcbs import GRAPH_METHODS, GCBSResult, gcbs_key_block, mine_gcbs
@@ -201,8 +202,7 @@ class GCBSBatchSampler(HardBatchSampler):
         if nprobe is not None and (isinstance(nprobe, bool) or int(nprobe) != nprobe or nprobe < 1):
             raise ConfigError(f"nprobe must be a positive integer, got {nprobe!r}")  # faiss asserts otherwise
         self.nprobe = None if nprobe is None else int(nprobe)
-        if not 0.0 < float(recall_target) <= 1.0:
-            raise ConfigError(f"recall_target must lie in (0, 1], got {recall_target!r}")
+        check_layout_options(None, None, recall_target, None)
         self.recall_target = float(recall_target)
         resolve_precision(precision, resolve_device(device))  # a bad name is found now, not at epoch 0
         # Key-block options too (against the fixed positives' shape, else the stand-in d above).
