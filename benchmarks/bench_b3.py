@@ -630,6 +630,14 @@ def large_cell(spec: dict) -> dict:
     return row
 
 
+def _knn_split_note(knn_info: dict) -> str:
+    """Where the grouped kNN stage's time went (absent from results made before it was recorded)."""
+    parts = [(label, knn_info.get(key)) for label, key in
+             (("lists (k-means + assignment)", "lists_s"), ("calibration", "calibration_s"), ("search", "search_s"))]  # fmt: skip
+    shown = [f"{label} {value} s" for label, value in parts if value is not None]
+    return f" (kNN: {', '.join(shown)})" if shown else ""
+
+
 def _coarse_recall_note(row: dict) -> str:
     recall = row.get("coarse_window_recall")
     if not recall:
@@ -768,7 +776,7 @@ def large_markdown(report: dict) -> str:
             f"{grouped['peak_rss_mb']} | window recall {grouped['knn_window_recall']:.3f}, hardness "
             f"{grouped.get('knn_window_hardness') or float('nan'):.3f} (1,000 rows, independent "
             f"of the calibration's {knn_info.get('calibration')}); searched fraction "
-            f"{knn_info['searched_fraction']}; stages {grouped['stages_s']}; METIS parts "
+            f"{knn_info['searched_fraction']}; stages {grouped['stages_s']}{_knn_split_note(knn_info)}; METIS parts "
             f"{part.get('metis_min_part')}–{part.get('metis_max_part')}, {part.get('metis_empty_parts')} empty, "
             f"repair moved {part.get('moved')}; cluster teacher similarity {grouped['cluster_mean_sim']} |"
         )

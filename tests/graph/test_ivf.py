@@ -110,6 +110,7 @@ def test_calibration_reports_the_recall_the_search_reaches_on_its_sample(pool, t
     assert values == probe_ladder(60)[: len(trace)]
     assert trace[-1][1] >= 0.9 and all(recall < 0.9 for _, recall in trace[:-1])
     assert found.info["nprobe"] == trace[-1][0] and found.info["calibrated_recall"] == trace[-1][1]
+    assert all(found.info[stage] >= 0 for stage in ("lists_s", "calibration_s", "search_s"))
     # Every step of the trace: a full search at that nprobe, checked on the calibration's own 200 rows
     # against exact search, reaches the recall the calibration reported.
     ids = np.sort(np.random.default_rng([0, 0xCA1]).permutation(len(rows))[:200])

@@ -125,6 +125,7 @@ def test_calibration_reports_the_edge_recall_of_its_sample(monkeypatch):
     assert [value for value, _ in trace] == probe_ladder(60)[: len(trace)] and len(trace) > 1
     assert trace[-1][1] >= 0.9 and all(recall < 0.9 for _, recall in trace[:-1])
     assert info["nprobe"] == trace[-1][0] and info["calibrated_recall"] == trace[-1][1]
+    assert all(info[stage] >= 0 for stage in ("lists_s", "calibration_s", "search_s"))
     exact = threshold_graph(rows, keys, threshold, device="cpu", normalize=False, drop_diagonal=True)
     ids = np.sort(np.random.default_rng([0, 0xED6]).permutation(len(rows))[:300])
     assert info["calibration_edges"] == exact[ids].nnz

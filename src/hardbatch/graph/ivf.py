@@ -31,6 +31,7 @@ then searches any subset of the groups.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -430,7 +431,8 @@ def knn_ivf(
         :class:`~hardbatch.graph.knn.KnnResult` with (N_rows, k) int32 indices and float32 scores, best
         first; ``info`` holds ``index="ivf_torch"``, ``nlist``, ``nprobe``, the ``calibration`` trace
         ``[(nprobe, recall), ...]``, ``calibrated_recall``, ``searched_fraction`` (products computed /
-        N_rows · N_keys), the ``precision`` and ``fp32_rows_redone``.
+        N_rows · N_keys), the ``precision``, ``fp32_rows_redone`` and the seconds of the k-means and list
+        assignment (``lists_s``), of the calibration (``calibration_s``) and of the search (``search_s``).
 
     Raises:
         ConfigError: ``k`` out of range, misaligned rows with ``exclude_self``, ``nlist`` / ``nprobe`` that
@@ -453,13 +455,15 @@ def knn_ivf(
         max_searched_fraction=max_searched_fraction, device=device, seed=seed,
     )  # fmt: skip
     info = {**layout.info, "precision": resolve_precision(precision, key_t.device)}
+    started = time.perf_counter()
     if info["exact_fallback"]:
         del key_t
         exact = knn_exact(
             rows, keys, k, exclude_self=exclude_self, normalize=normalize, device=device,
             precision=info["precision"], show_progress=show_progress,
         )  # fmt: skip
-        info.update(searched_fraction=1.0, fp32_rows_redone=exact.info["fp32_rows_redone"])
+        info.update(searched_fraction=1.0, fp32_rows_redone=exact.info["fp32_rows_redone"],
+                    search_s=round(time.perf_counter() - started, 3))  # fmt: skip
         return KnnResult(indices=exact.indices, scores=exact.scores, info=info)
     row_ids, found, found_scores, counts = search_groups(
         rows, key_t, k, layout, exclude_self=exclude_self, precision=info["precision"], normalize=normalize,
@@ -468,7 +472,9 @@ def knn_ivf(
     indices = np.empty((len(rows), k), dtype=np.int32)
     scores = np.empty((len(rows), k), dtype=np.float32)
     indices[row_ids], scores[row_ids] = found, found_scores
-    return KnnResult(indices=indices, scores=scores, info=finish_info(info, counts, len(rows) * len(keys)))
+    info = finish_info(info, counts, len(rows) * len(keys))
+    info["search_s"] = round(time.perf_counter() - started, 3)
+    return KnnResult(indices=indices, scores=scores, info=info)
 
 
 def finish_info(info: dict[str, Any], counts: dict[str, int], pairs: int) -> dict[str, Any]:
@@ -520,18 +526,22 @@ def ivf_layout(
     check_k(k, num_keys, exclude_self)
     check_layout_options(nlist, nprobe, recall_target, max_searched_fraction)
     split = split or WorkSplit()
+    started = time.perf_counter()
     key_t, groups, key_lists = grouped_lists(
         rows, keys, normalize, nlist, resolve_device(device), seed, split
     )
     search = dict(groups=groups, keys=key_lists, exclude_self=exclude_self, device=key_t.device,
                   normalize=normalize, split=split)  # fmt: skip
     info: dict[str, Any] = {"index": "ivf_torch", "nlist": len(groups.probe_order)}
+    info["lists_s"] = round(time.perf_counter() - started, 3)
     if nprobe is None and recall_target is not None:
+        started = time.perf_counter()
         nprobe, trace = _calibrate(
             rows, key_t, k, float(recall_target), recall_columns, calibration_sample, seed, search,
             max_searched_fraction,
         )  # fmt: skip
         record_calibration(info, nprobe, trace, float(recall_target), max_searched_fraction, "window recall")
+        info["calibration_s"] = round(time.perf_counter() - started, 3)
     layout = finish_layout(groups, key_lists, nprobe, info, k + 1 if exclude_self else k)
     return layout, key_t
 

@@ -25,6 +25,7 @@ depend on the layout only.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -101,17 +102,20 @@ def threshold_layout(
         )
     check_layout_options(nlist, nprobe, recall_target, max_searched_fraction)
     split = split or WorkSplit()
+    started = time.perf_counter()
     key_t, groups, key_lists = grouped_lists(
         rows, keys, normalize, nlist, resolve_device(device), seed, split, _TRAIN_PER_LIST
     )
     info: dict[str, Any] = {"index": "ivf_torch", "nlist": len(groups.probe_order)}
+    info["lists_s"] = round(time.perf_counter() - started, 3)
     if nprobe is None and recall_target is not None:
+        started = time.perf_counter()
         nprobe, trace, edges = _calibrate_edges(
             rows, key_t, threshold, groups, key_lists, float(recall_target), calibration_sample,
             max_searched_fraction, drop_diagonal, normalize, seed, split,
         )  # fmt: skip
         record_calibration(info, nprobe, trace, float(recall_target), max_searched_fraction, "edge recall")
-        info["calibration_edges"] = edges
+        info.update(calibration_edges=edges, calibration_s=round(time.perf_counter() - started, 3))
     return finish_layout(groups, key_lists, nprobe, info, 0), key_t
 
 
@@ -332,8 +336,9 @@ def ivf_torch_threshold_graph(
         ``(graph, info)``: the (N_rows, N_keys) ``scipy.sparse.csr_array`` of int8 ones, column indices sorted
         within each row, a subset of :func:`~hardbatch.graph.threshold.threshold_graph`'s edges (all of them
         with ``nprobe = nlist``); ``info`` holds ``nlist``, ``nprobe``, the ``calibration`` trace
-        ``[(nprobe, edge recall), ...]``, ``calibrated_recall``, ``searched_fraction``, ``precision`` and
-        ``exact_fallback`` (past half the products the exact pass runs instead: it is cheaper there).
+        ``[(nprobe, edge recall), ...]``, ``calibrated_recall``, ``searched_fraction``, ``precision``,
+        ``exact_fallback`` (past half the products the exact pass runs instead: it is cheaper there) and the
+        seconds of the lists (``lists_s``: k-means and assignment), the calibration and the search.
 
     Raises:
         ConfigError: ``nlist`` / ``nprobe`` not positive integers, a target or budget outside (0, 1].
@@ -357,16 +362,19 @@ def ivf_torch_threshold_graph(
     )  # fmt: skip
     info = {**layout.info, "precision": resolve_precision(precision, dev)}
     pairs = max(1, len(rows) * len(keys))
+    started = time.perf_counter()
     if info["exact_fallback"]:
         del key_t
         graph = threshold_graph(
             rows, keys, threshold, device=dev, normalize=normalize, drop_diagonal=drop_diagonal,
             max_avg_degree=max_avg_degree, precision=info["precision"], show_progress=show_progress,
         )  # fmt: skip
-        return graph, {**info, "searched_fraction": 1.0}
+        return graph, {**info, "searched_fraction": 1.0, "search_s": round(time.perf_counter() - started, 3)}
     row_idx, col_idx, counts = threshold_groups(
         rows, key_t, threshold, layout, drop_diagonal=drop_diagonal, precision=info["precision"],
         normalize=normalize, max_avg_degree=max_avg_degree, show_progress=show_progress,
     )  # fmt: skip
-    info.update(searched_fraction=round(counts["products"] / pairs, 4), bf16_groups=counts["bf16_groups"])
-    return edge_coordinates_to_csr(row_idx, col_idx, (len(rows), len(keys))), info
+    graph = edge_coordinates_to_csr(row_idx, col_idx, (len(rows), len(keys)))
+    info.update(searched_fraction=round(counts["products"] / pairs, 4), bf16_groups=counts["bf16_groups"],
+                search_s=round(time.perf_counter() - started, 3))  # fmt: skip
+    return graph, info
