@@ -235,6 +235,10 @@ CASES = [
          lambda t, m: ["mine", "gcbs", _pairs(t), "--query-emb", _emb(t), "--positive-emb", _emb(t, name="p.npy"),
                        "-b", "8", "--graph-method", "ivf", "--nprobe", "0", "-o", t / "g.parquet"],
          "nprobe must be a positive integer, got 0"),
+    Case("grouped IVF with --nlist 0",
+         lambda t, m: ["mine", "gcbs", _pairs(t), "--query-emb", _emb(t), "--positive-emb", _emb(t, name="p.npy"),
+                       "-b", "8", "--graph-method", "ivf_torch", "--nlist", "0", "-o", t / "g.parquet"],
+         "nlist must be a positive integer, got 0"),
     # rich markup must not eat the extra's name in brackets
     Case("a missing optional extra", lambda t, m: ["mine", "b3", _pairs(t), "-o", t / "p.parquet"],
          "pip install 'hardbatch[faiss]'", patch=_no_faiss),

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -73,6 +75,24 @@ def test_ivf_torch_graph_method_calibrates_its_edge_recall_and_records_it():
     )
     with pytest.raises(ConfigError, match="recall_target"):
         mine_gcbs(q, p, 64, device="cpu", graph_method="ivf_torch", recall_target=1.5)
+
+
+def test_nlist_sets_the_lists_of_both_ivf_methods():
+    q, p, _ = planted()
+    exact = mine_gcbs(q, p, 64, target_degree=32, device="cpu", seed=0)
+    grouped = mine_gcbs(q, p, 64, target_degree=32, device="cpu", seed=0, graph_method="ivf_torch",
+                        nlist=12, nprobe=2)  # fmt: skip
+    found = grouped.stats["graph_search"]
+    assert found["nlist"] == 12 and found["nprobe"] == 2  # the default would be about sqrt(1280) = 36
+    assert grouped.to_plan().params["nlist"] == 12
+    if importlib.util.find_spec("faiss") is not None:
+        # every one of 12 lists probed is the exact graph; 12 of faiss's default ~143 lists would miss edges
+        full = mine_gcbs(q, p, 64, target_degree=32, device="cpu", seed=0, graph_method="ivf", nlist=12,
+                         nprobe=12)  # fmt: skip
+        assert full.stats["nnz_directed"] == exact.stats["nnz_directed"]
+        assert full.to_plan().params["nlist"] == 12
+    with pytest.raises(ConfigError, match="nlist"):
+        mine_gcbs(q, p, 64, device="cpu", graph_method="ivf_torch", nlist=0)
 
 
 def test_paper_quantile_default_and_degree_alternative():

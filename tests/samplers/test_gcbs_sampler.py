@@ -232,3 +232,9 @@ def test_config_dict_records_the_options_that_decide_the_batches():
     assert grouped.history[-1]["graph_search"]["calibrated_recall"] >= 0.9
     with pytest.raises(ConfigError, match="recall_target"):
         GCBSBatchSampler(**common, graph_method="ivf_torch", recall_target=0)
+    listed = GCBSBatchSampler(**common, target_degree=20, graph_method="ivf_torch", nlist=5, nprobe=2)
+    assert listed.get_config_dict()["nlist"] == 5 and config["nlist"] is None
+    assert sorted(i for batch in listed for i in batch) == list(range(240))
+    assert listed.history[-1]["graph_search"]["nlist"] == 5  # the default for 240 would be 15
+    with pytest.raises(ConfigError, match="nlist"):
+        GCBSBatchSampler(**common, graph_method="ivf_torch", nlist=-1)

@@ -42,11 +42,11 @@ def test_mine_gcbs_then_inspect_every_strategy(tmp_path):
     assert BatchPlan.load(ivf_plan).params["graph_method"] == "ivf"
     grouped_plan = tmp_path / "gcbs-ivf-torch.parquet"
     grouped = runner.invoke(app, ["mine", "gcbs", str(data), "-o", str(grouped_plan), "-b", "16", "--target-degree",
-                                  "16", "--graph-method", "ivf_torch", "--recall-target", "0.9", "--device", "cpu",
-                                  *emb])  # fmt: skip
+                                  "16", "--graph-method", "ivf_torch", "--recall-target", "0.9", "--nlist", "6",
+                                  "--device", "cpu", *emb])  # fmt: skip
     assert grouped.exit_code == 0, grouped.output
     params = BatchPlan.load(grouped_plan).params
-    assert params["graph_method"] == "ivf_torch" and params["recall_target"] == 0.9
+    assert params["graph_method"] == "ivf_torch" and params["recall_target"] == 0.9 and params["nlist"] == 6
     out = tmp_path / "inspect"
     args = ["inspect", str(data), "-o", str(out), "-b", "16", "--plan", str(plan), "--option",
             "gcbs.target_degree=16", "--option", "topic.n_clusters=8", "--option", "b3.mine_options={\"cluster_size\": 8, \"skip\": 0, \"window\": 8}", *emb]  # fmt: skip

@@ -883,7 +883,8 @@ def _ivf_graph_share(
     """This rank's edges of the ``graph_method="ivf_torch"`` threshold graph (for :func:`_gather_edges`:
     None when its share alone is too dense) and the search's ``info`` (the same on every rank).
 
-    Rank 0 broadcasts the search options (``nprobe``, ``recall_target``, ``seed``); every rank checks its
+    Rank 0 broadcasts the search options :func:`~hardbatch.mining.gcbs.mine_gcbs` resolved (``nlist``,
+    ``nprobe``, ``recall_target``, ``seed``); every rank checks its
     inputs' shape, then all build the layout together (:func:`~hardbatch.graph.ivf_threshold.threshold_layout`
     with a :class:`~hardbatch.distributed.WorkSplit`: k-means, list and group assignment, group means and
     calibration rows dealt in fixed blocks), so every rank holds the single-process layout. The IVF groups
@@ -1027,7 +1028,7 @@ def mine_gcbs_distributed(
         positive_emb: (N, d) float positive embeddings, row i the positive of query i.
         batch_size: examples per batch.
         graph_method: "exact" or "ivf_torch" (the grouped IVF layout built by the ranks together, its
-            groups dealt to them; ``nprobe`` and ``recall_target`` in ``gcbs_options`` as in one process;
+            groups dealt to them; ``nlist``, ``nprobe`` and ``recall_target`` in ``gcbs_options`` as in one process;
             with ``exchange="read"`` and without key blocks). faiss's "ivf" is not distributed.
         device: device of each rank's similarity pass (e.g. "cuda:<local rank>" under NCCL).
         chunk_size: rows per similarity block.
@@ -1092,11 +1093,8 @@ def mine_gcbs_distributed(
 
     leader = _Leader(send, _GCBS_WHAT)
 
-    seed = gcbs_options.get("seed", 0)
-    ivf = {"nprobe": gcbs_options.get("nprobe"), "recall_target": gcbs_options.get("recall_target", 0.95),
-           "seed": 0 if seed is None else int(seed)}  # fmt: skip
-
-    def search(x: Any, y: Any, threshold: float) -> tuple[sp.csr_array, dict[str, Any]]:
+    def search(x: Any, y: Any, threshold: float, **ivf: Any) -> tuple[sp.csr_array, dict[str, Any]]:
+        # ivf: the search options mine_gcbs resolved (none for the exact graph), sent on by rank 0
         shape = (len(x), int(x.shape[1]))
         send(_GRAPH, threshold, shape)
         options = {**served, "shape": shape, "ivf": ivf}

@@ -222,6 +222,7 @@ def mine_gcbs(
     max_avg_degree: float = 1024.0,
     keep_graph: bool = True,
     graph_method: str = "exact",
+    nlist: int | None = None,
     nprobe: int | None = None,
     recall_target: float = 0.95,
     precision: str = "auto",
@@ -230,7 +231,7 @@ def mine_gcbs(
     dataset_hash: str | None = None,
     hash_inputs: bool = True,
     show_progress: bool | None = None,
-    graph_search: Callable[[Any, Any, float], tuple[sp.csr_array, dict[str, Any]]] | None = None,
+    graph_search: Callable[..., tuple[sp.csr_array, dict[str, Any]]] | None = None,
 ) -> GCBSResult:
     """One GCBS refresh: thresholded query × positive similarity graph → RCM order → consecutive batches.
 
@@ -256,6 +257,7 @@ def mine_gcbs(
             no faiss needed) or ``"ivf"`` (faiss IVF range search over ``nprobe`` of about 4·sqrt(N) lists,
             one query at a time; needs the ``faiss`` extra). The quantile is estimated exactly on a sample
             in every case.
+        nlist: IVF lists (None: about sqrt(N) for ``"ivf_torch"``, 4·sqrt(N) for ``"ivf"``).
         nprobe: IVF lists searched per example (None: calibrated for ``"ivf_torch"``, 32 for ``"ivf"``).
         recall_target: the edge recall (edges found / exact edges, measured on 500 sampled rows) the
             ``"ivf_torch"`` calibration reaches; the trace is in ``stats["graph_search"]``.
@@ -274,8 +276,11 @@ def mine_gcbs(
             refresh turns it off).
         show_progress: progress bar for the similarity pass.
         graph_search: replaces the threshold-graph pass of step 3 (``graph_method`` "exact" or
-            "ivf_torch"): called once as ``fn(x, y, threshold)`` with the (N, d) query and positive arrays
-            as given (not normalised: it reads and normalises the rows it needs, row-wise), it returns
+            "ivf_torch"): called once as ``fn(x, y, threshold, **options)`` with the (N, d) query and
+            positive arrays as given (not normalised: it reads and normalises the rows it needs, row-wise)
+            and, for "ivf_torch", the search options this call resolved (``nlist``, ``nprobe``,
+            ``recall_target``, ``seed``: the keywords of
+            :func:`~hardbatch.graph.ivf_threshold.threshold_layout`; none for "exact"), it returns
             ``(graph, info)``: the directed (N, N) graph that ``graph_method`` gives (diagonal left out, at
             most ``max_avg_degree`` edges per row) and what the search reports (``stats["graph_search"]``
             when not empty). :func:`hardbatch.mining.distributed.mine_gcbs_distributed` uses it to split
@@ -314,7 +319,8 @@ def mine_gcbs(
         raise ConfigError(f"graph_method must be one of {GRAPH_METHODS}, got {graph_method!r}")
     if nprobe is not None and (isinstance(nprobe, bool) or not isinstance(nprobe, int) or nprobe < 1):
         raise ConfigError(f"nprobe must be a positive integer, got {nprobe!r}")  # faiss asserts otherwise
-    check_layout_options(None, None, recall_target, None)
+    check_layout_options(nlist, None, recall_target, None)
+    search_options = _search_options(graph_method, nlist, nprobe, recall_target, seed)
     timer = StageTimer()
     dev = resolve_device(device)
     blocked = key_block_size is not None or memory_budget is not None
@@ -335,19 +341,17 @@ def mine_gcbs(
     search_info: dict[str, Any] = {}
     with timer.stage("threshold_graph"):
         if graph_method == "ivf":
-            nprobe = _FAISS_NPROBE if nprobe is None else nprobe
             directed = ivf_threshold_graph(
-                x.cpu(), y.cpu(), threshold, nprobe=nprobe, normalize=False, drop_diagonal=True,
-                max_avg_degree=max_avg_degree, seed=0 if seed is None else seed, show_progress=show_progress,
+                x.cpu(), y.cpu(), threshold, normalize=False, drop_diagonal=True, max_avg_degree=max_avg_degree,
+                show_progress=show_progress, **search_options,
             )  # fmt: skip
         elif graph_method == "ivf_torch" and graph_search is None:
             directed, search_info = ivf_torch_threshold_graph(
-                x, y, threshold, drop_diagonal=True, normalize=False, nprobe=nprobe, recall_target=recall_target,
-                max_avg_degree=max_avg_degree, precision=precision, device=dev, seed=0 if seed is None else seed,
-                show_progress=show_progress,
+                x, y, threshold, drop_diagonal=True, normalize=False, max_avg_degree=max_avg_degree,
+                precision=precision, device=dev, show_progress=show_progress, **search_options,
             )  # fmt: skip
         elif graph_search is not None:
-            directed, search_info = graph_search(x, y, threshold)
+            directed, search_info = graph_search(x, y, threshold, **search_options)
         else:
             directed = threshold_graph(
                 x, y, threshold, chunk_size=chunk_size, device=dev, normalize=blocked, drop_diagonal=True,
@@ -369,10 +373,8 @@ def mine_gcbs(
     if blocked:
         stats.update(key_block_size=int(min(block or n, n)), key_blocks=-(-n // min(block or n, n)))
     params: dict[str, Any] = {"seed": seed, "target_degree": target_degree, "offset": offset}
-    if graph_method == "ivf":
-        params.update(graph_method=graph_method, nprobe=nprobe)
-    elif graph_method == "ivf_torch":  # the lists searched are in stats["graph_search"]
-        params.update(graph_method=graph_method, nprobe=nprobe, recall_target=recall_target)
+    if graph_method != "exact":  # with ivf_torch, the lists searched are in stats["graph_search"]
+        params.update(graph_method=graph_method, **{k: v for k, v in search_options.items() if k != "seed"})
     result = GCBSResult(
         order=order,
         batches=batches,
@@ -386,6 +388,19 @@ def mine_gcbs(
     )
     _log_and_check(result, collapse_fraction)
     return result
+
+
+def _search_options(
+    graph_method: str, nlist: int | None, nprobe: int | None, recall_target: float, seed: int | None
+) -> dict[str, Any]:
+    """The keywords of the approximate graph search (none for ``"exact"``): faiss's ``ivf`` probes
+    ``_FAISS_NPROBE`` lists when ``nprobe`` is None, ``ivf_torch`` calibrates it to ``recall_target``."""
+    seed = 0 if seed is None else int(seed)
+    if graph_method == "ivf":
+        return {"nlist": nlist, "nprobe": _FAISS_NPROBE if nprobe is None else nprobe, "seed": seed}
+    if graph_method == "ivf_torch":
+        return {"nlist": nlist, "nprobe": nprobe, "recall_target": float(recall_target), "seed": seed}
+    return {}
 
 
 def _graph_report(

@@ -123,6 +123,7 @@ class GCBSBatchSampler(HardBatchSampler):
         graph_method: ``"exact"`` similarity pass, ``"ivf_torch"`` (grouped IVF search at matmul speed,
             approximate, ``nprobe`` calibrated to ``recall_target`` at every refresh; for large N) or ``"ivf"``
             (faiss range search, approximate). See :func:`hardbatch.mining.mine_gcbs`.
+        nlist: IVF lists (None: about sqrt(N) for ``"ivf_torch"``, 4·sqrt(N) for ``"ivf"``).
         nprobe: IVF lists searched per example (None: calibrated for ``"ivf_torch"``, 32 for ``"ivf"``).
         recall_target: the edge recall the ``"ivf_torch"`` calibration reaches (default 0.95).
         precision: matmul precision of the exact graph pass: "auto" (bf16 where fast), "fp32" or "bf16";
@@ -166,6 +167,7 @@ class GCBSBatchSampler(HardBatchSampler):
         sync_ranks: bool = True,
         collapse_fraction: float = 0.9,
         graph_method: str = "exact",
+        nlist: int | None = None,
         nprobe: int | None = None,
         recall_target: float = 0.95,
         precision: str = "auto",
@@ -202,7 +204,8 @@ class GCBSBatchSampler(HardBatchSampler):
         if nprobe is not None and (isinstance(nprobe, bool) or int(nprobe) != nprobe or nprobe < 1):
             raise ConfigError(f"nprobe must be a positive integer, got {nprobe!r}")  # faiss asserts otherwise
         self.nprobe = None if nprobe is None else int(nprobe)
-        check_layout_options(None, None, recall_target, None)
+        check_layout_options(nlist, None, recall_target, None)
+        self.nlist = None if nlist is None else int(nlist)
         self.recall_target = float(recall_target)
         resolve_precision(precision, resolve_device(device))  # a bad name is found now, not at epoch 0
         # Key-block options too (against the fixed positives' shape, else the stand-in d above).
@@ -275,6 +278,7 @@ class GCBSBatchSampler(HardBatchSampler):
             device=self.device,
             collapse_fraction=self.collapse_fraction,
             graph_method=self.graph_method,
+            nlist=self.nlist,
             nprobe=self.nprobe,
             recall_target=self.recall_target,
             precision=self.precision,
@@ -338,8 +342,8 @@ class GCBSBatchSampler(HardBatchSampler):
             "quantile", "target_degree", "sample_size", "graph_method", "shuffle_batches",
             "random_offset", "global_batches",
         )  # fmt: skip
-        if self.graph_method != "exact":  # an approximate graph depends on how many lists it probes
-            own["nprobe"] = self.nprobe
+        if self.graph_method != "exact":  # an approximate graph depends on its lists and how many it probes
+            own.update(nlist=self.nlist, nprobe=self.nprobe)
         if self.graph_method == "ivf_torch":
             own["recall_target"] = self.recall_target
         return {**super().get_config_dict(), **own}

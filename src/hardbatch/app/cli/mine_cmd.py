@@ -478,6 +478,10 @@ def mine_gcbs_command(
             "or 'ivf' (faiss range search, approximate).",
         ),
     ] = "exact",
+    nlist: Annotated[
+        int | None,
+        typer.Option("--nlist", help="IVF lists (default: about sqrt(N) for ivf_torch, 4·sqrt(N) for ivf)."),
+    ] = None,
     nprobe: Annotated[
         int | None,
         typer.Option(
@@ -522,7 +526,7 @@ def mine_gcbs_command(
     query, positive = teacher_emb.query, teacher_emb.positive
     result = mine_gcbs(
         query, positive, batch_size, quantile=quantile, target_degree=target_degree, seed=seed, device=device,
-        graph_method=graph_method, nprobe=nprobe, recall_target=recall_target, precision=precision,
+        graph_method=graph_method, nlist=nlist, nprobe=nprobe, recall_target=recall_target, precision=precision,
         key_block_size=key_block_option(key_block_size), memory_budget=memory_budget,
         dataset_hash=dataset.fingerprint,
     )  # fmt: skip
