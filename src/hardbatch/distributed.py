@@ -108,7 +108,7 @@ def rank0_first() -> Iterator[None]:
         dist.barrier()
 
 
-def raise_together(failure: BaseException | None, what: str) -> None:
+def raise_together(failure: BaseException | None, what: str, payload: Any = None) -> list[Any]:
     """A collective: raise on every rank when any rank failed, instead of leaving the others waiting.
 
     Every rank calls it at the same point with its own failure (None when it succeeded). The failing rank
@@ -118,18 +118,26 @@ def raise_together(failure: BaseException | None, what: str) -> None:
     RuntimeError naming the rank and ``what`` it was doing. Only class names and messages travel
     (``all_gather_object`` between our own ranks). On one process it just raises ``failure``, if any.
 
+    ``payload`` (a small picklable object, e.g. the shape of what a rank is about to send) travels in the
+    same collective, so a step that needs both the outcome and such metadata costs one round trip.
+
+    Returns:
+        Every rank's ``payload`` in rank order (``[payload]`` on one process), when no rank failed.
+
     Example:
-        >>> raise_together(None, "mining")
+        >>> raise_together(None, "mining", payload=3)
+        [3]
     """
     if not is_distributed():
         if failure is not None:
             raise failure
-        return
+        return [payload]
     report = None if failure is None else ([c.__name__ for c in type(failure).__mro__], str(failure))
-    reports: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(reports, report)
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (report, payload))
     if failure is not None:
         raise failure
+    reports = [report for report, _ in gathered]
     for where, report in enumerate(reports):
         if report is not None:
             names, message = report
@@ -138,6 +146,7 @@ def raise_together(failure: BaseException | None, what: str) -> None:
                 if isinstance(error, type) and issubclass(error, errors.HardbatchError):
                     raise error(message)
             raise RuntimeError(f"rank {where} failed while {what}: {names[0]}: {message}")
+    return [sent for _, sent in gathered]
 
 
 class Ring:
@@ -241,8 +250,9 @@ class WorkSplit:
 
     Every step starts with a :func:`raise_together` report, so a rank that failed, in a step or between two,
     makes every rank raise at the next step; :meth:`finish` is the last report (a failure after the last
-    step). Cost: :meth:`blocks` sends each result once to every rank (``all_gather``, padded to the longest
-    share); :meth:`once` pickles rank 0's result to every rank.
+    step). Cost: :meth:`blocks` is two collectives (the report, carrying each rank's share shape, then one
+    ``all_gather`` of the results, padded to the longest share); :meth:`once` two (the report, then rank 0's
+    result pickled to every rank).
 
     Args:
         what: what the ranks are doing, for the error of a failed rank ("building the IVF layout").
@@ -289,8 +299,8 @@ class WorkSplit:
             part = _concatenate([work(lo, hi) for lo, hi in mine]) if mine else None
         except Exception as exc:  # every rank must hear of it before the results travel
             failure = exc
-        self.report(failure)
-        return _all_gather_rows(part)
+        meta = None if part is None else (len(part), part.shape[1:], part.dtype.str)
+        return _all_gather_rows(part, self.report(failure, meta))
 
     def once(self, work: Callable[[], T]) -> T:
         """``work()`` on rank 0, its result on every rank (for results whose bits must be one rank's)."""
@@ -305,14 +315,15 @@ class WorkSplit:
         self.report(failure)
         return broadcast_from_rank0(result)  # type: ignore[return-value]
 
-    def report(self, failure: BaseException | None) -> None:
-        """A :func:`raise_together` step; a failure it raises is marked as reported (see :meth:`finish`)."""
+    def report(self, failure: BaseException | None, payload: Any = None) -> list[Any]:
+        """A :func:`raise_together` step (every rank's ``payload`` back, in rank order); a failure it raises
+        is marked as reported (see :meth:`finish`)."""
         if not self.shared:
             if failure is not None:
                 raise failure
-            return
+            return [payload]
         try:
-            raise_together(failure, self.what)
+            return raise_together(failure, self.what, payload)
         except BaseException:
             self.reported = True
             raise
@@ -333,10 +344,9 @@ def _concatenate(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0)
 
 
-def _all_gather_rows(part: np.ndarray | None) -> np.ndarray:
-    """Every rank's rows (None: no rows) concatenated in rank order, on every rank."""
-    metas: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(metas, None if part is None else (len(part), part.shape[1:], part.dtype.str))
+def _all_gather_rows(part: np.ndarray | None, metas: list[Any]) -> np.ndarray:
+    """Every rank's rows (None: no rows) concatenated in rank order, on every rank; ``metas`` holds every
+    rank's ``(rows, trailing shape, dtype)`` (None: no rows), gathered beforehand."""
     shown = [meta for meta in metas if meta is not None]
     if not shown:
         return np.empty(0)

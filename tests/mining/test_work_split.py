@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from failing_ranks import TIMEOUT, promptly
 
-from hardbatch.distributed import WorkSplit
+from hardbatch.distributed import WorkSplit, raise_together
 from hardbatch.errors import DataError
 
 pytestmark = pytest.mark.distributed
@@ -60,6 +60,9 @@ def _blocks_and_owners(rank: int, world: int) -> None:
     calls: list[int] = []
     assert split.once(lambda: calls.append(rank) or {"rank": rank}) == {"rank": 0}
     assert calls == ([0] if rank == 0 else [])
+
+    # A report carries each rank's payload back in rank order (the blocks' shapes travel this way).
+    assert raise_together(None, "testing", payload={"rank": rank}) == [{"rank": r} for r in range(world)]
 
 
 def _failures(rank: int, world: int) -> None:

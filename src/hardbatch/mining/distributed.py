@@ -939,19 +939,14 @@ def _ivf_graph_share(
         return (row_idx.astype(np.int64), col_idx.astype(np.int64)), counts
 
     found, failure = _attempt(search)
-    raise_together(failure, _GCBS_WHAT)
+    # The outcome and every rank's counts travel together (one collective).
+    every = raise_together(failure, _GCBS_WHAT, None if found is None else found[1])
     assert found is not None
-    edges, counts = found
-    mine_t = torch.tensor(
-        [counts["products"], counts["bf16_groups"]], dtype=torch.int64, device=comm_device()
-    )
-    every = [torch.empty_like(mine_t) for _ in range(world)]
-    dist.all_gather(every, mine_t)
-    rank_products = [int(t[0].item()) for t in every]
+    rank_products = [int(counts["products"]) for counts in every]
     info.update(searched_fraction=round(sum(rank_products) / max(1, num_rows * num_rows), 4),
-                bf16_groups=sum(int(t[1].item()) for t in every), rank_products=rank_products,
+                bf16_groups=sum(int(counts["bf16_groups"]) for counts in every), rank_products=rank_products,
                 world_size=world)  # fmt: skip
-    return edges, info
+    return found[0], info
 
 
 def _check_shape(query: Any, positive: Any, num_rows: int, dim: int) -> None:
