@@ -170,8 +170,10 @@ def sigmoid_loss(
     ``−(1/b) Σ_i Σ_j log σ(z_ij·x_ij)`` (SigLIP's normalisation by the batch size, not by b·n).
 
     Args:
-        query: (b, d) float tensor (fp32/bf16/fp16; torch tiles are computed in fp32, Triton tiles read
-            the inputs in their dtype with fp32 accumulation; softplus, σ and all sums are fp32).
+        query: (b, d) float tensor (fp32/bf16/fp16; torch tiles run bf16 inputs' matmuls in bf16 where
+            :func:`hardbatch.device.fast_bf16_matmul` says so, with every positive logit in fp32, and
+            otherwise in fp32; Triton tiles read the inputs in their dtype with fp32 accumulation;
+            softplus, σ and all sums are fp32).
         key: (n, d) float tensor; with the default labels n >= b and keys beyond b are extra (hard)
             negatives of every query.
         scale: logit scale, a float or a one-element tensor that may require grad (exact gradient).
