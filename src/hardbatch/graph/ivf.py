@@ -53,6 +53,7 @@ from hardbatch.graph.knn import (
     _drop_self,
     _fp32_topk,
     _overlap,
+    check_aligned,
     check_k,
     knn_exact,
 )
@@ -519,10 +520,8 @@ def ivf_layout(
         ConfigError: as :func:`knn_ivf`.
     """
     num_rows, num_keys = len(rows), len(keys)
-    if exclude_self and num_rows != num_keys:
-        raise ConfigError(
-            f"exclude_self needs aligned rows and keys, got {num_rows} rows and {num_keys} keys"
-        )
+    if exclude_self:
+        check_aligned("exclude_self", num_rows, num_keys)
     check_k(k, num_keys, exclude_self)
     check_layout_options(nlist, nprobe, recall_target, max_searched_fraction)
     split = split or WorkSplit()

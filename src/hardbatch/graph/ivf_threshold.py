@@ -34,7 +34,6 @@ import torch
 
 from hardbatch.device import resolve_device
 from hardbatch.distributed import WorkSplit
-from hardbatch.errors import ConfigError
 from hardbatch.graph.ivf import (
     IvfLayout,
     _Buckets,
@@ -46,7 +45,7 @@ from hardbatch.graph.ivf import (
     grouped_lists,
     record_calibration,
 )
-from hardbatch.graph.knn import _auto_chunk
+from hardbatch.graph.knn import _auto_chunk, check_aligned
 from hardbatch.graph.precision import bf16_score_error_bound, resolve_precision
 from hardbatch.graph.similarity import ScoreBuffer, block_scores
 from hardbatch.graph.threshold import _bf16_hits, _check_density, threshold_graph
@@ -96,10 +95,8 @@ def threshold_layout(
         the search would compute more than half the products) and the (N_keys, d) fp32 keys on the device,
         normalised when ``normalize``.
     """
-    if drop_diagonal and len(rows) != len(keys):
-        raise ConfigError(
-            f"drop_diagonal needs aligned rows and keys, got {len(rows)} rows and {len(keys)} keys"
-        )
+    if drop_diagonal:
+        check_aligned("drop_diagonal", len(rows), len(keys))
     check_layout_options(nlist, nprobe, recall_target, max_searched_fraction)
     split = split or WorkSplit()
     started = time.perf_counter()

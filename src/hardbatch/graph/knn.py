@@ -104,6 +104,12 @@ def check_k(k: int, num_keys: int, exclude_self: bool) -> None:
         )
 
 
+def check_aligned(option: str, num_rows: int, num_keys: int) -> None:
+    """ConfigError unless rows and keys are aligned (row i and key i one pair), as ``option`` needs."""
+    if num_rows != num_keys:
+        raise ConfigError(f"{option} needs aligned rows and keys, got {num_rows} rows and {num_keys} keys")
+
+
 def _auto_chunk(num_keys: int, block_entries: int = DEFAULT_BLOCK_BYTES // 4) -> int:
     """Rows per block: as many as keep the score block at ``block_entries`` scores (256 MiB of fp32), 16-8192."""
     return int(max(16, min(_MAX_AUTO_CHUNK, block_entries // max(1, num_keys))))
@@ -759,10 +765,8 @@ def knn_faiss(
 
     faiss = require("faiss", "faiss", "approximate kNN")
     num_rows, num_keys = len(rows), len(keys)
-    if exclude_self and num_rows != num_keys:
-        raise ConfigError(
-            f"exclude_self needs aligned rows and keys, got {num_rows} rows and {num_keys} keys"
-        )
+    if exclude_self:
+        check_aligned("exclude_self", num_rows, num_keys)
     check_k(k, num_keys, exclude_self)
     if recall_target is not None and not 0.0 < float(recall_target) <= 1.0:
         raise ConfigError(f"recall_target must lie in (0, 1], got {recall_target!r}")
