@@ -58,12 +58,11 @@ __all__ = ["edge_coordinates_to_csr", "ivf_torch_threshold_graph", "threshold_gr
 #: fp32 time: 2,000 keys 1.7, 3,000-6,000 about 1.0, 8,000 0.69, 32,000 0.78.
 _BF16_MIN_CANDIDATES = 8192
 
-#: Keys sampled per list for the k-means (faiss's own cap; the kNN layout uses 64). A threshold graph's
-#: edges are a row's very nearest keys, so the search is tiny and the lists' quality decides the recall.
-#: Measured at 100k × 384, 2,000 topics of 50 (bench_gcbs.py's data), 316 lists, target degree 32: edge
-#: recall at nprobe 1 (0.33 % of the products) 0.866 with 64 keys per list, 0.963 with 128, 0.994 with 256;
-#: set-up 2.2 / 3.7 / 7.0 s (AMD Zen 4, 2 threads).
-_TRAIN_PER_LIST = 256
+# The k-means of this layout trains on hardbatch.graph.ivf._TRAIN_PER_LIST (256) keys per list, as the kNN
+# layout's: a threshold graph's edges are a row's very nearest keys, so the search is tiny and the lists'
+# quality decides the recall. Measured at 100k × 384, 2,000 topics of 50 (bench_gcbs.py's data), 316 lists,
+# target degree 32: edge recall at nprobe 1 (0.33 % of the products) 0.866 with 64 keys per list, 0.963 with
+# 128, 0.994 with 256; set-up 2.2 / 3.7 / 7.0 s (AMD Zen 4, 2 threads).
 
 #: Sampled rows per calibration block (the unit a WorkSplit deals to the ranks).
 _CALIBRATION_ROWS = 64
@@ -101,7 +100,7 @@ def threshold_layout(
     split = split or WorkSplit()
     started = time.perf_counter()
     key_t, groups, key_lists = grouped_lists(
-        rows, keys, normalize, nlist, resolve_device(device), seed, split, _TRAIN_PER_LIST
+        rows, keys, normalize, nlist, resolve_device(device), seed, split
     )
     info: dict[str, Any] = {"index": "ivf_torch", "nlist": len(groups.probe_order)}
     info["lists_s"] = round(time.perf_counter() - started, 3)

@@ -360,7 +360,7 @@ def _ivf_search(
 
     Memory per rank: the keys resident, O(n·d) fp32 (+ a bf16 copy in bf16 mode), the layout O(n + L²),
     the calibration pools of its sampled rows, one IVF group's blocks and O(n·k / W) results. Time per rank:
-    about 1/W of the set-up's k-means (O(64·L²·d) per iteration), assignment (O(n·L·d)) and calibration
+    about 1/W of the set-up's k-means (O(256·L²·d) per iteration), assignment (O(n·L·d)) and calibration
     and of the search's products.
     """
     rank, world = dist.get_rank(), dist.get_world_size()
