@@ -137,8 +137,7 @@ def raise_together(failure: BaseException | None, what: str, payload: Any = None
     dist.all_gather_object(gathered, (report, payload))
     if failure is not None:
         raise failure
-    reports = [report for report, _ in gathered]
-    for where, report in enumerate(reports):
+    for where, (report, _) in enumerate(gathered):
         if report is not None:
             names, message = report
             for name in names:

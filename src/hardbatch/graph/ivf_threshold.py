@@ -231,9 +231,7 @@ def threshold_groups(
     row_buckets, keys = layout.buckets()
     if groups is None:
         groups = np.flatnonzero(np.diff(row_buckets.rows.bounds))
-    low_keys: list[
-        torch.Tensor
-    ] = []  # the bf16 copy of the keys, made for the first group wide enough for it
+    key_low: torch.Tensor | None = None  # the bf16 copy of the keys, made for the first group wide enough
     bound = 0.0
     if precision == "bf16" and len(key_t):
         bound = bf16_score_error_bound(key_t.shape[1]) * float(key_t.norm(dim=1).max())
@@ -251,9 +249,9 @@ def threshold_groups(
         candidates = keys.members(row_buckets.probed(int(group), layout.nprobe, keys, 0))
         columns = torch.as_tensor(candidates, device=key_t.device)
         low = precision == "bf16" and len(candidates) >= _BF16_MIN_CANDIDATES
-        if low and not low_keys:
-            low_keys.append(key_t.to(torch.bfloat16))
-        block_keys = (low_keys[0] if low else key_t).index_select(0, columns)
+        if low and key_low is None:
+            key_low = key_t.to(torch.bfloat16)
+        block_keys = (key_low if low else key_t).index_select(0, columns)
         counts["bf16_groups"] += int(low)
         chunk = _auto_chunk(len(candidates))
         for lo in range(0, len(ids), chunk):
