@@ -381,11 +381,14 @@ def _ivf_search(
         )
         counts = {"products": (hi - lo) * num, "fp32_rows_redone": info.get("fp32_rows_redone", 0),
                   "margin": info.get("margin", 0)}  # fmt: skip
-        return _GroupShare(np.arange(lo, hi), indices, scores, counts, info.get("precision", "fp32"), layout)
+        reports = raise_together(None, _B3_WHAT, (hi - lo, counts))
+        precision = info.get("precision", "fp32")
+        return _GroupShare(np.arange(lo, hi), indices, scores, counts, precision, layout, reports)
     found, failure = _attempt(_search_dealt, query, ids, k, layout, options, key_t)
-    raise_together(failure, _B3_WHAT)
+    # The outcome and each rank's (rows, counts), which the gather needs, in one collective.
+    reports = raise_together(failure, _B3_WHAT, None if found is None else (len(found.row_ids), found.counts))
     assert found is not None
-    return found
+    return found._replace(reports=reports)
 
 
 class _GroupShare(NamedTuple):
@@ -397,6 +400,8 @@ class _GroupShare(NamedTuple):
     counts: dict[str, int]
     precision: str
     layout: IvfLayout
+    #: every rank's (rows, counts), in rank order (empty until the ranks have reported)
+    reports: list[tuple[int, dict[str, int]]]
 
 
 def _ivf_rows(query: Any, ids: np.ndarray | None) -> Any:
@@ -448,14 +453,14 @@ def _search_dealt(
         rows, key_t, k, layout, mine, exclude_self=True, precision=precision, normalize=options["normalize"],
         show_progress=options["show_progress"] if rank == 0 else False,
     )  # fmt: skip
-    return _GroupShare(*found, precision, layout)
+    return _GroupShare(*found, precision, layout, [])
 
 
 def _gather_groups(share: _GroupShare, num_rows: int, k: int) -> KnnResult | None:
     """Every rank's IVF rows on rank 0, placed by row id: the group's (n, k) result (None elsewhere)."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    reports: list[Any] = [None] * world
-    dist.all_gather_object(reports, (len(share.row_ids), share.counts))
+    reports = share.reports
+    assert len(reports) == world, "the ranks' reports did not travel with the search's outcome"
     lengths = [length for length, _ in reports]
     row_ids = _gather_parts(share.row_ids, lengths, torch.int64)
     indices = _gather_parts(share.indices, lengths, torch.int64)
