@@ -52,6 +52,7 @@ from hardbatch.graph.knn import (
     _bf16_topk,
     _drop_self,
     _fp32_topk,
+    _next_margin,
     _overlap,
     check_aligned,
     check_k,
@@ -73,10 +74,11 @@ __all__ = [
     "search_groups",
 ]
 
-#: A group's matmul runs in bf16 only when it has this many times more candidates than bf16 re-scores per row
-#: (k + margin): the wider pre-selection and the re-scoring gather cost more than bf16 saves below that.
-#: Measured at 100k, k = 131, AMD Zen 4 (bf16 matmul ~2.5x fp32): 2,528 candidates bf16 2.1x slower than
-#: fp32, 10,100 candidates 1.5x slower, 31,600 candidates 0.69x.
+#: A group's matmul runs in bf16 only when it has this many times more candidates than k + the starting margin
+#: (the adapted margin would move the crossover with the data): the pre-selection and the re-scoring gather
+#: cost more than bf16 saves below that. Measured at 100k, k = 131, AMD Zen 4: with bf16 matmuls ~2.5× fp32,
+#: 2,528 candidates bf16 2.1× slower than fp32, 10,100 1.5× slower, 31,600 0.69×; in a session where they
+#: were 4.55× fp32 (``lowdim``, adapted margin 36-38): 2,590 2.45×, 5,140 1.37×, 10,240 1.17×, 20,300 0.84×.
 _BF16_MIN_WIDTH = 64
 
 #: Calibration: best keys kept per sampled row (the answer at most ladder steps), rows scored per block.
@@ -264,20 +266,19 @@ class _Scorer:
     def top(self, row_t: torch.Tensor, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(indices into ``candidates``, float32 scores), (R, k), by the tie rule over ``candidates``' order."""
         columns = torch.as_tensor(candidates, device=self.key_t.device)
-        low = self.key_low is not None and len(candidates) >= _BF16_MIN_WIDTH * (k + self.margin)
+        low = self.key_low is not None and len(candidates) >= _BF16_MIN_WIDTH * (k + _DEFAULT_MARGIN)
         block_keys = (self.key_low if low else self.key_t).index_select(0, columns)
         chunk = _auto_chunk(len(candidates))
         indices, scores = [], []
         for lo in range(0, len(row_t), chunk):
             part = row_t[lo : lo + chunk]
             if low:
-                values, top, failed = _bf16_topk(
+                values, top, failed, needed = _bf16_topk(
                     part, self.key_t, block_keys, self.key_bounds, k, self.margin, 0, False, self.buffer,
                     key_ids=columns,
                 )  # fmt: skip
                 self.redone += failed
-                if failed > 0.01 * len(part):  # a dense score band: widen the candidate set
-                    self.margin = min(2 * self.margin + 1, len(candidates))
+                self.margin = _next_margin(self.margin, failed, len(part), needed, len(candidates))
             else:
                 values, top = _fp32_topk(part, block_keys, k, 0, False, self.buffer)
             indices.append(top.cpu().numpy())
