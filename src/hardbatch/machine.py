@@ -13,10 +13,23 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_flags", "cpu_model", "cpu_vendor", "describe_machine"]
+__all__ = ["cpu_flags", "cpu_generation", "cpu_model", "cpu_vendor", "describe_machine"]
 
 #: CPU flags that decide which precision is fast (see docs/losses.md, docs/b3.md).
 _PRECISION_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
+
+
+#: AMD (family, model range, core) where the generation changes what bf16 costs: Zen 4 runs 512-bit
+#: instructions in two halves, Zen 5 (server parts) at full width. Two machines both named "AMD EPYC" here
+#: measured bf16 matmuls at 2.3–3.1× fp32 in earlier sessions (family not recorded) and 4.6–4.8× on
+#: family 26 (``benchmarks/results/b3_scale_100000_zen5_dec03.md``).
+_AMD_CORES = (
+    (25, range(0x10, 0x20), "Zen 4"),
+    (25, range(0x60, 0x80), "Zen 4"),
+    (25, range(0xA0, 0xB0), "Zen 4"),
+    (25, range(0x100), "Zen 3"),
+    (26, range(0x100), "Zen 5"),
+)
 
 
 def _cpuinfo() -> str:
@@ -42,6 +55,38 @@ def cpu_vendor() -> str:
     return ""
 
 
+def _first_cpu_fields() -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in _cpuinfo().splitlines():
+        if not line.strip():
+            break  # the first processor's block ends here
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_generation() -> str:
+    """The CPU's family and model numbers, and the AMD core they mean where known; empty where unknown.
+
+    Virtual machines often name the CPU only "AMD EPYC", which hides a 2× difference in bf16 speed.
+
+    Example:
+        >>> isinstance(cpu_generation(), str)
+        True
+    """
+    fields = _first_cpu_fields()
+    family, model = fields.get("cpu family", ""), fields.get("model", "")
+    if not family.isdigit():
+        return ""
+    text = f"family {family}" + (f" model {model}" if model.isdigit() else "")
+    if fields.get("vendor_id") == "AuthenticAMD":
+        number = int(model) if model.isdigit() else -1
+        core = next((name for fam, models, name in _AMD_CORES if fam == int(family) and number in models), "")
+        if core:
+            text += f", {core}"
+    return text
+
+
 def cpu_flags() -> set[str]:
     """The CPU feature flags (``lscpu``'s Flags), empty where ``/proc/cpuinfo`` is not available."""
     for line in _cpuinfo().splitlines():
@@ -58,7 +103,8 @@ def describe_machine(packages: Iterable[str] = ()) -> dict[str, Any]:
             recorded as ``None``.
 
     Returns:
-        platform, CPU model and count, the precision-relevant CPU flags present, torch version, threads,
+        platform, CPU model (with its family, model number and AMD core where known) and count, the
+        precision-relevant CPU flags present, torch version, threads,
         CUDA device name (or None), numpy and Python versions, the 1-minute load average, and the
         requested package versions.
     """
@@ -66,9 +112,11 @@ def describe_machine(packages: Iterable[str] = ()) -> dict[str, Any]:
     import torch
 
     flags = cpu_flags()
+    generation = cpu_generation()
     info: dict[str, Any] = {
         "platform": platform.platform(),
-        "cpu": cpu_model(),
+        # The generation in the name, so that every result header that prints the CPU shows it.
+        "cpu": cpu_model() + (f" ({generation})" if generation else ""),
         "cpu_vendor": cpu_vendor(),
         "cpus": os.cpu_count(),
         "cpu_flags": [flag for flag in _PRECISION_FLAGS if flag in flags],
