@@ -73,7 +73,7 @@ KnnBackend = Literal["exact", "hnsw", "ivf", "ivf_torch"]
 _DEFAULT_MARGIN = 128
 
 #: The adapted margin: never below this, and 1.25× (+ 8) the 99th percentile of what the last block's proven
-#: rows needed. At 100k × 384 (k = 131, Zen 4) the rows needed 26 / 43 / 62 (median / 99th pct / max) on
+#: rows needed. At 100k × 384 (k = 131, AMD Zen 5) the rows needed 26 / 43 / 62 (median / 99th pct / max) on
 #: ``clustered`` data and 15 / 29 / 37 on ``lowdim``; a 671-row block took 154 ms at margin 128, 140 ms at
 #: 64, 150 ms at 48 (4 rows redone) and 216 ms at 32 (152 redone: a redone row costs a full fp32 row).
 _MIN_MARGIN = 16

@@ -381,6 +381,7 @@ def _ivf_search(
         )
         counts = {"products": (hi - lo) * num, "fp32_rows_redone": info.get("fp32_rows_redone", 0),
                   "margin": info.get("margin", 0)}  # fmt: skip
+        # _search_shard reported its outcome already; this collective only carries what the gather needs.
         reports = raise_together(None, _B3_WHAT, (hi - lo, counts))
         precision = info.get("precision", "fp32")
         return _GroupShare(np.arange(lo, hi), indices, scores, counts, precision, layout, reports)
