@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-import hardbatch.graph.knn as knn_module
 from hardbatch.errors import ConfigError
 from hardbatch.graph.knn import _drop_self, knn, knn_exact, knn_faiss, knn_recall
 
@@ -132,35 +131,32 @@ def test_bf16_path_matches_float64_ranks_on_unit_vectors():
     assert plain_window < window
 
 
-def test_bf16_margin_adapts_and_rows_are_redone_when_unproven():
+def test_bf16_rows_are_widened_then_redone_when_unproven():
     rng = np.random.default_rng(3)
     x = rng.integers(-1, 2, size=(600, 8)).astype(np.float32)  # few distinct scores: huge tie runs
     got = knn_exact(x, x, 30, exclude_self=True, precision="bf16", margin=1, chunk_size=100)
-    assert got.info["fp32_rows_redone"] > 0 and got.info["margin"] > 1
+    assert got.info["fp32_rows_redone"] > 0 and got.info["rows_widened"] >= got.info["fp32_rows_redone"]
     np.testing.assert_array_equal(got.indices, _lexsort_topk(x, x, 30, True))
 
 
-def test_bf16_margin_shrinks_to_what_the_rows_need_and_stays_exact():
-    # Distinct scores: after the first block the margin follows what proven rows needed, far below 128,
-    # and the windows stay the float64 ones.
-    rng = np.random.default_rng(4)
-    x = rng.normal(size=(2000, 64))
+def test_bf16_rows_get_the_same_bits_in_any_row_block():
+    # A tiny margin: most rows fail the first proof and are widened, a few are redone in fp32. Each row's
+    # path depends on that row alone, so other chunkings (other blocks, other ranks' shards) give the same
+    # bits; a margin adapted from block to block re-did other rows in fp32 and changed their last bits.
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(1200, 48))
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-    got = knn_exact(x, x, 40, exclude_self=True, precision="bf16", chunk_size=100, device="cpu")
-    assert knn_module._MIN_MARGIN <= got.info["margin"] < knn_module._DEFAULT_MARGIN
-    assert got.info["fp32_rows_redone"] <= 0.01 * len(x)
-    expected = _lexsort_topk(x, x, 40, True)
-    assert np.mean(got.indices == expected) >= 0.999
-
-
-def test_next_margin_grows_on_failures_and_shrinks_to_the_need():
-    step = knn_module._next_margin
-    assert step(40, failed=2, num_rows=100, needed=10, limit=1000) == 81  # > 1 % failed: doubled
-    assert step(600, failed=2, num_rows=100, needed=10, limit=1000) == 1000  # never past the keys
-    assert step(128, failed=1, num_rows=100, needed=40, limit=1000) == 58  # 1.25 × 40 + 8
-    assert step(128, failed=0, num_rows=100, needed=0, limit=1000) == knn_module._MIN_MARGIN
-    assert step(50, failed=0, num_rows=100, needed=60, limit=1000) == 50  # shrinks only
-    assert step(50, failed=0, num_rows=100, needed=None, limit=1000) == 50  # no proof: kept
+    runs = [
+        knn_exact(x, x, 30, exclude_self=True, precision="bf16", margin=2, chunk_size=chunk, device="cpu")
+        for chunk in (50, 97, 1200)
+    ]
+    assert runs[0].info["rows_widened"] > 0 and runs[0].info["fp32_rows_redone"] > 0
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other.scores, runs[0].scores)
+        np.testing.assert_array_equal(other.indices, runs[0].indices)
+        assert other.info["rows_widened"] == runs[0].info["rows_widened"]
+    expected = _lexsort_topk(x, x, 30, True)
+    assert np.mean(runs[0].indices == expected) >= 0.999
 
 
 def test_precision_choice_and_errors(monkeypatch):

@@ -52,7 +52,6 @@ from hardbatch.graph.knn import (
     _bf16_topk,
     _drop_self,
     _fp32_topk,
-    _next_margin,
     _overlap,
     check_aligned,
     check_k,
@@ -74,12 +73,14 @@ __all__ = [
     "search_groups",
 ]
 
-#: A group's matmul runs in bf16 only when it has this many times more candidates than k + the starting margin
-#: (the adapted margin would move the crossover with the data): the pre-selection and the re-scoring gather
-#: cost more than bf16 saves below that. Measured at 100k, k = 131, AMD Zen 4: with bf16 matmuls ~2.5× fp32,
+#: A group's matmul runs in bf16 only when it has this many times more candidates than k + 128: the
+#: pre-selection and the re-scoring gather cost more than bf16 saves below that. Measured at 100k, k = 131, AMD Zen 4: with bf16 matmuls ~2.5× fp32,
 #: 2,528 candidates bf16 2.1× slower than fp32, 10,100 1.5× slower, 31,600 0.69×; on a Zen 5 where they
 #: were 4.55× fp32 (``lowdim``, adapted margin 36-38): 2,590 2.45×, 5,140 1.37×, 10,240 1.17×, 20,300 0.84×.
 _BF16_MIN_WIDTH = 64
+_CROSSOVER_MARGIN = (
+    128  # the margin of the first of those measurements: the rule is k-relative, not margin-relative
+)
 
 #: Calibration: best keys kept per sampled row (the answer at most ladder steps), rows scored per block.
 _CALIBRATION_POOL = 16384
@@ -261,24 +262,24 @@ class _Scorer:
         self.key_bounds = _bf16_key_bounds(key_t, self.key_low) if self.key_low is not None else None
         self.margin = _DEFAULT_MARGIN
         self.buffer = ScoreBuffer()
-        self.redone = 0
+        self.redone = self.widened = 0
 
     def top(self, row_t: torch.Tensor, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(indices into ``candidates``, float32 scores), (R, k), by the tie rule over ``candidates``' order."""
         columns = torch.as_tensor(candidates, device=self.key_t.device)
-        low = self.key_low is not None and len(candidates) >= _BF16_MIN_WIDTH * (k + _DEFAULT_MARGIN)
+        low = self.key_low is not None and len(candidates) >= _BF16_MIN_WIDTH * (k + _CROSSOVER_MARGIN)
         block_keys = (self.key_low if low else self.key_t).index_select(0, columns)
         chunk = _auto_chunk(len(candidates))
         indices, scores = [], []
         for lo in range(0, len(row_t), chunk):
             part = row_t[lo : lo + chunk]
             if low:
-                values, top, failed, needed = _bf16_topk(
+                values, top, widened, failed = _bf16_topk(
                     part, self.key_t, block_keys, self.key_bounds, k, self.margin, 0, False, self.buffer,
                     key_ids=columns,
                 )  # fmt: skip
+                self.widened += widened
                 self.redone += failed
-                self.margin = _next_margin(self.margin, failed, len(part), needed, len(candidates))
             else:
                 values, top = _fp32_topk(part, block_keys, k, 0, False, self.buffer)
             indices.append(top.cpu().numpy())
@@ -361,7 +362,8 @@ def search_groups(
 
     Returns:
         ``(row_ids, indices, scores, counts)``: (R,) int64 rows in group order, (R, k) int32 key ids and
-        float32 scores best first, and ``counts`` (``products``, ``fp32_rows_redone``, ``margin``). A group's
+        float32 scores best first, and ``counts`` (``products``, ``fp32_rows_redone``, ``rows_widened``,
+        ``margin``). A group's
         answer does not depend on which other groups are searched with it.
     """
     search_k = k + 1 if exclude_self else k
@@ -385,7 +387,8 @@ def search_groups(
         indices.append(found.astype(np.int32))
         scores.append(found_scores.astype(np.float32))
         products += count
-    counts = {"fp32_rows_redone": scorer.redone, "products": products, "margin": scorer.margin}
+    counts = {"fp32_rows_redone": scorer.redone, "rows_widened": scorer.widened, "products": products,
+              "margin": scorer.margin}  # fmt: skip
     if not row_ids:
         return np.empty(0, np.int64), np.empty((0, k), np.int32), np.empty((0, k), np.float32), counts
     return np.concatenate(row_ids), np.concatenate(indices), np.concatenate(scores), counts
@@ -488,7 +491,7 @@ def finish_info(info: dict[str, Any], counts: dict[str, int], pairs: int) -> dic
     out = {**info, "searched_fraction": round(counts["products"] / pairs, 4),
            "fp32_rows_redone": counts["fp32_rows_redone"]}  # fmt: skip
     if out["precision"] == "bf16":
-        out["margin"] = counts["margin"]
+        out.update(margin=counts["margin"], rows_widened=counts.get("rows_widened", 0))
     return out
 
 

@@ -68,16 +68,19 @@ __all__ = [
 
 KnnBackend = Literal["exact", "hnsw", "ivf", "ivf_torch"]
 
-#: Starting extra bf16 candidates per row beyond k before the fp32 re-scoring; :func:`_next_margin` adapts it.
-#: Measured on 20k clustered 384-d unit vectors, k = 130: margin 64 left 14 % of rows unproven, 128 left 0.1 %.
-_DEFAULT_MARGIN = 128
+#: Extra bf16 candidates per row beyond k before the fp32 re-scoring; rows whose proof fails try again with
+#: ``_WIDEN`` times as many. At 100k × 384 (k = 131, AMD Zen 5) the proofs needed 26 / 43 / 62 extra
+#: candidates (median / 99th percentile / max) on ``clustered`` data and 15 / 29 / 37 on ``lowdim``. Four
+#: 671-row blocks against 100k keys, with the second try (ms; fp32 matmul alone 1,196): margin 128: 620 / 644
+#: (clustered / lowdim), 64: 629 / 568, 48: 556 / 537 (8 / 1 rows widened), 32: 683 / 540 (570 / 30
+#: widened), 24: 903 / 569; no row needed the fp32 redo. (Before the second try a failed row was redone in
+#: fp32, a whole row's matmul: 48 then cost 150 ms per block against 140 at 64.)
+_DEFAULT_MARGIN = 48
+_WIDEN = 4
 
-#: The adapted margin: never below this, and 1.25× (+ 8) the 99th percentile of what the last block's proven
-#: rows needed. At 100k × 384 (k = 131, AMD Zen 5) the rows needed 26 / 43 / 62 (median / 99th pct / max) on
-#: ``clustered`` data and 15 / 29 / 37 on ``lowdim``; a 671-row block took 154 ms at margin 128, 140 ms at
-#: 64, 150 ms at 48 (4 rows redone) and 216 ms at 32 (152 redone: a redone row costs a full fp32 row).
-_MIN_MARGIN = 16
-_MARGIN_QUANTILE = 0.99
+#: Rows per fp32 matmul of the re-done rows: at least this many, so that their bits do not depend on how many
+#: failed together (MKL's per-element sum order was measured independent of the block shape from 16 rows on).
+_STABLE_ROWS = 16
 
 
 @dataclass
@@ -266,14 +269,17 @@ def _bf16_topk(
     exclude_self: bool,
     buffer: ScoreBuffer | None = None,
     key_ids: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, int, int | None]:
-    """Exact fp32 top-k of one row block from a bf16 pre-selection: (values, indices, rows redone, needed).
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Exact fp32 top-k of one row block from a bf16 pre-selection: (values, indices, rows widened, redone).
 
     bf16 scores pick ``k + margin`` candidates per row; those are re-scored in fp32 and ranked by the tie
     rule. Any key left out has a bf16 score <= ``bound`` (the (k + margin + 1)-th bf16 score), hence an fp32
     score <= bound + eps; when that is below the k-th re-scored value, the row's top k equals the fp32 top k.
-    Rows where the proof fails (a tie run or a dense band of scores across the margin) are redone in fp32;
-    the last value returned is what the proven rows needed (:func:`_margin_needed`, None without a proof).
+    Rows where the proof fails (a dense band of scores across the margin) try again with
+    ``k + _WIDEN · margin`` candidates from the same bf16 block, and rows that fail that too (a tie run) are
+    redone in fp32 (:func:`_fp32_rows`). Each row's path depends on that row alone, never on the rows
+    searched before it, so a row gets the same bits in any row block, on any rank (a margin adapted from
+    block to block made the re-done rows, and so the last bits of their scores, depend on the chunking).
     ``key_t`` may be one block of the keys: ``offset`` places each row's own column (see :func:`_self_pairs`)
     and ``key_bounds`` (:func:`_bf16_key_bounds`) bound that block's keys, so the proof covers them.
     With ``key_ids`` (B,) the block's keys are rows ``key_ids`` of ``key_t`` (``key_low`` holds just those,
@@ -286,7 +292,40 @@ def _bf16_topk(
     block = row_low @ key_low.T if buffer is None else buffer.product(row_low, key_low)
     if exclude_self:
         _mask_self(block, offset)
-    width = min(k + margin, num_keys)
+    own = torch.arange(offset, offset + len(row_t), device=row_t.device) if exclude_self else None
+    scoring = (row_t, row_low, key_t, key_ids, key_bounds, k)
+    values, indices, proven = _proven_top(block, *scoring, min(k + margin, num_keys), own)
+    widened = (~proven).nonzero().reshape(-1)
+    redo = widened[:0]
+    if len(widened):
+        rows = (row_t[widened], row_low[widened], key_t, key_ids, key_bounds, k)
+        wide = min(k + _WIDEN * margin, num_keys)
+        again, again_indices, again_proven = _proven_top(
+            block[widened], *rows, wide, None if own is None else own[widened]
+        )
+        values[widened], indices[widened] = again, again_indices
+        redo = widened[~again_proven]
+    del block
+    if len(redo):
+        keys = key_t if key_ids is None else key_t.index_select(0, key_ids)
+        values[redo], indices[redo] = _fp32_rows(row_t[redo], keys, k, None if own is None else own[redo])
+    return values, indices, len(widened), len(redo)
+
+
+def _proven_top(
+    block: torch.Tensor,
+    row_t: torch.Tensor,
+    row_low: torch.Tensor,
+    key_t: torch.Tensor,
+    key_ids: torch.Tensor | None,
+    key_bounds: tuple[float, float, float],
+    k: int,
+    width: int,
+    own: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(values, indices, proven): the fp32 top k among each row's ``width`` best bf16 columns of ``block``,
+    and (R,) whether no column left out could have entered it (all True when every column was re-scored)."""
+    num_keys = block.shape[1]
     if width < num_keys:
         # Any top set will do (the proof below needs only "left out <= bound"): bf16 ties are everywhere.
         low_values, candidates = select_topk(block, width + 1, ties="any")
@@ -294,55 +333,34 @@ def _bf16_topk(
         candidates = candidates[:, :width]
     else:
         candidates = torch.arange(num_keys, device=block.device).expand(len(block), -1)
-        bound = torch.full((len(block),), float("-inf"), device=block.device)
-    del block
     # Ascending column order among candidates, so positions break ties like key indices.
     candidates = candidates.sort(dim=1).values
     exact = _rescore(row_t, key_t, candidates if key_ids is None else key_ids[candidates])
-    if exclude_self:
-        own = torch.arange(offset, offset + len(row_t), device=row_t.device)[:, None]
-        exact.masked_fill_(candidates == own, float("-inf"))
+    if own is not None:
+        exact.masked_fill_(candidates == own[:, None], float("-inf"))
     values, positions = topk_with_ties(exact, k)
     indices = candidates.gather(1, positions)
     if width >= num_keys:  # every column was re-scored in fp32: exact without a proof
-        return values, indices, 0, None
+        return values, indices, torch.ones(len(block), dtype=torch.bool, device=block.device)
     eps = _bf16_row_error(row_t, row_low, key_bounds, bound)
-    unproven = ~(bound + eps < values[:, -1])
-    needed = _margin_needed(low_values[:, :width], values[:, -1] - eps, k, ~unproven)
-    redo = unproven.nonzero().reshape(-1)
-    if len(redo):
-        sub = block_scores(row_t[redo], key_t if key_ids is None else key_t.index_select(0, key_ids))
-        if exclude_self:
-            own_columns = redo + offset
-            inside = ((own_columns >= 0) & (own_columns < num_keys)).nonzero().reshape(-1)
-            sub[inside, own_columns[inside]] = float("-inf")
-        values[redo], indices[redo] = select_topk(sub, k)
-    return values, indices, len(redo), needed
+    return values, indices, bound + eps < values[:, -1]
 
 
-def _margin_needed(low_values: torch.Tensor, floor: torch.Tensor, k: int, proven: torch.Tensor) -> int | None:
-    """The :data:`_MARGIN_QUANTILE` of the margins the ``proven`` rows needed (None: no row proven).
+def _fp32_rows(
+    row_t: torch.Tensor, keys: torch.Tensor, k: int, own: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fp32 top k of a few rows over all ``keys`` (``own``: each row's own column, masked).
 
-    A row's proof holds with any margin whose next bf16 value lies below ``floor`` (its k-th fp32 value minus
-    its error bound), so it needs as many candidates beyond k as it has bf16 values at or above ``floor``
-    (the bound of a narrower set differs by its output rounding alone, which only a speed heuristic ignores).
+    The rows are scored in a block of at least :data:`_STABLE_ROWS` (repeating the first): a matmul of fewer
+    rows may take another kernel, whose bits would then depend on how many rows failed together.
     """
-    if not bool(proven.any()):
-        return None
-    need = ((low_values[proven].float() >= floor[proven, None]).sum(dim=1) - k).clamp(min=0)
-    position = int(_MARGIN_QUANTILE * (len(need) - 1))
-    return int(need.sort().values[position])
-
-
-def _next_margin(margin: int, failed: int, num_rows: int, needed: int | None, limit: int) -> int:
-    """The margin for the next block: doubled while more than 1 % of rows fail the proof (a dense score band
-    or a tie run), else shrunk towards what the block's proven rows needed (re-scoring costs ~(k + margin)
-    gathered keys per row, a failed row a whole fp32 row: about as much as 30 rows' 64 extra candidates)."""
-    if failed > 0.01 * num_rows:
-        return min(2 * margin + 1, limit)
-    if needed is None:
-        return margin
-    return max(_MIN_MARGIN, min(margin, needed + needed // 4 + 8))
+    count = len(row_t)
+    padded = torch.cat([row_t, row_t[:1].expand(_STABLE_ROWS - count, -1)]) if count < _STABLE_ROWS else row_t
+    sub = block_scores(padded, keys)[:count]
+    if own is not None:
+        inside = ((own >= 0) & (own < len(keys))).nonzero().reshape(-1)
+        sub[inside, own[inside]] = float("-inf")
+    return select_topk(sub, k)
 
 
 def knn_exact(
@@ -366,9 +384,9 @@ def knn_exact(
     With ``precision="bf16"`` (chosen by ``"auto"`` where bf16 matmuls are fast: CUDA, CPUs with AMX; see
     :mod:`hardbatch.graph.precision`) each block is scored in bf16, ``k + margin`` candidates per row are
     re-scored in fp32, and every row carries a proof (a rounding-error bound) that no other key could enter
-    its fp32 top k; rows without one are redone in fp32. The margin adapts from block to block: it doubles
-    while more than 1 % of a block's rows fail the proof, and otherwise shrinks towards 1.25× what the proven
-    rows needed (:func:`_next_margin`). The result is the fp32 answer in both precisions.
+    its fp32 top k; rows without one try again with four times the margin, then are redone in fp32. A row's
+    path depends on that row alone, so its answer has the same bits whatever rows are searched with it.
+    The result is the fp32 answer in both precisions.
 
     **Key blocks** (``key_block_size=B``): the keys are read ``B`` at a time (from whatever array was given:
     a memory-mapped ``.npy`` is never loaded whole) and only one key block is resident. The rows' running top
@@ -403,7 +421,7 @@ def knn_exact(
         device: "auto" (CUDA when available), or any torch device.
         normalize: L2-normalise rows and keys first (cosine similarity).
         precision: "auto", "fp32" or "bf16" (speed only; the answer is the fp32 one).
-        margin: bf16 candidates per row beyond ``k`` for the first block (default 128; then adapted).
+        margin: bf16 candidates per row beyond ``k`` (default 48; rows whose proof fails retry with 4×).
         row_offset: with ``exclude_self``, ``rows`` is a shard of the aligned rows: row r is example
             ``row_offset + r`` (as one rank of :mod:`hardbatch.mining.distributed` searches). None: the
             rows are all N_keys of them.
@@ -457,7 +475,7 @@ def knn_exact(
     chunk = chunk_size or _auto_chunk(block_keys, block_entries)
     indices = np.empty((num_rows, k), dtype=np.int32)
     scores = np.empty((num_rows, k), dtype=np.float32)
-    redone = 0
+    redone = widened = 0
     key_starts = range(0, num_keys, block_keys)
     row_starts = range(0, num_rows, chunk)
     steps = itertools.product(key_starts, row_starts)  # key blocks outside: each is read once
@@ -493,11 +511,11 @@ def knn_exact(
         if key_low is None:
             values, top = _fp32_topk(row_t, key_t, block_k, offset, exclude_self, buffer)
         else:
-            values, top, failed, needed = _bf16_topk(
+            values, top, widened_here, failed = _bf16_topk(
                 row_t, key_t, key_low, key_bounds, block_k, margin, offset, exclude_self, buffer
             )
+            widened += widened_here
             redone += failed
-            margin = _next_margin(margin, failed, len(row_t), needed, num_keys)
         if held is not None:  # by counting: the held keys all precede this block's
             values, top = merge_topk(*held, values, top, merged_k, ordered=True)
         top = top + key_lo
@@ -506,7 +524,7 @@ def knn_exact(
         scores[start:stop, :width] = values.float().cpu().numpy()
     info: dict[str, Any] = {"precision": mode, "fp32_rows_redone": redone}
     if mode == "bf16":
-        info["margin"] = margin
+        info.update(margin=margin, rows_widened=widened)
     if key_block_size is not None or memory_budget is not None:
         info.update(key_block_size=block_keys, key_blocks=len(key_starts))
     if memory_budget is not None:

@@ -279,6 +279,7 @@ def _ring_search(
         return np.empty((0, k), np.int32), np.empty((0, k), np.float32), {}
     scores, top = held[0]
     info = {**infos[0], "fp32_rows_redone": sum(i.get("fp32_rows_redone", 0) for i in infos),
+            "rows_widened": sum(i.get("rows_widened", 0) for i in infos),
             "exchange": "ring", "ring_steps": world}  # fmt: skip
     return top, scores, info
 
@@ -380,7 +381,7 @@ def _ivf_search(
             query, positive, ids, k, rank, world, {**options, "exchange": "read"}
         )
         counts = {"products": (hi - lo) * num, "fp32_rows_redone": info.get("fp32_rows_redone", 0),
-                  "margin": info.get("margin", 0)}  # fmt: skip
+                  "rows_widened": info.get("rows_widened", 0), "margin": info.get("margin", 0)}  # fmt: skip
         # _search_shard reported its outcome already; this collective only carries what the gather needs.
         reports = raise_together(None, _B3_WHAT, (hi - lo, counts))
         precision = info.get("precision", "fp32")
@@ -478,6 +479,7 @@ def _gather_groups(share: _GroupShare, num_rows: int, k: int) -> KnnResult | Non
     counts = [c for _, c in reports]
     total = {"products": sum(c["products"] for c in counts),
              "fp32_rows_redone": sum(c["fp32_rows_redone"] for c in counts),
+             "rows_widened": sum(c.get("rows_widened", 0) for c in counts),
              "margin": max(c["margin"] for c in counts)}  # fmt: skip
     info = finish_info({**share.layout.info, "precision": share.precision}, total, num_rows * num_rows)
     info.update(world_size=world, rank_products=[c["products"] for c in counts])
