@@ -53,6 +53,10 @@ RUNS = (
     ("global_ring", {"exchange": "ring"}),
     ("sources_ring", {"sources": "three_sources", "exchange": "ring"}),
     ("sources_ring_key_blocks", {"sources": "sources", "exchange": "ring", "key_block_size": 47}),
+    # bf16 pre-selection (forced: any CPU runs it): each row's answer depends on that row alone, so the
+    # ranks' shards and blocks give the one-process bits.
+    ("global_ring_bf16", {"exchange": "ring", "precision": "bf16"}),
+    ("sources_key_blocks_bf16", {"sources": "sources", "key_block_size": 47, "precision": "bf16"}),
 )
 
 
@@ -70,7 +74,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         q, p, _ = _data()
         for name, extra in RUNS:
             extra = _resolved(extra)
-            plan = mine_b3_distributed(q, p, precision="fp32", **OPTIONS, **extra)
+            plan = mine_b3_distributed(q, p, **{"precision": "fp32", **OPTIONS, **extra})
             if rank == 0:
                 assert plan is not None and plan.params["world_size"] == world
                 plan.save(os.path.join(out_dir, f"{name}.parquet"))
@@ -89,7 +93,7 @@ def test_distributed_plan_equals_single_process(tmp_path, world):
         extra = _resolved(extra)
         blocked = extra.pop("key_block_size", None) is not None  # the single-process reference holds all
         ring = extra.pop("exchange", "read") == "ring"
-        single = mine_b3(q, p, precision="fp32", **OPTIONS, **extra)
+        single = mine_b3(q, p, **{"precision": "fp32", **OPTIONS, **extra})
         loaded = BatchPlan.load(tmp_path / f"{name}.parquet")
         np.testing.assert_array_equal(loaded.clusters, single.clusters)
         np.testing.assert_array_equal(np.sort(loaded.remainder), np.sort(single.remainder))
@@ -102,6 +106,7 @@ def test_distributed_plan_equals_single_process(tmp_path, world):
                 assert "key_blocks" not in info, name
             assert info.get("exchange") == ("ring" if ring else None)
             assert info.get("ring_steps") == (world if ring else None)
+            assert info["precision"] == extra.get("precision", "fp32"), name
 
 
 def test_ring_merge_in_row_chunks_equals_one_merge(monkeypatch):
