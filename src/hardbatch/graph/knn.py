@@ -430,9 +430,9 @@ def knn_exact(
     Returns:
         :class:`KnnResult` with (N_rows, k) int32 indices and float32 scores, best first; equal scores
         are ordered (and, at the k-th place, chosen) by ascending key index, on every device. ``info`` holds
-        the precision, the final margin, the rows redone in fp32 (counted once per key block) and, with
-        key blocks, ``key_block_size`` and ``key_blocks`` (with a budget also ``memory_budget`` in bytes and
-        the ``chunk_size`` used).
+        the precision, the margin, the rows widened and the rows redone in fp32 (counted once per key
+        block) and, with key blocks, ``key_block_size`` and ``key_blocks`` (with a budget also
+        ``memory_budget`` in bytes and the ``chunk_size`` used).
 
     Raises:
         ConfigError: ``k`` out of range, misaligned rows with ``exclude_self``, a ``chunk_size``,
