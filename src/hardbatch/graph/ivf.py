@@ -76,7 +76,8 @@ __all__ = [
 #: A group's matmul runs in bf16 only when it has this many times more candidates than k + 128: the
 #: pre-selection and the re-scoring gather cost more than bf16 saves below that. Measured at 100k, k = 131, AMD Zen 4: with bf16 matmuls ~2.5× fp32,
 #: 2,528 candidates bf16 2.1× slower than fp32, 10,100 1.5× slower, 31,600 0.69×; on a Zen 5 where they
-#: were 4.55× fp32 (``lowdim``, adapted margin 36-38): 2,590 2.45×, 5,140 1.37×, 10,240 1.17×, 20,300 0.84×.
+#: were 4.55× fp32 (``lowdim``, a margin adapted from block to block to 36-38, since replaced): 2,590
+#: 2.45×, 5,140 1.37×, 10,240 1.17×, 20,300 0.84×.
 _BF16_MIN_WIDTH = 64
 _CROSSOVER_MARGIN = (
     128  # the margin of the first of those measurements: the rule is k-relative, not margin-relative
