@@ -73,15 +73,14 @@ __all__ = [
     "search_groups",
 ]
 
-#: A group's matmul runs in bf16 only when it has this many times more candidates than k + 128: the
-#: pre-selection and the re-scoring gather cost more than bf16 saves below that. Measured at 100k, k = 131, AMD Zen 4: with bf16 matmuls ~2.5× fp32,
-#: 2,528 candidates bf16 2.1× slower than fp32, 10,100 1.5× slower, 31,600 0.69×; on a Zen 5 where they
-#: were 4.55× fp32 (``lowdim``, a margin adapted from block to block to 36-38, since replaced): 2,590
-#: 2.45×, 5,140 1.37×, 10,240 1.17×, 20,300 0.84×.
+#: A group's matmul runs in bf16 only when it has ``_BF16_MIN_WIDTH`` times more candidates than
+#: k + ``_CROSSOVER_MARGIN`` (the margin of the first measurements below; the rule is relative to k, not to
+#: today's margin): the pre-selection and the re-scoring gather cost more than bf16 saves below that.
+#: Measured at 100k, k = 131, AMD Zen 4 (bf16 matmuls ~2.5× fp32): 2,528 candidates bf16 2.1× slower than
+#: fp32, 10,100 1.5× slower, 31,600 0.69×; on a Zen 5 (bf16 4.55× fp32, ``lowdim``, a margin adapted from
+#: block to block to 36-38, since replaced): 2,590 2.45×, 5,140 1.37×, 10,240 1.17×, 20,300 0.84×.
 _BF16_MIN_WIDTH = 64
-_CROSSOVER_MARGIN = (
-    128  # the margin of the first of those measurements: the rule is k-relative, not margin-relative
-)
+_CROSSOVER_MARGIN = 128
 
 #: Calibration: best keys kept per sampled row (the answer at most ladder steps), rows scored per block.
 _CALIBRATION_POOL = 16384
@@ -261,7 +260,6 @@ class _Scorer:
         self.key_t = key_t
         self.key_low = key_t.to(torch.bfloat16) if precision == "bf16" else None
         self.key_bounds = _bf16_key_bounds(key_t, self.key_low) if self.key_low is not None else None
-        self.margin = _DEFAULT_MARGIN
         self.buffer = ScoreBuffer()
         self.redone = self.widened = 0
 
@@ -276,7 +274,7 @@ class _Scorer:
             part = row_t[lo : lo + chunk]
             if low:
                 values, top, widened, failed = _bf16_topk(
-                    part, self.key_t, block_keys, self.key_bounds, k, self.margin, 0, False, self.buffer,
+                    part, self.key_t, block_keys, self.key_bounds, k, _DEFAULT_MARGIN, 0, False, self.buffer,
                     key_ids=columns,
                 )  # fmt: skip
                 self.widened += widened
@@ -389,7 +387,7 @@ def search_groups(
         scores.append(found_scores.astype(np.float32))
         products += count
     counts = {"fp32_rows_redone": scorer.redone, "rows_widened": scorer.widened, "products": products,
-              "margin": scorer.margin}  # fmt: skip
+              "margin": _DEFAULT_MARGIN}  # fmt: skip
     if not row_ids:
         return np.empty(0, np.int64), np.empty((0, k), np.int32), np.empty((0, k), np.float32), counts
     return np.concatenate(row_ids), np.concatenate(indices), np.concatenate(scores), counts
@@ -492,7 +490,7 @@ def finish_info(info: dict[str, Any], counts: dict[str, int], pairs: int) -> dic
     out = {**info, "searched_fraction": round(counts["products"] / pairs, 4),
            "fp32_rows_redone": counts["fp32_rows_redone"]}  # fmt: skip
     if out["precision"] == "bf16":
-        out.update(margin=counts["margin"], rows_widened=counts.get("rows_widened", 0))
+        out.update(margin=counts["margin"], rows_widened=counts["rows_widened"])
     return out
 
 

@@ -479,7 +479,7 @@ def _gather_groups(share: _GroupShare, num_rows: int, k: int) -> KnnResult | Non
     counts = [c for _, c in reports]
     total = {"products": sum(c["products"] for c in counts),
              "fp32_rows_redone": sum(c["fp32_rows_redone"] for c in counts),
-             "rows_widened": sum(c.get("rows_widened", 0) for c in counts),
+             "rows_widened": sum(c["rows_widened"] for c in counts),
              "margin": max(c["margin"] for c in counts)}  # fmt: skip
     info = finish_info({**share.layout.info, "precision": share.precision}, total, num_rows * num_rows)
     info.update(world_size=world, rank_products=[c["products"] for c in counts])
