@@ -39,30 +39,24 @@ def _cpuinfo() -> str:
         return ""
 
 
+def _cpu_fields() -> dict[str, str]:
+    """Each ``/proc/cpuinfo`` field's first value (the first processor's, for per-processor fields)."""
+    fields: dict[str, str] = {}
+    for line in _cpuinfo().splitlines():
+        key, colon, value = line.partition(":")
+        if colon:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` reports."""
-    for line in _cpuinfo().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return _cpu_fields().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_vendor() -> str:
     """The CPU vendor id (``/proc/cpuinfo``'s ``vendor_id``, e.g. ``"AuthenticAMD"``), empty where unknown."""
-    for line in _cpuinfo().splitlines():
-        if line.startswith("vendor_id"):
-            return line.split(":", 1)[1].strip()
-    return ""
-
-
-def _first_cpu_fields() -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for line in _cpuinfo().splitlines():
-        if not line.strip():
-            break  # the first processor's block ends here
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    return fields
+    return _cpu_fields().get("vendor_id", "")
 
 
 def cpu_generation() -> str:
@@ -74,7 +68,7 @@ def cpu_generation() -> str:
         >>> isinstance(cpu_generation(), str)
         True
     """
-    fields = _first_cpu_fields()
+    fields = _cpu_fields()
     family, model = fields.get("cpu family", ""), fields.get("model", "")
     if not family.isdigit():
         return ""
@@ -89,10 +83,7 @@ def cpu_generation() -> str:
 
 def cpu_flags() -> set[str]:
     """The CPU feature flags (``lscpu``'s Flags), empty where ``/proc/cpuinfo`` is not available."""
-    for line in _cpuinfo().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+    return set(_cpu_fields().get("flags", "").split())
 
 
 def describe_machine(packages: Iterable[str] = ()) -> dict[str, Any]:

@@ -8,8 +8,8 @@ The rule is :func:`hardbatch.device.fast_bf16_matmul`, shared with the loss: CUD
 support, CPUs listing ``amx_bf16`` and AMD CPUs listing ``avx512_bf16`` (Zen 4 and later). On a 2-core
 EPYC (Zen 4, bf16 matmul 2.3–3.1× fp32) the whole exact ``mine_b3`` at 100k took 57.5 s on the bf16 path
 against 82.1 s in fp32 (`b3_scale_100000_zen4_bound.md`), and GCBS's threshold graph 65.6 against 81.6 s;
-on an EPYC of family 26 (Zen 5, bf16 matmul 4.6–4.8× fp32) 27.9 against 51.5 s
-(`b3_scale_100000_zen5_dec03_margin.md`);
+on an EPYC of family 26 (Zen 5, bf16 matmul 4.2–4.8× fp32) 24.5 against 51.7 s
+(`b3_scale_100000_zen5_dec03_widen.md`);
 the bf16 kNN pays only because its fp32 re-scoring gathers cache-sized pieces (per 1,024 rows × 262
 candidates: 135 ms, against 375 ms in 64 MiB pieces, which made the bf16 path slower than fp32). It reads
 CPU flags, never a timing: the two paths agree up to fp32 rounding (re-scoring vs gemm), so a load-dependent
