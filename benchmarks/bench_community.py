@@ -1,6 +1,6 @@
 """Benchmark: community detection for B3 clusters, side by side: METIS (the paper) vs Leiden vs Louvain.
 
-Two parts, in one run, every method followed by the same exact-K repair
+Three parts, in one run, every method followed by the same exact-K repair
 (:func:`hardbatch.graph.partition.balanced_clusters`):
 
 * **graph** (``--graph-sizes``, default 100k): a synthetic rank-window-like graph, N nodes in planted
@@ -10,10 +10,15 @@ Two parts, in one run, every method followed by the same exact-K repair
 * **mining** (``--mine-sizes``, default 20k): full ``mine_b3`` on clustered synthetic embeddings (d = 64,
   p = 30, m = 100, K = 32) per method: partition seconds, within-cluster edge fraction and batch hardness
   (mean teacher similarity of in-batch pairs, vs random batches).
+* **b3** (``--b3-graphs kind:N,...``, default none): the mutual graph of ``mine_b3`` (p = 30, m = 100) on
+  ``benchmarks/bench_b3.py``'s data kinds (``clustered``, ``lowdim``; d = 384), built once per graph (exact
+  kNN up to 200k, above it ``ivf_torch`` at nprobe 32, which keeps the graph's kind at a fraction of the
+  time), then every method on it: seconds, within-cluster edge fraction, cluster teacher similarity.
 
 Complexity: METIS ≈ O(E), Leiden / Louvain ≈ O(E) per pass; the repair O(N log N + E) per round.
 Usage: python benchmarks/bench_community.py [--graph-sizes 100000,1000000] [--mine-sizes 20000]
-Writes benchmarks/results/community.json and community.md.
+[--b3-graphs clustered:100000,lowdim:1000000] [--tag machine]
+Writes benchmarks/results/community[_tag].json and .md.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from hardbatch.graph.partition import COMMUNITY_METHODS, balanced_clusters
 from hardbatch.machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results"
+METHODS = list(COMMUNITY_METHODS)  # --methods narrows it
 K = 32
 
 
@@ -63,7 +69,7 @@ def graph_rows(sizes: list[int]) -> list[dict]:
     rows = []
     for n in sizes:
         graph, topics = synthetic_graph(n)
-        for method in COMMUNITY_METHODS:
+        for method in METHODS:
             started = time.perf_counter()
             part = balanced_clusters(graph, K, seed=0, community=method)
             seconds = time.perf_counter() - started
@@ -86,7 +92,7 @@ def mining_rows(sizes: list[int]) -> list[dict]:
         topic = rng.integers(0, len(centers), n)
         query = (centers[topic] + 1.2 * rng.normal(size=(n, 64))).astype(np.float32)
         positive = (centers[topic] + 1.2 * rng.normal(size=(n, 64))).astype(np.float32)
-        for method in COMMUNITY_METHODS:
+        for method in METHODS:
             plan = mine_b3(query, positive, batch_size=64, cluster_size=K, skip=30, window=100, device="cpu",
                            community=method, show_progress=False)  # fmt: skip
             stats = plan.stats
@@ -102,6 +108,42 @@ def mining_rows(sizes: list[int]) -> list[dict]:
     return rows
 
 
+def b3_graph(kind: str, n: int):
+    """(mutual graph, query, positive) of ``mine_b3``'s graph stage on ``bench_b3``'s data of this kind."""
+    from bench_b3 import SKIP, WINDOW, clustered, low_dimensional  # benchmarks/ is the script's folder
+    from hardbatch.graph.knn import knn
+    from hardbatch.graph.rank_window import mutual_graph, rank_window, window_matrix
+
+    query, positive = (clustered if kind == "clustered" else low_dimensional)(n)
+    options = {} if n <= 200_000 else {"backend": "ivf_torch", "nprobe": 32, "recall_target": None}
+    found = knn(
+        query, positive, SKIP + WINDOW, exclude_self=True, normalize=True, show_progress=False, **options
+    )
+    window = np.asarray(rank_window(found.indices, SKIP, WINDOW), dtype=np.int64)
+    return mutual_graph(window_matrix(window, n)), query, positive
+
+
+def b3_rows(specs: list[str]) -> list[dict]:
+    from hardbatch.mining.b3 import cluster_hardness
+
+    rows = []
+    for spec in specs:
+        kind, n = spec.split(":")
+        graph, query, positive = b3_graph(kind, int(n))
+        for method in METHODS:
+            started = time.perf_counter()
+            part = balanced_clusters(graph, K, seed=0, community=method)
+            seconds = time.perf_counter() - started
+            rows.append({
+                "part": "b3", "data": kind, "n": int(n), "edges": int(graph.nnz // 2), "method": method,
+                "seconds": round(seconds, 2), "within_edge_fraction": round(part.stats["within_edge_fraction"], 4),
+                "moved": int(part.stats["moved"]),
+                "cluster_mean_sim": round(cluster_hardness(query, positive, part.clusters), 4),
+            })  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def machine() -> dict:
     info = describe_machine(packages=("pymetis", "igraph", "networkit"))
     return {**info, "cores": info["cpus"], "load_average": os.getloadavg()}
@@ -111,15 +153,25 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--graph-sizes", default="100000")
     parser.add_argument("--mine-sizes", default="20000")
+    parser.add_argument("--b3-graphs", default="", help="kind:N,... (kinds: clustered, lowdim)")
+    parser.add_argument("--tag", default="", help="suffix of the result files (machine kind)")
+    parser.add_argument("--methods", default=",".join(COMMUNITY_METHODS), help="comma-separated")
     args = parser.parse_args()
+    METHODS[:] = [m for m in args.methods.split(",") if m]
     sizes = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
     env = machine()
-    rows = graph_rows(sizes(args.graph_sizes)) + mining_rows(sizes(args.mine_sizes))
+    rows = (
+        graph_rows(sizes(args.graph_sizes))
+        + mining_rows(sizes(args.mine_sizes))
+        + b3_rows([x for x in args.b3_graphs.split(",") if x])
+    )
     env["load_average_end"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "community.json").write_text(json.dumps({"machine": env, "rows": rows}, indent=2))
+    name = f"community_{args.tag}" if args.tag else "community"
+    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": env, "rows": rows}, indent=2))
     lines = [
-        "# Community detection for B3: METIS vs Leiden vs Louvain (each + exact-K repair)",
+        "# Community detection for B3: METIS (recursive bisection, one k-way call) vs Leiden vs Louvain "
+        "(each + exact-K repair)",
         "",
         f"Machine: {env['cpu']}, {env['cores']} cores, load average {env['load_average'][0]:.1f} at start, "
         f"{env['load_average_end'][0]:.1f} at end (shared machine: compare within a row group only).",
@@ -135,7 +187,12 @@ def main() -> None:
     for r in (r for r in rows if r["part"] == "mining"):
         lines.append(f"| {r['n']:,} | {r['method']} | {r['partition_seconds']} | {r['within_edge_fraction']:.3f} | "
                      f"{r['cluster_mean_sim']:.3f} / {r['random_mean_sim']:.3f} | {r['topic_purity']:.3f} |")  # fmt: skip
-    (RESULTS / "community.md").write_text("\n".join(lines) + "\n")
+    lines += ["", "| B3 graph | N | edges | method | seconds | within-cluster edges | moved by repair | "
+              "cluster teacher sim |", "|---|---:|---:|---|---:|---:|---:|---:|"]  # fmt: skip
+    for r in (r for r in rows if r["part"] == "b3"):
+        lines.append(f"| {r['data']} | {r['n']:,} | {r['edges']:,} | {r['method']} | {r['seconds']} | "
+                     f"{r['within_edge_fraction']:.3f} | {r['moved']:,} | {r['cluster_mean_sim']:.3f} |")  # fmt: skip
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -171,6 +171,7 @@ def test_paper_preset(app, tmp_path):
     assert params["skip"] == {"okvqa": 70, "web": 30} and params["window"] == 100
     assert params["cluster_size"] == 8 and params["batch_size"] == 16  # explicit options win
     assert params["count_self"] is True and params["preset"] == "b3-paper"
+    assert params["community"] == "metis-kway" and params["metis_mode"] == "kway"  # the official code's call
     result = CliRunner().invoke(app, [*base, "--preset", "b3-paper"])  # K=32, |B|=1024 > 96 examples
     assert isinstance(result.exception, ConfigError) and "larger than the data" in str(result.exception)
 

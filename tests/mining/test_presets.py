@@ -24,7 +24,7 @@ def test_train_preset_fills_only_defaults(monkeypatch):
     assert config.sampler == "b3" and config.scale == 50.0 and config.batch_size == 128  # 1024 over 8 ranks
     assert config.sampler_options["num_hard_negatives"] == 5
     assert config.sampler_options["mine_options"] == {
-        "cluster_size": 32, "skip": 30, "window": 100, "count_self": True, "community": "metis",
+        "cluster_size": 32, "skip": 30, "window": 100, "count_self": True, "community": "metis-kway",
     }  # fmt: skip
     explicit = TrainConfig(
         data="x.jsonl", output_dir="run", preset="b3-paper", batch_size=32, scale=20.5, plan="plan.parquet",

@@ -199,6 +199,7 @@ def test_a_leiden_plan_is_cached_apart_from_the_metis_plan(tmp_path, train_pairs
     import numpy as np
 
     from hardbatch.app.experiment import _plan
+    from hardbatch.mining import BatchPlan
 
     rng = np.random.default_rng(0)
     teacher = SimpleNamespace(
@@ -211,6 +212,16 @@ def test_a_leiden_plan_is_cached_apart_from_the_metis_plan(tmp_path, train_pairs
     assert metis.params["community"] == "metis" and leiden.params["community"] == "leiden"
     assert (tmp_path / "b3-leiden-plan-b8.parquet").exists()
     assert _plan(config, teacher, train_pairs, 8, tmp_path).params["community"] == "metis"
+    # A plan mined before recursive bisection (no metis_mode recorded: its "metis" was a k-way call) is
+    # re-mined, not reused.
+    path = tmp_path / "b3-plan-b8.parquet"
+    old = BatchPlan.load(path)
+    assert old.params["metis_mode"] == "recursive"
+    del old.params["metis_mode"]
+    old.save(path)
+    assert "metis_mode" not in BatchPlan.load(path).params
+    assert _plan(config, teacher, train_pairs, 8, tmp_path).params["metis_mode"] == "recursive"
+    assert BatchPlan.load(path).params["metis_mode"] == "recursive"
 
 
 def test_an_unknown_grid_row_is_refused_before_any_model_runs(tmp_path):

@@ -232,6 +232,7 @@ def _plan(
     community: str = "metis",
 ) -> Any:
     from hardbatch.errors import StaleCacheError
+    from hardbatch.graph.partition import metis_mode
     from hardbatch.mining import BatchPlan
     from hardbatch.mining.plan import input_hashes
 
@@ -239,6 +240,8 @@ def _plan(
     path = work / f"b3{method}-plan-b{batch_size}.parquet"
     params = {
         "community": community,
+        # Plans mined before recursive bisection record no mode (their "metis" was one k-way call).
+        "metis_mode": metis_mode(community),
         "batch_size": batch_size,
         "cluster_size": config.cluster_size,
         "skip": config.skip,

@@ -14,8 +14,18 @@ No example is ever duplicated or dropped (unlike the official B3 code, which pad
 duplicated rows): the output is a permutation of ``range(N)`` split into ``N // K`` clusters plus the
 remainder.
 
-Complexity with N nodes and E stored (directed) adjacency entries: METIS is roughly O(E) time and
-O(N + E) memory (measured: 1.5 s for 100k nodes on 2 cores); the repair is O(N log N + E) per round and
+METIS is called in **recursive bisection** (``METIS_PartGraphRecursive``) by default, not in its k-way mode
+(one ``part_graph`` call with default options, which the official B3 code makes; ``community="metis-kway"``).
+With parts of K = 32, METIS's k-way mode coarsens the graph only down to ~30 vertices per part, i.e. barely
+at all (nparts = N/32), and loses its multilevel advantage; recursive bisection coarsens anew for every cut.
+Measured on B3 mutual graphs (skip 30, window 100, K = 32; ``benchmarks/results/partition_metis_modes_*.md``),
+after the same exact-K repair: edges inside a cluster 0.474 → 0.667 and cluster teacher similarity 0.283 →
+0.373 at 100k (``clustered`` data), 0.107 → 0.212 and 0.461 → 0.482 at 100k (``lowdim``), at 4–6× less
+METIS time; the same direction at 5k, 20k and 1M.
+
+Complexity with N nodes and E stored (directed) adjacency entries: METIS is roughly O(E log(N/K)) time
+(recursive bisection: O(E) per level) and O(N + E) memory (measured: 3.6 s for 100k nodes, 52 s for 1M, on
+2 cores); the repair is O(N log N + E) per round and
 runs a handful of rounds (each round places at least one member in every reachable undersized part; it
 stops after ``max_rounds`` and falls back to step 3).
 """
@@ -29,16 +39,22 @@ import scipy.sparse as sp
 
 from hardbatch.errors import ConfigError, require
 
-#: Community detection choices of :func:`balanced_clusters`.
-COMMUNITY_METHODS = ("metis", "leiden", "louvain")
+#: Community detection choices of :func:`balanced_clusters`: METIS by recursive bisection (the default),
+#: METIS in one k-way call (the official B3 code), Leiden, Louvain.
+COMMUNITY_METHODS = ("metis", "metis-kway", "leiden", "louvain")
+
+#: How :func:`metis_parts` runs METIS: recursive bisection or one k-way call.
+METIS_MODES = ("recursive", "kway")
 
 __all__ = [
     "COMMUNITY_METHODS",
+    "METIS_MODES",
     "ClusterPartition",
     "balanced_clusters",
     "community_labels",
     "community_parts",
     "cut_edges",
+    "metis_mode",
     "metis_parts",
     "repair_parts",
 ]
@@ -89,14 +105,34 @@ def cut_edges(graph: sp.sparray | sp.spmatrix, labels: np.ndarray) -> int:
     return int((labels[rows] != labels[cols]).sum() // 2)
 
 
-def metis_parts(graph: sp.sparray | sp.spmatrix, nparts: int, *, seed: int = 0) -> tuple[np.ndarray, int]:
-    """METIS k-way partition of an undirected graph (pymetis, ``CSRAdjacency``, zero-copy).
+def metis_mode(community: str) -> str:
+    """The METIS mode (:data:`METIS_MODES`) a community method runs, recorded in plans.
+
+    Leiden and Louvain cut their communities larger than K with METIS by recursive bisection.
+
+    Example:
+        >>> metis_mode("metis"), metis_mode("metis-kway"), metis_mode("leiden")
+        ('recursive', 'kway', 'recursive')
+    """
+    if community not in COMMUNITY_METHODS:
+        raise ConfigError(
+            f"unknown community method {community!r}; expected one of {', '.join(COMMUNITY_METHODS)}"
+        )
+    return "kway" if community == "metis-kway" else "recursive"
+
+
+def metis_parts(
+    graph: sp.sparray | sp.spmatrix, nparts: int, *, seed: int = 0, mode: str = "recursive"
+) -> tuple[np.ndarray, int]:
+    """METIS partition of an undirected graph (pymetis, ``CSRAdjacency``, zero-copy).
 
     Args:
         graph: (N, N) symmetric adjacency storing both directions of each edge, no self-loops. A graph
             without edges is fine (METIS then balances sizes only).
         nparts: number of parts (1 <= nparts <= N).
         seed: METIS random seed (the result is deterministic for a given seed and graph).
+        mode: ``"recursive"`` (recursive bisection, much better cuts for parts of a few dozen nodes: see the
+            module docstring) or ``"kway"`` (one k-way call, METIS's and pymetis's default for > 8 parts).
 
     Returns:
         ((N,) int64 part of each node, number of cut edges reported by METIS).
@@ -109,6 +145,8 @@ def metis_parts(graph: sp.sparray | sp.spmatrix, nparts: int, *, seed: int = 0) 
     """
     import pymetis
 
+    if mode not in METIS_MODES:
+        raise ConfigError(f"METIS mode must be one of {', '.join(METIS_MODES)}, got {mode!r}")
     num_nodes = graph.shape[0]
     if not 1 <= nparts <= max(num_nodes, 1):
         raise ConfigError(f"cannot split {num_nodes} nodes into {nparts} parts")
@@ -120,7 +158,9 @@ def metis_parts(graph: sp.sparray | sp.spmatrix, nparts: int, *, seed: int = 0) 
         np.ascontiguousarray(csr.indptr, dtype=idx), np.ascontiguousarray(csr.indices, dtype=idx)
     )
     options = pymetis.Options(seed=int(seed))
-    cut, parts = pymetis.part_graph(int(nparts), adjacency=adjacency, options=options)
+    cut, parts = pymetis.part_graph(
+        int(nparts), adjacency=adjacency, recursive=mode == "recursive", options=options
+    )
     return np.asarray(parts, dtype=np.int64), int(cut)
 
 
@@ -327,7 +367,7 @@ def community_parts(
         members = np.flatnonzero(inverse == community)
         nparts = int(sizes[community] // cluster_size)
         if nparts > 1:
-            sub_part[members] = metis_parts(csr[members][:, members], nparts, seed=seed)[0]
+            sub_part[members] = metis_parts(csr[members][:, members], nparts, seed=seed, mode="recursive")[0]
     rank = np.empty(names.size, dtype=np.int64)
     rank[np.lexsort((np.arange(names.size), -sizes))] = np.arange(names.size)
     order = np.lexsort((np.arange(num_nodes), sub_part, rank[inverse]))
@@ -346,7 +386,8 @@ def balanced_clusters(
         graph: (N, N) symmetric unweighted adjacency (both directions stored, no self-loops).
         cluster_size: K.
         seed: METIS / community detection and repair seed.
-        community: ``"metis"`` (balanced min-cut, the paper's choice), ``"leiden"`` or ``"louvain"``
+        community: ``"metis"`` (balanced min-cut, the paper's choice, by recursive bisection),
+            ``"metis-kway"`` (one k-way METIS call, as the official B3 code), ``"leiden"`` or ``"louvain"``
             (modularity communities of free sizes, packed by :func:`community_parts`); every method is
             followed by the same exact-K repair (:func:`repair_parts`), so the output contract is the same.
 
@@ -369,15 +410,12 @@ def balanced_clusters(
             remainder=np.arange(num_nodes, dtype=np.int64),
             stats={"metis_cut": 0, "cut": 0, "moved": num_nodes, "within_edge_fraction": 0.0},
         )
-    if community == "metis":
-        parts, metis_cut = metis_parts(graph, num_parts, seed=seed)
-    elif community in COMMUNITY_METHODS:
+    mode = metis_mode(community)  # also rejects unknown methods
+    if community in ("metis", "metis-kway"):
+        parts, metis_cut = metis_parts(graph, num_parts, seed=seed, mode=mode)
+    else:
         parts = community_parts(graph, cluster_size, community, seed=seed)
         metis_cut = cut_edges(graph, parts)
-    else:
-        raise ConfigError(
-            f"unknown community method {community!r}; expected one of {', '.join(COMMUNITY_METHODS)}"
-        )
     sizes = np.bincount(parts[parts >= 0], minlength=num_parts)
     labels, moved = repair_parts(parts, graph, cluster_size, seed=seed)
     member_order = np.lexsort((np.arange(num_nodes), labels))

@@ -40,7 +40,7 @@ from hardbatch.errors import ConfigError
 from hardbatch.graph.budget import check_key_block_options
 from hardbatch.graph.knn import KnnResult, knn_key_block, recall_report
 from hardbatch.graph.knn import knn as run_knn
-from hardbatch.graph.partition import COMMUNITY_METHODS, balanced_clusters
+from hardbatch.graph.partition import COMMUNITY_METHODS, balanced_clusters, metis_mode
 from hardbatch.graph.precision import resolve_precision
 from hardbatch.graph.rank_window import filter_window, graph_stats, mutual_graph, rank_window, window_matrix
 from hardbatch.graph.similarity import RowSubset, as_tensor
@@ -398,8 +398,10 @@ def mine_b3(
             ``positive_texts`` (the label texts). Cost O(label_fraction · n²) edges for a source of n
             examples: mine large classification sets in subsets (the official code uses 10k).
         label_fraction: share of the distinct labels linked per example in classification sources.
-        community: ``"metis"`` (the paper), ``"leiden"`` or ``"louvain"``; each followed by the same
-            exact-K repair (:func:`hardbatch.graph.partition.balanced_clusters`).
+        community: ``"metis"`` (the paper's METIS, by recursive bisection: harder clusters and 4–6× faster
+            than one k-way call at K = 32, measured in docs/b3.md), ``"metis-kway"`` (one k-way call, as the
+            official code), ``"leiden"`` or ``"louvain"``; each followed by the same exact-K repair
+            (:func:`hardbatch.graph.partition.balanced_clusters`). The plan records ``metis_mode``.
 
     Returns:
         A :class:`~hardbatch.mining.plan.BatchPlan` with ``N // K`` clusters (per source), the remainder,
@@ -590,6 +592,7 @@ def mine_b3(
         "window": _setting_param(windows_m, source_names),
         "count_self": bool(count_self),
         "community": community,
+        "metis_mode": metis_mode(community),
         "classification": [n for n, lab in zip(source_names or ["*"], label_groups) if lab],
         "label_fraction": float(label_fraction),
         "seed": int(seed),

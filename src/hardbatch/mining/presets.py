@@ -13,7 +13,9 @@ m (window)                    100                          ``window=100``
 h (B3++ hard negatives)       5 per example; B3: 0         ``num_hard_negatives=5`` (``b3pp-paper``)
 global batch                  1024                         ``batch_size = 1024 / world_size`` per device
 batch composition             |B|/K clusters, one dataset  ``same_source=True``, global batches
-community detection           METIS                        ``community="metis"``
+community detection           METIS, one k-way call        ``community="metis-kway"`` (the default
+                              (official code)              ``"metis"``, recursive bisection, cuts
+                                                           harder clusters: docs/b3.md)
 ============================  ===========================  ===========================================
 
 Not covered (model-specific): LoRA rank 8, peak LR 1e-4, 2000 steps, last-token pooling, image budget.
@@ -38,7 +40,7 @@ PAPER: dict[str, Any] = {
     "vqa_skip": 70,
     "window": 100,
     "count_self": True,
-    "community": "metis",
+    "community": "metis-kway",
     "global_batch": 1024,
     "hard_negatives": 5,
 }

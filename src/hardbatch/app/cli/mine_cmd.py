@@ -128,7 +128,12 @@ def mine_b3_command(
         float, typer.Option("--label-fraction", help="Classification: share of labels linked per example.")
     ] = 0.3,
     community: Annotated[
-        str, typer.Option("--community", help="metis (the paper) | leiden | louvain; then exact-K repair.")
+        str,
+        typer.Option(
+            "--community",
+            help="metis (recursive bisection) | metis-kway (one k-way call, as the official code) | leiden | "
+            "louvain; then exact-K repair.",
+        ),
     ] = "metis",
     preset: Annotated[
         str | None,
@@ -288,6 +293,8 @@ def mine_b3_command(
             cluster_size = int(settings["cluster_size"])
         if not _explicit(ctx, "batch_size"):
             batch_size = int(settings["global_batch"])
+        if not _explicit(ctx, "community"):
+            community = str(settings["community"])
     step = time.perf_counter()
     plan = mine_b3(
         query,
