@@ -18,7 +18,7 @@ METIS is called in **recursive bisection** (``METIS_PartGraphRecursive``) by def
 (one ``part_graph`` call with default options, which the official B3 code makes; ``community="metis-kway"``).
 With parts of K = 32, METIS's k-way mode coarsens the graph only down to ~30 vertices per part, i.e. barely
 at all (nparts = N/32), and loses its multilevel advantage; recursive bisection coarsens anew for every cut.
-Measured on B3 mutual graphs (skip 30, window 100, K = 32; ``benchmarks/results/partition_metis_modes_*.md``),
+Measured on B3 mutual graphs (skip 30, window 100, K = 32; ``benchmarks/results/community_zen3_dec04.md``),
 after the same exact-K repair: edges inside a cluster 0.474 → 0.667 and cluster teacher similarity 0.283 →
 0.373 at 100k (``clustered`` data), 0.107 → 0.212 and 0.461 → 0.482 at 100k (``lowdim``), at 4–6× less
 METIS time; the same direction at 5k, 20k and 1M.
