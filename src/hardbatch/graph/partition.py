@@ -20,12 +20,12 @@ With parts of K = 32, METIS's k-way mode coarsens the graph only down to ~30 ver
 at all (nparts = N/32), and loses its multilevel advantage; recursive bisection coarsens anew for every cut.
 Measured on B3 mutual graphs (skip 30, window 100, K = 32; ``benchmarks/results/community_zen3_dec04.md``),
 after the same exact-K repair: edges inside a cluster 0.474 → 0.667 and cluster teacher similarity 0.283 →
-0.373 at 100k (``clustered`` data), 0.107 → 0.212 and 0.461 → 0.482 at 100k (``lowdim``), at 4–6× less
-METIS time; the same direction at 5k, 20k and 1M.
+0.373 at 100k (``clustered`` data), 0.107 → 0.212 and 0.461 → 0.482 at 100k (``lowdim``), 0.112 → 0.226
+and 0.420 → 0.455 at 1M (``lowdim``), at 4–5× less METIS time; the same direction at 20k.
 
 Complexity with N nodes and E stored (directed) adjacency entries: METIS is roughly O(E log(N/K)) time
-(recursive bisection: O(E) per level) and O(N + E) memory (measured: 3.6 s for 100k nodes, 52 s for 1M, on
-2 cores); the repair is O(N log N + E) per round and
+(recursive bisection: O(E) per level) and O(N + E) memory (measured with the repair: 1–3 s for 100k nodes,
+32 s for 1M with 13.6M edges, on 2 cores); the repair is O(N log N + E) per round and
 runs a handful of rounds (each round places at least one member in every reachable undersized part; it
 stops after ``max_rounds`` and falls back to step 3).
 """

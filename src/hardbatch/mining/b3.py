@@ -398,7 +398,7 @@ def mine_b3(
             ``positive_texts`` (the label texts). Cost O(label_fraction · n²) edges for a source of n
             examples: mine large classification sets in subsets (the official code uses 10k).
         label_fraction: share of the distinct labels linked per example in classification sources.
-        community: ``"metis"`` (the paper's METIS, by recursive bisection: harder clusters and 4–6× faster
+        community: ``"metis"`` (the paper's METIS, by recursive bisection: harder clusters and 4–5× faster
             than one k-way call at K = 32, measured in docs/b3.md), ``"metis-kway"`` (one k-way call, as the
             official code), ``"leiden"`` or ``"louvain"``; each followed by the same exact-K repair
             (:func:`hardbatch.graph.partition.balanced_clusters`). The plan records ``metis_mode``.
