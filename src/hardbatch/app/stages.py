@@ -33,7 +33,7 @@ def mine_b3_plan(
         batch_size: |B|, a multiple of ``config.cluster_size``.
         seed: METIS / repair / shuffle seed.
         show_progress: passed to ``mine_b3``.
-        community: ``mine_b3``'s clustering method (``"metis"``, ``"leiden"``, ``"louvain"``).
+        community: ``mine_b3``'s clustering method (``"metis"``, ``"metis-kway"``, ``"leiden"``, ``"louvain"``).
 
     Returns:
         The :class:`~hardbatch.mining.BatchPlan`.
