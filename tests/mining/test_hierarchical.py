@@ -84,7 +84,7 @@ def test_hierarchical_plan_covers_every_example_once_with_exact_cluster_sizes():
     assert (sources[plan.clusters] == names[plan.cluster_sources][:, None]).all()
     for code, name in enumerate(names):
         assert (plan.remainder_sources == code).sum() < 10, name
-    assert plan.params["hierarchical"]["shards"] >= 4
+    assert plan.params["hierarchical"]["shards"] >= 4 and plan.params["metis_mode"] == "recursive"
     batches = plan.batches(epoch=0)
     assert all(len(b) == 20 for b in batches)
 

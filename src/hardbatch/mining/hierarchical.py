@@ -583,11 +583,13 @@ class HierarchicalRun:
         }
 
     def _params(self, num_shards: int) -> dict[str, Any]:
+        from hardbatch.graph.partition import metis_mode
         from hardbatch.mining.b3 import _setting_param
 
         simple = {key: v for key, v in self.options.items() if isinstance(v, int | float | str | bool)}
         return {
             "method": "b3",
+            "metis_mode": metis_mode(self.options.get("community", "metis")),
             "batch_size": int(self.batch_size),
             "cluster_size": int(self.cluster_size),
             "seed": int(self.seed),
