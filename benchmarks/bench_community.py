@@ -36,7 +36,6 @@ from hardbatch.graph.partition import COMMUNITY_METHODS, balanced_clusters
 from hardbatch.machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = list(COMMUNITY_METHODS)  # --methods narrows it
 K = 32
 
 
@@ -65,11 +64,11 @@ def purity(clusters: np.ndarray, topics: np.ndarray) -> float:
     return float(np.mean([np.bincount(row).max() / row.size for row in labels]))
 
 
-def graph_rows(sizes: list[int]) -> list[dict]:
+def graph_rows(sizes: list[int], methods: list[str]) -> list[dict]:
     rows = []
     for n in sizes:
         graph, topics = synthetic_graph(n)
-        for method in METHODS:
+        for method in methods:
             started = time.perf_counter()
             part = balanced_clusters(graph, K, seed=0, community=method)
             seconds = time.perf_counter() - started
@@ -82,7 +81,7 @@ def graph_rows(sizes: list[int]) -> list[dict]:
     return rows
 
 
-def mining_rows(sizes: list[int]) -> list[dict]:
+def mining_rows(sizes: list[int], methods: list[str]) -> list[dict]:
     from hardbatch.mining import mine_b3
 
     rows = []
@@ -92,7 +91,7 @@ def mining_rows(sizes: list[int]) -> list[dict]:
         topic = rng.integers(0, len(centers), n)
         query = (centers[topic] + 1.2 * rng.normal(size=(n, 64))).astype(np.float32)
         positive = (centers[topic] + 1.2 * rng.normal(size=(n, 64))).astype(np.float32)
-        for method in METHODS:
+        for method in methods:
             plan = mine_b3(query, positive, batch_size=64, cluster_size=K, skip=30, window=100, device="cpu",
                            community=method, show_progress=False)  # fmt: skip
             stats = plan.stats
@@ -123,14 +122,14 @@ def b3_graph(kind: str, n: int):
     return mutual_graph(window_matrix(window, n)), query, positive
 
 
-def b3_rows(specs: list[str]) -> list[dict]:
+def b3_rows(specs: list[str], methods: list[str]) -> list[dict]:
     from hardbatch.mining.b3 import cluster_hardness
 
     rows = []
     for spec in specs:
         kind, n = spec.split(":")
         graph, query, positive = b3_graph(kind, int(n))
-        for method in METHODS:
+        for method in methods:
             started = time.perf_counter()
             part = balanced_clusters(graph, K, seed=0, community=method)
             seconds = time.perf_counter() - started
@@ -157,13 +156,13 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the result files (machine kind)")
     parser.add_argument("--methods", default=",".join(COMMUNITY_METHODS), help="comma-separated")
     args = parser.parse_args()
-    METHODS[:] = [m for m in args.methods.split(",") if m]
+    methods = [m for m in args.methods.split(",") if m]
     sizes = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
     env = machine()
     rows = (
-        graph_rows(sizes(args.graph_sizes))
-        + mining_rows(sizes(args.mine_sizes))
-        + b3_rows([x for x in args.b3_graphs.split(",") if x])
+        graph_rows(sizes(args.graph_sizes), methods)
+        + mining_rows(sizes(args.mine_sizes), methods)
+        + b3_rows([x for x in args.b3_graphs.split(",") if x], methods)
     )
     env["load_average_end"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)

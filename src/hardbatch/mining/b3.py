@@ -40,7 +40,7 @@ from hardbatch.errors import ConfigError
 from hardbatch.graph.budget import check_key_block_options
 from hardbatch.graph.knn import KnnResult, knn_key_block, recall_report
 from hardbatch.graph.knn import knn as run_knn
-from hardbatch.graph.partition import COMMUNITY_METHODS, balanced_clusters, metis_mode
+from hardbatch.graph.partition import balanced_clusters, metis_mode
 from hardbatch.graph.precision import resolve_precision
 from hardbatch.graph.rank_window import filter_window, graph_stats, mutual_graph, rank_window, window_matrix
 from hardbatch.graph.similarity import RowSubset, as_tensor
@@ -178,8 +178,7 @@ def _validate(
     if not isinstance(cluster_size, int | np.integer) or cluster_size < 1:
         raise ConfigError(f"cluster_size must be a positive integer, got {cluster_size!r}")
     check_batch_size(batch_size, num_examples, multiple_of=cluster_size)
-    if community not in COMMUNITY_METHODS:
-        raise ConfigError(f"unknown community {community!r}; expected one of {', '.join(COMMUNITY_METHODS)}")
+    metis_mode(community)  # rejects an unknown community method
     if knn_backend not in _KNN_BACKENDS:
         raise ConfigError(f"unknown knn backend {knn_backend!r}; expected one of {', '.join(_KNN_BACKENDS)}")
     return num_examples
