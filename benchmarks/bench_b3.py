@@ -608,6 +608,8 @@ def large_cell(spec: dict) -> dict:
         np.save(spec["out"] + "_clusters.npy", plan.clusters)
         row = {
             "stages_s": {name: stage["seconds"] for name, stage in plan.stats["stages"].items()},
+            "stages_peak_rss_mb": _stage_peaks(plan.stats["stages"]),
+            "metis_mode": plan.params.get("metis_mode"),
             "knn_info": plan.stats.get("knn_info"),
             "knn_window_recall": plan.stats.get("knn_window_recall"),
             "knn_window_hardness": plan.stats.get("knn_window_hardness"),
@@ -622,6 +624,7 @@ def large_cell(spec: dict) -> dict:
         row = {
             "shards": plan.params["hierarchical"]["shards"],
             "stages_s": {name: stage["seconds"] for name, stage in plan.stats["stages"].items()},
+            "stages_peak_rss_mb": _stage_peaks(plan.stats["stages"]),
             "partition": plan.stats["partition"],
             "coarse_window_recall": plan.stats.get("coarse_window_recall"),
         }
@@ -630,12 +633,28 @@ def large_cell(spec: dict) -> dict:
     return row
 
 
+def _stage_peaks(stages: dict) -> dict[str, float]:
+    """The process's peak RSS (VmHWM) at the end of each stage: the stage where it rises holds the peak."""
+    return {name: stage["peak_rss_mb"] for name, stage in stages.items()}
+
+
+def _peak_note(row: dict) -> str:
+    """Where the peak RSS was reached (absent from results made before it was recorded)."""
+    peaks = row.get("stages_peak_rss_mb")
+    return f"; peak RSS MiB at the end of each stage {peaks}" if peaks else ""
+
+
 def _knn_split_note(knn_info: dict) -> str:
     """Where the grouped kNN stage's time went (absent from results made before it was recorded)."""
     parts = [(label, knn_info.get(key)) for label, key in
              (("lists (k-means + assignment)", "lists_s"), ("calibration", "calibration_s"), ("search", "search_s"))]  # fmt: skip
     shown = [f"{label} {value} s" for label, value in parts if value is not None]
     return f" (kNN: {', '.join(shown)})" if shown else ""
+
+
+def _metis_note(row: dict) -> str:
+    mode = row.get("metis_mode")
+    return f" (METIS {mode})" if mode else ""
 
 
 def _coarse_recall_note(row: dict) -> str:
@@ -778,13 +797,15 @@ def large_markdown(report: dict) -> str:
             f"of the calibration's {knn_info.get('calibration')}); searched fraction "
             f"{knn_info['searched_fraction']}; stages {grouped['stages_s']}{_knn_split_note(knn_info)}; METIS parts "
             f"{part.get('metis_min_part')}–{part.get('metis_max_part')}, {part.get('metis_empty_parts')} empty, "
-            f"repair moved {part.get('moved')}; cluster teacher similarity {grouped['cluster_mean_sim']} |"
+            f"repair moved {part.get('moved')}{_metis_note(grouped)}; cluster teacher similarity "
+            f"{grouped['cluster_mean_sim']}{_peak_note(grouped)} |"
         )
     if hier and "error" not in hier:
         lines.append(
             f"| hierarchical `mine_b3_hierarchical`, exact fp32 in shards | {hier['seconds']} | {ratio(hier['seconds'])} | "
             f"{hier['peak_rss_mb']} | cluster teacher similarity {hier['cluster_mean_sim']} (flat: faiss IVF "
-            f"{flat.get('cluster_mean_sim')}, ivf_torch {grouped.get('cluster_mean_sim')}){_coarse_recall_note(hier)} |"
+            f"{flat.get('cluster_mean_sim')}, ivf_torch {grouped.get('cluster_mean_sim')}){_coarse_recall_note(hier)}"
+            f"{_peak_note(hier)} |"
         )
     within = r.get("within_flat_graph_edge_fraction")
     if within:
