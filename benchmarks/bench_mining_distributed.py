@@ -68,6 +68,11 @@ def _mine(method: str, query, positive, distributed: bool, exchange: str = "read
     return mine_gcbs(query, positive, BATCH, **options)
 
 
+def _stage_peaks(stages: dict) -> dict[str, float]:
+    """Rank 0's peak RSS (VmHWM) at the end of each stage: the stage where it rises holds the peak."""
+    return {name: stage["peak_rss_mb"] for name, stage in stages.items() if isinstance(stage, dict)}
+
+
 def _save(method: str, result, stem: str) -> dict:
     """Rank 0's answer on disk (for the comparison with W = 1) and its stage times."""
     import numpy as np
@@ -76,7 +81,8 @@ def _save(method: str, result, stem: str) -> dict:
         np.save(stem + "_clusters.npy", result.clusters)
         np.save(stem + "_remainder.npy", result.remainder)
         stages = result.stats["stages"]
-        row = {"knn_s": stages["knn"]["seconds"], "total_s": result.stats["total_seconds"]}
+        row = {"knn_s": stages["knn"]["seconds"], "total_s": result.stats["total_seconds"],
+               "stages_peak_rss_mb": _stage_peaks(stages)}  # fmt: skip
         if method == "b3_ivf":
             info = result.stats["knn_info"]
             row.update(window_recall=result.stats.get("knn_window_recall"), nprobe=info["nprobe"],
@@ -85,7 +91,11 @@ def _save(method: str, result, stem: str) -> dict:
         return row
     np.save(stem + "_batches.npy", np.concatenate(result.batches))
     graph_s = {name: stage["seconds"] for name, stage in result.seconds.items() if isinstance(stage, dict)}
-    row = {"stages_s": graph_s, "edges": result.stats.get("edges")}
+    row = {
+        "stages_s": graph_s,
+        "edges": result.stats.get("edges"),
+        "stages_peak_rss_mb": _stage_peaks(result.seconds),
+    }
     info = result.stats.get("graph_search")
     if info:
         row.update(nprobe=info["nprobe"], nlist=info["nlist"], searched_fraction=info["searched_fraction"],
@@ -231,6 +241,17 @@ def markdown(report: dict) -> str:
             f"{', '.join(str(x['seconds']) for x in ranks)} | {', '.join(str(x['peak_rss_mb']) for x in ranks)} | "
             f"{ranks[0].get('knn_s', '')} | {row['same_as_world_1']} |"
         )
+    peaks = [row for row in r["rows"] if row["ranks"][0].get("stages_peak_rss_mb")]
+    if peaks:
+        lines += [
+            "",
+            "Rank 0's peak RSS (MiB) at the end of each stage (the stage where it rises holds the peak):",
+            "",
+        ]
+        lines += [
+            f"- {row['method']} W = {row['world']} {row.get('exchange', 'read')}: {row['ranks'][0]['stages_peak_rss_mb']}"
+            for row in peaks
+        ]
     ivf = [row for row in r["rows"] if row["method"] == "b3_ivf"]
     if ivf:
         lines += ["", "| b3_ivf W | nlist | nprobe | searched | precision | window recall | products per rank | "
