@@ -127,3 +127,34 @@ def test_ring_merge_in_row_chunks_equals_one_merge(monkeypatch):
     np.testing.assert_array_equal(merged_scores, values.numpy())
     np.testing.assert_array_equal(merged_ids, top.numpy())
     assert merged_ids.dtype == np.int32 and merged_ids.shape == (50, 8)
+
+
+def _gather_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        from hardbatch.mining.distributed import _gather_parts
+
+        for name, lengths in (("uneven", [4, 1, 3]), ("even", [2, 2, 2]), ("empty", [2, 0, 1])):
+            ids = np.arange(sum(lengths[:rank]), sum(lengths[: rank + 1]), dtype=np.int32)
+            part = np.stack([ids * 10, ids * 10 + 1], axis=1).astype(np.int32)
+            whole = _gather_parts(part, lengths, torch.int32)
+            values = _gather_parts(part.astype(np.float32) / 4, lengths, torch.float32)
+            if rank == 0:
+                np.save(os.path.join(out_dir, f"{name}_ids.npy"), whole)
+                np.save(os.path.join(out_dir, f"{name}_values.npy"), values)
+            else:
+                assert whole is None and values is None
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gather_parts_concatenates_in_rank_order(tmp_path):
+    """Padded parts of unequal (and empty) lengths come back on rank 0 as one array, in the input dtype."""
+    mp.spawn(_gather_worker, args=(3, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=3, join=True)
+    for name, total in (("uneven", 8), ("even", 6), ("empty", 3)):
+        ids, values = np.load(tmp_path / f"{name}_ids.npy"), np.load(tmp_path / f"{name}_values.npy")
+        rows = np.arange(total)
+        expected = np.stack([rows * 10, rows * 10 + 1], axis=1)
+        assert ids.dtype == np.int32 and values.dtype == np.float32
+        np.testing.assert_array_equal(ids, expected)
+        np.testing.assert_array_equal(values, expected / 4)
