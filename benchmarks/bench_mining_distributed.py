@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_b3 import BATCH, DIM, SKIP, WINDOW, K, machine, write_clustered
+from bench_b3 import BATCH, DIM, SKIP, WINDOW, K, _status_mb, machine, write_clustered
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("b3", "gcbs", "b3_ivf", "gcbs_ivf")
@@ -145,6 +145,9 @@ def _worker(rank: int, world: int, spec: dict) -> None:
         "rank": rank,
         "seconds": round(time.perf_counter() - started, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        # Pages of the memory-mapped inputs this rank read count in RSS (file-backed, reclaimable).
+        "rss_file_end_mb": _status_mb("RssFile"),
+        "rss_anon_end_mb": _status_mb("RssAnon"),
     }
     if spec["method"] == "b3_ivf":
         row["ivf_setup_s"] = round(setup["seconds"], 2)
@@ -219,6 +222,14 @@ def run(
     return out
 
 
+def _file_pages_note(ranks: list[dict]) -> str:
+    """Each rank's file-backed / anonymous RSS at the end (absent from results made before it was recorded)."""
+    if ranks[0].get("rss_file_end_mb") is None:
+        return ""
+    shares = ", ".join(f"{x.get('rss_file_end_mb')} / {x.get('rss_anon_end_mb')}" for x in ranks)
+    return f"; RssFile / RssAnon MiB at the end, per rank: {shares}"
+
+
 def markdown(report: dict) -> str:
     r, info = report["results"], report["machine"]
     lines = [
@@ -250,6 +261,7 @@ def markdown(report: dict) -> str:
         ]
         lines += [
             f"- {row['method']} W = {row['world']} {row.get('exchange', 'read')}: {row['ranks'][0]['stages_peak_rss_mb']}"
+            + _file_pages_note(row["ranks"])
             for row in peaks
         ]
     ivf = [row for row in r["rows"] if row["method"] == "b3_ivf"]
