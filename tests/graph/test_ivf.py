@@ -93,6 +93,18 @@ def test_bf16_groups_give_the_fp32_answer(monkeypatch):
     np.testing.assert_allclose(bf16.scores, fp32.scores, rtol=1e-6)  # re-scored by another sum order
 
 
+def test_bf16_answer_does_not_depend_on_the_rows_per_block(monkeypatch):
+    rows, keys = _clustered(n=3000, d=32, topics=6, seed=4, grid=4)  # tied scores across bf16 margins
+    monkeypatch.setattr(ivf, "_BF16_MIN_WIDTH", 1)
+    common = dict(exclude_self=True, nlist=6, nprobe=2, device="cpu", precision="bf16", show_progress=False)
+    whole = knn_ivf(rows, keys, 7, **common)
+    monkeypatch.setattr(ivf, "_BF16_BLOCK_ENTRIES", 1)  # 16 rows per block: every group cut into many
+    cut = knn_ivf(rows, keys, 7, **common)
+    assert not whole.info["exact_fallback"]
+    np.testing.assert_array_equal(cut.indices, whole.indices)
+    np.testing.assert_array_equal(cut.scores, whole.scores)
+
+
 # pool 1: the minimum pool, 4·(k+1) keys; with 3,000 topics (no structure) most rows then have fewer than
 # k of their pool in the probed lists and take the re-scoring against the probed keys instead.
 @pytest.mark.parametrize(("pool", "topics"), [(None, 60), (1, 3000)])

@@ -19,8 +19,9 @@ Cost, with L = ``nlist``, P = ``nprobe`` and lists of about N_keys / L keys: k-m
 assignment O((N_rows + N_keys) · L · d); search O(N_rows · P · N_keys / L · d) at matmul speed (the fraction
 of the exact search done is ``info["searched_fraction"]``, about P / L); calibration O(S · N_keys · d) for the
 exact answer of S sampled rows plus O(S · P · N_keys / L · d) per ladder step. Memory: the keys resident
-(N_keys · d fp32, plus a bf16 copy in bf16 mode), one group's rows and probed keys (O((N_rows / L + P · N_keys / L) · d)), its score block
-(bounded by :func:`~hardbatch.graph.knn.knn_exact`'s chunking) and the result O(N_rows · k).
+(N_keys · d fp32, plus a bf16 copy in bf16 mode), one group's rows and probed keys
+(O((N_rows / L + P · N_keys / L) · d)), its score block (256 MiB: 64M fp32 or 128M bf16 scores, with
+selection temporaries of about 1.5 bytes per bf16 score) and the result O(N_rows · k).
 
 Over ranks (:func:`ivf_layout` with a :class:`~hardbatch.distributed.WorkSplit`, as
 :mod:`hardbatch.mining.distributed` uses it): the k-means, the assignment, the group means and the
@@ -59,7 +60,7 @@ from hardbatch.graph.knn import (
 )
 from hardbatch.graph.precision import resolve_precision
 from hardbatch.graph.similarity import ScoreBuffer, as_tensor, block_scores, take_rows
-from hardbatch.graph.topk import select_topk
+from hardbatch.graph.topk import DEFAULT_BLOCK_BYTES, select_topk
 from hardbatch.progress import progress
 
 __all__ = [
@@ -81,6 +82,13 @@ __all__ = [
 #: block to block to 36-38, since replaced): 2,590 2.45×, 5,140 1.37×, 10,240 1.17×, 20,300 0.84×.
 _BF16_MIN_WIDTH = 64
 _CROSSOVER_MARGIN = 128
+
+#: Scores per bf16 block: 256 MiB of bf16, twice the entries of an fp32 block. The groups' candidate lists are
+#: wide (~N / 4 at recall 0.95), so fp32-sized blocks cut a group into small row chunks, each paying the
+#: pre-selection's and re-scoring's fixed costs. Measured on a Zen 4 (2 cores; 2,088 ``lowdim`` rows × 257k
+#: candidates, k = 131, 4 repeats): 261 rows per block 1.83-1.92 s, 522 rows 1.52-1.72 s (bare bf16 matmul
+#: 1.26 and 1.17 s), 1,044 rows 1.53-1.62 s; the selection's working set grew by 310, 455 and 766 MB.
+_BF16_BLOCK_ENTRIES = DEFAULT_BLOCK_BYTES // 2
 
 #: Calibration: best keys kept per sampled row (the answer at most ladder steps), rows scored per block.
 _CALIBRATION_POOL = 16384
@@ -268,7 +276,7 @@ class _Scorer:
         columns = torch.as_tensor(candidates, device=self.key_t.device)
         low = self.key_low is not None and len(candidates) >= _BF16_MIN_WIDTH * (k + _CROSSOVER_MARGIN)
         block_keys = (self.key_low if low else self.key_t).index_select(0, columns)
-        chunk = _auto_chunk(len(candidates))
+        chunk = _auto_chunk(len(candidates), _BF16_BLOCK_ENTRIES if low else DEFAULT_BLOCK_BYTES // 4)
         indices, scores = [], []
         for lo in range(0, len(row_t), chunk):
             part = row_t[lo : lo + chunk]
