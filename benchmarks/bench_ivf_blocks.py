@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from bench_b3 import DATA_KINDS, machine
+from hardbatch.graph.knn import _auto_chunk
 
 RESULTS = Path(__file__).parent / "results"
 K = 131
@@ -57,7 +58,7 @@ def bare_bf16(query, key_t, layout, groups, entries: int) -> float:
             0, torch.as_tensor(key_lists.members(row_groups.probed(int(group), layout.nprobe, key_lists, K)))
         )
         rows = torch.from_numpy(np.ascontiguousarray(query[ids])).to(torch.bfloat16)
-        chunk = max(16, min(8192, entries // len(keys)))
+        chunk = _auto_chunk(len(keys), entries)
         out = torch.empty(min(chunk, len(rows)), len(keys), dtype=torch.bfloat16)
         started = time.perf_counter()
         for lo in range(0, len(rows), chunk):
@@ -107,7 +108,7 @@ def run(n: int, data: str, nprobe: int, num_groups: int, entries: list[int], rep
     table = []
     for e in entries:
         search, matmul = min(times[e]), min(bare[e])
-        rows_per_block = [max(16, min(8192, e // size)) for size in _widths(layout, groups)]
+        rows_per_block = [_auto_chunk(size, e) for size in _widths(layout, groups)]
         table.append({
             "block_entries": e, "rows_per_block_median": int(np.median(rows_per_block)),
             "search_seconds": [round(t, 3) for t in times[e]], "bare_bf16_seconds": [round(t, 3) for t in bare[e]],
