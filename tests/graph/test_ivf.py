@@ -178,6 +178,63 @@ def test_a_search_budget_caps_the_calibration_and_says_the_target_was_missed():
         knn_ivf(rows, keys, 5, max_searched_fraction=0.0)
 
 
+def test_lists_double_only_while_their_kmeans_costs_a_sixth_of_the_search():
+    # The measured cases (docs/b3.md): 1M lowdim needed 25.7 % of the products at 1,000 lists (6.4 % at
+    # 2,000); 200k needed 3.6 % at 447 lists, where 894 lists' k-means would cost more than it saves.
+    n = 1_000_000
+    assert ivf.more_lists(1000, n, n, int(0.257 * n * n)) == 2000
+    assert ivf.more_lists(2000, n, n, int(0.064 * n * n)) is None
+    assert ivf.more_lists(447, 200_000, 200_000, int(0.036 * 200_000**2)) is None
+    # The threshold itself: k-means 20 · 256 · 2L · 2L + assignment (N_rows + N_keys) · 2L products.
+    cost = 20 * 256 * 2000 * 2000 + 2 * n * 2000
+    assert ivf.more_lists(1000, n, n, 6 * cost + 6) == 2000
+    assert ivf.more_lists(1000, n, n, 6 * cost - 6) is None
+    assert ivf.more_lists(1000, 77_000, 77_000, 10**12) is None  # 2,000 lists of 38 keys: too few
+
+
+def test_default_lists_double_where_the_search_dominates(monkeypatch):
+    rows, keys = _clustered(n=8000, d=24, topics=400, seed=3)
+    options = dict(exclude_self=True, recall_target=0.9, recall_columns=(10, 30), device="cpu",
+                   show_progress=False)  # fmt: skip
+    plain = knn_ivf(rows, keys, 30, **options)  # at 8k, 178 lists' k-means costs more than the search
+    assert plain.info["nlist"] == ivf.auto_lists(8000) == 89 and len(plain.info["nlist_tries"]) == 1
+    monkeypatch.setattr(ivf, "_MORE_LISTS_BELOW", 1e9)  # the rule as if the search cost far more
+    doubled = knn_ivf(rows, keys, 30, **options)
+    first, second = doubled.info["nlist_tries"]
+    assert (first["nlist"], second["nlist"]) == (89, 178) and doubled.info["nlist"] == 178
+    assert first["searched_fraction"] > 0.5 > second["searched_fraction"]  # 89 lists: the exact search
+    assert not doubled.info["exact_fallback"] and doubled.info["calibrated_recall"] >= 0.9
+    assert (
+        doubled.info["nprobe"] == second["nprobe"] and doubled.info["calibration"][-1][0] == second["nprobe"]
+    )
+    assert doubled.info["lists_s"] >= first["lists_s"] + second["lists_s"]
+    assert doubled.info["calibration_s"] == pytest.approx(first["calibration_s"] + second["calibration_s"])
+    # The kept layout is the one an explicit nlist gives: the same answer, bit for bit.
+    explicit = knn_ivf(
+        rows,
+        keys,
+        30,
+        exclude_self=True,
+        nlist=178,
+        nprobe=second["nprobe"],
+        device="cpu",
+        show_progress=False,
+    )
+    np.testing.assert_array_equal(doubled.indices, explicit.indices)
+    np.testing.assert_array_equal(doubled.scores, explicit.scores)
+    assert "nlist_tries" not in explicit.info  # an explicit nlist is never changed
+
+
+def test_doubled_lists_that_do_not_pay_are_dropped(monkeypatch):
+    monkeypatch.setattr(ivf, "_MORE_LISTS_BELOW", 1e9)
+    rows, keys = _clustered(n=8000, d=16, topics=8000, seed=3)  # no structure: both need the exact search
+    found = knn_ivf(rows, keys, 30, exclude_self=True, recall_target=0.9, device="cpu", show_progress=False)
+    assert [step["nlist"] for step in found.info["nlist_tries"]] == [89, 178]
+    assert found.info["nlist"] == 89 and found.info["exact_fallback"]
+    exact = knn_exact(rows, keys, 30, exclude_self=True, device="cpu", precision=found.info["precision"])
+    np.testing.assert_array_equal(found.indices, exact.indices)
+
+
 def test_small_lists_are_widened_to_hold_k_candidates():
     rows, keys = _clustered(n=400, d=8, topics=40, seed=5)
     found = knn_ivf(rows, keys, 60, exclude_self=True, nlist=10, nprobe=1, device="cpu", show_progress=False)

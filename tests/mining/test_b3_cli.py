@@ -60,6 +60,9 @@ def test_mine_b3_with_the_grouped_ivf_prints_recall_and_hardness(app, tmp_path):
     assert result.exit_code == 0, result.output
     assert "window recall" in result.output and "window hardness" in result.output
     plan = BatchPlan.load(out, expected_num_examples=96)
+    info = plan.stats["knn_info"]
+    searched = "exact search" if info["exact_fallback"] else f"{info['searched_fraction']:.1%} of products"
+    assert f"nprobe {info['nprobe']} of {info['nlist']} lists: {searched}" in " ".join(result.output.split())
     assert plan.params["knn"] == "ivf_torch" and plan.stats["knn_info"]["index"] == "ivf_torch"
     assert plan.stats["knn_window_hardness"] > 0.9
 

@@ -49,7 +49,14 @@ def _runs():
         "fixed": dict(COMMON, faiss_options={"nlist": 24, "nprobe": 4}),
         "calibrated": dict(COMMON, sources=sources, recall_target=0.8, faiss_options={"nlist": 16}),
         "fallback": dict(COMMON, faiss_options={"nlist": 8, "nprobe": 8}),
+        "doubled": dict(COMMON, recall_target=0.8),  # default nlist: a second k-means of 2 × 23 lists
     }
+
+
+def _double_the_default_lists_once(ivf) -> None:
+    """The rule of ``ivf.more_lists`` as if the search dwarfed the k-means (it does not at this size): each
+    rank must then train and calibrate a second layout with the others, and all keep the same one."""
+    ivf.more_lists = lambda lists, rows, keys, products: 2 * lists if lists == ivf.auto_lists(keys) else None
 
 
 def _failure_checks(rank: int, q, p) -> None:
@@ -102,7 +109,11 @@ def _check_setup_shared(counts: dict[str, int], name: str, world: int) -> None:
     everyone: list = [None] * world
     dist.all_gather_object(everyone, dict(counts))
     assigned = [c["assigned"] for c in everyone]
-    assert sum(assigned) == 2 * N and min(assigned) > 0, (name, everyone)  # rows and keys once, in all
+    layouts = 2 if name == "doubled" else 1
+    assert sum(assigned) == layouts * 2 * N and min(assigned) > 0, (
+        name,
+        everyone,
+    )  # rows and keys, once each
     if name == "calibrated":
         calibrated = [c["calibrated"] for c in everyone]
         # Per source group min(500, rows) sampled rows (groups of 300 and 600).
@@ -117,6 +128,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     # Blocks small enough that the test's set-up has some for every rank (the one-process mine uses them too).
     ivf._ASSIGN_ROWS, ivf._MEAN_GROUPS, ivf._CALIBRATION_ROWS = 128, 3, 32
+    _double_the_default_lists_once(ivf)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=TIMEOUT))  # fmt: skip
     try:
@@ -161,6 +173,13 @@ def test_spread_ivf_search_gives_the_one_process_plan(tmp_path, world):
             assert info["world_size"] == world
             for key in ("nlist", "nprobe", "exact_fallback", "searched_fraction", "calibration"):
                 assert info.get(key) == alone.get(key), (name, key)
+            if name == "doubled":  # the same tries, whichever the ranks kept
+                fields = ("nlist", "nprobe", "calibrated_recall", "searched_fraction")
+                spread_tries, alone_tries = (
+                    [{field: step[field] for field in fields} for step in each["nlist_tries"]]
+                    for each in (info, alone)
+                )
+                assert [step["nlist"] for step in spread_tries] == [23, 46] and spread_tries == alone_tries
             if name == "fallback":
                 assert info["exact_fallback"] and info["searched_fraction"] == 1.0
             else:  # every rank searched a share of the groups, and the shares add up

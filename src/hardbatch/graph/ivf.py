@@ -12,10 +12,16 @@ whose recall over ``recall_columns`` (B3: the window [skip, skip + window)) reac
 ``calibration_sample`` rows against the exact answer. The trace is in ``info``.
 
 Centroids: spherical k-means on the search device (:func:`hardbatch.graph.kmeans.spherical_kmeans`, 20
-iterations) on ``256 · nlist`` sampled keys, ``nlist`` ≈ √N_keys by default (groups of ~√N rows, lists of
-~√N keys: the blocks stay large enough for a fast matmul).
+iterations) on ``256 · nlist`` sampled keys. By default ``nlist`` starts at ≈ √N_keys (groups of ~√N rows,
+lists of ~√N keys: the blocks stay large enough for a fast matmul) and doubles, with a new k-means and
+calibration, while the k-means of twice the lists costs under a sixth of the products of the calibrated
+search (:func:`more_lists`); the doubled lists are kept when their search computes fewer products. Finer
+lists reach the same recall with fewer products, so this matters where the search dominates: window recall
+0.95 on 1M ``lowdim`` needed 25.7 % of the products with 1,000 lists and 6.4 % with 2,000. The tries are in
+``info["nlist_tries"]``.
 
-Cost, with L = ``nlist``, P = ``nprobe`` and lists of about N_keys / L keys: k-means O(20 · 256 L · L · d);
+Cost, with L = ``nlist``, P = ``nprobe`` and lists of about N_keys / L keys: k-means O(20 · 256 L · L · d)
+(the list counts tried before the last add at most a third of that);
 assignment O((N_rows + N_keys) · L · d); search O(N_rows · P · N_keys / L · d) at matmul speed (the fraction
 of the exact search done is ``info["searched_fraction"]``, about P / L); calibration O(S · N_keys · d) for the
 exact answer of S sampled rows plus O(S · P · N_keys / L · d) per ladder step. Memory: the keys resident
@@ -113,15 +119,45 @@ _MEAN_GROUPS = 64
 _TRAIN_PER_LIST = 256
 _KMEANS_ITERATIONS = 20
 
+#: With the default ``nlist``, the lists are doubled (a new k-means, a new calibration) while the k-means of
+#: twice the lists costs fewer products than this fraction of the calibrated search's, and the doubled
+#: layout is kept when its search computes fewer products. Finer lists need fewer of the products for the
+#: same recall, at a k-means cost that grows as L²: window recall 0.95 on 1M ``lowdim`` needed 25.7 % of the
+#: products with 1,000 lists and 6.4 % with 2,000 (k-means + assignment 63 → 146 s, Zen 4); at 200k,
+#: 3.6 / 2.6 / 1.8 % with 447 / 894 / 1,788 lists, where the k-means already cost more than the search
+#: (the whole kNN 34 / 55 / 126 s). A bf16 search product costs ~0.46 of an fp32 k-means product (Zen 4), and
+#: a doubling saved 28-75 % of the search, so 1/6 pays for itself in the worst case measured; the count of
+#: products (not a timing) decides, so every rank and machine picks the same lists.
+_MORE_LISTS_BELOW = 1 / 6
+
 
 def auto_lists(num_keys: int) -> int:
-    """Default list count: about √N_keys (groups and lists of ~√N), with at least 39 keys per list.
+    """Default list count to start from: about √N_keys (groups and lists of ~√N), with at least 39 keys per
+    list (:func:`ivf_layout` may double it, see :func:`more_lists`).
 
     Example:
         >>> auto_lists(1_000_000)
         1000
     """
     return max(1, min(round(math.sqrt(num_keys)), num_keys // 39 or 1))
+
+
+def more_lists(lists: int, num_rows: int, num_keys: int, search_products: int) -> int | None:
+    """Twice ``lists`` when its k-means and assignment would cost fewer products than ``_MORE_LISTS_BELOW``
+    of ``search_products`` (the calibrated search at ``lists``) and the lists keep ≥ 39 keys; else None.
+
+    Example:
+        >>> more_lists(1000, 1_000_000, 1_000_000, 257 * 10**9)  # 1M, 25.7 % searched for the target
+        2000
+        >>> more_lists(2000, 1_000_000, 1_000_000, 64 * 10**9) is None  # 6.4 %: 4,000 lists cost more
+        True
+    """
+    doubled = 2 * lists
+    if doubled > num_keys // 39:
+        return None
+    kmeans = _KMEANS_ITERATIONS * min(_TRAIN_PER_LIST * doubled, num_keys) * doubled
+    assignment = (num_rows + num_keys) * doubled
+    return doubled if kmeans + assignment < _MORE_LISTS_BELOW * search_products else None
 
 
 def probe_ladder(lists: int) -> list[int]:
@@ -427,7 +463,8 @@ def knn_ivf(
         k: neighbours per row.
         exclude_self: rows and keys are aligned; never return key i for row i.
         normalize: L2-normalise rows and keys first (cosine similarity).
-        nlist: lists (default :func:`auto_lists`, ≈ √N_keys).
+        nlist: lists (default: :func:`auto_lists`, ≈ √N_keys, doubled by :func:`more_lists` while the
+            search's products dwarf the k-means's when ``nprobe`` is calibrated; an explicit value is kept).
         nprobe: lists each group searches (default: calibrated to ``recall_target``; 8 without a target).
         recall_target: the recall ``nprobe`` is calibrated to, over ``recall_columns``; None: no calibration.
         recall_columns: result ranks ``(lo, hi)`` the calibration measures (default all k).
@@ -446,9 +483,11 @@ def knn_ivf(
     Returns:
         :class:`~hardbatch.graph.knn.KnnResult` with (N_rows, k) int32 indices and float32 scores, best
         first; ``info`` holds ``index="ivf_torch"``, ``nlist``, ``nprobe``, the ``calibration`` trace
-        ``[(nprobe, recall), ...]``, ``calibrated_recall``, ``searched_fraction`` (products computed /
-        N_rows · N_keys), the ``precision``, ``fp32_rows_redone`` and the seconds of the k-means and list
-        assignment (``lists_s``), of the calibration (``calibration_s``) and of the search (``search_s``).
+        ``[(nprobe, recall), ...]``, ``calibrated_recall``, ``nlist_tries`` (each list count the default
+        tried: its ``nlist``, ``nprobe``, recall, ``searched_fraction`` and seconds), ``searched_fraction``
+        (products computed / N_rows · N_keys), the ``precision``, ``fp32_rows_redone`` and the seconds of
+        the k-means and list assignment (``lists_s``), of the calibration (``calibration_s``; both summed
+        over the tries) and of the search (``search_s``).
 
     Raises:
         ConfigError: ``k`` out of range, misaligned rows with ``exclude_self``, ``nlist`` / ``nprobe`` that
@@ -541,23 +580,77 @@ def ivf_layout(
     check_layout_options(nlist, nprobe, recall_target, max_searched_fraction)
     split = split or WorkSplit()
     started = time.perf_counter()
-    key_t, groups, key_lists = grouped_lists(
-        rows, keys, normalize, nlist, resolve_device(device), seed, split
+    key_t = ivf_keys(keys, resolve_device(device), normalize)
+    keys_s = time.perf_counter() - started
+    lists: int | None = int(min(nlist or auto_lists(num_keys), num_keys))
+    adaptive = nlist is None and nprobe is None and recall_target is not None
+    calibration = dict(
+        target=recall_target, columns=recall_columns, sample=calibration_sample, budget=max_searched_fraction
     )
-    search = dict(groups=groups, keys=key_lists, exclude_self=exclude_self, device=key_t.device,
-                  normalize=normalize, split=split)  # fmt: skip
+    tries: list[dict[str, Any]] = []
+    best: tuple[IvfLayout, tuple[bool, int]] | None = None
+    while lists is not None:
+        layout = _calibrated_layout(
+            rows, key_t, k, lists, nprobe, calibration, exclude_self, normalize, seed, split
+        )
+        products = (
+            num_rows * num_keys
+            if layout.info["exact_fallback"]
+            else int(layout.group_products(k, exclude_self).sum())
+        )
+        tries.append({name: layout.info.get(name) for name in _TRY_FIELDS})
+        rank = (not layout.info.get("recall_target_met", True), products)
+        if best is not None and rank >= best[1]:
+            break  # the doubled lists did not pay: keep the previous ones
+        best = (layout, rank)
+        lists = more_lists(lists, num_rows, num_keys, products) if adaptive else None
+    assert best is not None
+    layout = best[0]
+    layout.info["lists_s"] = round(keys_s + sum(step["lists_s"] for step in tries), 3)
+    if "calibration_s" in layout.info:
+        layout.info["calibration_s"] = round(sum(step["calibration_s"] for step in tries), 3)
+    if adaptive:
+        layout.info["nlist_tries"] = tries
+    return layout, key_t
+
+
+#: What ``info["nlist_tries"]`` records of each list count :func:`ivf_layout` tried.
+_TRY_FIELDS = ("nlist", "nprobe", "calibrated_recall", "searched_fraction", "lists_s", "calibration_s")
+
+
+def _calibrated_layout(
+    rows: Any,
+    key_t: torch.Tensor,
+    k: int,
+    lists: int,
+    nprobe: int | None,
+    calibration: dict[str, Any],
+    exclude_self: bool,
+    normalize: bool,
+    seed: int,
+    split: WorkSplit,
+) -> IvfLayout:
+    """The layout of ``lists`` centroids at ``nprobe``, or calibrated to ``calibration["target"]``; its
+    ``info`` holds the seconds of this list count alone and its ``searched_fraction``."""
+    started = time.perf_counter()
+    groups, key_lists = _lists_of(rows, key_t, lists, normalize, key_t.device, seed, split)
     info: dict[str, Any] = {"index": "ivf_torch", "nlist": len(groups.probe_order)}
     info["lists_s"] = round(time.perf_counter() - started, 3)
-    if nprobe is None and recall_target is not None:
+    target = calibration["target"]
+    if nprobe is None and target is not None:
         started = time.perf_counter()
+        search = dict(groups=groups, keys=key_lists, exclude_self=exclude_self, device=key_t.device,
+                      normalize=normalize, split=split)  # fmt: skip
         nprobe, trace = _calibrate(
-            rows, key_t, k, float(recall_target), recall_columns, calibration_sample, seed, search,
-            max_searched_fraction,
+            rows, key_t, k, float(target), calibration["columns"], calibration["sample"], seed, search,
+            calibration["budget"],
         )  # fmt: skip
-        record_calibration(info, nprobe, trace, float(recall_target), max_searched_fraction, "window recall")
+        record_calibration(info, nprobe, trace, float(target), calibration["budget"], "window recall")
         info["calibration_s"] = round(time.perf_counter() - started, 3)
-    layout = finish_layout(groups, key_lists, nprobe, info, k + 1 if exclude_self else k)
-    return layout, key_t
+    at_least = k + 1 if exclude_self else k
+    layout = finish_layout(groups, key_lists, nprobe, info, at_least)
+    info["searched_fraction"] = round(groups.searched_fraction(layout.nprobe, key_lists, at_least), 4)
+    return layout
 
 
 def check_layout_options(
@@ -589,9 +682,17 @@ def grouped_lists(
     on ``_TRAIN_PER_LIST`` sampled keys per list."""
     key_t = ivf_keys(keys, device, normalize)
     lists = int(min(nlist or auto_lists(len(key_t)), len(key_t)))
+    return (key_t, *_lists_of(rows, key_t, lists, normalize, device, seed, split))
+
+
+def _lists_of(
+    rows: Any, key_t: torch.Tensor, lists: int, normalize: bool, device: torch.device, seed: int,
+    split: WorkSplit,
+) -> tuple[_Groups, _Buckets]:  # fmt: skip
+    """``(groups, key_lists)`` of :func:`grouped_lists` for ``lists`` centroids trained on ``key_t``."""
     centroids = _train_centroids(key_t, lists, seed, split)
     key_lists = _Buckets(_assign(lambda lo, hi: key_t[lo:hi], len(key_t), centroids, device, split), lists)
-    return key_t, _Groups.of_rows(rows, centroids, device, normalize, split), key_lists
+    return _Groups.of_rows(rows, centroids, device, normalize, split), key_lists
 
 
 def record_calibration(

@@ -440,6 +440,7 @@ def _print_summary(
         rows.append(("approximate kNN recall", f"{stats['knn_recall']:.3f}"))
     if "knn_window_recall" in stats:
         rows.append(("window recall [p, p+m)", f"{stats['knn_window_recall']:.3f}"))
+    rows += _ivf_rows(stats)
     if "knn_window_hardness" in stats:
         rows.append(("window hardness vs exact (1 = as hard)", f"{stats['knn_window_hardness']:.3f}"))
     if "coarse_window_recall" in stats:  # hierarchical: the flat windows the shards keep
@@ -455,6 +456,26 @@ def _print_summary(
     for field, value in rows:
         summary.add_row(field, value)
     console.print(summary)
+
+
+def _ivf_rows(stats: dict) -> list[tuple[str, str]]:
+    """Summary rows of a plan's grouped IVF searches (one per source group searched): probes, lists (and
+    the list counts tried) and the fraction of the products computed; none for other searches."""
+    infos = stats.get("knn_info")
+    infos = [info for info in (infos if isinstance(infos, list) else [infos]) if isinstance(info, dict)]
+    infos = [info for info in infos if info.get("index") == "ivf_torch"]
+    rows = []
+    for number, info in enumerate(infos, start=1):
+        tried = [step["nlist"] for step in info.get("nlist_tries", [])]
+        lists = f"{info['nlist']:,} lists" + (
+            f" (tried {', '.join(map(str, tried))})" if len(tried) > 1 else ""
+        )
+        searched = (
+            "exact search" if info.get("exact_fallback") else f"{info['searched_fraction']:.1%} of products"
+        )
+        field = "IVF search" + (f" (group {number})" if len(infos) > 1 else "")
+        rows.append((field, f"nprobe {info['nprobe']:,} of {lists}: {searched}"))
+    return rows
 
 
 @mine_app.command("gcbs")
